@@ -1,0 +1,194 @@
+"""Every error shardbill raises on purpose, in one tree.
+
+::
+
+    ShardbillError
+    ├── ConfigurationError (ValueError)      something you configured is wrong; fix and restart
+    │   ├── ShardMapError                     invalid map, plan or map JSON
+    │   ├── PriceBookError                    invalid price book (tiers, prices, currencies)
+    │   ├── SchemaError                       live tables do not match the declared specs
+    │   └── InvalidURLError                   a connection URL that cannot be used
+    ├── KeyTypeError (TypeError)              a shard key type with no canonical encoding
+    ├── MoneyTypeError (TypeError)            a float (or other non-exact number) in a money path
+    ├── InvalidInputError (ValueError)        one event or charge is malformed; it is rejected alone
+    ├── RuleError                             a billing rule raised; its event is rejected
+    ├── DriverNotInstalledError (ImportError) a database driver extra is missing
+    ├── FencedError                           a shard no longer owns the slot; reload the map
+    ├── ReshardError                          a resharding step cannot proceed
+    └── DatabaseError                         a database said no; ``errno`` and ``shard`` attached
+        ├── RetryableError                    transient: the same work may be tried again
+        │   ├── DeadlockError                 1213: the transaction was rolled back; retry it whole
+        │   ├── LockWaitTimeoutError          1205: roll back, then retry
+        │   ├── ReadOnlyError                 1290/1836/1792: failover in progress; back off
+        │   ├── ConnectionLostError           2006/2013/2055/2014/1927/4031: connection gone
+        │   │   └── CommitOutcomeUnknownError lost during COMMIT: resolve through the ledger
+        │   ├── CannotConnectError            2003/1040: server down or full; back off
+        │   └── QueryInterruptedError         1317: the statement was killed
+        ├── DuplicateKeyError                 1062
+        └── FatalDatabaseError                everything else (denied, unknown table, syntax)
+
+Driver exceptions are translated at exactly one edge
+(:func:`shardbill.dialects.errors.translate`) and kept as ``__cause__``.
+Messages say what was wrong, with the value, and what to do; they never carry
+a password.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CannotConnectError",
+    "CommitOutcomeUnknownError",
+    "ConfigurationError",
+    "ConnectionLostError",
+    "DatabaseError",
+    "DeadlockError",
+    "DriverNotInstalledError",
+    "DuplicateKeyError",
+    "FatalDatabaseError",
+    "FencedError",
+    "InvalidInputError",
+    "InvalidURLError",
+    "KeyTypeError",
+    "LockWaitTimeoutError",
+    "MoneyTypeError",
+    "PriceBookError",
+    "QueryInterruptedError",
+    "ReadOnlyError",
+    "ReshardError",
+    "RetryableError",
+    "RuleError",
+    "SchemaError",
+    "ShardMapError",
+    "ShardbillError",
+]
+
+
+class ShardbillError(Exception):
+    """Base class of every error shardbill raises on purpose."""
+
+
+class ConfigurationError(ShardbillError, ValueError):
+    """Something configured is wrong (a map, a table spec, a URL, a file); fix it and restart."""
+
+
+class ShardMapError(ConfigurationError):
+    """A shard map, resharding plan or map document is invalid."""
+
+
+class PriceBookError(ConfigurationError):
+    """A price book is invalid: overlapping tiers, gaps, negative prices, unknown currencies."""
+
+
+class SchemaError(ConfigurationError):
+    """The live database schema does not match the declared aggregate table specs."""
+
+
+class InvalidURLError(ConfigurationError):
+    """A connection URL cannot be used. The message never contains the password."""
+
+
+class KeyTypeError(ShardbillError, TypeError):
+    """A shard key has a type that has no canonical encoding (bool, float, None, dict, ...)."""
+
+
+class MoneyTypeError(ShardbillError, TypeError):
+    """A float or other inexact number reached a money path; use Decimal or integer minor units."""
+
+
+class InvalidInputError(ShardbillError, ValueError):
+    """One event or charge is malformed. It is rejected alone; the rest of its batch goes on."""
+
+
+class RuleError(ShardbillError):
+    """A billing rule raised while pricing an event; that event is rejected, others go on.
+
+    Attributes:
+        rule: the name (and version) of the rule that failed.
+    """
+
+    def __init__(self, message: str, *, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class DriverNotInstalledError(ShardbillError, ImportError):
+    """A database driver was asked for but its extra is not installed."""
+
+
+class FencedError(ShardbillError):
+    """A shard refused a write for a slot it no longer owns: reload the shard map and retry.
+
+    Attributes:
+        shard: the shard that refused.
+        slots: the slots it no longer owns.
+        epoch: the shard map epoch the shard knows, when it reported one.
+    """
+
+    def __init__(
+        self, message: str, *, shard: str, slots: tuple[int, ...], epoch: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.shard = shard
+        self.slots = slots
+        self.epoch = epoch
+
+
+class ReshardError(ShardbillError):
+    """A resharding step cannot proceed (conflicting epoch, verification failed, ...)."""
+
+
+class DatabaseError(ShardbillError):
+    """A database refused an operation.
+
+    Attributes:
+        errno: the server or client error number, when the driver gave one.
+        shard: the shard the operation ran on, when known.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, shard: str | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.shard = shard
+
+
+class RetryableError(DatabaseError):
+    """A transient failure: the same unit of work may be tried again after rolling back."""
+
+
+class DeadlockError(RetryableError):
+    """Errno 1213: the server rolled the whole transaction back; retry it from the start."""
+
+
+class LockWaitTimeoutError(RetryableError):
+    """Errno 1205: a lock was not granted in time; roll back, then retry the transaction."""
+
+
+class ReadOnlyError(RetryableError):
+    """Errno 1290/1836/1792: the server is read-only (failover); back off and re-resolve."""
+
+
+class ConnectionLostError(RetryableError):
+    """Errno 2006/2013/2055/2014/1927/4031: the connection is gone; open a new one."""
+
+
+class CommitOutcomeUnknownError(ConnectionLostError):
+    """The connection was lost while COMMIT was in flight: it may or may not have committed.
+
+    Never guess: retry through the ledger, which tells which events committed.
+    """
+
+
+class CannotConnectError(RetryableError):
+    """Errno 2003/1040: the server is down or has too many connections; back off."""
+
+
+class QueryInterruptedError(RetryableError):
+    """Errno 1317: the statement was killed (``KILL QUERY``); roll back and retry."""
+
+
+class DuplicateKeyError(DatabaseError):
+    """Errno 1062: a unique key already holds this value."""
+
+
+class FatalDatabaseError(DatabaseError):
+    """A database error that retrying will not fix: access denied, unknown table, syntax."""

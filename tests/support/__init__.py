@@ -1,0 +1,1 @@
+"""Test support code: real-server fixtures and helpers (not part of the library)."""
