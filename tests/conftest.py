@@ -14,7 +14,9 @@ from tests.support.mysql import (
     mysql_required,
 )
 
-_MYSQL_FIXTURES = {"mysql_server", "mysql_database", "mysql_database_url"}
+pytest_plugins = ["tests.support.server_fixtures"]
+
+_MYSQL_FIXTURES = {"mysql_server", "mysql_database", "mysql_database_url", "private_servers"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
