@@ -31,6 +31,7 @@ from shardbill.errors import (
     ShardbillError,
     ShardMapError,
 )
+from shardbill.shardmap import ReshardPlan, ShardChange, ShardMap, SlotMove
 
 __all__ = [
     "CannotConnectError",
@@ -52,10 +53,14 @@ __all__ = [
     "QueryInterruptedError",
     "ReadOnlyError",
     "ReshardError",
+    "ReshardPlan",
     "RetryableError",
     "RuleError",
     "SchemaError",
+    "ShardChange",
+    "ShardMap",
     "ShardMapError",
     "ShardbillError",
+    "SlotMove",
     "__version__",
 ]
