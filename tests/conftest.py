@@ -14,7 +14,7 @@ from tests.support.mysql import (
     mysql_required,
 )
 
-pytest_plugins = ["tests.support.server_fixtures"]
+pytest_plugins = ["tests.support.server_fixtures", "tests.support.backends"]
 
 _MYSQL_FIXTURES = {"mysql_server", "mysql_database", "mysql_database_url", "private_servers"}
 

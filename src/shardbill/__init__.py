@@ -1,7 +1,11 @@
 """shardbill: price usage events and write them exactly once into sharded MySQL aggregates.
 
-The public names are listed in ``__all__``; everything else is internal unless a
-submodule documents itself as public.
+The public names are listed in ``__all__``; the documented public submodules
+are ``shardbill.aggregates``, ``shardbill.catalog``, ``shardbill.dialects``,
+``shardbill.errors``, ``shardbill.keys``, ``shardbill.money``,
+``shardbill.observe``, ``shardbill.providers``, ``shardbill.reader``,
+``shardbill.resharding``, ``shardbill.rules``, ``shardbill.shardmap``,
+``shardbill.synthetic`` and ``shardbill.writer``.
 """
 
 from shardbill._version import __version__
@@ -14,13 +18,17 @@ from shardbill.errors import (
     DeadlockError,
     DriverNotInstalledError,
     DuplicateKeyError,
+    EpochConflictError,
     FatalDatabaseError,
     FencedError,
     InvalidInputError,
     InvalidURLError,
     KeyTypeError,
     LockWaitTimeoutError,
+    MapNotPublishedError,
     MoneyTypeError,
+    ParameterTypeError,
+    PoolTimeoutError,
     PriceBookError,
     QueryInterruptedError,
     ReadOnlyError,
@@ -31,36 +39,51 @@ from shardbill.errors import (
     ShardbillError,
     ShardMapError,
 )
+from shardbill.providers import ConnectionProvider, ConnectionURL, PooledProvider
+from shardbill.rules import Charge, PriceBook, Rule, RuleContext, RulesEngine, UsageEvent
 from shardbill.shardmap import ReshardPlan, ShardChange, ShardMap, SlotMove
 
 __all__ = [
     "CannotConnectError",
+    "Charge",
     "CommitOutcomeUnknownError",
     "ConfigurationError",
     "ConnectionLostError",
+    "ConnectionProvider",
+    "ConnectionURL",
     "DatabaseError",
     "DeadlockError",
     "DriverNotInstalledError",
     "DuplicateKeyError",
+    "EpochConflictError",
     "FatalDatabaseError",
     "FencedError",
     "InvalidInputError",
     "InvalidURLError",
     "KeyTypeError",
     "LockWaitTimeoutError",
+    "MapNotPublishedError",
     "MoneyTypeError",
+    "ParameterTypeError",
+    "PoolTimeoutError",
+    "PooledProvider",
+    "PriceBook",
     "PriceBookError",
     "QueryInterruptedError",
     "ReadOnlyError",
     "ReshardError",
     "ReshardPlan",
     "RetryableError",
+    "Rule",
+    "RuleContext",
     "RuleError",
+    "RulesEngine",
     "SchemaError",
     "ShardChange",
     "ShardMap",
     "ShardMapError",
     "ShardbillError",
     "SlotMove",
+    "UsageEvent",
     "__version__",
 ]

@@ -7,25 +7,29 @@
     │   ├── ShardMapError                     invalid map, plan or map JSON
     │   ├── PriceBookError                    invalid price book (tiers, prices, currencies)
     │   ├── SchemaError                       live tables do not match the declared specs
-    │   └── InvalidURLError                   a connection URL that cannot be used
+    │   ├── InvalidURLError                   a connection URL that cannot be used
+    │   └── MapNotPublishedError              the map store holds no shard map yet
     ├── KeyTypeError (TypeError)              a shard key type with no canonical encoding
     ├── MoneyTypeError (TypeError)            a float (or other non-exact number) in a money path
+    ├── ParameterTypeError (TypeError)        a value of a type never bound to SQL (dict, list, ...)
     ├── InvalidInputError (ValueError)        one event or charge is malformed; it is rejected alone
     ├── RuleError                             a billing rule raised; its event is rejected
     ├── DriverNotInstalledError (ImportError) a database driver extra is missing
     ├── FencedError                           a shard no longer owns the slot; reload the map
     ├── ReshardError                          a resharding step cannot proceed
+    │   └── EpochConflictError                a map publish lost its compare-and-set
     └── DatabaseError                         a database said no; ``errno`` and ``shard`` attached
         ├── RetryableError                    transient: the same work may be tried again
         │   ├── DeadlockError                 1213: the transaction was rolled back; retry it whole
-        │   ├── LockWaitTimeoutError          1205: roll back, then retry
+        │   ├── LockWaitTimeoutError          1205/3572, SQLITE_BUSY/LOCKED: roll back, retry
         │   ├── ReadOnlyError                 1290/1836/1792: failover in progress; back off
-        │   ├── ConnectionLostError           2006/2013/2055/2014/1927/4031: connection gone
+        │   ├── ConnectionLostError           2006/2013/2055/2014/1927/4031/1053: connection gone
         │   │   └── CommitOutcomeUnknownError lost during COMMIT: resolve through the ledger
-        │   ├── CannotConnectError            2003/1040: server down or full; back off
-        │   └── QueryInterruptedError         1317: the statement was killed
-        ├── DuplicateKeyError                 1062
-        └── FatalDatabaseError                everything else (denied, unknown table, syntax)
+        │   ├── CannotConnectError            2002/2003/2005/1040/1203/1226: down or full; back off
+        │   │   └── PoolTimeoutError          no pooled connection came free in time
+        │   └── QueryInterruptedError         1317/3024/1969: the statement was killed; retry
+        ├── DuplicateKeyError                 1062/1586, SQLITE_CONSTRAINT_PRIMARYKEY/UNIQUE
+        └── FatalDatabaseError                everything else (denied, unknown table, syntax, TLS)
 
 Driver exceptions are translated at exactly one edge
 (:func:`shardbill.dialects.errors.translate`) and kept as ``__cause__``.
@@ -44,13 +48,17 @@ __all__ = [
     "DeadlockError",
     "DriverNotInstalledError",
     "DuplicateKeyError",
+    "EpochConflictError",
     "FatalDatabaseError",
     "FencedError",
     "InvalidInputError",
     "InvalidURLError",
     "KeyTypeError",
     "LockWaitTimeoutError",
+    "MapNotPublishedError",
     "MoneyTypeError",
+    "ParameterTypeError",
+    "PoolTimeoutError",
     "PriceBookError",
     "QueryInterruptedError",
     "ReadOnlyError",
@@ -93,6 +101,18 @@ class KeyTypeError(ShardbillError, TypeError):
 
 class MoneyTypeError(ShardbillError, TypeError):
     """A float or other inexact number reached a money path; use Decimal or integer minor units."""
+
+
+class ParameterTypeError(ShardbillError, TypeError):
+    """A value of a type shardbill never binds reached a statement.
+
+    Attributes:
+        position: the index of the value in its parameter sequence.
+    """
+
+    def __init__(self, message: str, *, position: int) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class InvalidInputError(ShardbillError, ValueError):
@@ -160,7 +180,7 @@ class DeadlockError(RetryableError):
 
 
 class LockWaitTimeoutError(RetryableError):
-    """Errno 1205: a lock was not granted in time; roll back, then retry the transaction."""
+    """Errno 1205/3572 (SQLite: BUSY/LOCKED): a lock was not granted in time; roll back, retry."""
 
 
 class ReadOnlyError(RetryableError):
@@ -168,7 +188,7 @@ class ReadOnlyError(RetryableError):
 
 
 class ConnectionLostError(RetryableError):
-    """Errno 2006/2013/2055/2014/1927/4031: the connection is gone; open a new one."""
+    """Errno 2006/2013/2055/2014/1927/4031/1053: the connection is gone; retry on a new one."""
 
 
 class CommitOutcomeUnknownError(ConnectionLostError):
@@ -179,16 +199,67 @@ class CommitOutcomeUnknownError(ConnectionLostError):
 
 
 class CannotConnectError(RetryableError):
-    """Errno 2003/1040: the server is down or has too many connections; back off."""
+    """Errno 2002/2003/2005/1040/1203/1226: the server is down or full; back off and retry."""
+
+
+class PoolTimeoutError(CannotConnectError):
+    """Every connection of a pool stayed lent for the whole ``pool_timeout``; back off and retry.
+
+    Raised by the pooled providers (``errno`` is ``None``). Seen often, it means
+    the pool is too small for the number of threads writing to one server
+    (raise ``pool_size``), or a with-block holds its connection too long.
+    """
 
 
 class QueryInterruptedError(RetryableError):
-    """Errno 1317: the statement was killed (``KILL QUERY``); roll back and retry."""
+    """Errno 1317/3024/1969: the statement was killed or timed out; roll back and retry."""
 
 
 class DuplicateKeyError(DatabaseError):
-    """Errno 1062: a unique key already holds this value."""
+    """Errno 1062/1586 (SQLite: a PRIMARY KEY or UNIQUE constraint): the key already exists."""
 
 
 class FatalDatabaseError(DatabaseError):
     """A database error that retrying will not fix: access denied, unknown table, syntax."""
+
+
+class EpochConflictError(ReshardError):
+    """A publish lost its compare-and-set: the map changed since it was read, or is not newer.
+
+    Reload the map (:meth:`MapStore.load`), re-plan from it, and publish again
+    with ``expected_epoch`` set to the reloaded map's epoch.
+
+    Attributes:
+        store: the store's ``repr``.
+        stored_epoch: the epoch the store held when the publish checked
+            (``None``: empty), as far as it could be read.
+        expected_epoch: the epoch the publisher expected (``None``: empty).
+        new_epoch: the epoch of the map that was not published.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        store: str,
+        stored_epoch: int | None,
+        expected_epoch: int | None,
+        new_epoch: int,
+    ) -> None:
+        super().__init__(message)
+        self.store = store
+        self.stored_epoch = stored_epoch
+        self.expected_epoch = expected_epoch
+        self.new_epoch = new_epoch
+
+
+class MapNotPublishedError(ConfigurationError):
+    """The store holds no shard map (or not the epoch asked for): publish one first.
+
+    Attributes:
+        store: the store's ``repr``.
+    """
+
+    def __init__(self, message: str, *, store: str) -> None:
+        super().__init__(message)
+        self.store = store

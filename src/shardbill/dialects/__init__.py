@@ -1,0 +1,39 @@
+"""SQL that differs per server family, and driver errors translated by error number.
+
+* :class:`UpsertSpec` and :class:`MergeKind` describe a multi-row UPSERT;
+  a :class:`Dialect` renders it (:class:`MySQLDialect` for MySQL and MariaDB,
+  :class:`SQLiteDialect`) and splits batches under the server's limits.
+* :func:`dialect_for` asks a connection which dialect it speaks.
+* :func:`translate` (and :func:`translating`) turn PyMySQL, mysqlclient and
+  sqlite3 exceptions into :mod:`shardbill.errors` classes, by errno.
+
+Importing this package never imports a MySQL driver.
+"""
+
+from shardbill.dialects.base import Dialect, MergeKind, UpsertSpec, validate_identifier
+from shardbill.dialects.detect import dialect_for
+from shardbill.dialects.errors import (
+    error_number,
+    is_connection_error,
+    is_driver_error,
+    translate,
+    translating,
+)
+from shardbill.dialects.mysql import MySQLDialect, parse_server_version
+from shardbill.dialects.sqlite import SQLiteDialect
+
+__all__ = [
+    "Dialect",
+    "MergeKind",
+    "MySQLDialect",
+    "SQLiteDialect",
+    "UpsertSpec",
+    "dialect_for",
+    "error_number",
+    "is_connection_error",
+    "is_driver_error",
+    "parse_server_version",
+    "translate",
+    "translating",
+    "validate_identifier",
+]

@@ -1,0 +1,375 @@
+"""What every SQL dialect offers, and the UPSERT description they all render.
+
+An :class:`UpsertSpec` says which table, which columns in which order, which
+of them form the unique key, and how each measure column merges into an
+existing row (:class:`MergeKind`). A :class:`Dialect` turns it into one
+multi-row statement whose text is built once per ``(spec, rows)`` and cached,
+splits a batch so every statement stays under the server's limits
+(:meth:`Dialect.chunks`), and renders exact numbers as SQL literals for
+callers that inline them (:meth:`Dialect.render_literal`).
+
+Identifiers are validated against ``^[A-Za-z_][A-Za-z0-9_]{0,63}$`` and
+quoted; values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import functools
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+import attrs
+
+from shardbill.errors import ConfigurationError, InvalidInputError, MoneyTypeError
+from shardbill.providers.base import ParameterTypeError
+
+__all__ = ["Dialect", "MergeKind", "UpsertSpec", "validate_identifier"]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def validate_identifier(name: object, *, what: str = "identifier") -> str:
+    """Return ``name`` when it is a safe SQL identifier, else raise ConfigurationError.
+
+    Args:
+        name: the candidate (a table or column name from configuration).
+        what: what the name is, for the message (``"table"``, ``"column"``).
+
+    Raises:
+        ConfigurationError: ``name`` is not a str matching
+            ``^[A-Za-z_][A-Za-z0-9_]{0,63}$``.
+    """
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ConfigurationError(
+            f"{what} name {name!r} is not a valid SQL identifier; use 1 to 64 ASCII letters, "
+            "digits and underscores, not starting with a digit"
+        )
+    return name
+
+
+class MergeKind(enum.StrEnum):
+    """How an incoming value merges into the value already stored under the same key."""
+
+    SUM = "sum"
+    """``stored + incoming`` (counters, amounts)."""
+    MIN = "min"
+    """The smaller of the two (first seen)."""
+    MAX = "max"
+    """The larger of the two (last seen, peak)."""
+    REPLACE = "replace"
+    """The incoming value (last writer wins; not commutative, so not replay-order safe)."""
+
+
+def _as_names(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        # A bare string would otherwise become a tuple of one-letter columns.
+        return (value,)
+    return tuple(value)
+
+
+def _as_merges(
+    value: Mapping[str, MergeKind | str] | Iterable[tuple[str, MergeKind | str]],
+) -> tuple[tuple[str, MergeKind], ...]:
+    pairs = value.items() if isinstance(value, Mapping) else value
+    merges: list[tuple[str, MergeKind]] = []
+    for column, kind in pairs:
+        try:
+            merges.append((column, MergeKind(kind)))
+        except ValueError:
+            valid = ", ".join(k.value for k in MergeKind)
+            raise ConfigurationError(
+                f"merge kind {kind!r} for column {column!r} is unknown; use one of {valid}"
+            ) from None
+    return tuple(merges)
+
+
+def _validate_table(_: object, __: attrs.Attribute[Any], value: str) -> None:
+    validate_identifier(value, what="table")
+
+
+def _validate_columns(_: object, field: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if not value:
+        raise ConfigurationError(f"UpsertSpec {field.name!r} must not be empty")
+    for name in value:
+        validate_identifier(name, what="column")
+    lowered = [name.lower() for name in value]
+    duplicates = sorted({name for name in value if lowered.count(name.lower()) > 1})
+    if duplicates:
+        raise ConfigurationError(
+            f"UpsertSpec {field.name!r} names {duplicates} more than once "
+            "(column names are case-insensitive); list each column once"
+        )
+
+
+@attrs.frozen(kw_only=True, cache_hash=True)
+class UpsertSpec:
+    """One aggregate table's UPSERT: insert new keys, merge measures into existing ones.
+
+    Example:
+        >>> spec = UpsertSpec(
+        ...     table="usage_daily",
+        ...     columns=("account_id", "day", "events", "amount_minor", "last_seen"),
+        ...     key_columns=("account_id", "day"),
+        ...     merges={"events": "sum", "amount_minor": "sum", "last_seen": "max"},
+        ... )
+        >>> spec.measure_columns
+        ('events', 'amount_minor', 'last_seen')
+
+    With ``merges=()`` the statement inserts new keys and leaves existing rows
+    untouched (a ledger claim); the cursor's ``rowcount`` then counts the rows
+    inserted, on every dialect.
+
+    Attributes:
+        table: the table name.
+        columns: the INSERT column order: the key columns and the measure
+            columns. Row values are given in this order.
+        key_columns: the columns of the unique key the conflict is detected
+            on (a subset of ``columns``; on SQLite exactly a PRIMARY KEY or
+            UNIQUE index).
+        merges: ``(column, MergeKind)`` pairs (a mapping is accepted) for the
+            non-key columns to update on conflict; a non-key column not listed
+            keeps its stored value.
+    """
+
+    table: str = attrs.field(validator=_validate_table)
+    columns: tuple[str, ...] = attrs.field(converter=_as_names, validator=_validate_columns)
+    key_columns: tuple[str, ...] = attrs.field(converter=_as_names, validator=_validate_columns)
+    merges: tuple[tuple[str, MergeKind], ...] = attrs.field(default=(), converter=_as_merges)
+
+    def __attrs_post_init__(self) -> None:
+        by_lower = {name.lower() for name in self.columns}
+        keys = {name.lower() for name in self.key_columns}
+        missing = [name for name in self.key_columns if name.lower() not in by_lower]
+        if missing:
+            raise ConfigurationError(
+                f"UpsertSpec for table {self.table!r}: key columns {missing} are not in "
+                f"columns {list(self.columns)}; add them to columns"
+            )
+        seen: set[str] = set()
+        for column, _ in self.merges:
+            validate_identifier(column, what="merge column")
+            lower = column.lower()
+            if lower not in by_lower:
+                raise ConfigurationError(
+                    f"UpsertSpec for table {self.table!r}: merge column {column!r} is not in "
+                    f"columns {list(self.columns)}; add it to columns or drop its merge"
+                )
+            if lower in keys:
+                raise ConfigurationError(
+                    f"UpsertSpec for table {self.table!r}: merge column {column!r} is a key "
+                    "column; key columns identify the row and are never merged"
+                )
+            if lower in seen:
+                raise ConfigurationError(
+                    f"UpsertSpec for table {self.table!r}: column {column!r} has two merges; "
+                    "give each column one merge kind"
+                )
+            seen.add(lower)
+
+    @property
+    def measure_columns(self) -> tuple[str, ...]:
+        """The non-key columns, in INSERT order."""
+        keys = {name.lower() for name in self.key_columns}
+        return tuple(name for name in self.columns if name.lower() not in keys)
+
+
+class Dialect(abc.ABC):
+    """The SQL that differs per server family. Instances are immutable and thread-safe.
+
+    Get one from :func:`shardbill.dialects.dialect_for` (it asks the server),
+    or build :class:`~shardbill.dialects.MySQLDialect` /
+    :class:`~shardbill.dialects.SQLiteDialect` directly.
+    """
+
+    paramstyle: ClassVar[Literal["format", "qmark"]]
+    """The DB-API paramstyle: ``"format"`` (``%s``) or ``"qmark"`` (``?``)."""
+    placeholder: ClassVar[str]
+    """The placeholder for one bound value (``%s`` or ``?``)."""
+    quote_char: ClassVar[str]
+    """The identifier quote character (backtick or double quote)."""
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """``"mysql"``, ``"mariadb"`` or ``"sqlite"``."""
+
+    @property
+    @abc.abstractmethod
+    def max_statement_bytes(self) -> int:
+        """The largest statement the server accepts (``max_allowed_packet`` on MySQL)."""
+
+    @property
+    @abc.abstractmethod
+    def max_parameters(self) -> int | None:
+        """The most bound values one statement may have, or ``None`` when unbounded."""
+
+    def quote(self, identifier: str) -> str:
+        """Validate ``identifier`` and quote it for this dialect.
+
+        Raises:
+            ConfigurationError: not a valid identifier.
+        """
+        validate_identifier(identifier)
+        return f"{self.quote_char}{identifier}{self.quote_char}"
+
+    def upsert_sql(self, spec: UpsertSpec, rows: int) -> str:
+        """The multi-row UPSERT statement for ``rows`` rows of ``spec`` (cached).
+
+        Bind the rows' values flattened in row order, each row in
+        ``spec.columns`` order.
+
+        Raises:
+            InvalidInputError: ``rows`` is not a positive integer.
+        """
+        return _cached_upsert_sql(self, spec, rows)
+
+    @abc.abstractmethod
+    def _build_upsert_sql(self, spec: UpsertSpec, rows: int) -> str:
+        """Build the statement text; :meth:`upsert_sql` caches the result."""
+
+    @abc.abstractmethod
+    def _row_bytes(self, row: Sequence[object]) -> int:
+        """An upper bound of the bytes one row's ``(...)`` group takes in what the server gets."""
+
+    def _row_group(self, width: int) -> str:
+        """One row's placeholder group: ``(%s, %s)`` or ``(?, ?)``."""
+        return "(" + ", ".join([self.placeholder] * width) + ")"
+
+    def _values_list(self, width: int, rows: int) -> str:
+        """``rows`` placeholder groups joined by ``, ``."""
+        return ", ".join([self._row_group(width)] * rows)
+
+    def chunks(
+        self,
+        spec: UpsertSpec,
+        rows: Sequence[Sequence[object]],
+        *,
+        max_statement_bytes: int | None = None,
+        max_rows: int | None = None,
+    ) -> Iterator[Sequence[Sequence[object]]]:
+        """Split ``rows`` into consecutive slices, each small enough for one statement.
+
+        A slice keeps the rendered statement under ``max_statement_bytes``
+        (default: the dialect's :attr:`max_statement_bytes`, minus a safety
+        margin), its bound values under :attr:`max_parameters`, and its row
+        count under ``max_rows``. Order is kept, so rows sorted by key stay
+        sorted.
+
+        Raises:
+            InvalidInputError: a row has the wrong number of values, or one
+                row alone is too large for a statement.
+        """
+        limit = max_statement_bytes if max_statement_bytes is not None else self.max_statement_bytes
+        budget = limit - 1024 if limit >= 8192 else limit * 7 // 8
+        width = len(spec.columns)
+        if max_rows is not None and max_rows < 1:
+            raise InvalidInputError(f"max_rows must be >= 1: {max_rows}")
+        row_cap = max(len(rows), 1) if max_rows is None else max_rows
+        if self.max_parameters is not None:
+            if width > self.max_parameters:
+                raise InvalidInputError(
+                    f"table {spec.table!r} has {width} columns, more than the "
+                    f"{self.max_parameters} values one {self.name} statement may bind"
+                )
+            row_cap = min(row_cap, self.max_parameters // width)
+        # Everything but the row groups: the INSERT head and the merge clause.
+        fixed = len(self.upsert_sql(spec, 1).encode("utf-8")) - len(self._row_group(width))
+        start = 0
+        size = fixed
+        count = 0
+        for index, row in enumerate(rows):
+            if len(row) != width:
+                raise InvalidInputError(
+                    f"row {index} for table {spec.table!r} has {len(row)} values; expected "
+                    f"{width} (one per column of {list(spec.columns)})"
+                )
+            cost = self._row_bytes(row) + 2  # the ", " between rows
+            if fixed + cost > budget:
+                raise InvalidInputError(
+                    f"row {index} for table {spec.table!r} needs about {cost} bytes, more than "
+                    f"a statement may hold ({budget} of max {limit}); raise the server's "
+                    "max_allowed_packet or store smaller values"
+                )
+            if count and (size + cost > budget or count >= row_cap):
+                yield rows[start:index]
+                start, size, count = index, fixed, 0
+            size += cost
+            count += 1
+        if count:
+            yield rows[start:]
+
+    def upsert_statements(
+        self,
+        spec: UpsertSpec,
+        rows: Sequence[Sequence[object]],
+        *,
+        max_statement_bytes: int | None = None,
+        max_rows: int | None = None,
+    ) -> Iterator[tuple[str, list[object]]]:
+        """``(sql, params)`` pairs that apply ``rows``: :meth:`chunks` + :meth:`upsert_sql`.
+
+        Example:
+            >>> for sql, params in dialect.upsert_statements(spec, rows):  # doctest: +SKIP
+            ...     cursor.execute(sql, params)
+        """
+        for chunk in self.chunks(
+            spec, rows, max_statement_bytes=max_statement_bytes, max_rows=max_rows
+        ):
+            params = [value for row in chunk for value in row]
+            yield self.upsert_sql(spec, len(chunk)), params
+
+    def render_literal(self, value: object) -> str:
+        """Render an exact number as a SQL literal; refuse everything else.
+
+        Only ``int`` (not ``bool``) and finite ``Decimal`` values are
+        rendered (a Decimal in plain notation, never ``1E+2``, which MySQL
+        would read as a floating-point number). For callers that inline
+        validated numbers instead of binding them.
+
+        Raises:
+            MoneyTypeError: a float or a NaN/infinite Decimal.
+            ParameterTypeError: any other type (strings are never rendered:
+                bind them).
+        """
+        kind = type(value)
+        if kind is int:
+            return str(value)
+        if kind is Decimal and value.is_finite():  # type: ignore[attr-defined]
+            return self._render_decimal(value)  # type: ignore[arg-type]
+        return self._render_unusual(value)
+
+    def _render_decimal(self, value: Decimal) -> str:
+        return format(value, "f")
+
+    def _render_unusual(self, value: object) -> str:
+        if isinstance(value, bool):
+            raise ParameterTypeError(
+                "render_literal got a bool; pass int(value) if you mean 0 or 1", position=0
+            )
+        if isinstance(value, int):
+            return str(int(value))
+        if isinstance(value, Decimal):
+            if value.is_finite():
+                return self._render_decimal(value)
+            raise MoneyTypeError(f"render_literal got a non-finite Decimal ({value})")
+        if isinstance(value, float):
+            raise MoneyTypeError(
+                "render_literal got a float; money must be exact: pass a Decimal or integer "
+                "minor units"
+            )
+        raise ParameterTypeError(
+            f"render_literal renders only int and Decimal, not {type(value).__name__}; "
+            "bind other values as parameters",
+            position=0,
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_upsert_sql(dialect: Dialect, spec: UpsertSpec, rows: int) -> str:
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise InvalidInputError(f"upsert_sql needs rows >= 1: {rows!r}")
+    return dialect._build_upsert_sql(spec, rows)

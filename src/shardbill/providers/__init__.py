@@ -1,0 +1,45 @@
+"""Connection providers: how shardbill borrows a database connection for a shard.
+
+* :class:`ConnectionProvider` is the interface (a with-block per transaction);
+  :class:`DBAPIConnection` and :class:`DBAPICursor` describe what it lends.
+* :class:`PooledProvider` implements it over bounded per-server pools, from
+  URLs (:class:`ConnectionURL`): ``mysql+pymysql://``, ``mysql+mysqldb://``,
+  ``sqlite:///``.
+* :func:`transaction` and :func:`check_params` help custom providers.
+
+Importing this package never imports a MySQL driver: PyMySQL or mysqlclient
+is imported when a provider first needs it.
+"""
+
+from shardbill.providers.base import (
+    ConnectionProvider,
+    DBAPIConnection,
+    DBAPICursor,
+    ParameterTypeError,
+    Row,
+    SQLValue,
+    check_params,
+    transaction,
+)
+from shardbill.providers.pool import ConnectionPool, LentConnection, LentCursor, PoolStats
+from shardbill.providers.pooled import PooledProvider
+from shardbill.providers.url import ConnectionURL, Secret, SSLMode
+
+__all__ = [
+    "ConnectionPool",
+    "ConnectionProvider",
+    "ConnectionURL",
+    "DBAPIConnection",
+    "DBAPICursor",
+    "LentConnection",
+    "LentCursor",
+    "ParameterTypeError",
+    "PoolStats",
+    "PooledProvider",
+    "Row",
+    "SQLValue",
+    "SSLMode",
+    "Secret",
+    "check_params",
+    "transaction",
+]

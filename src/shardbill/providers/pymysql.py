@@ -1,0 +1,96 @@
+"""The PyMySQL driver (``mysql+pymysql://`` URLs). PyMySQL is imported only when used.
+
+Safe defaults: ``utf8mb4``, autocommit off, ``LOAD DATA LOCAL INFILE`` off,
+one statement per ``execute`` (no ``CLIENT.MULTI_STATEMENTS``), strict SQL
+mode, TLS per ``ssl_mode`` (verified after connecting when required).
+"""
+
+from __future__ import annotations
+
+import ssl
+from types import ModuleType
+from typing import Any, ClassVar
+
+from shardbill.errors import DriverNotInstalledError
+from shardbill.providers.mysql_common import init_command, require_tls
+from shardbill.providers.pool import Driver
+from shardbill.providers.url import ConnectionURL, SSLMode
+
+__all__ = ["PyMySQLDriver", "connect_kwargs"]
+
+
+def _module() -> ModuleType:
+    try:
+        import pymysql
+    except ImportError as exc:
+        raise DriverNotInstalledError(
+            "mysql+pymysql URLs need PyMySQL, which is not installed: "
+            "pip install 'shardbill[pymysql]'"
+        ) from exc
+    return pymysql
+
+
+def _ssl_context(url: ConnectionURL, mode: SSLMode) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=url.ssl_ca)
+    if mode is SSLMode.REQUIRED:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.check_hostname = mode is SSLMode.VERIFY_IDENTITY
+        context.verify_mode = ssl.CERT_REQUIRED
+    if url.ssl_cert is not None:
+        context.load_cert_chain(url.ssl_cert, keyfile=url.ssl_key)
+    return context
+
+
+def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
+    """The keyword arguments :func:`pymysql.connect` gets for ``url`` (password included).
+
+    Never log the result: it holds the password.
+    """
+    kwargs: dict[str, Any] = {
+        "host": url.host or "localhost",
+        "port": url.port,
+        "user": url.user or "",
+        "password": url.resolve_password(),
+        "database": url.database,
+        "charset": url.charset,
+        "autocommit": False,
+        "local_infile": False,
+        "client_flag": 0,  # PyMySQL never adds MULTI_STATEMENTS itself
+        "connect_timeout": url.connect_timeout,
+        "read_timeout": url.read_timeout,
+        "write_timeout": url.write_timeout,
+        "init_command": init_command(url),
+    }
+    if url.unix_socket is not None:
+        kwargs["unix_socket"] = url.unix_socket
+    mode = url.effective_ssl_mode
+    if mode is SSLMode.DISABLED:
+        kwargs["ssl_disabled"] = True
+    elif mode.encrypted:
+        kwargs["ssl"] = _ssl_context(url, mode)
+    return kwargs
+
+
+class PyMySQLDriver(Driver):
+    """Connects with PyMySQL."""
+
+    name: ClassVar[str] = "pymysql"
+
+    def load(self) -> None:
+        """Import PyMySQL (raises DriverNotInstalledError naming the extra)."""
+        _module()
+
+    def connect(self, url: ConnectionURL) -> Any:
+        """A new PyMySQL connection for ``url``, TLS checked when required."""
+        conn = _module().connect(**connect_kwargs(url))
+        require_tls(conn, url)
+        return conn
+
+    def ping(self, raw: Any) -> None:
+        """Ping without reconnecting (a reconnect would lose the session silently)."""
+        raw.ping(reconnect=False)
+
+
+DRIVER = PyMySQLDriver()
