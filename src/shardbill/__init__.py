@@ -9,6 +9,7 @@ are ``shardbill.aggregates``, ``shardbill.catalog``, ``shardbill.dialects``,
 """
 
 from shardbill._version import __version__
+from shardbill.aggregates import AggregateTable, KeyColumn, Measure
 from shardbill.errors import (
     CannotConnectError,
     CommitOutcomeUnknownError,
@@ -39,11 +40,20 @@ from shardbill.errors import (
     ShardbillError,
     ShardMapError,
 )
+from shardbill.pipeline import Pipeline, PipelineResult
 from shardbill.providers import ConnectionProvider, ConnectionURL, PooledProvider
+from shardbill.reader import AggregateRow, Reader
+from shardbill.resharding import CachedMap, JsonFileMapStore, MapStore, SqlMapStore
 from shardbill.rules import Charge, PriceBook, Rule, RuleContext, RulesEngine, UsageEvent
 from shardbill.shardmap import ReshardPlan, ShardChange, ShardMap, SlotMove
+from shardbill.synthetic import Traffic, TrafficModel
+from shardbill.writer import AggregationWriter, WriteResult, WriterSettings
 
 __all__ = [
+    "AggregateRow",
+    "AggregateTable",
+    "AggregationWriter",
+    "CachedMap",
     "CannotConnectError",
     "Charge",
     "CommitOutcomeUnknownError",
@@ -60,17 +70,24 @@ __all__ = [
     "FencedError",
     "InvalidInputError",
     "InvalidURLError",
+    "JsonFileMapStore",
+    "KeyColumn",
     "KeyTypeError",
     "LockWaitTimeoutError",
     "MapNotPublishedError",
+    "MapStore",
+    "Measure",
     "MoneyTypeError",
     "ParameterTypeError",
+    "Pipeline",
+    "PipelineResult",
     "PoolTimeoutError",
     "PooledProvider",
     "PriceBook",
     "PriceBookError",
     "QueryInterruptedError",
     "ReadOnlyError",
+    "Reader",
     "ReshardError",
     "ReshardPlan",
     "RetryableError",
@@ -84,6 +101,11 @@ __all__ = [
     "ShardMapError",
     "ShardbillError",
     "SlotMove",
+    "SqlMapStore",
+    "Traffic",
+    "TrafficModel",
     "UsageEvent",
+    "WriteResult",
+    "WriterSettings",
     "__version__",
 ]

@@ -1,0 +1,205 @@
+"""DDL and schema introspection per server family.
+
+Logical tables (:mod:`shardbill.tables`) become ``CREATE TABLE IF NOT
+EXISTS`` statements (one statement per ``execute``: no multi-statements), and
+live tables are described back as logical column kinds so the writer can
+refuse to run against a schema that does not match its specs.
+
+Text key columns compare exactly: on MariaDB they use ``utf8mb4_nopad_bin``
+and on MySQL 8 ``utf8mb4_0900_bin`` (both NO PAD: ``'a'`` and ``'a '`` are two
+keys). MySQL 5.7 has no NO PAD binary collation; there ``utf8mb4_bin``
+ignores trailing spaces, so shardbill's key validation is the guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from shardbill.dialects.base import Dialect
+from shardbill.dialects.mysql import MySQLDialect
+from shardbill.providers.base import DBAPICursor
+from shardbill.tables import Column, ColumnKind, TableDef
+
+__all__ = [
+    "LiveColumn",
+    "LiveTable",
+    "create_statements",
+    "describe_table",
+    "prune_statement",
+    "share_lock_clause",
+]
+
+
+@attrs.frozen(kw_only=True)
+class LiveColumn:
+    """A column as the server reports it, with the logical kinds it can hold (empty: foreign)."""
+
+    name: str
+    kinds: frozenset[ColumnKind]
+    length: int | None
+    nullable: bool
+    declared: str
+
+
+@attrs.frozen(kw_only=True)
+class LiveTable:
+    """A table as the server reports it."""
+
+    name: str
+    columns: tuple[LiveColumn, ...]
+    primary_key: tuple[str, ...]
+
+
+def _text_collation(dialect: MySQLDialect) -> str:
+    if dialect.flavor == "mariadb":
+        return "utf8mb4_nopad_bin"
+    if dialect.version >= (8, 0, 0):
+        return "utf8mb4_0900_bin"
+    return "utf8mb4_bin"
+
+
+def _mysql_type(dialect: MySQLDialect, column: Column) -> str:
+    if column.kind is ColumnKind.BIGINT:
+        return "BIGINT"
+    if column.kind is ColumnKind.INT:
+        return "INT"
+    if column.kind is ColumnKind.DATE:
+        return "DATE"
+    if column.kind is ColumnKind.ASCII:
+        return f"VARCHAR({column.length}) CHARACTER SET ascii COLLATE ascii_bin"
+    return f"VARCHAR({column.length}) CHARACTER SET utf8mb4 COLLATE {_text_collation(dialect)}"
+
+
+def _sqlite_type(column: Column) -> str:
+    if column.kind in (ColumnKind.BIGINT, ColumnKind.INT):
+        return "INTEGER"
+    return "TEXT"
+
+
+def create_statements(dialect: Dialect, table: TableDef) -> list[str]:
+    """The statements that create ``table`` if it does not exist (run each separately)."""
+    q = dialect.quote
+    mysql = dialect if isinstance(dialect, MySQLDialect) else None
+    parts = []
+    for column in table.columns:
+        kind = _mysql_type(mysql, column) if mysql is not None else _sqlite_type(column)
+        null = "NULL" if column.nullable else "NOT NULL"
+        parts.append(f"{q(column.name)} {kind} {null}")
+    parts.append(f"PRIMARY KEY ({', '.join(q(c) for c in table.primary_key)})")
+    if mysql is not None:
+        for index in table.indexes:
+            name = q(f"{'_'.join(index)}_idx")
+            parts.append(f"KEY {name} ({', '.join(q(c) for c in index)})")
+        return [
+            f"CREATE TABLE IF NOT EXISTS {q(table.name)} ({', '.join(parts)}) "
+            "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        ]
+    statements = [f"CREATE TABLE IF NOT EXISTS {q(table.name)} ({', '.join(parts)}) WITHOUT ROWID"]
+    for index in table.indexes:
+        name = q(f"{table.name}_{'_'.join(index)}_idx")
+        statements.append(
+            f"CREATE INDEX IF NOT EXISTS {name} ON {q(table.name)} "
+            f"({', '.join(q(c) for c in index)})"
+        )
+    return statements
+
+
+def share_lock_clause(dialect: Dialect) -> str:
+    """The suffix that makes a SELECT take shared row locks ('' where writers serialise)."""
+    return " LOCK IN SHARE MODE" if isinstance(dialect, MySQLDialect) else ""
+
+
+def prune_statement(dialect: Dialect, table: str) -> str:
+    """Delete at most N ledger rows applied before a cutoff; bind (cutoff, N).
+
+    MySQL deletes with ``LIMIT`` directly; SQLite (built without
+    ``SQLITE_ENABLE_UPDATE_DELETE_LIMIT``) deletes the keys a limited
+    sub-select finds.
+    """
+    q = dialect.quote
+    p = dialect.placeholder
+    if isinstance(dialect, MySQLDialect):
+        return f"DELETE FROM {q(table)} WHERE {q('applied_at')} < {p} LIMIT {p}"
+    return (
+        f"DELETE FROM {q(table)} WHERE ({q('event_id')}, {q('sb_slot')}) IN "
+        f"(SELECT {q('event_id')}, {q('sb_slot')} FROM {q(table)} "
+        f"WHERE {q('applied_at')} < {p} LIMIT {p})"
+    )
+
+
+_MYSQL_KINDS = {
+    "bigint": ColumnKind.BIGINT,
+    "int": ColumnKind.INT,
+    "date": ColumnKind.DATE,
+    "varchar": ColumnKind.VARCHAR,
+}
+
+
+def _sqlite_kinds(declared: str) -> frozenset[ColumnKind]:
+    # SQLite's type affinity rules: a declared type containing INT has INTEGER
+    # affinity; one containing CHAR, CLOB or TEXT has TEXT affinity (shardbill
+    # keeps dates as ISO text there). Anything else cannot hold our values exactly.
+    upper = declared.upper()
+    if "INT" in upper:
+        return frozenset({ColumnKind.BIGINT, ColumnKind.INT})
+    if any(word in upper for word in ("CHAR", "CLOB", "TEXT")):
+        return frozenset({ColumnKind.VARCHAR, ColumnKind.ASCII, ColumnKind.DATE})
+    return frozenset()
+
+
+def describe_table(cursor: DBAPICursor, dialect: Dialect, name: str) -> LiveTable | None:
+    """How the server describes table ``name`` now, or None when it does not exist."""
+    if isinstance(dialect, MySQLDialect):
+        cursor.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, IS_NULLABLE, COLUMN_TYPE,"
+            " CHARACTER_SET_NAME FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+            (name,),
+        )
+        rows: Sequence[tuple[object, ...]] = cursor.fetchall()
+        if not rows:
+            return None
+        columns = []
+        for col, data_type, length, nullable, declared, charset in rows:
+            kind = _MYSQL_KINDS.get(str(data_type).lower())
+            if kind is ColumnKind.VARCHAR and str(charset).lower() == "ascii":
+                kind = ColumnKind.ASCII
+            columns.append(
+                LiveColumn(
+                    name=str(col),
+                    kinds=frozenset({kind} if kind else ()),
+                    length=int(str(length)) if length is not None else None,
+                    nullable=str(nullable).upper() == "YES",
+                    declared=str(declared),
+                )
+            )
+        cursor.execute(
+            "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()"
+            " AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX",
+            (name,),
+        )
+        primary = tuple(str(r[0]) for r in cursor.fetchall())
+        return LiveTable(name=name, columns=tuple(columns), primary_key=primary)
+    cursor.execute(f"PRAGMA table_info({dialect.quote(name)})", ())
+    info = cursor.fetchall()
+    if not info:
+        return None
+    columns = []
+    keyed: list[tuple[int, str]] = []
+    for _cid, col, declared, notnull, _default, pk in info:
+        columns.append(
+            LiveColumn(
+                name=str(col),
+                kinds=_sqlite_kinds(str(declared)),
+                length=None,
+                nullable=not notnull,
+                declared=str(declared),
+            )
+        )
+        if pk:
+            keyed.append((int(pk), str(col)))
+    return LiveTable(
+        name=name, columns=tuple(columns), primary_key=tuple(c for _, c in sorted(keyed))
+    )

@@ -1,0 +1,161 @@
+"""Applying and checking the per-shard schema: aggregate tables, ledger, slot ownership.
+
+:func:`apply_schema` creates what is missing (``CREATE TABLE IF NOT EXISTS``:
+applying twice is a no-op) and, on a shard whose ownership table is empty,
+records the slots the shard map gives it. :func:`check_schema` compares the
+live tables with the specs and raises :class:`~shardbill.errors.SchemaError`
+with every difference it found, each naming the shard, the table, the column
+and what to do. The writer refuses to run against a schema that does not
+match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shardbill.aggregates import SLOT_COLUMN, AggregateTable
+from shardbill.dialects.ddl import create_statements, describe_table
+from shardbill.dialects.detect import dialect_for
+from shardbill.errors import SchemaError
+from shardbill.providers.base import ConnectionProvider
+from shardbill.shardmap import ShardMap
+from shardbill.tables import ColumnKind, SlotState, SystemTables, TableDef
+
+__all__ = ["apply_schema", "check_schema", "schema_problems"]
+
+
+def apply_schema(
+    provider: ConnectionProvider,
+    shard_map: ShardMap,
+    tables: Sequence[AggregateTable],
+    *,
+    system_tables: SystemTables | None = None,
+    shards: Sequence[str] | None = None,
+) -> None:
+    """Create missing tables on every shard and record slot ownership where none is recorded.
+
+    Args:
+        provider: lends connections to the shards.
+        shard_map: the map whose slots each shard owns at first start.
+        tables: the aggregate tables.
+        system_tables: the ledger and ownership table names.
+        shards: only these shards (default: every shard of the map).
+    """
+    system = system_tables or SystemTables()
+    defs = system.all_defs(tables)
+    for shard in shards if shards is not None else sorted(shard_map.shards):
+        with provider.connection(shard) as conn:
+            dialect = dialect_for(conn)
+            cursor = conn.cursor()
+            try:
+                for table in defs:
+                    for statement in create_statements(dialect, table):
+                        cursor.execute(statement, ())
+            finally:
+                cursor.close()
+        # DDL commits implicitly on MySQL; ownership goes in its own transaction.
+        with provider.connection(shard) as conn:
+            dialect = dialect_for(conn)
+            cursor = conn.cursor()
+            try:
+                slots_table = dialect.quote(system.slots)
+                cursor.execute(f"SELECT COUNT(*) FROM {slots_table}", ())
+                row = cursor.fetchone()
+                if row is not None and int(row[0]) == 0:
+                    owned = shard_map.slots_of(shard)
+                    group = "(" + ", ".join([dialect.placeholder] * 4) + ")"
+                    for start in range(0, len(owned), 1000):
+                        chunk = owned[start : start + 1000]
+                        cursor.execute(
+                            f"INSERT INTO {slots_table} ({SLOT_COLUMN}, state, epoch, peer) "
+                            f"VALUES {', '.join([group] * len(chunk))}",
+                            [
+                                v
+                                for slot in chunk
+                                for v in (slot, SlotState.OWNED.value, shard_map.epoch, None)
+                            ],
+                        )
+            finally:
+                cursor.close()
+
+
+def _compare(shard: str, want: TableDef, live_table: object) -> list[str]:
+    from shardbill.dialects.ddl import LiveTable
+
+    assert isinstance(live_table, LiveTable)  # noqa: S101 - internal helper
+    problems = []
+    live = {c.name.lower(): c for c in live_table.columns}
+    for column in want.columns:
+        found = live.get(column.name.lower())
+        where = f"shard {shard!r}: table {want.name!r} column {column.name!r}"
+        if found is None:
+            problems.append(f"{where} is missing; add it or re-create the table")
+            continue
+        if column.kind not in found.kinds:
+            problems.append(
+                f"{where} is {found.declared}, the spec says {column.kind.value}"
+                f"{f'({column.length})' if column.length else ''}; migrate the column or fix "
+                "the spec"
+            )
+        elif (
+            column.kind is ColumnKind.VARCHAR
+            and found.length is not None
+            and found.length < column.length
+        ):
+            problems.append(
+                f"{where} holds {found.length} characters, the spec says {column.length}; "
+                "widen the column or shorten the spec"
+            )
+        if found.nullable and not column.nullable:
+            problems.append(f"{where} allows NULL; make it NOT NULL")
+    if tuple(c.lower() for c in live_table.primary_key) != tuple(
+        c.lower() for c in want.primary_key
+    ):
+        problems.append(
+            f"shard {shard!r}: table {want.name!r} has primary key "
+            f"{list(live_table.primary_key)}, the spec says {list(want.primary_key)}; "
+            "re-create the table (the UPSERT merges on this key)"
+        )
+    return problems
+
+
+def schema_problems(
+    provider: ConnectionProvider,
+    shards: Sequence[str],
+    tables: Sequence[AggregateTable],
+    *,
+    system_tables: SystemTables | None = None,
+) -> list[str]:
+    """Every difference between the live schema on ``shards`` and the specs (empty: all good)."""
+    system = system_tables or SystemTables()
+    problems: list[str] = []
+    for shard in shards:
+        with provider.connection(shard, readonly=False) as conn:
+            dialect = dialect_for(conn)
+            cursor = conn.cursor()
+            try:
+                for want in system.all_defs(tables):
+                    live = describe_table(cursor, dialect, want.name)
+                    if live is None:
+                        problems.append(
+                            f"shard {shard!r}: table {want.name!r} does not exist; run "
+                            "`shardbill init` (or AggregationWriter.ensure_schema())"
+                        )
+                        continue
+                    problems.extend(_compare(shard, want, live))
+            finally:
+                cursor.close()
+    return problems
+
+
+def check_schema(
+    provider: ConnectionProvider,
+    shards: Sequence[str],
+    tables: Sequence[AggregateTable],
+    *,
+    system_tables: SystemTables | None = None,
+) -> None:
+    """Raise :class:`~shardbill.errors.SchemaError` listing every difference, if any."""
+    problems = schema_problems(provider, shards, tables, system_tables=system_tables)
+    if problems:
+        raise SchemaError("the live schema does not match the specs:\n  " + "\n  ".join(problems))

@@ -1,0 +1,168 @@
+"""Logical table definitions: aggregate tables and shardbill's own per-shard tables (pure).
+
+Dialects render these to DDL; the schema check compares the live tables with
+them. Two system tables live on every shard next to the aggregates:
+
+``shardbill_ledger``
+    One row per applied ``(event_id, slot)``: the fingerprint of what the
+    event contributed to that slot and when it was applied (Unix seconds, for
+    retention). Written in the same transaction as the UPSERTs it guards.
+
+``shardbill_slots``
+    The slots this shard owns (``state`` = ``owned``), is receiving during a
+    reshard (``incoming``, with the source shard in ``peer``), or has handed
+    over (``gone``, with the target in ``peer``). Every write transaction
+    reads its slots' rows with a shared lock: this is the fence that rejects a
+    writer holding an old shard map.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import attrs
+
+from shardbill.aggregates import (
+    SLOT_COLUMN,
+    AggregateTable,
+    BigInt,
+    Date,
+    VarChar,
+    check_identifier,
+)
+
+__all__ = [
+    "EVENT_ID_LENGTH",
+    "Column",
+    "ColumnKind",
+    "SlotState",
+    "SystemTables",
+    "TableDef",
+    "aggregate_table_def",
+]
+
+#: Longest event id: 191 characters fit a utf8mb4 index prefix on every InnoDB row format.
+EVENT_ID_LENGTH = 191
+
+
+class ColumnKind(enum.StrEnum):
+    """The logical column types shardbill uses."""
+
+    BIGINT = "bigint"
+    INT = "int"
+    VARCHAR = "varchar"
+    ASCII = "ascii"  # fixed vocabulary text (states, fingerprints), ASCII only
+    DATE = "date"
+
+
+class SlotState(enum.StrEnum):
+    """A slot's state in one shard's ``shardbill_slots`` table."""
+
+    OWNED = "owned"
+    INCOMING = "incoming"
+    GONE = "gone"
+
+
+@attrs.frozen(kw_only=True)
+class Column:
+    """One column of a logical table."""
+
+    name: str
+    kind: ColumnKind
+    length: int = 0
+    nullable: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class TableDef:
+    """A logical table: columns, primary key and secondary indexes (each a column tuple)."""
+
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    indexes: tuple[tuple[str, ...], ...] = ()
+
+    def column(self, name: str) -> Column:
+        """The column called ``name``."""
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
+
+def aggregate_table_def(table: AggregateTable) -> TableDef:
+    """The logical definition of an aggregate table: keys, slot, measures."""
+    columns: list[Column] = []
+    for key in table.keys:
+        if isinstance(key.type, BigInt):
+            columns.append(Column(name=key.name, kind=ColumnKind.BIGINT))
+        elif isinstance(key.type, VarChar):
+            columns.append(Column(name=key.name, kind=ColumnKind.VARCHAR, length=key.type.length))
+        elif isinstance(key.type, Date):
+            columns.append(Column(name=key.name, kind=ColumnKind.DATE))
+    columns.append(Column(name=SLOT_COLUMN, kind=ColumnKind.INT))
+    columns.extend(Column(name=m.name, kind=ColumnKind.BIGINT) for m in table.measures)
+    return TableDef(
+        name=table.name,
+        columns=tuple(columns),
+        primary_key=table.key_names,
+        indexes=((SLOT_COLUMN,),),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class SystemTables:
+    """The names of shardbill's own per-shard tables (configurable prefix)."""
+
+    prefix: str = attrs.field(default="shardbill")
+
+    def __attrs_post_init__(self) -> None:
+        check_identifier(f"{self.prefix}_ledger", what="system table prefix")
+
+    @property
+    def ledger(self) -> str:
+        """The ledger table's name."""
+        return f"{self.prefix}_ledger"
+
+    @property
+    def slots(self) -> str:
+        """The slot-ownership table's name."""
+        return f"{self.prefix}_slots"
+
+    def ledger_def(self) -> TableDef:
+        """The ledger of applied (event, slot) units."""
+        return TableDef(
+            name=self.ledger,
+            columns=(
+                Column(name="event_id", kind=ColumnKind.VARCHAR, length=EVENT_ID_LENGTH),
+                Column(name=SLOT_COLUMN, kind=ColumnKind.INT),
+                Column(name="fingerprint", kind=ColumnKind.ASCII, length=16),
+                Column(name="applied_at", kind=ColumnKind.BIGINT),
+            ),
+            # Slot first: a slot's ledger rows are one primary-key range to move,
+            # and lookups give both parts (slot IN (...) AND event_id IN (...)).
+            primary_key=(SLOT_COLUMN, "event_id"),
+            indexes=(("applied_at",),),
+        )
+
+    def slots_def(self) -> TableDef:
+        """The slot-ownership (fence) table."""
+        return TableDef(
+            name=self.slots,
+            columns=(
+                Column(name=SLOT_COLUMN, kind=ColumnKind.INT),
+                Column(name="state", kind=ColumnKind.ASCII, length=16),
+                Column(name="epoch", kind=ColumnKind.BIGINT),
+                Column(name="peer", kind=ColumnKind.VARCHAR, length=64, nullable=True),
+            ),
+            primary_key=(SLOT_COLUMN,),
+        )
+
+    def all_defs(self, aggregates: Sequence[AggregateTable]) -> tuple[TableDef, ...]:
+        """Every table one shard holds: the system tables, then the aggregates."""
+        return (
+            self.ledger_def(),
+            self.slots_def(),
+            *(aggregate_table_def(t) for t in aggregates),
+        )
