@@ -39,6 +39,8 @@ a password.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "CannotConnectError",
     "CommitOutcomeUnknownError",
@@ -142,15 +144,24 @@ class FencedError(ShardbillError):
         shard: the shard that refused.
         slots: the slots it no longer owns.
         epoch: the shard map epoch the shard knows, when it reported one.
+        moved: slot -> the shard it was handed to, for the slots whose new
+            owner the refusing shard recorded (a reshard's forwarding address).
     """
 
     def __init__(
-        self, message: str, *, shard: str, slots: tuple[int, ...], epoch: int | None = None
+        self,
+        message: str,
+        *,
+        shard: str,
+        slots: tuple[int, ...],
+        epoch: int | None = None,
+        moved: Mapping[int, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.shard = shard
         self.slots = slots
         self.epoch = epoch
+        self.moved: Mapping[int, str] = dict(moved or {})
 
 
 class ReshardError(ShardbillError):

@@ -31,6 +31,7 @@ def apply_schema(
     *,
     system_tables: SystemTables | None = None,
     shards: Sequence[str] | None = None,
+    record_ownership: bool = True,
 ) -> None:
     """Create missing tables on every shard and record slot ownership where none is recorded.
 
@@ -40,6 +41,9 @@ def apply_schema(
         tables: the aggregate tables.
         system_tables: the ledger and ownership table names.
         shards: only these shards (default: every shard of the map).
+        record_ownership: record the map's slots as owned on shards whose
+            ownership table is empty (a reshard adds a shard without: its
+            slots arrive through the move protocol).
     """
     system = system_tables or SystemTables()
     defs = system.all_defs(tables)
@@ -53,6 +57,8 @@ def apply_schema(
                         cursor.execute(statement, ())
             finally:
                 cursor.close()
+        if not record_ownership:
+            continue
         # DDL commits implicitly on MySQL; ownership goes in its own transaction.
         with provider.connection(shard) as conn:
             dialect = dialect_for(conn)

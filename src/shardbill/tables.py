@@ -8,6 +8,11 @@ them. Two system tables live on every shard next to the aggregates:
     event contributed to that slot and when it was applied (Unix seconds, for
     retention). Written in the same transaction as the UPSERTs it guards.
 
+``shardbill_moves``
+    On a shard receiving slots during a reshard: per (slot, table), the
+    source's manifest (row count, sums, checksum) and the merge progress (the
+    last key merged), written in the same transaction as each merged chunk.
+
 ``shardbill_slots``
     The slots this shard owns (``state`` = ``owned``), is receiving during a
     reshard (``incoming``, with the source shard in ``peer``), or has handed
@@ -159,10 +164,33 @@ class SystemTables:
             primary_key=(SLOT_COLUMN,),
         )
 
+    @property
+    def moves(self) -> str:
+        """The move ledger's name (a reshard's progress, on the receiving shard)."""
+        return f"{self.prefix}_moves"
+
+    def moves_def(self) -> TableDef:
+        """The move ledger: per (slot, table) being received, the source's manifest and
+        the progress of the merge, updated in the same transaction as each merged chunk."""
+        return TableDef(
+            name=self.moves,
+            columns=(
+                Column(name=SLOT_COLUMN, kind=ColumnKind.INT),
+                Column(name="table_name", kind=ColumnKind.ASCII, length=64),
+                Column(name="source", kind=ColumnKind.VARCHAR, length=64),
+                Column(name="manifest", kind=ColumnKind.VARCHAR, length=1024),
+                Column(name="moved", kind=ColumnKind.VARCHAR, length=1024),
+                Column(name="last_key", kind=ColumnKind.VARCHAR, length=2048, nullable=True),
+                Column(name="done", kind=ColumnKind.INT),
+            ),
+            primary_key=(SLOT_COLUMN, "table_name"),
+        )
+
     def all_defs(self, aggregates: Sequence[AggregateTable]) -> tuple[TableDef, ...]:
         """Every table one shard holds: the system tables, then the aggregates."""
         return (
             self.ledger_def(),
             self.slots_def(),
+            self.moves_def(),
             *(aggregate_table_def(t) for t in aggregates),
         )

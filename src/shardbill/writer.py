@@ -441,18 +441,26 @@ class AggregationWriter:
 
     def _execute(self, work: dict[str, ShardWork], rejected: list[Rejection]) -> WriteResult:
         results = self._run(work)
-        reloads = 0
+        rounds = 0
         while True:
-            fenced = [s for s, r in results.items() if isinstance(r.error, FencedError)]
-            if not fenced or self._source is None or reloads >= self._settings.max_map_reloads:
+            fenced = {s: r.error for s, r in results.items() if isinstance(r.error, FencedError)}
+            if not fenced or rounds > self._settings.max_map_reloads:
                 break
-            reloads += 1
-            self._reload(fenced[0])
+            rounds += 1
+            # A fencing shard names where each slot went (a reshard's forwarding
+            # address): follow it. Slots without one go where the reloaded map says.
+            hints: dict[int, str] = {}
+            for error in fenced.values():
+                hints.update(error.moved)
             retry_units = [u for s in fenced for u in work[s].units]
+            if any(u.slot not in hints for u in retry_units):
+                if self._source is None:
+                    break
+                self._reload(next(iter(fenced)))
             for shard in fenced:
                 # A fenced transaction applied nothing; keep what earlier rounds did.
                 results[shard] = attrs.evolve(results[shard], error=None, failed=())
-            work = self._regroup(retry_units)
+            work = self._regroup(retry_units, hints)
             for shard, result in self._run(work).items():
                 results[shard] = _merge(results.get(shard), result)
         return WriteResult(shards=results, rejected=tuple(rejected))
@@ -469,11 +477,14 @@ class AggregationWriter:
         if self._observer is not None:
             self._observer(MapReloaded(shard=shard, epoch=self._map.epoch))
 
-    def _regroup(self, units: Iterable[Unit]) -> dict[str, ShardWork]:
+    def _regroup(
+        self, units: Iterable[Unit], hints: Mapping[int, str] | None = None
+    ) -> dict[str, ShardWork]:
         by_shard: dict[str, list[Unit]] = defaultdict(list)
         current = self._map
+        hints = hints or {}
         for unit in units:
-            by_shard[current.owner(unit.slot)].append(unit)
+            by_shard[hints.get(unit.slot) or current.owner(unit.slot)].append(unit)
         return {
             s: ShardWork(shard=s, units=tuple(sorted(u, key=lambda x: (x.event_id, x.slot))))
             for s, u in by_shard.items()
@@ -678,12 +689,18 @@ class AggregationWriter:
             s for s in slots if states.get(s, (SlotState.GONE, None))[0] not in _WRITABLE
         )
         if refused:
+            moved = {
+                s: str(states[s][1])
+                for s in refused
+                if s in states and states[s][0] == SlotState.GONE and states[s][1]
+            }
             raise FencedError(
                 f"shard {shard!r} does not own slot(s) {list(refused[:8])}"
                 f"{' ...' if len(refused) > 8 else ''} (map epoch {self._map.epoch}); "
                 "reload the shard map and route again",
                 shard=shard,
                 slots=refused,
+                moved=moved,
             )
         return {s: peer for s, (state, peer) in states.items() if state == SlotState.INCOMING}
 
