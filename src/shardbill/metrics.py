@@ -1,0 +1,105 @@
+"""A Prometheus adapter for the writer's observer hook (the ``metrics`` extra).
+
+``pip install 'shardbill[metrics]'`` installs ``prometheus-client``; then::
+
+    from shardbill.metrics import PrometheusObserver
+
+    writer = AggregationWriter(..., observer=PrometheusObserver())
+
+and expose the default registry as usual (``prometheus_client.start_http_server``).
+
+=========================================  =========  ==============================
+metric                                     type       labels
+=========================================  =========  ==============================
+``shardbill_commits_total``                counter    shard
+``shardbill_commit_seconds``               histogram  shard
+``shardbill_units_applied_total``          counter    shard
+``shardbill_duplicates_skipped_total``     counter    shard
+``shardbill_conflicts_total``              counter    shard
+``shardbill_rows_upserted_total``          counter    shard
+``shardbill_retries_total``                counter    shard, error
+``shardbill_failures_total``               counter    shard, error
+``shardbill_events_rejected_total``        counter
+``shardbill_map_reloads_total``            counter    shard
+=========================================  =========  ==============================
+
+Labels are shard names and error class names only: bounded, and never an
+event payload or a secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardbill.errors import DriverNotInstalledError
+from shardbill.observe import Committed, Failed, MapReloaded, Rejected, Retried, WriteEvent
+
+__all__ = ["PrometheusObserver"]
+
+# Commit latencies of interest run from about a millisecond to seconds.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class PrometheusObserver:
+    """Counts and times the writer's events into Prometheus metrics.
+
+    Args:
+        registry: the ``prometheus_client`` registry (default: the global one).
+        namespace: the metric name prefix.
+
+    Raises:
+        DriverNotInstalledError: ``prometheus-client`` is not installed.
+    """
+
+    def __init__(self, *, registry: Any = None, namespace: str = "shardbill") -> None:
+        try:
+            import prometheus_client as prom
+        except ImportError as exc:
+            raise DriverNotInstalledError(
+                "PrometheusObserver needs prometheus-client: pip install 'shardbill[metrics]'"
+            ) from exc
+        kw: dict[str, Any] = {"namespace": namespace}
+        if registry is not None:
+            kw["registry"] = registry
+        self._commits = prom.Counter("commits", "Shard transactions committed", ["shard"], **kw)
+        self._latency = prom.Histogram(
+            "commit_seconds", "Shard transaction time", ["shard"], buckets=_BUCKETS, **kw
+        )
+        self._applied = prom.Counter(
+            "units_applied", "(event, slot) units applied", ["shard"], **kw
+        )
+        self._duplicates = prom.Counter(
+            "duplicates_skipped", "Units found in the ledger already", ["shard"], **kw
+        )
+        self._conflicts = prom.Counter(
+            "conflicts", "Units whose id was applied with other content", ["shard"], **kw
+        )
+        self._rows = prom.Counter("rows_upserted", "Aggregate rows UPSERTed", ["shard"], **kw)
+        self._retries = prom.Counter(
+            "retries", "Transient failures retried", ["shard", "error"], **kw
+        )
+        self._failures = prom.Counter(
+            "failures", "Shard transactions given up", ["shard", "error"], **kw
+        )
+        self._rejected = prom.Counter("events_rejected", "Events refused before SQL", **kw)
+        self._reloads = prom.Counter(
+            "map_reloads", "Shard map reloads after a fence", ["shard"], **kw
+        )
+
+    def __call__(self, event: WriteEvent) -> None:
+        """Record one writer event."""
+        if isinstance(event, Committed):
+            self._commits.labels(event.shard).inc()
+            self._latency.labels(event.shard).observe(event.seconds)
+            self._applied.labels(event.shard).inc(event.applied)
+            self._duplicates.labels(event.shard).inc(event.duplicates)
+            self._conflicts.labels(event.shard).inc(event.conflicts)
+            self._rows.labels(event.shard).inc(event.rows)
+        elif isinstance(event, Retried):
+            self._retries.labels(event.shard, event.error).inc()
+        elif isinstance(event, Failed):
+            self._failures.labels(event.shard, event.error).inc()
+        elif isinstance(event, Rejected):
+            self._rejected.inc(event.count)
+        elif isinstance(event, MapReloaded):
+            self._reloads.labels(event.shard).inc()
