@@ -1,15 +1,17 @@
 """shardbill: price usage events and write them exactly once into sharded MySQL aggregates.
 
 The public names are listed in ``__all__``; the documented public submodules
-are ``shardbill.aggregates``, ``shardbill.catalog``, ``shardbill.dialects``,
-``shardbill.errors``, ``shardbill.keys``, ``shardbill.money``,
-``shardbill.observe``, ``shardbill.providers``, ``shardbill.reader``,
-``shardbill.resharding``, ``shardbill.rules``, ``shardbill.shardmap``,
-``shardbill.synthetic`` and ``shardbill.writer``.
+are ``shardbill.aggregates``, ``shardbill.audit``, ``shardbill.catalog``,
+``shardbill.config``, ``shardbill.dialects``, ``shardbill.errors``,
+``shardbill.ingest``, ``shardbill.keys``, ``shardbill.metrics``,
+``shardbill.money``, ``shardbill.observe``, ``shardbill.providers``,
+``shardbill.reader``, ``shardbill.resharding``, ``shardbill.rules``,
+``shardbill.shardmap``, ``shardbill.synthetic`` and ``shardbill.writer``.
 """
 
 from shardbill._version import __version__
 from shardbill.aggregates import AggregateTable, KeyColumn, Measure
+from shardbill.config import Config
 from shardbill.errors import (
     CannotConnectError,
     CommitOutcomeUnknownError,
@@ -57,6 +59,7 @@ __all__ = [
     "CannotConnectError",
     "Charge",
     "CommitOutcomeUnknownError",
+    "Config",
     "ConfigurationError",
     "ConnectionLostError",
     "ConnectionProvider",

@@ -1,108 +1,893 @@
-"""``shardbill demo``: the main job on embedded SQLite shard files.
+"""Synthetic workloads through the real write path: ``shardbill demo`` and ``shardbill bench``.
 
-This first version is deliberately small: it generates seeded usage events,
-routes them to four SQLite shard files, writes each shard's batch in one
-transaction (ledger of event ids + additive UPSERT), replays a slice of
-duplicates to show they change nothing, and checks the totals against an
-independent sum. Later versions run the full pipeline (rules, shard map,
-aggregation writer, online resharding).
+**The demo** (:func:`run_demo`) is the main job in miniature, on four SQLite
+shard files by default (or on real servers):
+
+1. generate a seeded day of skewed usage (:class:`~shardbill.synthetic.Traffic`),
+   delivered at least once (a few events twice, reordered a little);
+2. price it with the example rules (:func:`shardbill.rules.comms.engine`) and
+   write it exactly once through :class:`~shardbill.pipeline.Pipeline`, in
+   batches (one transaction per shard per batch);
+3. replay a slice of the day: every replayed event is a duplicate, nothing changes;
+4. add a fifth shard online while the rest of the day is written
+   (:func:`_reshard_online`);
+5. audit: recompute every aggregate row independently (:mod:`shardbill.audit`)
+   and compare with the shards;
+6. report throughput, commit latency, rows per shard, duplicates skipped,
+   slots moved and the audit verdict.
+
+**The bench** (:func:`run_bench`) writes each traffic model (uniform, skewed,
+hot) into fresh shards and measures events/s, commits/s and commit latency.
+Events are priced before the clock starts: the bench measures the write path.
+
+Interrupting either (Ctrl-C) stops after the shard transactions in flight:
+each batch either committed whole or not at all, and the ledger makes a
+re-run exact.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import sqlite3
+import contextlib
+import importlib
+import itertools
+import os
+import re
+import tempfile
 import time
-from collections import defaultdict
-from decimal import Decimal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-import xxhash
+import attrs
 
-_SHARDS = ("shard-0", "shard-1", "shard-2", "shard-3")
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS ledger (event_id TEXT PRIMARY KEY)",
-    "CREATE TABLE IF NOT EXISTS usage_totals ("
-    " account_id INTEGER PRIMARY KEY, events INTEGER NOT NULL, amount_minor INTEGER NOT NULL)",
-)
+from shardbill.aggregates import AggregateTable
+from shardbill.audit import audit
+from shardbill.catalog import billing_tables
+from shardbill.dialects.ddl import describe_table
+from shardbill.dialects.detect import dialect_for
+from shardbill.errors import ConfigurationError
+from shardbill.observe import Stats
+from shardbill.pipeline import Pipeline, PipelineResult
+from shardbill.progress import Progress
+from shardbill.providers.base import ConnectionProvider
+from shardbill.providers.pooled import PooledProvider
+from shardbill.providers.url import ConnectionURL
+from shardbill.resharding.mapstore import JsonFileMapStore
+from shardbill.rules import Charge, RulesEngine, UsageEvent
+from shardbill.shardmap import ShardMap
+from shardbill.synthetic import Traffic, TrafficModel
+from shardbill.tables import SystemTables
+from shardbill.writer import AggregationWriter, WriterSettings
+
+__all__ = [
+    "DEMO_SHARDS",
+    "BenchResult",
+    "DemoReport",
+    "ReshardOutcome",
+    "check_plotting",
+    "demo_shards",
+    "ensure_databases",
+    "plot_bench",
+    "run_bench",
+    "run_demo",
+]
+
+DEMO_SHARDS = ("shard-0", "shard-1", "shard-2", "shard-3", "shard-4")
+"""The demo's SQLite shards: four to start with, the fifth added online."""
+
+_DUPLICATES = 0.01  # of the stream re-delivered (at-least-once delivery)
+_REORDER = 64  # events shuffled within a window of this many
+_REPLAY = 0.10  # of the day replayed after the first part
+_ONLINE = 0.20  # of the day written while the fifth shard is added
+
+_DEMO_SQLITE = "synchronous=normal"
+
+Say = Callable[[str], None]
 
 
-def _shard_of(account_id: int) -> str:
-    digest = xxhash.xxh3_64_intdigest(str(account_id).encode())
-    return _SHARDS[digest % len(_SHARDS)]
+# --------------------------------------------------------------------------- shards
 
 
-def _write(conn: sqlite3.Connection, batch: list[tuple[str, int, int]]) -> tuple[int, int]:
-    """Apply one shard batch in one transaction; returns (applied, duplicates)."""
-    applied = 0
-    with conn:
-        for event_id, account_id, amount in batch:
-            cur = conn.execute("INSERT OR IGNORE INTO ledger (event_id) VALUES (?)", (event_id,))
-            if cur.rowcount == 0:
-                continue
-            applied += 1
-            conn.execute(
-                "INSERT INTO usage_totals (account_id, events, amount_minor) VALUES (?, 1, ?)"
-                " ON CONFLICT (account_id) DO UPDATE SET events = events + 1,"
-                " amount_minor = amount_minor + excluded.amount_minor",
-                (account_id, amount),
-            )
-    return applied, len(batch) - applied
+def demo_shards(directory: Path) -> dict[str, ConnectionURL]:
+    """The demo's SQLite shard URLs in ``directory`` (``shard-0.db`` ... ``shard-4.db``).
 
+    The files use ``synchronous=normal``: in WAL mode a power cut may lose the
+    last few commits (each whole: its ledger rows with its UPSERTs, so a
+    re-run is still exact), never half of one; scratch files need no more.
 
-def run_demo(*, directory: str, events: int, seed: int, as_json: bool) -> int:
-    """Run the demo and print its report; returns the exit code (0: audit exact)."""
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    conns = {}
-    for shard in _SHARDS:
-        path = root / f"{shard}.db"
-        path.unlink(missing_ok=True)
-        conns[shard] = sqlite3.connect(path)
-        for ddl in _SCHEMA:
-            conns[shard].execute(ddl)
+    Args:
+        directory: where the shard files live.
 
-    rng = random.Random(seed)  # noqa: S311 - synthetic traffic, not secrets
-    stream = [(f"evt-{i}", rng.randint(1, 500), rng.randint(1, 250)) for i in range(events)]
-    expected: dict[int, int] = defaultdict(int)
-    for _, account_id, amount in stream:
-        expected[account_id] += amount
-
-    started = time.perf_counter()
-    applied = duplicates = 0
-    replay = stream[: events // 10]
-    for chunk in (stream, replay):
-        by_shard: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
-        for event in chunk:
-            by_shard[_shard_of(event[1])].append(event)
-        for shard, batch in by_shard.items():
-            a, d = _write(conns[shard], batch)
-            applied += a
-            duplicates += d
-    elapsed = time.perf_counter() - started
-
-    actual: dict[int, int] = {}
-    rows = {}
-    for shard, conn in conns.items():
-        found = conn.execute("SELECT account_id, amount_minor FROM usage_totals").fetchall()
-        rows[shard] = len(found)
-        actual.update(dict(found))
-        conn.close()
-    exact = actual == dict(expected)
-    report = {
-        "events": events,
-        "applied": applied,
-        "duplicates_skipped": duplicates,
-        "events_per_second": round(applied / elapsed) if elapsed else None,
-        "rows_per_shard": rows,
-        "total": str(Decimal(sum(actual.values())) / 100),
-        "audit": "exact" if exact else "DIFFERENT",
+    Returns:
+        Shard name -> URL, in order (the last one is added online).
+    """
+    root = directory.resolve()
+    return {
+        name: ConnectionURL.parse(f"sqlite:///{root / name}.db?{_DEMO_SQLITE}")
+        for name in DEMO_SHARDS
     }
-    if as_json:
-        print(json.dumps(report))
+
+
+def _remove_demo_files(directory: Path, shards: Iterable[str]) -> None:
+    """Delete the demo's own files from an earlier run (shard files and the map)."""
+    doomed = [directory / f"{s}.db{tail}" for s in shards for tail in ("", "-wal", "-shm")]
+    doomed += [directory / "shardmap.json", directory / "shardmap.json.lock"]
+    doomed += list(directory.glob("shardmap.epoch-*.json"))
+    for path in doomed:
+        path.unlink(missing_ok=True)
+
+
+def ensure_databases(urls: Mapping[str, ConnectionURL], say: Say) -> list[str]:
+    """Create the database of every MySQL URL that names one the server lacks.
+
+    Args:
+        urls: shard name -> URL (SQLite URLs are skipped).
+        say: where to report each database created.
+
+    Returns:
+        The names of the databases created.
+
+    Raises:
+        ConfigurationError: a database name that is not a plain identifier.
+        DatabaseError: the server refused (e.g. no CREATE privilege).
+    """
+    created = []
+    for shard, url in urls.items():
+        if url.family != "mysql" or not url.database:
+            continue
+        name = url.database
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
+            raise ConfigurationError(
+                f"shard {shard!r}: cannot create database {name!r}: use a name of letters, "
+                "digits and '_' (or create it yourself)"
+            )
+        server = attrs.evolve(url, database=None)
+        with PooledProvider({"server": server}) as admin, admin.connection("server") as conn:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(
+                    "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                    (name,),
+                )
+                if cursor.fetchall():
+                    continue
+                cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4", ())
+            finally:
+                cursor.close()
+        created.append(name)
+        say(f"created database `{name}` on {server} (shard {shard})")
+    return created
+
+
+def _occupied(
+    provider: ConnectionProvider, shards: Sequence[str], names: Sequence[str]
+) -> list[str]:
+    """``shard.table (N rows)`` for every named table that exists and holds rows."""
+    found = []
+    for shard in shards:
+        with provider.connection(shard) as conn:
+            dialect = dialect_for(conn)
+            cursor = conn.cursor()
+            try:
+                for name in names:
+                    if describe_table(cursor, dialect, name) is None:
+                        continue
+                    cursor.execute(f"SELECT COUNT(*) FROM {dialect.quote(name)}", ())
+                    row = cursor.fetchone()
+                    if row is not None and int(row[0]):
+                        found.append(f"{shard}.{name} ({int(row[0])} rows)")
+            finally:
+                cursor.close()
+    return found
+
+
+def _drop(provider: ConnectionProvider, shards: Sequence[str], names: Sequence[str]) -> None:
+    for shard in shards:
+        with provider.connection(shard) as conn:
+            dialect = dialect_for(conn)
+            cursor = conn.cursor()
+            try:
+                for name in names:
+                    cursor.execute(f"DROP TABLE IF EXISTS {dialect.quote(name)}", ())
+            finally:
+                cursor.close()
+
+
+def _table_names(tables: Sequence[AggregateTable], system: SystemTables) -> list[str]:
+    """Every table the demo (or the bench) keeps on a shard: aggregates, ledger, slots, moves."""
+    return [t.name for t in tables] + [d.name for d in system.all_defs(())]
+
+
+def _write_demo_config(directory: Path, shards: Sequence[str]) -> Path:
+    """A configuration file for the SQLite demo, so later commands can inspect it."""
+    lines = [
+        "# Written by `shardbill demo`: the demo's shards, for `shardbill map show`,",
+        "# `shardbill audit` and friends, e.g.",
+        f"#   shardbill map show --config {directory / 'shardbill.toml'}",
+        "",
+        "[shards]",
+        *(f'"{s}" = "sqlite:///{s}.db?{_DEMO_SQLITE}"' for s in shards),
+        "",
+        "[map_store]",
+        'kind = "json"',
+        'path = "shardmap.json"',
+        "",
+    ]
+    path = directory / "shardbill.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+@attrs.frozen(kw_only=True)
+class ReshardOutcome:
+    """What the online resharding step did.
+
+    Attributes:
+        status: ``done``, ``not available yet`` or ``skipped`` (no spare shard).
+        slots_moved: slots that changed owner.
+        rows_moved: aggregate rows merged into the new shard.
+        shard: the shard added.
+        seconds: how long the reshard took.
+    """
+
+    status: str
+    slots_moved: int = 0
+    rows_moved: int = 0
+    shard: str | None = None
+    seconds: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
+class DemoReport:
+    """What the demo did and found (:meth:`to_dict` is the ``--json`` object)."""
+
+    backend: str
+    location: str
+    model: str
+    seed: int
+    events: int
+    deliveries: int
+    applied: int
+    duplicates_skipped: int
+    replayed: int
+    replay_applied: int
+    rejected: int
+    failed: int
+    seconds: float
+    commits: int
+    commit_p50_ms: float | None
+    commit_p99_ms: float | None
+    rows_per_shard: Mapping[str, int]
+    slots_per_shard: Mapping[str, int]
+    map_epoch: int
+    resharding: ReshardOutcome
+    written_while_resharding: int
+    wall_seconds: float
+    audit_rows: int
+    differences: tuple[str, ...]
+    difference_count: int
+
+    @property
+    def exact(self) -> bool:
+        """True when the audit found no difference and no write failed."""
+        return self.difference_count == 0 and self.failed == 0
+
+    @property
+    def events_per_second(self) -> float:
+        """Events applied per second of writing (replay and audit not counted)."""
+        return self.applied / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def row_balance(self) -> float:
+        """The fullest shard's rows over the mean (1.0: perfectly even)."""
+        counts = list(self.rows_per_shard.values())
+        mean = sum(counts) / len(counts) if counts else 0
+        return max(counts) / mean if mean else 1.0
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as one JSON-ready object.
+
+        Returns:
+            Every attribute, with ``events_per_second``, ``row_balance`` and
+            ``audit`` (``"exact"`` or ``"different"``).
+        """
+        return {
+            "backend": self.backend,
+            "location": self.location,
+            "model": self.model,
+            "seed": self.seed,
+            "events": self.events,
+            "deliveries": self.deliveries,
+            "applied": self.applied,
+            "duplicates_skipped": self.duplicates_skipped,
+            "replayed": self.replayed,
+            "replay_applied": self.replay_applied,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+            "events_per_second": round(self.events_per_second),
+            "commits": self.commits,
+            "commit_p50_ms": _round(self.commit_p50_ms),
+            "commit_p99_ms": _round(self.commit_p99_ms),
+            "rows_per_shard": dict(self.rows_per_shard),
+            "row_balance": round(self.row_balance, 3),
+            "slots_per_shard": dict(self.slots_per_shard),
+            "map_epoch": self.map_epoch,
+            "resharding": self.resharding.status,
+            "slots_moved": self.resharding.slots_moved,
+            "rows_moved": self.resharding.rows_moved,
+            "reshard_seconds": round(self.resharding.seconds, 3),
+            "written_while_resharding": self.written_while_resharding,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "audit": "exact" if self.exact else "different",
+            "audit_rows": self.audit_rows,
+            "audit_differences": self.difference_count,
+            "differences": list(self.differences),
+        }
+
+    def render(self) -> str:
+        """The report for people: a few aligned lines.
+
+        Returns:
+            The text.
+        """
+        p50, p99 = _ms(self.commit_p50_ms), _ms(self.commit_p99_ms)
+        cells = [f"{s} {n:,}" for s, n in self.rows_per_shard.items()]
+        cells.append(f"(max/mean {self.row_balance:.2f})")
+        shards = "\n              ".join(
+            "  ".join(cells[i : i + 4]) for i in range(0, len(cells), 4)
+        )
+        stream_dups = self.duplicates_skipped - self.replayed
+        first, *rest = self.location.split(", ")
+        where = f"{first} (+{len(rest)} more)" if rest else first
+        lines = [
+            f"shardbill demo: {self.events:,} {self.model} usage events (seed {self.seed}) -> "
+            f"{len(self.rows_per_shard) - (self.resharding.status == 'done')} {self.backend} "
+            f"shards in {where}",
+            f"  write       {self.deliveries:,} deliveries, {self.applied:,} events applied in "
+            f"{self.seconds:.1f} s: {self.events_per_second:,.0f} events/s",
+            f"  commits     {self.commits:,} shard transactions, latency p50 {p50}, p99 {p99}",
+            f"  duplicates  {stream_dups:,} re-delivered + {self.replayed:,} replayed: "
+            f"{self.duplicates_skipped:,} skipped, {self.replay_applied} applied twice",
+            f"  resharding  {self._reshard_text()}",
+            f"  rows        {shards}",
+        ]
+        if self.rejected or self.failed:
+            lines.append(f"  problems    {self.rejected} events rejected, {self.failed} failed")
+        if self.exact:
+            lines.append(
+                f"  audit       exact: {self.audit_rows:,} rows match an independent recomputation"
+            )
+        else:
+            lines.append(f"  audit       {self.difference_count} differences:")
+            lines.extend(f"    {d}" for d in self.differences)
+        return "\n".join(lines)
+
+    def _reshard_text(self) -> str:
+        outcome = self.resharding
+        if outcome.status == "done":
+            return (
+                f"added {outcome.shard} online in {outcome.seconds:.1f} s: "
+                f"{outcome.slots_moved:,} slots, {outcome.rows_moved:,} rows moved\n"
+                f"              while {self.written_while_resharding:,} events were written "
+                f"(map epoch {self.map_epoch})"
+            )
+        return outcome.status
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+@attrs.define
+class _Tally:
+    deliveries: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    def add(self, result: PipelineResult, delivered: int) -> None:
+        self.deliveries += delivered
+        self.applied += len(result.write.applied_events)
+        self.duplicates += len(result.write.duplicate_events) + result.repeats
+        self.rejected += len(result.rejected_events)
+        self.failed += len(result.failed_events)
+
+
+def _write(
+    pipeline: Pipeline, batches: Iterable[list[UsageEvent]], tally: _Tally, bar: Progress
+) -> None:
+    started = time.perf_counter()
+    try:
+        for batch in batches:
+            tally.add(pipeline.process(batch), len(batch))
+            bar.advance(len(batch))
+    finally:
+        tally.seconds += time.perf_counter() - started
+
+
+def run_demo(
+    *,
+    directory: Path,
+    urls: Mapping[str, ConnectionURL] | None = None,
+    tables: Sequence[AggregateTable] | None = None,
+    engine: RulesEngine | None = None,
+    settings: WriterSettings | None = None,
+    events: int = 100_000,
+    seed: int = 7,
+    model: str = "skewed",
+    batch_size: int = 2000,
+    slots: int = 16384,
+    reset: bool = False,
+    progress: bool | None = None,
+    say: Say = print,
+) -> DemoReport:
+    """Run the demo (see the module docstring) and return its report.
+
+    Args:
+        directory: the demo's directory: SQLite shard files (when ``urls`` is
+            None), the demo's map (``shardmap.json``) and, for SQLite, a
+            ``shardbill.toml`` describing the shards.
+        urls: shard name -> URL on servers; all but the last start, the last
+            is added online (one URL: no resharding). None: SQLite files.
+        tables: the aggregate tables (default ``billing_tables()``).
+        engine: the rules engine (default the comms example).
+        settings: the writer settings.
+        events: distinct events in the day.
+        seed: the traffic seed.
+        model: the traffic model.
+        batch_size: events per batch (at most a tenth of ``events``).
+        slots: the slot count of the demo's shard map.
+        reset: drop the demo's tables on the servers first (else they must be empty).
+        progress: draw progress bars (default: when a person is watching).
+        say: where progress messages go (a line at a time).
+
+    Returns:
+        The report; :attr:`DemoReport.exact` says whether the audit matched.
+
+    Raises:
+        ConfigurationError: the servers' tables hold data (and ``reset`` is false).
+    """
+    from shardbill.rules import comms
+
+    began = time.perf_counter()
+    batch_size = max(1, min(batch_size, events // 10))  # at least ten batches: phases need them
+    tables = tuple(tables or billing_tables())
+    engine = engine or comms.engine()
+    settings = settings or WriterSettings()
+    directory.mkdir(parents=True, exist_ok=True)
+    sqlite = urls is None
+    shard_urls = dict(demo_shards(directory) if urls is None else urls)
+    names = list(shard_urls)
+    start, spare = (names[:-1], names[-1]) if len(names) > 1 else (names, None)
+    if sqlite:
+        _remove_demo_files(directory, names)
     else:
-        print(f"shardbill demo: {events} events -> {len(_SHARDS)} SQLite shards in {root}/")
-        for key, value in report.items():
-            print(f"  {key:20} {value}")
-    return 0 if exact else 1
+        _remove_demo_files(directory, ())
+        ensure_databases(shard_urls, say)
+    stats = Stats()
+    with PooledProvider(shard_urls) as provider:
+        if not sqlite:
+            _prepare_servers(provider, names, tables, settings.system_tables, reset=reset)
+        store = JsonFileMapStore(directory / "shardmap.json")
+        store.publish(ShardMap.create(start, slots=slots), expected_epoch=None)
+        if sqlite:
+            _write_demo_config(directory, names)
+        traffic = Traffic(
+            model=model,
+            events=events,
+            seed=seed,
+            duplicate_fraction=_DUPLICATES,
+            reorder_window=_REORDER,
+        )
+        with AggregationWriter(
+            shard_map=store, provider=provider, tables=tables, settings=settings, observer=stats
+        ) as writer:
+            writer.ensure_schema()
+            pipeline = Pipeline(engine=engine, writer=writer)
+            tally = _Tally()
+            expected_deliveries = round(events * (1 + _DUPLICATES))
+            with Progress(
+                "writing", total=expected_deliveries, unit="events", enabled=progress
+            ) as bar:
+                batches = traffic.batches(batch_size)
+                first_part = round(expected_deliveries * (1 - _ONLINE))
+                _write(pipeline, _until(batches, first_part), tally, bar)
+            replay = _Tally()
+            replayed = round(events * _REPLAY)
+            _write(
+                pipeline,
+                _chunks(itertools.islice(traffic.distinct(), replayed), batch_size),
+                replay,
+                Progress("replaying", total=0, enabled=False),
+            )
+            with Progress(
+                "writing while resharding", total=expected_deliveries - tally.deliveries,
+                unit="events", enabled=progress,
+            ) as bar:  # fmt: skip
+                before = tally.deliveries
+                outcome = _reshard_online(
+                    store=store,
+                    provider=provider,
+                    tables=tables,
+                    system_tables=settings.system_tables,
+                    new_shard=spare,
+                    write_rest=lambda: _write(pipeline, batches, tally, bar),
+                    say=say,
+                )
+        final = store.load()
+        report = audit(
+            traffic.distinct(),
+            engine=engine,
+            tables=tables,
+            provider=provider,
+            shard_map=final,
+        )
+    p50, p99 = stats.percentile(0.5), stats.percentile(0.99)
+    return DemoReport(
+        backend="SQLite" if sqlite else _family(shard_urls),
+        location=f"{directory}/" if sqlite else ", ".join(str(u) for u in shard_urls.values()),
+        model=str(TrafficModel(model)),
+        seed=seed,
+        events=events,
+        deliveries=tally.deliveries + replay.deliveries,
+        applied=tally.applied,
+        duplicates_skipped=tally.duplicates + replay.duplicates,
+        replayed=replay.deliveries,
+        replay_applied=replay.applied,
+        rejected=tally.rejected,
+        failed=tally.failed + replay.failed,
+        seconds=tally.seconds,
+        commits=sum(stats.commits.values()),
+        commit_p50_ms=None if p50 is None else p50 * 1000,
+        commit_p99_ms=None if p99 is None else p99 * 1000,
+        rows_per_shard=report.rows_per_shard,
+        slots_per_shard=dict(final.slot_counts),
+        map_epoch=final.epoch,
+        resharding=outcome,
+        written_while_resharding=tally.deliveries - before,
+        wall_seconds=time.perf_counter() - began,
+        audit_rows=report.expected_rows,
+        differences=tuple(d.describe() for d in report.differences[:20]),
+        difference_count=len(report.differences),
+    )
+
+
+def _family(urls: Mapping[str, ConnectionURL]) -> str:
+    return "MySQL/MariaDB" if all(u.family == "mysql" for u in urls.values()) else "mixed"
+
+
+def _prepare_servers(
+    provider: ConnectionProvider,
+    shards: Sequence[str],
+    tables: Sequence[AggregateTable],
+    system: SystemTables,
+    *,
+    reset: bool,
+) -> None:
+    names = _table_names(tables, system)
+    if reset:
+        _drop(provider, shards, names)
+        return
+    occupied = _occupied(provider, shards, names)
+    if occupied:
+        raise ConfigurationError(
+            "the demo needs empty shards, but these tables hold rows: "
+            + ", ".join(occupied[:6])
+            + (" ..." if len(occupied) > 6 else "")
+            + "; point it at fresh databases, or pass --reset to DROP the demo's tables "
+            f"({', '.join(names)}) first"
+        )
+
+
+def _until(batches: Iterator[list[UsageEvent]], deliveries: int) -> Iterator[list[UsageEvent]]:
+    """Batches from ``batches`` until about ``deliveries`` events were taken (the rest stay)."""
+    taken = 0
+    while taken < deliveries:
+        batch = next(batches, None)
+        if batch is None:
+            return
+        taken += len(batch)
+        yield batch
+
+
+def _chunks(events: Iterable[UsageEvent], size: int) -> Iterator[list[UsageEvent]]:
+    it = iter(events)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _reshard_online(
+    *,
+    store: JsonFileMapStore,
+    provider: ConnectionProvider,
+    tables: Sequence[AggregateTable],
+    system_tables: SystemTables,
+    new_shard: str | None,
+    write_rest: Callable[[], None],
+    say: Say,
+) -> ReshardOutcome:
+    """Add ``new_shard`` to the live map while ``write_rest`` keeps writing.
+
+    The writer routes with ``store`` as its map source, so a shard that fences
+    a moved slot makes it reload the map and write to the new owner. The
+    resharder (:class:`shardbill.resharding.Resharder`) runs here in the
+    calling thread while the rest of the day is written from a second thread.
+
+    Without a resharder (an older shardbill), this says ``resharding: not
+    available yet`` and only writes the rest.
+    """
+    from shardbill import resharding
+
+    resharder = getattr(resharding, "Resharder", None)
+    if new_shard is None:
+        write_rest()
+        return ReshardOutcome(status="skipped (no spare shard)")
+    if resharder is None:
+        say("resharding: not available yet")
+        write_rest()
+        return ReshardOutcome(status="not available yet")
+    current = store.load()
+    target = current.add_shard(new_shard)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shardbill-demo") as lane:
+        writing = lane.submit(write_rest)
+        try:
+            progress = resharder(
+                store=store,
+                provider=provider,
+                tables=tables,
+                system_tables=system_tables,
+            ).run(target)
+        finally:
+            writing.result()
+    return ReshardOutcome(
+        status="done",
+        slots_moved=len(progress.plan.moves),
+        rows_moved=progress.rows_moved,
+        shard=new_shard,
+        seconds=progress.seconds,
+    )
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+@attrs.frozen(kw_only=True)
+class BenchResult:
+    """One traffic model's measurements.
+
+    Attributes:
+        model: the traffic model.
+        events: events written.
+        seconds: wall time of the writes (pricing excluded).
+        commits: shard transactions committed.
+        rows: aggregate rows upserted (after coalescing).
+        statements: SQL statements run by the transactions.
+        latencies: every commit latency, seconds, sorted.
+    """
+
+    model: str
+    events: int
+    seconds: float
+    commits: int
+    rows: int
+    statements: int
+    latencies: tuple[float, ...] = attrs.field(repr=False)
+
+    def percentile_ms(self, q: float) -> float | None:
+        """The ``q`` quantile of commit latency in milliseconds (nearest rank).
+
+        Args:
+            q: the quantile, 0..1.
+
+        Returns:
+            Milliseconds, or None without commits.
+        """
+        if not self.latencies:
+            return None
+        rank = max(0, min(len(self.latencies) - 1, round(q * len(self.latencies) + 0.5) - 1))
+        return self.latencies[rank] * 1000
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON object of this model.
+
+        Returns:
+            Events/s, commits/s, rows/s, p50/p99 commit latency (ms) and totals.
+        """
+        per_s = 1 / self.seconds if self.seconds > 0 else 0.0
+        return {
+            "model": self.model,
+            "events": self.events,
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.events * per_s, 1),
+            "commits_per_s": round(self.commits * per_s, 1),
+            "rows_per_s": round(self.rows * per_s, 1),
+            "commits": self.commits,
+            "rows": self.rows,
+            "statements": self.statements,
+            "commit_p50_ms": _round(self.percentile_ms(0.5)),
+            "commit_p99_ms": _round(self.percentile_ms(0.99)),
+        }
+
+
+def _bench_tables(tables: Sequence[AggregateTable]) -> tuple[AggregateTable, ...]:
+    return tuple(attrs.evolve(t, name=f"bench_{t.name}"[:64]) for t in tables)
+
+
+def _priced_batches(
+    engine: RulesEngine, model: str, events: int, seed: int, batch_size: int
+) -> list[list[Charge]]:
+    traffic = Traffic(model=model, events=events, seed=seed, id_prefix=f"bench-{model}-")
+    return [list(engine.price_batch(batch).charges) for batch in traffic.batches(batch_size)]
+
+
+def run_bench(
+    *,
+    models: Sequence[str],
+    events: int,
+    seed: int = 1,
+    batch_size: int = 2000,
+    urls: Mapping[str, ConnectionURL] | None = None,
+    shards: int = 4,
+    tables: Sequence[AggregateTable] | None = None,
+    engine: RulesEngine | None = None,
+    settings: WriterSettings | None = None,
+    progress: bool | None = None,
+) -> list[BenchResult]:
+    """Write each traffic model into fresh shards and measure (see the module docstring).
+
+    Args:
+        models: the traffic models to run, in order.
+        events: events per model.
+        seed: the traffic seed.
+        batch_size: events per batch.
+        urls: shard name -> URL on servers; None: ``shards`` temporary SQLite files.
+        shards: how many temporary SQLite shards.
+        tables: the aggregate tables (default ``billing_tables()``); the bench
+            writes them as ``bench_<name>`` (and its own ledger and slot tables,
+            ``shardbill_bench_*``), dropped before and after each model.
+        engine: prices the events (default the comms example).
+        settings: writer settings (the system table prefix is replaced).
+        progress: draw progress bars (default: when a person is watching).
+
+    Returns:
+        One result per model.
+    """
+    from shardbill.rules import comms
+
+    engine = engine or comms.engine()
+    bench_tables = _bench_tables(tables or billing_tables())
+    system = SystemTables(prefix="shardbill_bench")
+    settings = attrs.evolve(settings or WriterSettings(), system_tables=system)
+    results = []
+    with contextlib.ExitStack() as stack:
+        if urls is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shardbill-bench-")))
+        for model in models:
+            priced = _priced_batches(engine, model, events, seed, batch_size)
+            if urls is None:
+                here = root / model
+                shard_urls = {
+                    f"s{i}": ConnectionURL.parse(f"sqlite:///{here / f's{i}'}.db")
+                    for i in range(shards)
+                }
+                os.makedirs(here, exist_ok=True)
+            else:
+                shard_urls = dict(urls)
+            results.append(
+                _bench_model(
+                    model=model,
+                    events=events,
+                    priced=priced,
+                    urls=shard_urls,
+                    tables=bench_tables,
+                    settings=settings,
+                    progress=progress,
+                )
+            )
+    return results
+
+
+def _bench_model(
+    *,
+    model: str,
+    events: int,
+    priced: list[list[Charge]],
+    urls: Mapping[str, ConnectionURL],
+    tables: Sequence[AggregateTable],
+    settings: WriterSettings,
+    progress: bool | None,
+) -> BenchResult:
+    stats = Stats()
+    names = _table_names(tables, settings.system_tables)
+    with PooledProvider(urls) as provider:
+        _drop(provider, list(urls), names)
+        try:
+            with AggregationWriter(
+                shard_map=ShardMap.create(list(urls)),
+                provider=provider,
+                tables=tables,
+                settings=settings,
+                observer=stats,
+            ) as writer:
+                writer.ensure_schema()
+                with Progress(f"bench {model}", total=len(priced), unit="batches",
+                              enabled=progress) as bar:  # fmt: skip
+                    started = time.perf_counter()
+                    for _ in writer.write_stream(priced, depth=2):
+                        bar.advance(1)
+                    seconds = time.perf_counter() - started
+        finally:
+            _drop(provider, list(urls), names)
+    return BenchResult(
+        model=model,
+        events=events,
+        seconds=seconds,
+        commits=sum(stats.commits.values()),
+        rows=stats.rows,
+        statements=stats.statements,
+        latencies=tuple(stats.all_latencies()),
+    )
+
+
+def plot_bench(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
+    """Draw throughput and commit-latency distributions per model into a PNG.
+
+    Args:
+        results: from :func:`run_bench`.
+        path: the image file.
+
+    Raises:
+        ConfigurationError: matplotlib is missing (install ``shardbill[plot]``).
+    """
+    plt = _pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = [r.model for r in results]
+    left.bar(names, [r.to_dict()["events_per_s"] for r in results], color="#4477aa")
+    left.set_title("throughput")
+    left.set_ylabel("events/s")
+    right.boxplot(
+        [[s * 1000 for s in r.latencies] or [0.0] for r in results],
+        tick_labels=names,
+        whis=(1, 99),
+        showfliers=False,
+    )
+    right.set_yscale("log")
+    right.set_title("commit latency (box: p25-p75, whiskers: p1-p99)")
+    right.set_ylabel("ms")
+    figure.tight_layout()
+    figure.savefig(os.fspath(path), dpi=110)
+    plt.close(figure)
+
+
+def _pyplot() -> Any:
+    try:
+        # Imported by name: the plot extra is optional, and so are its type stubs.
+        matplotlib = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        raise ConfigurationError(
+            "--plot needs matplotlib, which is not installed; install the extra: "
+            "pip install 'shardbill[plot]'"
+        ) from None
+    return plt
+
+
+def check_plotting() -> None:
+    """Raise the missing-extra error now, before a long bench, if matplotlib is absent.
+
+    Raises:
+        ConfigurationError: naming the ``plot`` extra.
+    """
+    _pyplot()

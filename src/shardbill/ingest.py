@@ -1,0 +1,529 @@
+"""Usage events from files: JSON Lines or CSV in, exactly-once aggregates out, bad lines set aside.
+
+:func:`read_events` reads a file record by record (a line of JSON Lines, a
+record of CSV) and yields, in file order, one of:
+
+* :class:`FileEvent`: a valid event seen for the first time in this file;
+* :class:`Repeat`: the same event again (same id, same content): delivered
+  twice, counted once;
+* :class:`RejectedLine`: a record that cannot be used, with its line number
+  and the reason: not JSON / not UTF-8 (``parse``), not a valid event
+  (``event``), or an event id seen earlier in the file with *different*
+  content (``conflict``: an id names one event; the first one wins).
+
+:func:`ingest` feeds the events through a :class:`~shardbill.pipeline.Pipeline`
+in batches and writes every line that was not applied for a reason in the
+data to a *rejects file* (JSON Lines: ``line``, ``event_id``, ``stage``,
+``reason``, ``text``), adding the stages ``rules`` (a billing rule refused
+the event), ``writer`` (a charge does not fit the aggregate tables),
+``conflict`` (the ledger holds this id with different content, from an
+earlier file) and ``failed`` (a shard stayed unavailable past the retry
+budget: run the file again). Good lines are written; re-running the same file
+changes nothing (the ledger reports every event as a duplicate) and rejects
+the same lines again.
+
+Formats:
+
+JSON Lines (``.jsonl``, ``.ndjson``, ``.json``)
+    one object per line, the fields of :meth:`shardbill.rules.UsageEvent.from_dict`;
+    numbers with a fraction are read exactly (as ``Decimal``). Blank lines
+    are skipped.
+CSV (``.csv``)
+    a header row naming the fields; dimensions as ``dimensions.NAME``
+    columns (an empty cell means "no such dimension"); every value is text.
+
+Account ids: with an integer account column (``account_type = "bigint"``)
+a quoted account (CSV always) is parsed as an integer (``account_as_int``).
+
+Memory: the event ids of the file are kept (to find repeats and conflicts
+across batches), about 100 bytes per event.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Literal
+
+import attrs
+
+from shardbill.errors import ConfigurationError, ShardbillError
+from shardbill.pipeline import Pipeline
+from shardbill.retry import describe
+from shardbill.rules import UsageEvent
+
+__all__ = [
+    "FileEvent",
+    "Format",
+    "IngestSummary",
+    "RejectedLine",
+    "Repeat",
+    "Stage",
+    "detect_format",
+    "events_of",
+    "ingest",
+    "read_events",
+]
+
+Stage = Literal["parse", "event", "conflict", "rules", "writer", "failed"]
+"""Why a line was not applied (see the module docstring)."""
+
+_MAX_TEXT = 10_000  # characters of a rejected line kept in the rejects file
+
+
+class Format(enum.StrEnum):
+    """An events file format."""
+
+    JSONL = "jsonl"
+    CSV = "csv"
+
+
+_SUFFIXES = {".jsonl": Format.JSONL, ".ndjson": Format.JSONL, ".json": Format.JSONL}
+_SUFFIXES[".csv"] = Format.CSV
+
+
+def detect_format(path: str | os.PathLike[str], explicit: str | None = None) -> Format:
+    """The format of an events file: ``explicit``, else from the file name's extension.
+
+    Args:
+        path: the file.
+        explicit: ``"jsonl"`` or ``"csv"`` (the ``--format`` option), or None.
+
+    Returns:
+        The format.
+
+    Raises:
+        ConfigurationError: an unknown format or extension, saying how to name it.
+    """
+    if explicit is not None:
+        try:
+            return Format(explicit.lower())
+        except ValueError:
+            raise ConfigurationError(
+                f"--format must be 'jsonl' or 'csv', got {explicit!r}"
+            ) from None
+    suffix = Path(path).suffix.lower()
+    found = _SUFFIXES.get(suffix)
+    if found is None:
+        raise ConfigurationError(
+            f"{path}: cannot tell the format from the extension {suffix or '(none)'!r}; name "
+            "the file .jsonl or .csv, or pass --format jsonl|csv"
+        )
+    return found
+
+
+@attrs.frozen(kw_only=True)
+class FileEvent:
+    """A valid event, the first of its id in the file (``text``: the record as read)."""
+
+    line: int
+    event: UsageEvent
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class Repeat:
+    """The same event (same id, same content) again at ``line``; first seen at ``first_line``."""
+
+    line: int
+    event_id: str
+    first_line: int
+
+
+@attrs.frozen(kw_only=True)
+class RejectedLine:
+    """A line not applied, with why. ``text`` is the line as read (cut at 10,000 characters)."""
+
+    line: int
+    event_id: str | None
+    stage: Stage
+    reason: str
+    text: str
+
+    def to_dict(self) -> dict[str, object]:
+        """The rejects-file object of this line.
+
+        Returns:
+            ``{"line", "event_id", "stage", "reason", "text"}``.
+        """
+        return {
+            "line": self.line,
+            "event_id": self.event_id,
+            "stage": self.stage,
+            "reason": self.reason,
+            "text": self.text,
+        }
+
+
+Item = FileEvent | Repeat | RejectedLine
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Lines:
+    """Physical lines of a binary file as text, counting bytes and remembering undecodable lines."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.bytes_read = 0
+        self.number = 0
+        self.bad: set[int] = set()
+        self.recent: list[str] = []  # lines since the last CSV record, for its raw text
+
+    def __iter__(self) -> Iterator[str]:
+        for raw in self._handle:
+            self.bytes_read += len(raw)
+            self.number += 1
+            try:
+                text = raw.decode("utf-8-sig" if self.number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                self.bad.add(self.number)
+                text = raw.decode("utf-8", errors="replace")
+            self.recent.append(text)
+            yield text
+
+
+def _id_of(data: object) -> str | None:
+    if isinstance(data, dict):
+        value = data.get("event_id")
+        if isinstance(value, str) and value:
+            return value[:191]
+    return None
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number an event can hold")
+
+
+def _parse_json(text: str) -> object:
+    return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+
+
+Record = tuple[int, str, dict[str, object] | None, str | None]
+"""(line number, text, the record's fields or None, why it cannot be read or None)."""
+
+
+def _json_records(lines: _Lines) -> Iterator[Record]:
+    for text in lines:
+        lines.recent.clear()
+        stripped = text.strip()
+        if not stripped:
+            continue
+        number = lines.number
+        if number in lines.bad:
+            yield number, stripped, None, "the line is not valid UTF-8"
+            continue
+        try:
+            data = _parse_json(stripped)
+        except ValueError as exc:
+            yield number, stripped, None, f"not valid JSON: {exc}"
+            continue
+        if not isinstance(data, dict):
+            yield number, stripped, None, f"a line must be a JSON object, not {type(data).__name__}"
+            continue
+        yield number, stripped, data, None
+
+
+def _csv_records(lines: _Lines) -> Iterator[Record]:
+    reader = csv.reader(lines, strict=True)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        yield 1, "".join(lines.recent).rstrip("\r\n"), None, f"the CSV header cannot be read: {exc}"
+        return
+    lines.recent.clear()
+    previous = reader.line_num
+    while True:
+        first = previous + 1
+        try:
+            row = next(reader)
+            error = None
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            row, error = [], f"not valid CSV: {exc}"
+        previous = reader.line_num
+        text = "".join(lines.recent).rstrip("\r\n")
+        lines.recent.clear()
+        if error is None and not any(cell.strip() for cell in row):
+            continue  # a blank line
+        if error is None and any(n in lines.bad for n in range(first, previous + 1)):
+            error = "the record is not valid UTF-8"
+        if error is None and len(row) != len(header):
+            error = f"the record has {len(row)} fields, the header has {len(header)}"
+        if error is not None:
+            yield first, text, None, error
+            continue
+        # An empty dimension cell means the event has no such dimension.
+        fields: dict[str, object] = {
+            name: cell
+            for name, cell in zip(header, row, strict=True)
+            if not (cell == "" and name.startswith("dimensions."))
+        }
+        yield first, text, fields, None
+
+
+def read_events(
+    path: str | os.PathLike[str],
+    *,
+    fmt: Format,
+    account_as_int: bool,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[Item]:
+    """Read an events file; see the module docstring for what is yielded.
+
+    Args:
+        path: the file.
+        fmt: its format.
+        account_as_int: parse a text ``account`` as an integer.
+        on_bytes: called with the number of bytes read so far (for progress).
+
+    Yields:
+        :class:`FileEvent`, :class:`Repeat` or :class:`RejectedLine`, in file order.
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+    seen: dict[str, tuple[int, int]] = {}  # event id -> (hash of the event, first line)
+    with open(path, "rb") as handle:
+        lines = _Lines(handle)
+        records = _json_records(lines) if fmt is Format.JSONL else _csv_records(lines)
+        for number, text, data, error in records:
+            if on_bytes is not None:
+                on_bytes(lines.bytes_read)
+            shown = text[:_MAX_TEXT]
+            if data is None:
+                assert error is not None  # noqa: S101 - _records gives one of the two
+                yield RejectedLine(
+                    line=number, event_id=None, stage="parse", reason=error, text=shown
+                )
+                continue
+            try:
+                event = UsageEvent.from_dict(data, account_as_int=account_as_int)
+            except (ShardbillError, ValueError, TypeError) as exc:
+                yield RejectedLine(
+                    line=number, event_id=_id_of(data), stage="event", reason=str(exc), text=shown
+                )
+                continue
+            digest = hash(event)
+            first = seen.get(event.event_id)
+            if first is None:
+                seen[event.event_id] = (digest, number)
+                yield FileEvent(line=number, event=event, text=shown)
+            elif first[0] == digest:
+                yield Repeat(line=number, event_id=event.event_id, first_line=first[1])
+            else:
+                yield RejectedLine(
+                    line=number,
+                    event_id=event.event_id,
+                    stage="conflict",
+                    reason=(
+                        f"event id {event.event_id!r} was first seen at line {first[1]} with "
+                        "different content; an id names one event (the first one is used): "
+                        "give this event its own id"
+                    ),
+                    text=shown,
+                )
+
+
+def events_of(items: Iterable[Item]) -> Iterator[UsageEvent]:
+    """The events to apply from :func:`read_events`' items (first occurrences only).
+
+    Args:
+        items: what :func:`read_events` yielded.
+
+    Yields:
+        The events.
+    """
+    for item in items:
+        if isinstance(item, FileEvent):
+            yield item.event
+
+
+# --------------------------------------------------------------------------- ingesting
+
+
+@attrs.frozen(kw_only=True)
+class IngestSummary:
+    """What :func:`ingest` did with a file.
+
+    Attributes:
+        path: the events file.
+        rejects_path: the rejects file (written even when empty).
+        records: records read (blank lines not counted).
+        events: distinct valid events sent to the pipeline.
+        applied: events applied by this run.
+        duplicates: events applied before this run (the ledger skipped them).
+        repeats: records repeating an earlier record of the file (counted once).
+        free: events priced with no charge (nothing to write).
+        rejected: lines rejected for their content (stages parse, event,
+            conflict, rules, writer).
+        failed: events not written because a shard stayed unavailable.
+        seconds: wall time.
+    """
+
+    path: str
+    rejects_path: str
+    records: int = 0
+    events: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    repeats: int = 0
+    free: int = 0
+    rejected: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0: everything applied or already there; 1: lines rejected; 3: writes failed."""
+        if self.failed:
+            return 3
+        return 1 if self.rejected else 0
+
+    def to_dict(self) -> dict[str, object]:
+        """The summary as a JSON-ready dict.
+
+        Returns:
+            Every attribute, plus ``exit_code``.
+        """
+        out: dict[str, object] = attrs.asdict(self)
+        out["seconds"] = round(self.seconds, 3)
+        out["exit_code"] = self.exit_code
+        return out
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.events: list[UsageEvent] = []
+        self.lines: dict[str, tuple[int, str]] = {}  # event id -> (line, text)
+        self.rejected: list[RejectedLine] = []
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+def ingest(
+    path: str | os.PathLike[str],
+    *,
+    pipeline: Pipeline,
+    fmt: Format,
+    account_as_int: bool,
+    batch_size: int,
+    rejects_path: str | os.PathLike[str] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> IngestSummary:
+    """Price and write the events of a file in batches; set bad lines aside.
+
+    Each batch is one transaction per shard (its ledger rows and its UPSERTs
+    commit together), so an interruption leaves whole batches applied or not
+    applied, and running the file again completes it exactly.
+
+    Args:
+        path: the events file.
+        pipeline: prices and writes.
+        fmt: the file's format.
+        account_as_int: parse a text ``account`` as an integer.
+        batch_size: events per batch.
+        rejects_path: where rejected lines go (default ``PATH.rejects.jsonl``).
+        on_bytes: called with the bytes read so far (for progress).
+
+    Returns:
+        The summary; its :attr:`~IngestSummary.exit_code` says whether anything was rejected.
+
+    Raises:
+        OSError: the events file cannot be read or the rejects file written.
+    """
+    source = Path(path)
+    rejects = Path(rejects_path) if rejects_path is not None else Path(f"{source}.rejects.jsonl")
+    started = time.perf_counter()
+    counts = dict.fromkeys(
+        ("records", "events", "applied", "duplicates", "repeats", "free", "rejected", "failed"), 0
+    )
+    with open(rejects, "w", encoding="utf-8") as out:
+
+        def flush(batch: _Batch) -> None:
+            if batch.events:
+                batch.rejected.extend(_process(pipeline, batch, counts))
+            for item in sorted(batch.rejected, key=lambda r: r.line):
+                out.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+                counts["failed" if item.stage == "failed" else "rejected"] += 1
+            out.flush()
+
+        batch = _Batch()
+        for item in read_events(source, fmt=fmt, account_as_int=account_as_int, on_bytes=on_bytes):
+            counts["records"] += 1
+            if isinstance(item, Repeat):
+                counts["repeats"] += 1
+            elif isinstance(item, RejectedLine):
+                batch.rejected.append(item)
+            else:
+                counts["events"] += 1
+                batch.events.append(item.event)
+                batch.lines[item.event.event_id] = (item.line, item.text)
+                if len(batch) >= batch_size:
+                    flush(batch)
+                    batch = _Batch()
+        flush(batch)
+    return IngestSummary(
+        path=str(source),
+        rejects_path=str(rejects),
+        seconds=time.perf_counter() - started,
+        **counts,
+    )
+
+
+def _process(pipeline: Pipeline, batch: _Batch, counts: dict[str, int]) -> list[RejectedLine]:
+    result = pipeline.process(batch.events)
+    write = result.write
+    out: list[RejectedLine] = []
+
+    def reject(event_id: str, stage: Stage, reason: str) -> None:
+        line, text = batch.lines[event_id]
+        out.append(
+            RejectedLine(line=line, event_id=event_id, stage=stage, reason=reason, text=text)
+        )
+
+    for rejection in result.pricing_rejected:
+        who = rejection.rule or "engine"
+        reject(
+            rejection.event_id,
+            "rules",
+            f"{who}: {rejection.error_type.__name__}: {rejection.reason}",
+        )
+    for refused in write.rejected:
+        reject(refused.event_id, "writer", f"{refused.error}: {refused.reason}")
+    conflicts = write.conflict_events | set(result.conflicting_repeats)
+    for event_id in sorted(conflicts):
+        reject(
+            event_id,
+            "conflict",
+            "this event id was applied before with different content (the ledger's "
+            "fingerprint differs); not applied: give the event its own id, or send the "
+            "original content",
+        )
+    errors = {s: r.error for s, r in write.shards.items() if r.error is not None}
+    for event_id in sorted(write.failed_events - conflicts):
+        shards = sorted(s for s, r in write.shards.items() if event_id in r.failed)
+        reason = "; ".join(f"shard {s}: {describe(errors[s])}" for s in shards if s in errors)
+        reject(
+            event_id,
+            "failed",
+            f"not written ({reason or 'shard failed'}); run the same file again: the ledger "
+            "applies what is missing exactly once",
+        )
+    applied, duplicates = write.applied_events, write.duplicate_events
+    counts["applied"] += len(applied)
+    counts["duplicates"] += len(duplicates)
+    settled = {r.event_id for r in out}
+    counts["free"] += len(batch.events) - len(settled | applied | duplicates)
+    return out

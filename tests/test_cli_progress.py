@@ -1,0 +1,183 @@
+"""Progress bars only for people, and Ctrl-C leaves whole batches only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import pty
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from shardbill.audit import expected_rows
+from shardbill.catalog import billing_tables
+from shardbill.progress import Progress
+from shardbill.rules import comms
+from shardbill.synthetic import Traffic
+from tests.test_cli import run
+
+
+def test_an_enabled_bar_draws_and_erases_itself() -> None:
+    """Drawn: label, bar, share, counts, rate; closing erases the line."""
+    out = io.StringIO()
+    with Progress("writing", total=200, unit="events", enabled=True, stream=out) as bar:
+        bar.advance(200)
+    text = out.getvalue()
+    assert "writing [" + "#" * 28 + "] 100% 200/200 events" in text
+    assert text.endswith("\r\x1b[2K")
+
+
+def test_a_bar_without_a_total_counts() -> None:
+    """An unknown total shows a counter instead of a bar."""
+    out = io.StringIO()
+    bar = Progress("reading", total=None, unit="bytes", enabled=True, stream=out)
+    bar.update(12_345)
+    bar.close()
+    bar.close()  # idempotent
+    assert "reading 12k bytes" in out.getvalue()
+    assert "[#" not in out.getvalue()
+    assert "[-" not in out.getvalue()
+
+
+def test_nothing_is_drawn_when_output_is_not_a_terminal() -> None:
+    """By default the bar checks for terminals; a StringIO is not one."""
+    out = io.StringIO()
+    with Progress("writing", total=10, stream=out) as bar:
+        bar.advance(10)
+    assert not bar.enabled
+    assert out.getvalue() == ""
+
+
+def test_the_demo_draws_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    """On a pseudo-terminal stderr carries the bar; piped (as in test_cli) it does not."""
+    controller, terminal = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(controller, 4096)
+            except OSError:  # the terminal closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    process = subprocess.run(
+        [sys.executable, "-m", "shardbill", "demo", "--dir", "d", "--events", "4000",
+         "--slots", "256"],
+        stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=tmp_path, check=False,
+        timeout=300,
+    )  # fmt: skip
+    os.close(terminal)
+    reader.join(timeout=10)
+    os.close(controller)
+    seen = b"".join(chunks).decode("utf-8", "replace")
+    assert process.returncode == 0, seen
+    assert "writing [" in seen
+    assert "audit       exact" in seen
+
+    piped = run("demo", "--dir", "d2", "--events", "500", "--slots", "256", cwd=tmp_path)
+    assert "\r" not in piped.stdout + piped.stderr
+
+
+def _ledger_ids(paths: list[Path]) -> set[str]:
+    ids: set[str] = set()
+    for path in paths:
+        with closing(sqlite3.connect(path)) as conn:
+            ids.update(r[0] for r in conn.execute("SELECT event_id FROM shardbill_ledger"))
+    return ids
+
+
+def _rows(paths: list[Path]) -> dict[str, dict[tuple[object, ...], list[int]]]:
+    out: dict[str, dict[tuple[object, ...], list[int]]] = {}
+    for table in billing_tables():
+        rows: dict[tuple[object, ...], list[int]] = {}
+        n = len(table.keys)
+        columns = ", ".join(f'"{c}"' for c in (*table.key_names, *table.measure_names))
+        for path in paths:
+            with closing(sqlite3.connect(path)) as conn:
+                for row in conn.execute(f'SELECT {columns} FROM "{table.name}"'):
+                    rows[tuple(row[:n])] = list(row[n:])
+        out[table.name] = rows
+    return out
+
+
+def _as_text(rows: Mapping[str, Mapping[tuple[object, ...], list[int]]]) -> dict[str, object]:
+    """Dates as ISO text, as SQLite stores them."""
+    return {
+        table: {
+            tuple(v.isoformat() if isinstance(v, dt.date) else v for v in key): values
+            for key, values in table_rows.items()
+        }
+        for table, table_rows in rows.items()
+    }
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_whole_batches_and_a_rerun_completes_exactly(tmp_path: Path) -> None:
+    """SIGINT mid-ingest: exit 130; what is in the ledger is exactly applied; a rerun finishes."""
+    config = tmp_path / "shardbill.toml"
+    config.write_text(
+        '[shards]\ns0 = "sqlite:///s0.db"\ns1 = "sqlite:///s1.db"\n[writer]\nbatch_size = 500\n',
+        encoding="utf-8",
+    )
+    assert run("init", "--config", str(config), cwd=tmp_path).returncode == 0
+    traffic = Traffic(model="uniform", events=60_000, seed=9)
+    events = list(traffic.distinct())
+    path = tmp_path / "big.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        for e in events:
+            out.write(json.dumps({"event_id": e.event_id, "account": e.account,
+                                  "time": e.time.isoformat(), "product": e.product,
+                                  "quantity": str(e.quantity),
+                                  "dimensions": dict(e.dimensions)}) + "\n")  # fmt: skip
+    shards = [tmp_path / "s0.db", tmp_path / "s1.db"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shardbill", "ingest", str(path), "--config", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if len(_ledger_ids(shards)) >= 2000:
+                break
+        except sqlite3.Error:
+            pass  # a shard busy mid-commit; look again
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the ingest finished before the interrupt arrived")  # a very fast machine
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    applied = _ledger_ids(shards)
+    assert 0 < len(applied) < len(events)
+    # Exactly the events in the ledger are in the aggregates: no batch is half-written.
+    partial = expected_rows(
+        [e for e in events if e.event_id in applied], engine=comms.engine(), tables=billing_tables()
+    )
+    assert _rows(shards) == _as_text(partial.rows)
+
+    rerun = run("ingest", str(path), "--config", str(config), "--json", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["applied"] + summary["duplicates"] == len(events)
+    assert summary["duplicates"] == len(applied)
+    audited = run("audit", str(path), "--config", str(config), cwd=tmp_path)
+    assert audited.returncode == 0, audited.stdout
