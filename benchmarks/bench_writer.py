@@ -152,8 +152,9 @@ def run_per_event(
             cur = conns[shard].cursor()
             slot = shard_map.slot_for(part[0].account)
             cur.execute(
-                "INSERT INTO shardbill_ledger (event_id, sb_slot, fingerprint, applied_at)"
-                " VALUES (%s, %s, %s, %s)", (part[0].event_id, slot, "0" * 16, int(time.time())),
+                "INSERT INTO shardbill_ledger (event_id, sb_slot, fingerprint, applied_at, "
+                "writer_token) VALUES (%s, %s, %s, %s, %s)",
+                (part[0].event_id, slot, "0" * 16, int(time.time()), "0" * 16),
             )  # fmt: skip
             for c in part:
                 for table in tables:

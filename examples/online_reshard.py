@@ -74,7 +74,7 @@ def run(provider: PooledProvider, shards: list[str], store: JsonFileMapStore) ->
         print(plan.summary().splitlines()[0])
 
         # The writer keeps writing (it routes with epoch 1 until a shard fences it).
-        background = threading.Thread(target=write_all, args=(writer, batches[15:]))
+        background = threading.Thread(target=write_all, args=(writer, batches[15:-1]))
         background.start()
         resharder = Resharder(
             store=store,
@@ -84,6 +84,7 @@ def run(provider: PooledProvider, shards: list[str], store: JsonFileMapStore) ->
         )
         progress = resharder.run(target)
         background.join()
+        write_all(writer, batches[-1:])  # after the move: fenced at the latest now, it reloads
         print(
             f"moved {progress.slots_finished} slots ({progress.rows_moved} aggregate rows, "
             f"{progress.ledger_rows_moved} ledger rows) in {progress.seconds:.1f} s; "

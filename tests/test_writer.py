@@ -200,7 +200,7 @@ def test_a_stale_map_is_fenced_and_rerouted(backend: Backend, forwarding: bool) 
     """A writer holding an old map is refused by the old owner and lands on the new one.
 
     With a forwarding address in the old owner's ownership row, the writer
-    follows it; without one, it reloads the map from its source.
+    follows it; without one, it goes where the reloaded map says.
     """
     old = ShardMap.create(backend.shards, slots=64)
     new = old.remove_shard(backend.shards[0])
@@ -238,7 +238,7 @@ def test_a_stale_map_is_fenced_and_rerouted(backend: Backend, forwarding: bool) 
     with stale:
         result = stale.write(charges)
     assert result.ok
-    assert (stats.map_reloads == 0) is forwarding
+    assert stats.map_reloads >= 1  # it has a map source: later batches route directly
     assert backend.rows(backend.shards[0], "SELECT COUNT(*) FROM `usage_daily`") == [(0,)]
     assert actual_rows(backend) == expected_rows(charges)
 

@@ -91,7 +91,7 @@ def check_identifier(value: str, *, what: str) -> str:
     this check is the first line: letters, digits and underscores, starting
     with a letter or underscore, at most 64 characters.
     """
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
         raise ConfigurationError(
             f"{what} must match ^[A-Za-z_][A-Za-z0-9_]{{0,63}}$ (letters, digits, underscore): "
             f"{value!r}"

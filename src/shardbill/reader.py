@@ -198,18 +198,21 @@ class Reader:
                     pending = sorted(peers - set(gone_slots))
                 shards = sorted(gone_slots)
                 moving_futures = [
-                    pool.submit(
-                        self._raw_rows,
+                    (
                         s,
-                        spec,
-                        filters,
-                        slots=tuple(gone_slots[s]),
-                        replica=replica,
+                        pool.submit(
+                            self._raw_rows,
+                            s,
+                            spec,
+                            filters,
+                            slots=tuple(gone_slots[s]),
+                            replica=replica,
+                        ),
                     )
                     for s in shards
                     if gone_slots[s]
                 ]
-                moving = [f.result() for f in moving_futures]
+                moving = [(s, f.result()) for s, f in moving_futures]
                 # Phase 2: per shard, one snapshot of its own rows and its merge progress.
                 part_futures = [
                     pool.submit(
@@ -230,15 +233,17 @@ class Reader:
                     break
             else:  # pragma: no cover - five reshards in a row during one read
                 raise InvalidInputError("slots kept moving during the read; read again")
-        progress: dict[int, tuple[int, str | None]] = {}
-        for _, shard_progress, _ in parts:
-            progress.update(shard_progress)
+        # Progress counts only on the slot's current target (the source's peer): a
+        # finished record elsewhere belongs to an earlier move of the same slot.
+        progress = {shard: part[1] for shard, part in zip(shards, parts, strict=True)}
         merged: dict[tuple[KeyValue, ...], list[int]] = {}
         for grouped, _, _ in parts:
             _merge_into(merged, grouped, spec)
-        for shard_rows in moving:
+        for source, shard_rows in moving:
             for slot, rows in shard_rows.items():
-                for key, values in _unmerged(rows, progress.get(slot), spec).items():
+                target = gone_slots[source].get(slot)
+                slot_progress = progress.get(target, {}).get(slot) if target else None
+                for key, values in _unmerged(rows, slot_progress, spec).items():
                     _merge_into(merged, {tuple(key[i] for i in positions): values}, spec)
         return {key: self._measures(spec, values) for key, values in sorted(merged.items())}
 

@@ -5,8 +5,9 @@ them. Two system tables live on every shard next to the aggregates:
 
 ``shardbill_ledger``
     One row per applied ``(event_id, slot)``: the fingerprint of what the
-    event contributed to that slot and when it was applied (Unix seconds, for
-    retention). Written in the same transaction as the UPSERTs it guards.
+    event contributed to that slot, when it was applied (Unix seconds, for
+    retention) and a token of the write attempt that applied it. Written in
+    the same transaction as the UPSERTs it guards.
 
 ``shardbill_moves``
     On a shard receiving slots during a reshard: per (slot, table), the
@@ -144,6 +145,9 @@ class SystemTables:
                 Column(name=SLOT_COLUMN, kind=ColumnKind.INT),
                 Column(name="fingerprint", kind=ColumnKind.ASCII, length=16),
                 Column(name="applied_at", kind=ColumnKind.BIGINT),
+                # A random token per write attempt: after a lost COMMIT, the retry
+                # tells its own committed units from another writer's.
+                Column(name="writer_token", kind=ColumnKind.ASCII, length=16, nullable=True),
             ),
             # Slot first: a slot's ledger rows are one primary-key range to move,
             # and lookups give both parts (slot IN (...) AND event_id IN (...)).

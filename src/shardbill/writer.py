@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
 import weakref
@@ -50,6 +51,7 @@ from shardbill.errors import (
     CommitOutcomeUnknownError,
     ConfigurationError,
     FencedError,
+    SchemaError,
     ShardbillError,
 )
 from shardbill.observe import Committed, Failed, MapReloaded, Observer, Rejected, Retried
@@ -192,6 +194,7 @@ class _Outcome:
     conflicts: list[Conflict]
     rows: int
     statements: int
+    tokens: dict[Unit, str | None]  # the writer token stored with each duplicate
 
 
 def _sql_value(value: object) -> object:
@@ -273,7 +276,7 @@ class AggregationWriter:
         sys_tables = self._settings.system_tables
         self._ledger_spec = UpsertSpec(
             table=sys_tables.ledger,
-            columns=("event_id", SLOT_COLUMN, "fingerprint", "applied_at"),
+            columns=("event_id", SLOT_COLUMN, "fingerprint", "applied_at", "writer_token"),
             key_columns=(SLOT_COLUMN, "event_id"),
         )
         self._dialects: dict[str, Dialect] = {}
@@ -448,19 +451,32 @@ class AggregationWriter:
                 break
             rounds += 1
             # A fencing shard names where each slot went (a reshard's forwarding
-            # address): follow it. Slots without one go where the reloaded map says.
-            hints: dict[int, str] = {}
-            for error in fenced.values():
-                hints.update(error.moved)
-            retry_units = [u for s in fenced for u in work[s].units]
-            if any(u.slot not in hints for u in retry_units):
-                if self._source is None:
-                    break
+            # address): follow it. Units of slots the shard still owns go back to it;
+            # only refused slots without an address need the reloaded map.
+            route: dict[int, str] = {}
+            unknown = False
+            for shard, error in fenced.items():
+                refused = set(error.slots)
+                for unit in work[shard].units:
+                    if unit.slot in error.moved:
+                        route[unit.slot] = error.moved[unit.slot]
+                    elif unit.slot not in refused:
+                        route[unit.slot] = shard
+                    else:
+                        unknown = True
+            if self._source is not None:
+                # Reload too, so that later batches go to the new owners directly.
                 self._reload(next(iter(fenced)))
+                route = {slot: self._map.owner(slot) for slot in route} | {
+                    slot: shard for slot, shard in route.items() if slot in _hinted(fenced)
+                }
+            elif unknown:
+                break
+            retry_units = [u for s in fenced for u in work[s].units]
             for shard in fenced:
                 # A fenced transaction applied nothing; keep what earlier rounds did.
                 results[shard] = attrs.evolve(results[shard], error=None, failed=())
-            work = self._regroup(retry_units, hints)
+            work = self._regroup(retry_units, route)
             for shard, result in self._run(work).items():
                 results[shard] = _merge(results.get(shard), result)
         return WriteResult(shards=results, rejected=tuple(rejected))
@@ -499,29 +515,34 @@ class AggregationWriter:
 
     def _run_shard(self, work: ShardWork) -> ShardResult:
         shard = work.shard
-        if shard not in self._checked:
-            self.check_schema([shard])  # the writer refuses to run on a schema that differs
         delays = self._settings.retry.delays()
-        attempted: set[tuple[str, int]] = set()  # units sent in a COMMIT that was lost
-        in_flight: set[tuple[str, int]] = set()
+        lost_tokens: set[str] = set()  # tokens of attempts whose COMMIT was lost
+        lost_error: CommitOutcomeUnknownError | None = None
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
-            in_flight.clear()
+            token = secrets.token_hex(8)
             try:
-                outcome = self._transaction(work, in_flight)
+                if shard not in self._checked:
+                    # The writer refuses to run on a schema that differs (SchemaError
+                    # propagates); a server that cannot be reached is retried below.
+                    self.check_schema([shard])
+                outcome = self._transaction(work, token)
+            except SchemaError:
+                raise
             except Exception as exc:
                 error = _as_shardbill_error(exc, shard)
                 if error is None:
                     raise
                 if isinstance(error, CommitOutcomeUnknownError):
-                    attempted |= in_flight
+                    lost_tokens.add(token)
+                    lost_error = error
                 if isinstance(error, FencedError) or not is_retryable(error):
-                    return self._failed(work, error, attempt)
+                    return self._failed(work, _unknown_if_lost(error, lost_error), attempt)
                 delay = next(delays, None)
                 if delay is None:
-                    return self._failed(work, error, attempt)
+                    return self._failed(work, _unknown_if_lost(error, lost_error), attempt)
                 log.info(
                     "shard %s attempt %d failed (%s); retrying", shard, attempt, describe(error)
                 )
@@ -535,12 +556,13 @@ class AggregationWriter:
                 continue
             seconds = time.perf_counter() - started
             applied, duplicates = outcome.applied, outcome.duplicates
-            if attempted:
-                # A lost COMMIT that did commit left its units in the ledger with
-                # their own fingerprint: this call applied them, exactly once.
-                mine = [u for u in duplicates if (u.event_id, u.slot) in attempted]
+            if lost_tokens:
+                # A lost COMMIT that did commit left its units in the ledger with its
+                # attempt's token: this call applied them, exactly once. Units another
+                # writer committed meanwhile carry that writer's token: duplicates.
+                mine = [u for u in duplicates if outcome.tokens.get(u) in lost_tokens]
                 applied = applied + mine
-                duplicates = [u for u in duplicates if (u.event_id, u.slot) not in attempted]
+                duplicates = [u for u in duplicates if outcome.tokens.get(u) not in lost_tokens]
             if self._observer is not None:
                 self._observer(
                     Committed(
@@ -616,40 +638,42 @@ class AggregationWriter:
         if raw is not None:
             self._prepared.add(raw)
 
-    def _transaction(self, work: ShardWork, in_flight: set[tuple[str, int]]) -> _Outcome:
+    def _transaction(self, work: ShardWork, token: str) -> _Outcome:
         shard = work.shard
         with self._provider.connection(shard) as conn:
             dialect = self.dialect(shard, conn)
             with self._cursor(conn) as cursor:
                 self._prepare(conn, dialect, cursor)
                 incoming = self._fence(cursor, dialect, shard, work.slots)
-                known: dict[tuple[str, int], str] = {}
+                known: dict[tuple[str, int], tuple[str, str | None]] = {}
                 if incoming:
                     known.update(self._peer_ledger(work.units, incoming))
                 known.update(self._ledger_lookup(cursor, dialect, work.units))
                 new: list[Unit] = []
                 duplicates: list[Unit] = []
                 conflicts: list[Conflict] = []
+                tokens: dict[Unit, str | None] = {}
                 for unit in work.units:
-                    stored = known.get((unit.event_id, unit.slot))
-                    if stored is None:
+                    found = known.get((unit.event_id, unit.slot))
+                    stored = found[0] if found is not None else None
+                    if found is None:
                         new.append(unit)
                     elif stored == unit.fingerprint:
                         duplicates.append(unit)
+                        tokens[unit] = found[1]
                     else:
                         conflicts.append(
                             Conflict(
                                 event_id=unit.event_id,
                                 slot=unit.slot,
                                 shard=shard,
-                                stored_fingerprint=stored,
+                                stored_fingerprint=str(stored),
                                 fingerprint=unit.fingerprint,
                             )
                         )
                 rows = statements = 0
-                in_flight.update((u.event_id, u.slot) for u in new)
                 if new:
-                    statements += self._ledger_insert(cursor, dialect, new)
+                    statements += self._ledger_insert(cursor, dialect, new, token)
                     for spec, table_rows in zip(
                         self._specs, coalesce(new, self._tables), strict=True
                     ):
@@ -670,7 +694,7 @@ class AggregationWriter:
                 conflict.fingerprint,
                 conflict.stored_fingerprint,
             )
-        return _Outcome(new, duplicates, conflicts, rows, statements)
+        return _Outcome(new, duplicates, conflicts, rows, statements, tokens)
 
     def _fence(
         self, cursor: DBAPICursor, dialect: Dialect, shard: str, slots: Sequence[int]
@@ -706,11 +730,11 @@ class AggregationWriter:
 
     def _ledger_lookup(
         self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit]
-    ) -> dict[tuple[str, int], str]:
-        """Fingerprints of the ledger rows of ``units``, by (event id, slot)."""
+    ) -> dict[tuple[str, int], tuple[str, str | None]]:
+        """(fingerprint, writer token) of the ledger rows of ``units``, by (event id, slot)."""
         table = dialect.quote(self._settings.system_tables.ledger)
         wanted = {(u.event_id, u.slot) for u in units}
-        found: dict[tuple[str, int], str] = {}
+        found: dict[tuple[str, int], tuple[str, str | None]] = {}
         step = min(1000, dialect.max_parameters or 1000)
         ordered = sorted(wanted, key=lambda k: (k[1], k[0]))
         for start in range(0, len(ordered), step):
@@ -721,26 +745,29 @@ class AggregationWriter:
             # Both parts of the primary key as IN lists: a range scan on every
             # dialect; the few cross pairs that also match are dropped below.
             cursor.execute(
-                f"SELECT event_id, {SLOT_COLUMN}, fingerprint FROM {table} "
+                f"SELECT event_id, {SLOT_COLUMN}, fingerprint, writer_token FROM {table} "
                 f"WHERE {SLOT_COLUMN} IN ({slots}) AND event_id IN ({marks})",
                 ids,
             )
-            for event_id, slot, fingerprint in cursor.fetchall():
+            for event_id, slot, fingerprint, writer_token in cursor.fetchall():
                 key = (str(event_id), int(slot))
                 if key in wanted:
-                    found[key] = str(fingerprint)
+                    found[key] = (
+                        str(fingerprint),
+                        str(writer_token) if writer_token is not None else None,
+                    )
         return found
 
     def _peer_ledger(
         self, units: Sequence[Unit], incoming: Mapping[int, str]
-    ) -> dict[tuple[str, int], str]:
+    ) -> dict[tuple[str, int], tuple[str, str | None]]:
         """Read the source shards' ledgers for slots still arriving (read before our own)."""
         by_peer: dict[str, list[Unit]] = defaultdict(list)
         for unit in units:
             peer = incoming.get(unit.slot)
             if peer is not None:
                 by_peer[peer].append(unit)
-        found: dict[tuple[str, int], str] = {}
+        found: dict[tuple[str, int], tuple[str, str | None]] = {}
         for peer, peer_units in by_peer.items():
             with self._provider.connection(peer) as conn:
                 dialect = self.dialect(peer, conn)
@@ -751,10 +778,14 @@ class AggregationWriter:
             found.update({k: v for k, v in hits.items() if k[1] in slots})
         return found
 
-    def _ledger_insert(self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit]) -> int:
+    def _ledger_insert(
+        self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit], token: str
+    ) -> int:
         now = int(self._clock())
         # Primary-key order (slot, event id): concurrent writers lock in one order.
-        rows = [(u.event_id, u.slot, u.fingerprint, now) for u in sorted(units, key=_pk_order)]
+        rows = [
+            (u.event_id, u.slot, u.fingerprint, now, token) for u in sorted(units, key=_pk_order)
+        ]
         statements = 0
         for sql, params in self._renderer(dialect, self._ledger_spec).statements(rows):
             cursor.execute(sql, params)
@@ -782,6 +813,26 @@ class AggregationWriter:
 
 
 _WRITABLE = frozenset({SlotState.OWNED, SlotState.INCOMING})
+
+
+def _hinted(fenced: Mapping[str, FencedError]) -> set[int]:
+    return {slot for error in fenced.values() for slot in error.moved}
+
+
+def _unknown_if_lost(
+    error: ShardbillError, lost: CommitOutcomeUnknownError | None
+) -> ShardbillError:
+    """The error to report when giving up: outcome unknown if any COMMIT was lost."""
+    if lost is None or isinstance(error, CommitOutcomeUnknownError):
+        return error
+    unknown = CommitOutcomeUnknownError(
+        f"{lost} Then the retries failed too ({type(error).__name__}: {error}); the units may "
+        "or may not be applied: write the same events again, the ledger applies what is missing",
+        errno=lost.errno,
+        shard=lost.shard,
+    )
+    unknown.__cause__ = error
+    return unknown
 
 
 def _as_shardbill_error(exc: BaseException, shard: str) -> ShardbillError | None:

@@ -43,7 +43,7 @@ def validate_identifier(name: object, *, what: str = "identifier") -> str:
         ConfigurationError: ``name`` is not a str matching
             ``^[A-Za-z_][A-Za-z0-9_]{0,63}$``.
     """
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ConfigurationError(
             f"{what} name {name!r} is not a valid SQL identifier; use 1 to 64 ASCII letters, "
             "digits and underscores, not starting with a digit"

@@ -181,7 +181,25 @@ def _classify_sqlite(code: int | None) -> type[DatabaseError]:
     return FatalDatabaseError
 
 
+def _tls_failure(exc: BaseException) -> bool:
+    """True when the exception chain holds an ssl.SSLError (a certificate or handshake failure)."""
+    import ssl
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _classify_mysql(errno: int | None, exc: BaseException) -> type[DatabaseError]:
+    # PyMySQL reports a failed certificate check as "can't connect" (2003); the
+    # caller renumbers it 2026, as mysqlclient reports it, and retrying cannot fix it.
+    if errno == 2026:
+        return FatalDatabaseError
     if errno is None:
         # PyMySQL raises InterfaceError (without a number, or with 0) for a
         # connection it already closed; classify by type, never by message.
@@ -236,6 +254,8 @@ def translate(
             return upgraded
         return exc
     errno = error_number(exc)
+    if errno == 2003 and _tls_failure(exc):
+        errno = 2026  # CR_SSL_CONNECTION_ERROR, as mysqlclient reports it
     if isinstance(exc, sqlite3.Error):
         kind = _classify_sqlite(errno)
     else:

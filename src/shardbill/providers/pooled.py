@@ -140,7 +140,7 @@ class PooledProvider:
         query = f"?{options.lstrip('?')}" if options else ""
         urls: dict[str, str | ConnectionURL] = {}
         for shard in shards:
-            if not _FILE_SAFE.match(shard):
+            if not _FILE_SAFE.fullmatch(shard):
                 raise ConfigurationError(
                     f"shard name {shard!r} cannot be a file name; use letters, digits, "
                     "'_', '.' and '-' (not starting with '.' or '-')"

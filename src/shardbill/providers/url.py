@@ -128,7 +128,7 @@ def _validate_charset(_: object, field: attrs.Attribute[Any], value: str) -> Non
 
 
 def _validate_env_name(_: object, field: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and not _ENV_NAME.match(value):
+    if value is not None and not _ENV_NAME.fullmatch(value):
         raise _url_error(field.name, value, "give an environment variable name like DB_PASSWORD")
 
 
@@ -463,7 +463,7 @@ def _mysql_parts(head: str, text: str) -> dict[str, Any]:
             port = rest[1:]
     elif ":" in hostport:
         host, port = hostport.split(":", 1)
-    if host and not _HOST.match(host):
+    if host and not _HOST.fullmatch(host):
         raise InvalidURLError(
             f"connection URL {_describe(text)} has an invalid host {host!r}; "
             "give a host name, an IPv4 address or a bracketed IPv6 address"

@@ -380,8 +380,15 @@ class Resharder:
                 )
                 known = {int(r[0]): str(r[1]) for r in cursor.fetchall()}
                 p = dialect.placeholder
+                moves_table = dialect.quote(self._system.moves)
                 for move in moves:
                     state = known.get(move.slot)
+                    if state is None or state == SlotState.GONE:
+                        # A new move of this slot into this shard: progress records of an
+                        # earlier move of the same slot here are history, not progress.
+                        cursor.execute(
+                            f"DELETE FROM {moves_table} WHERE {SLOT_COLUMN} = {move.slot}", ()
+                        )
                     if state is None:
                         cursor.execute(
                             f"INSERT INTO {table} ({SLOT_COLUMN}, state, epoch, peer) "
@@ -446,7 +453,7 @@ class Resharder:
         ledger = self._system.ledger
         spec = UpsertSpec(
             table=ledger,
-            columns=("event_id", SLOT_COLUMN, "fingerprint", "applied_at"),
+            columns=("event_id", SLOT_COLUMN, "fingerprint", "applied_at", "writer_token"),
             key_columns=(SLOT_COLUMN, "event_id"),
         )
         columns = [self._system.ledger_def().column(c) for c in spec.columns]
@@ -454,12 +461,14 @@ class Resharder:
         while True:
             with self._cursor(move.source) as (cursor, dialect):
                 cursor.execute(
-                    f"SELECT event_id, {SLOT_COLUMN}, fingerprint, applied_at FROM "
-                    f"{dialect.quote(ledger)} WHERE {SLOT_COLUMN} = {move.slot} "
+                    f"SELECT event_id, {SLOT_COLUMN}, fingerprint, applied_at, writer_token "
+                    f"FROM {dialect.quote(ledger)} WHERE {SLOT_COLUMN} = {move.slot} "
                     f"ORDER BY event_id LIMIT {n}",
                     (),
                 )
-                rows = [(str(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in cursor.fetchall()]
+                rows = [
+                    (str(r[0]), int(r[1]), str(r[2]), int(r[3]), r[4]) for r in cursor.fetchall()
+                ]
             if not rows:
                 return
             with self._cursor(move.target) as (cursor, dialect):
