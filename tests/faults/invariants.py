@@ -78,14 +78,14 @@ __all__ = [
 
 LEDGER = "shardbill_ledger"
 
-KNOWN_BUG_FAILED_AFTER_LOST_COMMIT = True
+KNOWN_BUG_FAILED_AFTER_LOST_COMMIT = False
 """The writer still reports a unit *failed* (with the last attempt's error, e.g.
 CannotConnectError) when an earlier attempt's COMMIT was lost but did commit
 (``test_regressions.py::test_a_lost_commit_followed_by_an_outage_is_reported_as_unknown``).
 Scenarios whose retry budget can run out after a lost COMMIT count such reports
 instead of failing on them while this is True. Set it to False when that test passes."""
 
-KNOWN_BUG_APPLIED_TWICE = True
+KNOWN_BUG_APPLIED_TWICE = False
 """The writer reports a unit *applied* after a lost COMMIT also when a concurrent
 writer committed it meanwhile (``test_regressions.py::
 test_a_unit_committed_by_another_writer_during_a_lost_commit_is_reported_applied_once``).
