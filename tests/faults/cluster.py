@@ -159,9 +159,9 @@ class ShardCluster:
         """A writer over every shard, with the scenarios' retry policy unless given.
 
         With ``checked`` (the default) the writer checks the schema of every
-        shard now, before any fault is armed: the first write to a shard
-        checks it outside the retry loop, so a fault there escapes ``write()``
-        (see ``test_writer_bugs.py``).
+        shard now, before any fault is armed, so that the scenarios' faults
+        land on write transactions rather than on the one-time check
+        (``test_regressions.py`` covers faults during that check).
         """
         writer = AggregationWriter(
             shard_map=self.shard_map,
