@@ -237,7 +237,9 @@ def chaos(
 
 def _per_minute(meter: Meter, duration: float) -> list[dict[str, Any]]:
     minutes = []
-    for minute in sorted(set(meter.latency) | set(meter.events)):
+    # Minutes of the hold only (not the batches still finishing after it).
+    held = [m for m in sorted(set(meter.latency) | set(meter.events)) if 60 * m < duration]
+    for minute in held:
         latencies = meter.latency.get(minute, [])
         span = min(60.0, duration - 60 * minute) or 60.0
         minutes.append(

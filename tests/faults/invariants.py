@@ -451,6 +451,14 @@ class _Checker:
                     f"I4: unit {unit} was only ever reported failed ({told}) but is in the "
                     "ledger: a failure report must mean not applied"
                 )
+            if unknown and acknowledged:
+                # The next acknowledgement tells what the unknown attempt did: a
+                # duplicate means its COMMIT (or another writer's) had happened.
+                after = said[said.index(Outcome.UNKNOWN) + 1 :]
+                first = next((o for o in after if o.acknowledged), None)
+                if first is not None:
+                    found = "already applied" if first is Outcome.DUPLICATE else "applied then"
+                    self.counts[f"unknown, redelivered: {found}"] += 1
             hid_a_commit = (
                 Outcome.DUPLICATE in said
                 and Outcome.FAILED in said

@@ -241,3 +241,23 @@ def test_a_row_on_a_shard_the_map_does_not_name_is_i5(
         v.startswith("I5") and str(key) in v
         for v in check(recorder, shards, shard_map=everything_on_other).violations
     )
+
+
+def test_a_redelivery_tells_what_an_unknown_outcome_did(
+    setup: tuple[Recorder, FakeShards, list[str]],
+) -> None:
+    """Unknown, then redelivered: a duplicate means it had committed, applied means it had not."""
+    recorder, shards, ids = setup
+    _deliver(recorder, shards, ids, "failed", error="CommitOutcomeUnknownError")
+    committed, lost = ids[:10], ids[10:]
+    for event_id in committed:
+        shards.apply(event_id)
+    _deliver(recorder, shards, committed, "duplicates")
+    _deliver(recorder, shards, lost, "applied")
+    verdict = check(recorder, shards, settled=True)
+    assert verdict.ok, verdict.violations
+    units = {e: len(recorder.units_of(e)) for e in ids}
+    assert verdict.counts["unknown, redelivered: already applied"] == sum(
+        units[e] for e in committed
+    )
+    assert verdict.counts["unknown, redelivered: applied then"] == sum(units[e] for e in lost)
