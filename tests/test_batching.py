@@ -89,3 +89,41 @@ def test_coalesce_sums_and_maxes_per_row_in_key_order() -> None:
     balance = coalesce(units, TABLES)[3]
     assert [r.key for r in balance] == [(4, "USD"), (5, "USD")]
     assert balance[1].deltas == (3_750_000, 2, 2_250_000)
+
+
+def test_a_time_past_the_calendar_in_the_tables_zone_rejects_only_its_event() -> None:
+    """9999-12-31 23:00 UTC is year 10000 in Tokyo: that event is rejected, the batch goes on."""
+    from zoneinfo import ZoneInfo
+
+    from shardbill.aggregates import AggregateTable, BigInt, Count, Date, Day, KeyColumn, Measure
+
+    tokyo_daily = AggregateTable(
+        name="tokyo_daily",
+        keys=(
+            KeyColumn(name="account_id", type=BigInt(), projection=Account()),
+            KeyColumn(name="day", type=Date(), projection=Day(tz=ZoneInfo("Asia/Tokyo"))),
+        ),
+        measures=(Measure(name="n", value=Count()),),
+    )
+    late = dt.datetime(9999, 12, 31, 23, tzinfo=dt.UTC)
+    charges = [charge(event_id="e-ok"), charge(event_id="e-late", time=late)]
+    work, rejected = plan_batch(
+        charges, tables=(tokyo_daily,), shard_key=(Account(),), locate=_locate
+    )
+    assert [r.event_id for r in rejected] == ["e-late"]
+    assert "out of range in time zone Asia/Tokyo" in rejected[0].reason
+    assert [u.event_id for w in work.values() for u in w.units] == ["e-ok"]
+
+
+def test_units_carry_the_fingerprint_of_their_rows() -> None:
+    """One charge or several on a slot: the unit's fingerprint is that of its rows."""
+    charges = [
+        charge(event_id="e-1"),
+        charge(event_id="e-2"),
+        charge(event_id="e-2", product="voice", amount=Decimal("0.5")),
+    ]
+    work, _ = plan(charges)
+    units = [u for w in work.values() for u in w.units]
+    assert sorted(len(u.rows) for u in units) == [4, 8]
+    for unit in units:
+        assert unit.fingerprint == fingerprint(unit.rows, TABLES)

@@ -69,6 +69,13 @@ def test_naive_time_is_refused_with_the_fix() -> None:
         event(time=datetime(2026, 1, 5, 10, 0))
 
 
+def test_a_time_outside_the_calendar_in_utc_is_refused_with_the_fix() -> None:
+    """Year 1 at 00:30 at +02:00 would be year 0 in UTC: an InvalidInputError, not OverflowError."""
+    plus_two = timezone(timedelta(hours=2))
+    with pytest.raises(InvalidInputError, match=r"'time' is out of range in UTC"):
+        event(time=datetime(1, 1, 1, 0, 30, tzinfo=plus_two))
+
+
 def test_aware_time_is_normalised_to_utc() -> None:
     """12:00 at +02:00 is stored as 10:00 UTC."""
     plus_two = timezone(timedelta(hours=2))

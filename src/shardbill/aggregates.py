@@ -239,7 +239,13 @@ def _as_utc(charge: ChargeLike, tz: dt.tzinfo) -> dt.datetime:
             f"charge {charge.event_id!r}: time {moment.isoformat()} has no timezone; "
             "give an aware datetime (e.g. with tzinfo=datetime.UTC)"
         )
-    return moment.astimezone(tz)
+    try:
+        return moment.astimezone(tz)
+    except OverflowError as exc:  # year 1 or 9999 pushed past the calendar by the zone
+        raise InvalidInputError(
+            f"charge {charge.event_id!r}: time {moment.isoformat()} is out of range in "
+            f"time zone {tz}; give a time between years 1 and 9999 in that zone too"
+        ) from exc
 
 
 @attrs.frozen

@@ -150,7 +150,7 @@ class SystemTables:
                 Column(name="writer_token", kind=ColumnKind.ASCII, length=16, nullable=True),
             ),
             # Slot first: a slot's ledger rows are one primary-key range to move,
-            # and lookups give both parts (slot IN (...) AND event_id IN (...)).
+            # and lookups give both parts (Dialect.pairs_statements).
             primary_key=(SLOT_COLUMN, "event_id"),
             indexes=(("applied_at",),),
         )

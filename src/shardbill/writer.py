@@ -41,8 +41,24 @@ from typing import Any, Protocol
 
 import attrs
 
-from shardbill.aggregates import SLOT_COLUMN, Account, AggregateTable, ChargeLike, Projection
-from shardbill.batching import Rejection, RowExtractor, ShardWork, Unit, coalesce, plan_batch
+from shardbill.aggregates import (
+    SLOT_COLUMN,
+    Account,
+    AggregateTable,
+    BigInt,
+    ChargeLike,
+    Projection,
+    VarChar,
+)
+from shardbill.batching import (
+    CoalescedRow,
+    Rejection,
+    RowExtractor,
+    ShardWork,
+    Unit,
+    coalesce,
+    plan_batch,
+)
 from shardbill.dialects.base import Dialect, UpsertSpec
 from shardbill.dialects.ddl import prune_statement, share_lock_clause
 from shardbill.dialects.detect import dialect_for
@@ -197,11 +213,27 @@ class _Outcome:
     tokens: dict[Unit, str | None]  # the writer token stored with each duplicate
 
 
-def _sql_value(value: object) -> object:
-    # Dates travel as ISO text: MySQL DATE columns accept it, SQLite stores it as TEXT.
-    if hasattr(value, "isoformat") and not isinstance(value, str):
-        return value.isoformat()
-    return value
+def _row_maker(table: AggregateTable) -> Callable[[CoalescedRow], tuple[object, ...]]:
+    """Coalesced row -> values in ``table.columns`` order, dates as ISO text.
+
+    Dates travel as ISO text: MySQL DATE columns accept it, SQLite stores it
+    as TEXT. The key's validated types are known per column, so only the date
+    positions are converted.
+    """
+    # Dates, and whatever a column type of the user's own may hold.
+    dates = [i for i, c in enumerate(table.keys) if not isinstance(c.type, BigInt | VarChar)]
+    if not dates:
+        return lambda r: (*r.key, r.slot, *r.deltas)
+
+    def make(r: CoalescedRow) -> tuple[object, ...]:
+        key: list[object] = list(r.key)
+        for i in dates:
+            value = key[i]
+            if hasattr(value, "isoformat") and not isinstance(value, str):
+                key[i] = value.isoformat()
+        return (*key, r.slot, *r.deltas)
+
+    return make
 
 
 class AggregationWriter:
@@ -273,6 +305,7 @@ class AggregationWriter:
             )
             for t in self._tables
         )
+        self._row_makers = tuple(_row_maker(t) for t in self._tables)
         sys_tables = self._settings.system_tables
         self._ledger_spec = UpsertSpec(
             table=sys_tables.ledger,
@@ -674,12 +707,12 @@ class AggregationWriter:
                 rows = statements = 0
                 if new:
                     statements += self._ledger_insert(cursor, dialect, new, token)
-                    for spec, table_rows in zip(
-                        self._specs, coalesce(new, self._tables), strict=True
+                    for spec, make_row, table_rows in zip(
+                        self._specs, self._row_makers, coalesce(new, self._tables), strict=True
                     ):
                         if not table_rows:
                             continue
-                        values = [(*map(_sql_value, r.key), r.slot, *r.deltas) for r in table_rows]
+                        values = list(map(make_row, table_rows))
                         rows += len(values)
                         for sql, params in self._renderer(dialect, spec).statements(values):
                             cursor.execute(sql, params)
@@ -735,20 +768,11 @@ class AggregationWriter:
         table = dialect.quote(self._settings.system_tables.ledger)
         wanted = {(u.event_id, u.slot) for u in units}
         found: dict[tuple[str, int], tuple[str, str | None]] = {}
-        step = min(1000, dialect.max_parameters or 1000)
-        ordered = sorted(wanted, key=lambda k: (k[1], k[0]))
-        for start in range(0, len(ordered), step):
-            chunk = ordered[start : start + step]
-            ids = sorted({event_id for event_id, _ in chunk})
-            slots = ", ".join(str(s) for s in sorted({slot for _, slot in chunk}))
-            marks = ", ".join([dialect.placeholder] * len(ids))
-            # Both parts of the primary key as IN lists: a range scan on every
-            # dialect; the few cross pairs that also match are dropped below.
-            cursor.execute(
-                f"SELECT event_id, {SLOT_COLUMN}, fingerprint, writer_token FROM {table} "
-                f"WHERE {SLOT_COLUMN} IN ({slots}) AND event_id IN ({marks})",
-                ids,
-            )
+        # Primary-key order; exact pairs, so the cost does not grow with the ledger.
+        pairs = sorted({(u.slot, u.event_id) for u in units})
+        select = f"SELECT event_id, {SLOT_COLUMN}, fingerprint, writer_token FROM {table} WHERE "
+        for condition, params in dialect.pairs_statements((SLOT_COLUMN, "event_id"), pairs):
+            cursor.execute(select + condition, params)
             for event_id, slot, fingerprint, writer_token in cursor.fetchall():
                 key = (str(event_id), int(slot))
                 if key in wanted:

@@ -27,7 +27,7 @@ import attrs
 from shardbill.errors import ConfigurationError, InvalidInputError, MoneyTypeError
 from shardbill.providers.base import ParameterTypeError
 
-__all__ = ["Dialect", "MergeKind", "UpsertSpec", "validate_identifier"]
+__all__ = ["Dialect", "MergeKind", "UpsertSpec", "checked_int", "validate_identifier"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -49,6 +49,13 @@ def validate_identifier(name: object, *, what: str = "identifier") -> str:
             "digits and underscores, not starting with a digit"
         )
     return name
+
+
+def checked_int(value: object) -> int:
+    """``value`` if it is an ``int`` (not a bool), to be rendered into SQL; else TypeError."""
+    if type(value) is not int:
+        raise TypeError(f"expected an int to render into SQL, got {type(value).__name__} {value!r}")
+    return value
 
 
 class MergeKind(enum.StrEnum):
@@ -215,6 +222,32 @@ class Dialect(abc.ABC):
         """
         validate_identifier(identifier)
         return f"{self.quote_char}{identifier}{self.quote_char}"
+
+    def pairs_statements(
+        self, columns: tuple[str, str], pairs: Sequence[tuple[int, str]]
+    ) -> Iterator[tuple[str, list[object]]]:
+        """WHERE conditions matching ``(int column, text column)`` pairs, chunked.
+
+        Yields ``(condition, params)``; together the conditions match every
+        pair in ``pairs``, and each is answered by point lookups on a primary
+        key made of the two columns, however many rows the key's first
+        column holds. A condition may also match a few pairs that are not in
+        ``pairs`` (SQLite's form): callers drop rows they did not ask for.
+        The integers are rendered (validated ints), the texts bound.
+        """
+        first, second = (self.quote(c) for c in columns)
+        step = self._pairs_per_statement()
+        for start in range(0, len(pairs), step):
+            chunk = pairs[start : start + step]
+            yield self._pairs_condition(first, second, chunk), [text for _, text in chunk]
+
+    @abc.abstractmethod
+    def _pairs_per_statement(self) -> int:
+        """How many pairs one :meth:`pairs_statements` condition holds."""
+
+    @abc.abstractmethod
+    def _pairs_condition(self, first: str, second: str, pairs: Sequence[tuple[int, str]]) -> str:
+        """One condition for ``pairs`` (quoted column names; one placeholder per text)."""
 
     def upsert_sql(self, spec: UpsertSpec, rows: int) -> str:
         """The multi-row UPSERT statement for ``rows`` rows of ``spec`` (cached).

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from shardbill.dialects.base import Dialect, MergeKind, UpsertSpec
+from shardbill.dialects.base import Dialect, MergeKind, UpsertSpec, checked_int
 from shardbill.errors import ConfigurationError, MoneyTypeError
 
 __all__ = ["SQLiteDialect"]
@@ -80,6 +80,16 @@ class SQLiteDialect(Dialect):
     def max_parameters(self) -> int | None:
         """``variable_limit``."""
         return self.variable_limit
+
+    def _pairs_per_statement(self) -> int:
+        return max(1, min(1000, self.variable_limit))
+
+    def _pairs_condition(self, first: str, second: str, pairs: Sequence[tuple[int, str]]) -> str:
+        # Two IN lists: SQLite's planner seeks every (first, second) combination
+        # in the primary key; a row-value IN list would scan the table.
+        slots = ", ".join(str(n) for n in sorted({checked_int(slot) for slot, _ in pairs}))
+        marks = ", ".join(["?"] * len(pairs))
+        return f"{first} IN ({slots}) AND {second} IN ({marks})"
 
     def _build_upsert_sql(self, spec: UpsertSpec, rows: int) -> str:
         q = self.quote

@@ -107,7 +107,13 @@ def _check_time(field: str, value: object) -> datetime:
             f"{field!r} must be timezone-aware: {value.isoformat()} has no time zone; "
             "attach one, e.g. value.replace(tzinfo=datetime.UTC) if it is UTC"
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 pushed past the calendar by the offset
+        raise InvalidInputError(
+            f"{field!r} is out of range in UTC: {value.isoformat()}; give a time between "
+            "years 1 and 9999 in UTC"
+        ) from None
 
 
 def _check_quantity(field: str, value: object) -> Decimal:
