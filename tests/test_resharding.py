@@ -113,6 +113,27 @@ def test_removing_a_shard_while_writing_loses_and_doubles_nothing(four: Backend)
     assert actual_rows(four, slot_check=_owner_check(target)) == expected_rows(charges)
 
 
+def test_verify_names_rows_left_on_a_source_after_the_merge_finished(four: Backend) -> None:
+    """A row of a moved slot that reappears on its old shard is reported, not excused."""
+    store, writer = _setup(four, ["s0", "s1", "s2"])
+    with writer:
+        assert writer.write(make_charges(43, 120, accounts=30)).ok
+    target = store.load().add_shard("s3")
+    resharder = Resharder(store=store, provider=four.provider, tables=billing_tables())
+    progress = resharder.run(target)
+    assert resharder.verify() == []
+    move = progress.plan.moves[0]
+    four.execute(
+        move.source,
+        "INSERT INTO `usage_daily` (`account_id`, `day`, `product`, `sb_slot`, `quantity`, "
+        f"`amount`, `charges`) VALUES (1, '2026-11-01', 'sms', {move.slot}, 1, 1, 1)",
+    )
+    problems = resharder.verify()
+    assert len(problems) == 1
+    assert f"rows of slot {move.slot} are on shard {move.source!r}" in problems[0]
+    assert "left behind" in problems[0]
+
+
 class CrashError(Exception):
     """Stands for the resharding process dying at a step."""
 

@@ -105,6 +105,8 @@ class ReshardProgress:
     rows_moved: int
     ledger_rows_moved: int
     seconds: float
+    slots_empty: int = 0
+    """Of the slots finished, those that held no rows: handed over in batches."""
 
 
 def _checksum(key: Sequence[object], values: Sequence[int]) -> int:
@@ -255,11 +257,15 @@ class Resharder:
         self._step("publish")
         self._publish(target)
         throttle = _Throttle(self._settings)
-        pending = [m for m in plan.moves if self._slot_state(m) != "finished"]
+        states = self._slot_states(plan.moves)
+        pending = [m for m in plan.moves if states[m] != "finished"]
+        empty = self._empty(pending)
+        self._finish_empty([m for m in pending if m in empty])
         with ThreadPoolExecutor(
             max_workers=self._settings.parallel_slots, thread_name_prefix="shardbill-reshard"
         ) as pool:
-            for future in [pool.submit(self._move_slot, m, throttle) for m in pending]:
+            moving = [m for m in pending if m not in empty]
+            for future in [pool.submit(self._move_slot, m, throttle) for m in moving]:
                 future.result()
         return ReshardProgress(
             plan=plan,
@@ -267,13 +273,15 @@ class Resharder:
             rows_moved=self._rows_moved,
             ledger_rows_moved=self._ledger_moved,
             seconds=time.monotonic() - started,
+            slots_empty=len(empty),
         )
 
     def status(self, target: ShardMap | None = None) -> list[SlotStatus]:
         """Each moving slot's state, read from the shards."""
         plan = self.plan(target if target is not None else self._store.load())
+        states = self._slot_states(plan.moves)
         return [
-            SlotStatus(slot=m.slot, source=m.source, target=m.target, state=self._slot_state(m))
+            SlotStatus(slot=m.slot, source=m.source, target=m.target, state=states[m])
             for m in plan.moves
         ]
 
@@ -284,7 +292,7 @@ class Resharder:
         the target), the reshard can only be completed: run it again.
         """
         plan = self.plan(target)
-        if any(self._slot_state(m) != "pending" for m in plan.moves):
+        if any(state != "pending" for state in self._slot_states(plan.moves).values()):
             return False
         current = self._store.load()
         if current.epoch == target.epoch:
@@ -305,11 +313,29 @@ class Resharder:
         """Every difference found between the shards and ``shard_map`` (empty: exact).
 
         Checks that every aggregate and ledger row sits on the shard that owns
-        its slot (rows of a slot still being merged may sit on its source),
-        and that every finished move merged exactly its manifest.
+        its slot (rows of a slot still being merged may sit on its source,
+        but not once its owner has finished the merge), and that every
+        finished move merged exactly its manifest.
         """
         current = shard_map if shard_map is not None else self._store.load()
         problems: list[str] = []
+        finished: set[tuple[int, str, str]] = set()  # (slot, source, target) merged and done
+        for shard in sorted(current.shards):
+            with self._cursor(shard) as (cursor, dialect):
+                cursor.execute(
+                    f"SELECT {SLOT_COLUMN}, table_name, source, manifest, moved, done "
+                    f"FROM {dialect.quote(self._system.moves)}",
+                    (),
+                )
+                for slot, table, source, manifest, moved, done in cursor.fetchall():
+                    if not int(done):
+                        continue
+                    finished.add((int(slot), str(source), shard))
+                    if manifest != moved:
+                        problems.append(
+                            f"shard {shard!r}, slot {slot}, table {table!r}: merged {moved} "
+                            f"but the source held {manifest}"
+                        )
         for shard in sorted(current.shards):
             with self._cursor(shard) as (cursor, dialect):
                 cursor.execute(
@@ -325,22 +351,17 @@ class Resharder:
                         if owner == shard:
                             continue
                         state = states.get(slot, ("", None))
-                        if state[0] == SlotState.GONE and state[1] == owner:
+                        moving_to_owner = state[0] == SlotState.GONE and state[1] == owner
+                        if moving_to_owner and (slot, shard, owner) not in finished:
                             continue  # still being merged into its owner
-                        problems.append(
-                            f"table {name!r}: rows of slot {slot} are on shard {shard!r}, "
-                            f"but the map (epoch {current.epoch}) gives the slot to {owner!r}"
+                        where = (
+                            f"its merge into {owner!r} has finished, so they were left behind"
+                            if moving_to_owner
+                            else f"the map (epoch {current.epoch}) gives the slot to {owner!r}"
                         )
-                cursor.execute(
-                    f"SELECT {SLOT_COLUMN}, table_name, manifest, moved, done "
-                    f"FROM {dialect.quote(self._system.moves)}",
-                    (),
-                )
-                for slot, table, manifest, moved, done in cursor.fetchall():
-                    if int(done) and manifest != moved:
                         problems.append(
-                            f"shard {shard!r}, slot {slot}, table {table!r}: merged {moved} "
-                            f"but the source held {manifest}"
+                            f"table {name!r}: rows of slot {slot} are on shard {shard!r}, but "
+                            + where
                         )
         return problems
 
@@ -419,26 +440,75 @@ class Resharder:
             self._store.publish(target, expected_epoch=target.epoch - 1)
             log.info("published shard map epoch %d", target.epoch)
 
-    def _slot_state(self, move: SlotMove) -> str:
-        with self._cursor(move.target) as (cursor, dialect):
-            cursor.execute(
-                f"SELECT state FROM {dialect.quote(self._system.slots)} "
-                f"WHERE {SLOT_COLUMN} = {move.slot}",
-                (),
-            )
-            row = cursor.fetchone()
-        if row is not None and str(row[0]) == SlotState.OWNED:
-            return "finished"
-        with self._cursor(move.source) as (cursor, dialect):
-            cursor.execute(
-                f"SELECT state FROM {dialect.quote(self._system.slots)} "
-                f"WHERE {SLOT_COLUMN} = {move.slot}",
-                (),
-            )
-            row = cursor.fetchone()
-        if row is not None and str(row[0]) == SlotState.GONE:
-            return "fenced"
-        return "pending"
+    def _slot_states(self, moves: Sequence[SlotMove]) -> dict[SlotMove, str]:
+        """Each move's state: ``finished`` (the target owns it), ``fenced`` or ``pending``."""
+        owned = self._slots_in_state(moves, "target", SlotState.OWNED)
+        gone = self._slots_in_state(moves, "source", SlotState.GONE)
+        return {
+            m: "finished" if m in owned else "fenced" if m in gone else "pending" for m in moves
+        }
+
+    def _slots_in_state(
+        self, moves: Sequence[SlotMove], side: str, state: SlotState
+    ) -> set[SlotMove]:
+        """The moves whose slot is in ``state`` on their ``side`` shard (one query per chunk)."""
+        found: set[SlotMove] = set()
+        for shard, chunk in _by_shard(moves, side):
+            with self._cursor(shard) as (cursor, dialect):
+                cursor.execute(
+                    f"SELECT {SLOT_COLUMN} FROM {dialect.quote(self._system.slots)} "
+                    f"WHERE state = {dialect.placeholder} AND {SLOT_COLUMN} IN "
+                    f"({_ints([m.slot for m in chunk])})",
+                    (state.value,),
+                )
+                hits = {int(row[0]) for row in cursor.fetchall()}
+            found.update(m for m in chunk if m.slot in hits)
+        return found
+
+    def _empty(self, moves: Sequence[SlotMove]) -> set[SlotMove]:
+        """The fenced moves with nothing to move: no row of the slot on the source, in any
+        table or the ledger, and no merge progress on the target.
+
+        The source has fenced these slots, so no write can add rows there any more:
+        what is empty now stays empty.
+        """
+        fenced = self._slots_in_state(moves, "source", SlotState.GONE)
+        busy: set[SlotMove] = set()
+        names = (self._system.ledger, *(t.name for t in self._tables))
+        for shard, chunk in _by_shard([m for m in moves if m in fenced], "source"):
+            with self._cursor(shard) as (cursor, dialect):
+                for name in names:
+                    cursor.execute(
+                        f"SELECT DISTINCT {SLOT_COLUMN} FROM {dialect.quote(name)} "
+                        f"WHERE {SLOT_COLUMN} IN ({_ints([m.slot for m in chunk])})",
+                        (),
+                    )
+                    hits = {int(row[0]) for row in cursor.fetchall()}
+                    busy.update(m for m in chunk if m.slot in hits)
+        for shard, chunk in _by_shard([m for m in moves if m in fenced], "target"):
+            with self._cursor(shard) as (cursor, dialect):
+                cursor.execute(
+                    f"SELECT DISTINCT {SLOT_COLUMN} FROM {dialect.quote(self._system.moves)} "
+                    f"WHERE {SLOT_COLUMN} IN ({_ints([m.slot for m in chunk])})",
+                    (),
+                )
+                hits = {int(row[0]) for row in cursor.fetchall()}
+            busy.update(m for m in chunk if m.slot in hits)
+        return {m for m in moves if m in fenced and m not in busy}
+
+    def _finish_empty(self, moves: Sequence[SlotMove]) -> None:
+        """Hand empty slots to their targets, a chunk per transaction (see :meth:`_empty`)."""
+        for shard, chunk in _by_shard(moves, "target"):
+            self._step(f"finish-empty:{shard}:{chunk[0].slot}")
+            with self._cursor(shard) as (cursor, dialect):
+                p = dialect.placeholder
+                cursor.execute(
+                    f"UPDATE {dialect.quote(self._system.slots)} SET state = {p}, peer = NULL "
+                    f"WHERE state = {p} AND {SLOT_COLUMN} IN ({_ints([m.slot for m in chunk])})",
+                    (SlotState.OWNED.value, SlotState.INCOMING.value),
+                )
+        if moves:
+            log.info("%d empty slot(s) handed to their new owners", len(moves))
 
     def _move_slot(self, move: SlotMove, throttle: _Throttle) -> None:
         self._step(f"ledger:{move.slot}")
@@ -636,6 +706,19 @@ class Resharder:
                 (SlotState.OWNED.value, SlotState.INCOMING.value),
             )
         log.info("slot %d moved from %s to %s", move.slot, move.source, move.target)
+
+
+_CHUNK = 1000  # slots per IN list
+
+
+def _by_shard(moves: Sequence[SlotMove], side: str) -> Iterator[tuple[str, list[SlotMove]]]:
+    """``moves`` grouped by their ``side`` shard ("source" or "target"), in chunks."""
+    groups: dict[str, list[SlotMove]] = defaultdict(list)
+    for move in moves:
+        groups[move.source if side == "source" else move.target].append(move)
+    for shard, group in sorted(groups.items()):
+        for start in range(0, len(group), _CHUNK):
+            yield shard, group[start : start + _CHUNK]
 
 
 def _ints(values: Sequence[int]) -> str:
