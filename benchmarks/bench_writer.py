@@ -397,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.json:
             _print_model(model, results)
     admin.close()
+    gc.unfreeze()
     if args.json:
         print(json.dumps(report, default=str))
     return 0

@@ -1,0 +1,129 @@
+"""Benchmark the writer's planning (pure Python, no server): extraction, fingerprints, coalescing.
+
+For the priced charges of a traffic model, per charge (best of ``--repeat``):
+
+* ``extract``: :meth:`RowExtractor.extract` (the compiled path: rows and the
+  fingerprint text), against the baseline ``reference``: the same rows
+  through the declared objects (:meth:`RowExtractor.reference_rows`) and the
+  fingerprint text by sorting and ``repr`` (:func:`canonical_text`), as the
+  writer did before the extractor was compiled;
+* ``plan``: :func:`plan_batch` for whole batches (units, fingerprints, slots);
+* ``coalesce``: :func:`coalesce` of every shard's units.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_planning.py --events 40000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shardbill import ShardMap
+from shardbill.aggregates import Account
+from shardbill.batching import coalesce, plan_batch
+from shardbill.catalog import billing_tables
+from shardbill.extraction import RowExtractor
+from shardbill.fingerprints import canonical_text
+from shardbill.rules import Charge, comms
+from shardbill.synthetic import Traffic
+
+
+def _best_us(func: Callable[[], object], count: int, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        func()
+        best = min(best, time.perf_counter() - started)
+    return best / count * 1e6
+
+
+def run(model: str, events: int, batch: int, repeat: int, seed: int) -> dict[str, Any]:
+    """Microseconds per charge for each step, and the extract/reference ratio."""
+    engine = comms.engine()
+    charges: list[Charge] = []
+    for chunk in Traffic(model=model, events=events, seed=seed).batches(5000):
+        charges.extend(engine.price_batch(chunk).charges)
+    gc.collect()
+    gc.freeze()
+    tables = billing_tables()
+    extractor = RowExtractor(tables)
+    shard_map = ShardMap.create([f"s{i}" for i in range(4)], slots=16384)
+
+    def locate(key: object) -> tuple[int, str]:
+        slot = shard_map.slot_for(key)  # type: ignore[arg-type]
+        return slot, shard_map.assignment[slot]
+
+    def reference() -> None:
+        for c in charges:
+            canonical_text(extractor.reference_rows(c), tables)
+
+    def extract() -> None:
+        for c in charges:
+            extractor.extract(c)
+
+    batches = [charges[i : i + batch] for i in range(0, len(charges), batch)]
+
+    def plan() -> list[Any]:
+        return [
+            plan_batch(b, tables=extractor, shard_key=(Account(),), locate=locate)[0]
+            for b in batches
+        ]
+
+    planned = plan()
+
+    def merge() -> None:
+        for work in planned:
+            for shard_work in work.values():
+                coalesce(shard_work.units, tables)
+
+    n = len(charges)
+    result = {
+        "charges": n,
+        "reference_us": _best_us(reference, n, repeat),
+        "extract_us": _best_us(extract, n, repeat),
+        "plan_us": _best_us(plan, n, repeat),
+        "coalesce_us": _best_us(merge, n, repeat),
+    }
+    result["extract_speedup"] = result["reference_us"] / result["extract_us"]
+    gc.unfreeze()
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--batch", type=int, default=2_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--models", default="uniform,skewed,hot")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    report = {
+        model: run(model, args.events, args.batch, args.repeat, args.seed)
+        for model in args.models.split(",")
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print("model      reference  extract  (speed-up)   plan  coalesce   (us per charge)")
+    for model, r in report.items():
+        print(
+            f"{model:9} {r['reference_us']:9.2f} {r['extract_us']:8.2f}  "
+            f"({r['extract_speedup']:.1f}x)"
+            f" {r['plan_us']:8.2f} {r['coalesce_us']:8.2f}",
+            file=sys.stdout,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The benchmark scripts still run and report what their docs say (tiny sizes; no timing checked).
+
+Speed is measured by running the scripts by hand (docs/explanation/performance.md);
+these tests only keep them working.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.support.mysql import ServerAddress
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_planning_reports_every_step(capsys: pytest.CaptureFixture[str]) -> None:
+    """Per model: the reference and compiled extraction, planning and coalescing, positive."""
+    bench = _load("bench_planning")
+    assert bench.main(["--events", "300", "--repeat", "1", "--models", "skewed,hot", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(report) == ["hot", "skewed"]
+    for result in report.values():
+        assert result["charges"] > 0
+        for key in ("reference_us", "extract_us", "plan_us", "coalesce_us", "extract_speedup"):
+            assert result[key] > 0
+
+
+@pytest.mark.mysql
+def test_bench_writer_repeats_and_prefills(
+    mysql_server: ServerAddress, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--repeat gives one run per repeat and medians; --prefill-ledger loads the ledgers first."""
+    bench = _load("bench_writer")
+    argv = [
+        "--host", mysql_server.host, "--port", str(mysql_server.port),
+        "--user", mysql_server.user, "--password", mysql_server.password,
+        "--events", "120", "--baseline-events", "10", "--batch", "40", "--slots", "64",
+        "--models", "skewed", "--repeat", "2", "--prefill-ledger", "200", "--json",
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    skewed = report["skewed"]
+    assert len(skewed["runs"]) == 2
+    for way in ("writer", "per_event", "floor"):
+        assert skewed[way]["events_per_s"] > 0
+    ratios = sorted(run["writer_vs_per_event"] for run in skewed["runs"])
+    assert ratios[0] <= skewed["writer_vs_per_event"] <= ratios[1]
+    assert "password" not in report["config"]
