@@ -1,0 +1,159 @@
+"""The :class:`MapStore` protocol, and the compare-and-set rule every implementation applies.
+
+:class:`MapStore` is what a store offers writers
+(:class:`~shardbill.resharding.mapstore.CachedMap`) and the resharder:
+``load``, ``epoch`` and ``publish``, an atomic compare-and-set on the epoch.
+
+The implementations (:mod:`shardbill.resharding.mapstore_memory`,
+:mod:`shardbill.resharding.mapstore_file`, :mod:`shardbill.resharding.mapstore_sql`)
+share the private helpers here, so that they check the same things and say
+so in the same words:
+
+* ``_check_arguments``: ``publish`` got a :class:`~shardbill.shardmap.ShardMap`
+  and a valid ``expected_epoch``;
+* ``_check_publish``: the compare-and-set rule, applied under the store's own
+  lock (:class:`~shardbill.errors.EpochConflictError` when the store holds
+  another epoch or the new map is not newer,
+  :class:`~shardbill.errors.ShardMapError` when its slot count differs);
+* ``_parse`` and ``_damaged``: a stored document becomes a
+  :class:`~shardbill.shardmap.ShardMap`, or a
+  :class:`~shardbill.errors.ShardMapError` naming the store and how to repair it.
+
+This module imports no implementation; :mod:`shardbill.resharding.mapstore`
+re-exports :class:`MapStore`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from shardbill.errors import EpochConflictError, ShardMapError
+from shardbill.shardmap import ShardMap
+
+__all__ = ["MapStore"]
+
+
+class MapStore(Protocol):
+    """Where the live shard map lives, shared by every writer process.
+
+    Implementations must make :meth:`publish` an atomic compare-and-set, so
+    that of several publishers that read the same epoch at most one succeeds.
+    """
+
+    def load(self) -> ShardMap:
+        """The current map (the one with the highest epoch).
+
+        Raises:
+            MapNotPublishedError: nothing was published yet; the message says how.
+            ShardMapError: the stored document is damaged; the message names the store.
+        """
+        ...
+
+    def epoch(self) -> int | None:
+        """The current map's epoch (``None`` when empty), cheaper than :meth:`load`."""
+        ...
+
+    def publish(self, new_map: ShardMap, *, expected_epoch: int | None) -> None:
+        """Make ``new_map`` current if the store still holds ``expected_epoch``.
+
+        Args:
+            new_map: the map to publish; its epoch must be greater than the stored one.
+            expected_epoch: the epoch the publisher planned from; ``None`` for
+                the first publish to an empty store.
+
+        Raises:
+            EpochConflictError: the store holds another epoch than
+                ``expected_epoch``, or ``new_map.epoch`` is not greater.
+            ShardMapError: ``new_map`` has another slot count than the stored
+                map, or an argument is invalid.
+        """
+        ...
+
+
+def _check_arguments(new_map: object, expected_epoch: object) -> None:
+    if not isinstance(new_map, ShardMap):
+        raise ShardMapError(
+            f"publish needs a ShardMap, got {type(new_map).__name__}; "
+            "build one with ShardMap.create() or ShardMap.from_json()"
+        )
+    if expected_epoch is not None and (
+        not isinstance(expected_epoch, int)
+        or isinstance(expected_epoch, bool)
+        or expected_epoch < 1
+    ):
+        raise ShardMapError(
+            f"'expected_epoch' must be None (first publish) or an int >= 1: {expected_epoch!r}; "
+            "pass the epoch of the map you planned from"
+        )
+
+
+def _check_publish(
+    store: str, stored: ShardMap | None, new_map: ShardMap, expected_epoch: int | None
+) -> None:
+    """The compare-and-set rule every store applies, under its own lock."""
+    stored_epoch = None if stored is None else stored.epoch
+    if stored_epoch != expected_epoch:
+        if stored_epoch is None:
+            message = (
+                f"{store} holds no map yet, but the publish expected epoch {expected_epoch}; "
+                "publish the first map with expected_epoch=None"
+            )
+        elif expected_epoch is None:
+            message = (
+                f"{store} already holds epoch {stored_epoch}, but the publish expected an "
+                "empty store (expected_epoch=None): another publisher was first; load() the "
+                f"map, re-plan from it and publish with expected_epoch={stored_epoch}"
+            )
+        else:
+            message = (
+                f"{store} holds epoch {stored_epoch}, not the expected {expected_epoch}: the "
+                "map changed since you read it; load() it, re-plan from it and publish with "
+                f"expected_epoch={stored_epoch}"
+            )
+        raise EpochConflictError(
+            message,
+            store=store,
+            stored_epoch=stored_epoch,
+            expected_epoch=expected_epoch,
+            new_epoch=new_map.epoch,
+        )
+    if stored is None:
+        return
+    if new_map.epoch <= stored.epoch:
+        raise EpochConflictError(
+            f"{store} holds epoch {stored.epoch} and the new map has epoch {new_map.epoch}: "
+            "epochs only grow; derive the new map from the stored one (add_shard, remove_shard "
+            "and reweight raise the epoch) and publish it",
+            store=store,
+            stored_epoch=stored.epoch,
+            expected_epoch=expected_epoch,
+            new_epoch=new_map.epoch,
+        )
+    if new_map.slots != stored.slots:
+        raise ShardMapError(
+            f"{store} holds a map of {stored.slots} slots; the new map has {new_map.slots}: "
+            "changing the slot count would move almost every key, which no plan can do "
+            "online; derive the new map from the stored one"
+        )
+
+
+def _damaged(store: str, where: str, exc: ShardMapError, advice: str) -> ShardMapError:
+    error = ShardMapError(f"{store}: the shard map in {where} is damaged: {exc}; {advice}")
+    error.__cause__ = exc
+    return error
+
+
+def _parse(
+    store: str, where: str, document: str | bytes, epoch: int | None, advice: str
+) -> ShardMap:
+    """Parse a stored document; any defect is a ShardMapError naming the store."""
+    try:
+        shard_map = ShardMap.from_json(document, require_balance=False)
+    except ShardMapError as exc:
+        raise _damaged(store, where, exc, advice) from exc
+    if epoch is not None and shard_map.epoch != epoch:
+        raise ShardMapError(
+            f"{store}: the shard map in {where} is damaged: it is stored as epoch {epoch} but "
+            f"its document says epoch {shard_map.epoch}; {advice}"
+        )
+    return shard_map
