@@ -51,7 +51,10 @@ def test_adding_a_shard_from_the_command_line_keeps_the_audit_exact(tmp_path: Pa
         cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["slots_finished"] == planned["moves"]
+    report = json.loads(run.stdout)
+    assert report["slots_finished"] == planned["moves"]
+    assert 0 < report["slots_empty"] < report["slots_finished"]  # a few events, many slots
+    assert report["attempts"] == 1
     status = _run("reshard", "status", "--config", str(config), "--json", cwd=tmp_path)
     assert json.loads(status.stdout) == {"slots": planned["moves"], "finished": planned["moves"]}
     verify = _run("reshard", "verify", "--config", str(config), cwd=tmp_path)

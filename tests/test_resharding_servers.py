@@ -479,7 +479,10 @@ def test_a_shard_server_sigkilled_during_the_copy_and_restarted_the_run_again_is
                     store=store,
                     provider=provider,
                     tables=billing_tables(),
-                    settings=ReshardSettings(chunk_rows=5, parallel_slots=2),
+                    # No retries: this is the operator's re-run (the next test rides through).
+                    settings=ReshardSettings(
+                        chunk_rows=5, parallel_slots=2, retry=RetryPolicy(max_attempts=1)
+                    ),
                     before_step=crash_a_server,
                 ).run(target)
             assert len(killed) == 1
@@ -500,6 +503,70 @@ def test_a_shard_server_sigkilled_during_the_copy_and_restarted_the_run_again_is
     with own_writer(backend.urls, store) as writer:
         for batch in batches(events[400:], 50):  # whatever the thread did not reach
             write_until_ok(writer, batch)
+        assert write_until_ok(writer, charges).applied_events == frozenset()
+    assert_exact(backend, store, target, charges)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("victim", "driver"), [("source", "mysqldb"), ("target", "pymysql")])
+def test_one_run_rides_through_a_shard_server_restart_and_is_exact(
+    cluster: Cluster, tmp_path: Path, victim: str, driver: str
+) -> None:
+    """A server SIGKILLed at a merge step and restarted 1 s later: the same run() retries,
+    resumes where the shards say the move stands, and finishes exactly."""
+    backend = cluster(driver)
+    store = make_store(tmp_path, ["s0", "s1", "s2"])
+    charges = make_charges(300, 500, accounts=150)
+    events = by_event(charges)
+    prepare(backend, store, batches(events, 50))
+    old = store.load()
+    target = old.add_shard("s3")
+    plan = {m.slot: m for m in old.plan_to(target).moves}
+    killed: list[str] = []
+    restarts: list[threading.Thread] = []
+    lock = threading.Lock()  # two slots move at once: one kill only
+
+    def crash_a_server(name: str) -> None:
+        if not name.startswith("merge-delete:"):
+            return
+        with lock:
+            if killed:
+                return
+            move = plan[int(name.split(":")[1])]
+            shard = move.source if victim == "source" else move.target
+            backend.servers[shard].kill()
+            killed.append(shard)
+
+            def restart_later() -> None:
+                time.sleep(1.0)
+                backend.servers[shard].restart()
+
+            restart = threading.Thread(target=restart_later)
+            restarts.append(restart)
+            restart.start()
+
+    with PooledProvider.from_urls(backend.urls) as provider:
+        progress = Resharder(
+            store=store,
+            provider=provider,
+            tables=billing_tables(),
+            settings=ReshardSettings(
+                chunk_rows=5,
+                parallel_slots=2,
+                retry=RetryPolicy(max_attempts=30, base_delay=0.2, max_delay=1.0, seed=7),
+            ),
+            before_step=crash_a_server,
+        ).run(target)
+    for thread in restarts:
+        thread.join(PATIENCE)
+    assert len(killed) == 1
+    assert progress.attempts > 1
+    assert store.load() == target
+    with PooledProvider.from_urls(backend.urls) as provider:
+        resharder = Resharder(store=store, provider=provider, tables=billing_tables())
+        assert {s.state for s in resharder.status(target)} == {"finished"}
+        assert resharder.verify() == []
+    with own_writer(backend.urls, store) as writer:
         assert write_until_ok(writer, charges).applied_events == frozenset()
     assert_exact(backend, store, target, charges)
 

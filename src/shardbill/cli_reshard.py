@@ -156,10 +156,18 @@ def run(args: argparse.Namespace) -> int:
                     "ledger_rows_moved": progress.ledger_rows_moved,
                     "seconds": round(progress.seconds, 3),
                     "epoch": store.load().epoch,
+                    "slots_empty": progress.slots_empty,
+                    "attempts": progress.attempts,
                 },
-                f"reshard finished: {progress.slots_finished} slot(s), {progress.rows_moved} "
+                f"reshard finished: {progress.slots_finished} slot(s) "
+                f"({progress.slots_empty} empty), {progress.rows_moved} "
                 f"aggregate rows and {progress.ledger_rows_moved} ledger rows moved in "
-                f"{progress.seconds:.1f} s; map epoch {store.load().epoch}",
+                f"{progress.seconds:.1f} s; map epoch {store.load().epoch}"
+                + (
+                    f"; {progress.attempts} runs (transient failures ridden through)"
+                    if progress.attempts > 1
+                    else ""
+                ),
             )
             return 0
         if action == "status":

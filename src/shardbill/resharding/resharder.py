@@ -52,10 +52,11 @@ import xxhash
 from shardbill.aggregates import SLOT_COLUMN, AggregateTable, Date
 from shardbill.dialects.base import Dialect, UpsertSpec
 from shardbill.dialects.detect import dialect_for
-from shardbill.errors import ReshardError
+from shardbill.errors import ReshardError, ShardbillError
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.rendering import RowStatements
 from shardbill.resharding.mapstore import MapStore
+from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.schema import apply_schema
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
 from shardbill.tables import SlotState, SystemTables, aggregate_table_def
@@ -78,12 +79,21 @@ class ReshardSettings:
             together (None: as fast as the servers allow).
         pause: called between chunks; while it returns True, moving waits
             (e.g. when replica lag or lock waits rise).
+        retry: how :meth:`Resharder.run` rides through transient failures
+            (a lost connection, a server restarting or failing over, a
+            deadlock): it runs again from the top, which every step is
+            built to survive, after a jittered wait; other errors, and the
+            last transient one, are raised. The default waits up to about a
+            minute in all; ``RetryPolicy(max_attempts=1)`` never retries.
     """
 
     chunk_rows: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
     parallel_slots: int = attrs.field(default=4, validator=attrs.validators.ge(1))
     rows_per_second: float | None = None
     pause: Callable[[], bool] | None = None
+    retry: RetryPolicy = attrs.field(
+        factory=lambda: RetryPolicy(max_attempts=10, base_delay=0.5, max_delay=10.0)
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -107,6 +117,8 @@ class ReshardProgress:
     seconds: float
     slots_empty: int = 0
     """Of the slots finished, those that held no rows: handed over in batches."""
+    attempts: int = 1
+    """Runs it took: more than one when a transient failure was ridden through."""
 
 
 def _checksum(key: Sequence[object], values: Sequence[int]) -> int:
@@ -236,11 +248,38 @@ class Resharder:
         """Run (or resume) the reshard to ``target`` until every slot is finished.
 
         Without ``target``, resume the reshard to the map the store holds now.
+        A transient database failure makes it run again from the top after a
+        wait (``ReshardSettings.retry``): a re-run resumes exactly where the
+        shards say the move stands.
 
         Raises:
             ReshardError: the plan does not fit the store, or verification found
                 a difference (nothing is finished for that slot).
+            DatabaseError: a non-transient database error, or a transient one
+                that outlasted the retries; running again resumes safely.
         """
+        started = time.monotonic()
+        delays = self._settings.retry.delays()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                progress = self._run_once(target)
+            except ShardbillError as exc:
+                delay = next(delays, None) if is_retryable(exc) else None
+                if delay is None:
+                    raise
+                log.warning(
+                    "reshard attempt %d failed (%s); running again in %.2f s",
+                    attempt,
+                    describe(exc),
+                    delay,
+                )
+                time.sleep(delay)
+                continue
+            return attrs.evolve(progress, attempts=attempt, seconds=time.monotonic() - started)
+
+    def _run_once(self, target: ShardMap | None) -> ReshardProgress:
         started = time.monotonic()
         target = target if target is not None else self._store.load()
         plan = self.plan(target)
