@@ -1,14 +1,17 @@
-"""What the two MySQL drivers share: the session set-up and the TLS check."""
+"""What the two MySQL drivers share: the session set-up, the TLS check, the driver class."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
+from types import ModuleType
 from typing import Any
 
 from shardbill.errors import FatalDatabaseError
+from shardbill.providers.pool import Driver
 from shardbill.providers.url import ConnectionURL
 
-__all__ = ["init_command", "require_tls"]
+__all__ = ["MySQLFamilyDriver", "init_command", "require_tls"]
 
 _STRICT = (
     "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')"
@@ -52,3 +55,30 @@ def require_tls(conn: Any, url: ConnectionURL) -> None:
         "configure TLS on the server (ssl_cert/ssl_key) or change ssl_mode",
         errno=2026,
     )
+
+
+class MySQLFamilyDriver(Driver):
+    """A MySQL driver: its module imported on first use, connected with its keyword arguments.
+
+    Subclasses say how to import the module (naming the extra to install when
+    it is missing) and which keyword arguments its ``connect`` takes; every
+    connection is checked for TLS when the URL requires it.
+    """
+
+    @abc.abstractmethod
+    def module(self) -> ModuleType:
+        """The DB-API module (raises DriverNotInstalledError naming the extra)."""
+
+    @abc.abstractmethod
+    def connect_kwargs(self, url: ConnectionURL) -> dict[str, Any]:
+        """The module's ``connect`` arguments for ``url`` (the password included: never log)."""
+
+    def load(self) -> None:
+        """Import the driver module now."""
+        self.module()
+
+    def connect(self, url: ConnectionURL) -> Any:
+        """A new connection for ``url``, refused when TLS is required but not in use."""
+        conn = self.module().connect(**self.connect_kwargs(url))
+        require_tls(conn, url)
+        return conn

@@ -14,8 +14,7 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 from shardbill.errors import DriverNotInstalledError
-from shardbill.providers.mysql_common import init_command, require_tls
-from shardbill.providers.pool import Driver
+from shardbill.providers.mysql_common import MySQLFamilyDriver, init_command
 from shardbill.providers.url import ConnectionURL, SSLMode
 
 __all__ = ["MySQLdbDriver", "connect_kwargs"]
@@ -78,20 +77,13 @@ def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
     return kwargs
 
 
-class MySQLdbDriver(Driver):
+class MySQLdbDriver(MySQLFamilyDriver):
     """Connects with mysqlclient."""
 
     name: ClassVar[str] = "mysqldb"
 
-    def load(self) -> None:
-        """Import MySQLdb (raises DriverNotInstalledError naming the extra)."""
-        _module()
-
-    def connect(self, url: ConnectionURL) -> Any:
-        """A new mysqlclient connection for ``url``, TLS checked when required."""
-        conn = _module().connect(**connect_kwargs(url))
-        require_tls(conn, url)
-        return conn
+    module = staticmethod(_module)
+    connect_kwargs = staticmethod(connect_kwargs)
 
     def ping(self, raw: Any) -> None:
         """Ping (mysqlclient never reconnects unless told to)."""

@@ -12,8 +12,7 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 from shardbill.errors import DriverNotInstalledError
-from shardbill.providers.mysql_common import init_command, require_tls
-from shardbill.providers.pool import Driver
+from shardbill.providers.mysql_common import MySQLFamilyDriver, init_command
 from shardbill.providers.url import ConnectionURL, SSLMode
 
 __all__ = ["PyMySQLDriver", "connect_kwargs"]
@@ -73,20 +72,13 @@ def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
     return kwargs
 
 
-class PyMySQLDriver(Driver):
+class PyMySQLDriver(MySQLFamilyDriver):
     """Connects with PyMySQL."""
 
     name: ClassVar[str] = "pymysql"
 
-    def load(self) -> None:
-        """Import PyMySQL (raises DriverNotInstalledError naming the extra)."""
-        _module()
-
-    def connect(self, url: ConnectionURL) -> Any:
-        """A new PyMySQL connection for ``url``, TLS checked when required."""
-        conn = _module().connect(**connect_kwargs(url))
-        require_tls(conn, url)
-        return conn
+    module = staticmethod(_module)
+    connect_kwargs = staticmethod(connect_kwargs)
 
     def ping(self, raw: Any) -> None:
         """Ping without reconnecting (a reconnect would lose the session silently)."""
