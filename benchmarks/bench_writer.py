@@ -72,6 +72,21 @@ def _connect(args: argparse.Namespace, db: str | None = None) -> Any:
     )  # fmt: skip
 
 
+def _rates(
+    events: int, kind: str, statements: int, latencies: Sequence[float], elapsed: float
+) -> dict[str, Any]:
+    """A baseline's report: events, statements and commits per second, commit p50/p99."""
+    return {
+        "events_per_s": events / elapsed,
+        f"{kind}_statements_per_s": statements / elapsed,
+        "commits_per_s": len(latencies) / elapsed,
+        "p50_ms": _pct(latencies, 0.50),
+        "p99_ms": _pct(latencies, 0.99),
+        "events": events,
+        "seconds": elapsed,
+    }
+
+
 def _price(model: str, events: int, seed: int) -> tuple[list[Charge], int]:
     traffic = Traffic(model=model, events=events, seed=seed)
     engine = comms.engine()
@@ -185,15 +200,7 @@ def run_per_event(
     elapsed = time.perf_counter() - started
     for conn in conns.values():
         conn.close()
-    return {
-        "events_per_s": len(events) / elapsed,
-        "upsert_statements_per_s": statements / elapsed,
-        "commits_per_s": len(latencies) / elapsed,
-        "p50_ms": _pct(latencies, 0.50),
-        "p99_ms": _pct(latencies, 0.99),
-        "events": len(events),
-        "seconds": elapsed,
-    }
+    return _rates(len(events), "upsert", statements, latencies, elapsed)
 
 
 def run_floor(
@@ -251,14 +258,7 @@ def run_floor(
     elapsed = time.perf_counter() - started
     for conn in conns.values():
         conn.close()
-    return {
-        "events_per_s": len(events) / elapsed,
-        "insert_statements_per_s": statements / elapsed,
-        "commits_per_s": len(latencies) / elapsed,
-        "p50_ms": _pct(latencies, 0.50),
-        "p99_ms": _pct(latencies, 0.99),
-        "seconds": elapsed,
-    }
+    return _rates(len(events), "insert", statements, latencies, elapsed)
 
 
 WAYS = ("writer", "per_event", "floor")
