@@ -73,6 +73,7 @@ from shardbill.errors import (
 from shardbill.observe import Committed, Failed, MapReloaded, Observer, Rejected, Retried
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
 from shardbill.rendering import RowStatements
+from shardbill.results import Conflict, ShardResult, WriteResult
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.schema import apply_schema, check_schema
 from shardbill.shardmap import ShardMap
@@ -128,79 +129,6 @@ class WriterSettings:
     read_committed: bool = True
     max_map_reloads: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     ledger_retention_days: int = attrs.field(default=35, validator=attrs.validators.ge(1))
-
-
-@attrs.frozen(kw_only=True)
-class Conflict:
-    """A unit whose event id was applied before with different content: not applied."""
-
-    event_id: str
-    slot: int
-    shard: str
-    stored_fingerprint: str
-    fingerprint: str
-
-
-@attrs.frozen(kw_only=True)
-class ShardResult:
-    """What one shard did with its part of a batch.
-
-    ``applied``, ``duplicates`` and ``failed`` hold event ids (sorted, unique).
-    """
-
-    shard: str
-    applied: tuple[str, ...] = ()
-    duplicates: tuple[str, ...] = ()
-    conflicts: tuple[Conflict, ...] = ()
-    failed: tuple[str, ...] = ()
-    error: ShardbillError | None = None
-    attempts: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing failed on this shard."""
-        return self.error is None
-
-
-@attrs.frozen(kw_only=True)
-class WriteResult:
-    """The outcome of one :meth:`AggregationWriter.write`.
-
-    Retry exactly :attr:`failed_events` (whole events: the ledger skips the
-    parts that are done). :attr:`rejected` and :attr:`conflict_events` need a
-    fix, not a retry.
-    """
-
-    shards: Mapping[str, ShardResult]
-    rejected: tuple[Rejection, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when no shard failed (rejections and conflicts are reported, not failures)."""
-        return all(r.ok for r in self.shards.values())
-
-    @property
-    def failed_events(self) -> frozenset[str]:
-        """Events with at least one unit not applied because its shard failed."""
-        return frozenset(e for r in self.shards.values() for e in r.failed)
-
-    @property
-    def conflict_events(self) -> frozenset[str]:
-        """Events whose id was applied before with different content."""
-        return frozenset(c.event_id for r in self.shards.values() for c in r.conflicts)
-
-    @property
-    def applied_events(self) -> frozenset[str]:
-        """Events with at least one unit applied by this call and none failed or conflicting."""
-        applied = {e for r in self.shards.values() for e in r.applied}
-        return frozenset(applied - self.failed_events - self.conflict_events)
-
-    @property
-    def duplicate_events(self) -> frozenset[str]:
-        """Events every unit of which was already applied before this call."""
-        dup = {e for r in self.shards.values() for e in r.duplicates}
-        applied = {e for r in self.shards.values() for e in r.applied}
-        return frozenset(dup - applied - self.failed_events - self.conflict_events)
 
 
 @attrs.frozen
