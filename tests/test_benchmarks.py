@@ -62,3 +62,18 @@ def test_bench_writer_repeats_and_prefills(
     ratios = sorted(run["writer_vs_per_event"] for run in skewed["runs"])
     assert ratios[0] <= skewed["writer_vs_per_event"] <= ratios[1]
     assert "password" not in report["config"]
+
+
+def test_bench_sqlite_reports_writer_replay_and_baseline(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The embedded-default benchmark runs with no server and reports its three rates."""
+    bench = _load("bench_sqlite")
+    argv = ["--events", "200", "--baseline-events", "20", "--batch", "50", "--json"]
+    assert bench.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("writer_events_per_s", "replay_events_per_s", "per_event_events_per_s"):
+        assert report[key] > 0
+    assert report["writer_vs_per_event"] == pytest.approx(
+        report["writer_events_per_s"] / report["per_event_events_per_s"]
+    )

@@ -82,14 +82,17 @@ class SQLiteDialect(Dialect):
         return self.variable_limit
 
     def _pairs_per_statement(self) -> int:
-        return max(1, min(1000, self.variable_limit))
+        # An OR chain is an expression tree as deep as it is long: stay well under
+        # SQLITE_MAX_EXPR_DEPTH (1000 in the default build) and the variable limit.
+        return max(1, min(250, self.variable_limit))
 
     def _pairs_condition(self, first: str, second: str, pairs: Sequence[tuple[int, str]]) -> str:
-        # Two IN lists: SQLite's planner seeks every (first, second) combination
-        # in the primary key; a row-value IN list would scan the table.
-        slots = ", ".join(str(n) for n in sorted({checked_int(slot) for slot, _ in pairs}))
-        marks = ", ".join(["?"] * len(pairs))
-        return f"{first} IN ({slots}) AND {second} IN ({marks})"
+        # One term per pair: SQLite seeks each in the primary key (a multi-index
+        # OR). Two IN lists would seek every slot x id combination (a million
+        # seeks for a thousand pairs), and a row-value IN list scans the table.
+        return " OR ".join(
+            [f"({first} = {checked_int(slot)} AND {second} = ?)" for slot, _ in pairs]
+        )
 
     def _build_upsert_sql(self, spec: UpsertSpec, rows: int) -> str:
         q = self.quote
