@@ -19,7 +19,9 @@ layers:
   a naive time, a float amount, a custom projection that raises) makes it
   return ``None``, and the charge goes through the reference path, which
   gives the answer or the error. Valid charges never pay for the messages;
-  invalid ones get exactly the reference path's.
+  invalid ones get exactly the reference path's. (So a projection of your
+  own is called a second time for a charge it fails on: keep projections
+  free of side effects.)
 
 The compiled path also renders the charge's *canonical text*: the text whose
 xxh3 is the fingerprint of a unit made of this one charge
