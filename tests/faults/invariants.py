@@ -175,6 +175,10 @@ class Recorder:
         events: every event the scenario may send: id -> its charges.
         shard_map: the map the writers route with (to know each event's units).
         retry: the writers' retry policy (I4 checks attempts against it).
+        follow_moves: the map changes while writers run (a reshard): a unit's
+            outcome is read from whichever shard's result names its event, not
+            from the shard ``shard_map`` names. Needs every event to touch one
+            slot (so that a shard result naming the event names its unit).
     """
 
     def __init__(
@@ -183,10 +187,16 @@ class Recorder:
         shard_map: ShardMap,
         *,
         retry: RetryPolicy | None = None,
+        follow_moves: bool = False,
     ) -> None:
         self.events = events
         self.shard_map = shard_map
         self.retry = retry
+        self.follow_moves = follow_moves
+        if follow_moves:
+            several = [e for e, cs in events.items() if len({self.slot_of(c) for c in cs}) > 1]
+            if several:
+                raise ValueError(f"follow_moves needs one-slot events: {several[:3]} have more")
         self._lock = threading.Lock()
         self._attempts: list[_Attempt] = []
         self._numbers = itertools.count(1)
@@ -295,7 +305,10 @@ class Recorder:
         out: dict[tuple[str, int], list[Outcome]] = defaultdict(list)
         for attempt in attempts:
             for event_id in attempt.events:
-                for slot, shard in self.units_of(event_id):
+                for slot, routed in self.units_of(event_id):
+                    shard = (
+                        _reporting_shard(attempt, event_id, routed) if self.follow_moves else routed
+                    )
                     out[(event_id, slot)].append(_outcome(attempt, event_id, shard))
         return out
 
@@ -303,6 +316,16 @@ class Recorder:
         """Every recorded batch report."""
         with self._lock:
             return [a.report for a in self._attempts if a.report is not None]
+
+
+def _reporting_shard(attempt: _Attempt, event_id: str, default: str) -> str:
+    """The shard whose result names ``event_id`` (a one-slot event is on one shard)."""
+    if attempt.report is None:
+        return default
+    for shard, result in attempt.report.shards.items():
+        if event_id in result.applied | result.duplicates | result.conflicts | result.failed:
+            return shard
+    return default
 
 
 def _outcome(attempt: _Attempt, event_id: str, shard: str) -> Outcome:
