@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -195,6 +196,58 @@ def test_sigstop_longer_than_the_read_timeout_loses_nothing(
         driver,
         seed=seed,
         injected={"sigstop": made},
+        verdict=verdict,
+        extra={"retries": dict(tripwire.retries)},
+    )
+
+
+def test_a_network_partition_healed_or_reset_loses_nothing(
+    make_cluster: ClusterFactory, driver: str
+) -> None:
+    """The proxy blackholes the server (nothing forwarded, nothing closed) under two writers
+    until one times out; then the partition heals, delivering what it held (a COMMIT may
+    reach the server after its writer gave up on it), or its connections are reset first."""
+    seed = seed_for(f"partition-{driver}")
+    rng = random.Random(seed)
+    cluster = make_cluster(servers=1, shards=2)
+    partitions = iterations(2, 20)
+    events = priced_events(seed, 600 + partitions * 400)
+    retry = default_retry(seed, max_attempts=3, max_delay=0.05)
+    recorder = Recorder(events, cluster.shard_map, retry=retry)
+    stats = Stats()
+    tripwire = Tripwire(forward=stats)
+    timeouts = {"read_timeout": 1, "write_timeout": 1, "connect_timeout": 1}
+    writers = [cluster.writer(observer=tripwire, retry=retry, options=timeouts) for _ in range(2)]
+    stop = threading.Event()
+    jobs = _start_writers(recorder, writers, list(events), 10, stop)
+    (proxy,) = cluster.proxies
+    injected: Counter[str] = Counter()
+
+    def partition(_n: int) -> None:
+        timed_out = tripwire.arm(LOST)
+        proxy.blackhole()
+        reset = rng.random() < 0.5
+        try:
+            assert timed_out.wait(60), "no writer timed out in the partition"
+            if reset:
+                proxy.reset_all()
+        finally:
+            proxy.blackhole(False)
+        injected["partition, then reset" if reset else "partition, then healed"] += 1
+
+    try:
+        made = _inject_while_running(jobs, tripwire, rng, partitions, partition)
+    finally:
+        stop.set()
+        for job in jobs:
+            job.result()
+    assert made == partitions
+    verdict = assert_invariants(recorder, cluster, settled=True, context=f"seed {seed}")
+    note(
+        "network partition (blackhole), healed or reset",
+        driver,
+        seed=seed,
+        injected=dict(injected),
         verdict=verdict,
         extra={"retries": dict(tripwire.retries)},
     )
