@@ -59,7 +59,7 @@ from shardbill.aggregates import (
     Quantity,
     VarChar,
 )
-from shardbill.errors import InvalidInputError
+from shardbill.errors import ConfigurationError, InvalidInputError
 
 __all__ = ["RowDelta", "RowExtractor"]
 
@@ -90,7 +90,7 @@ class RowExtractor:
         self.tables = tuple(tables)
         names = [t.name for t in self.tables]
         if len(set(names)) != len(names):
-            raise ValueError(f"aggregate table names must be distinct: {names}")
+            raise ConfigurationError(f"aggregate table names must be distinct: {names}")
         parts: dict[tuple[object, object], int] = {}
         values: dict[object, int] = {}
         self._key_parts: list[tuple[Any, Any, str]] = []  # (projection, column type, name)

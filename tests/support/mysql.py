@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_URL = "mysql://root@127.0.0.1:3306"
@@ -39,7 +40,7 @@ class ServerAddress:
         auth = self.user if not self.password else f"{self.user}:{self.password}"
         return f"mysql+{driver}://{auth}@{self.host}:{self.port}/{database}"
 
-    def connect(self, database: str | None = None, **kwargs: object) -> object:
+    def connect(self, database: str | None = None, **kwargs: Any) -> object:
         """A plain PyMySQL connection (autocommit on) for fixtures and assertions."""
         import pymysql
 
@@ -51,7 +52,7 @@ class ServerAddress:
             database=database,
             autocommit=True,
             charset="utf8mb4",
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
 
 
