@@ -134,6 +134,27 @@ def test_verify_names_rows_left_on_a_source_after_the_merge_finished(four: Backe
     assert "left behind" in problems[0]
 
 
+def test_verify_reads_a_removed_shard_too(four: Backend) -> None:
+    """After 4 -> 3, a row left on the removed shard is reported (the store keeps history)."""
+    store, writer = _setup(four, ["s0", "s1", "s2", "s3"])
+    with writer:
+        assert writer.write(make_charges(45, 120, accounts=30)).ok
+    target = store.load().remove_shard("s1")
+    resharder = Resharder(store=store, provider=four.provider, tables=billing_tables())
+    progress = resharder.run(target)
+    assert resharder.verify() == []
+    move = progress.plan.moves[0]
+    assert move.source == "s1"
+    four.execute(
+        "s1",
+        "INSERT INTO `shardbill_ledger` (`event_id`, `sb_slot`, `fingerprint`, `applied_at`) "
+        f"VALUES ('stray', {move.slot}, '0000000000000000', 0)",
+    )
+    (problem,) = resharder.verify()
+    assert f"rows of slot {move.slot} are on shard 's1'" in problem
+    assert "left behind" in problem
+
+
 class CrashError(Exception):
     """Stands for the resharding process dying at a step."""
 

@@ -354,34 +354,34 @@ class Resharder:
         Checks that every aggregate and ledger row sits on the shard that owns
         its slot (rows of a slot still being merged may sit on its source,
         but not once its owner has finished the merge), and that every
-        finished move merged exactly its manifest.
+        finished move merged exactly its manifest. Reads the shards of
+        ``shard_map`` and, when the store keeps history, those of the map
+        before it (a removed shard must be left empty).
         """
         current = shard_map if shard_map is not None else self._store.load()
+        shards = sorted(set(current.shards) | self._previous_shards(current))
         problems: list[str] = []
-        finished: set[tuple[int, str, str]] = set()  # (slot, source, target) merged and done
-        for shard in sorted(current.shards):
-            with self._cursor(shard) as (cursor, dialect):
-                cursor.execute(
-                    f"SELECT {SLOT_COLUMN}, table_name, source, manifest, moved, done "
-                    f"FROM {dialect.quote(self._system.moves)}",
-                    (),
-                )
-                for slot, table, source, manifest, moved, done in cursor.fetchall():
-                    if not int(done):
-                        continue
-                    finished.add((int(slot), str(source), shard))
-                    if manifest != moved:
-                        problems.append(
-                            f"shard {shard!r}, slot {slot}, table {table!r}: merged {moved} "
-                            f"but the source held {manifest}"
-                        )
-        for shard in sorted(current.shards):
+        states: dict[str, dict[int, tuple[str, object]]] = {}  # shard -> slot -> (state, peer)
+        for shard in shards:
             with self._cursor(shard) as (cursor, dialect):
                 cursor.execute(
                     f"SELECT {SLOT_COLUMN}, state, peer FROM {dialect.quote(self._system.slots)}",
                     (),
                 )
-                states = {int(r[0]): (str(r[1]), r[2]) for r in cursor.fetchall()}
+                states[shard] = {int(r[0]): (str(r[1]), r[2]) for r in cursor.fetchall()}
+                cursor.execute(
+                    f"SELECT {SLOT_COLUMN}, table_name, manifest, moved, done "
+                    f"FROM {dialect.quote(self._system.moves)}",
+                    (),
+                )
+                for slot, table, manifest, moved, done in cursor.fetchall():
+                    if int(done) and manifest != moved:
+                        problems.append(
+                            f"shard {shard!r}, slot {slot}, table {table!r}: merged {moved} "
+                            f"but the source held {manifest}"
+                        )
+        for shard in shards:
+            with self._cursor(shard) as (cursor, dialect):
                 for name in (self._system.ledger, *(t.name for t in self._tables)):
                     cursor.execute(f"SELECT DISTINCT {SLOT_COLUMN} FROM {dialect.quote(name)}", ())
                     for (raw_slot,) in cursor.fetchall():
@@ -389,12 +389,14 @@ class Resharder:
                         owner = current.owner(slot)
                         if owner == shard:
                             continue
-                        state = states.get(slot, ("", None))
-                        moving_to_owner = state[0] == SlotState.GONE and state[1] == owner
-                        if moving_to_owner and (slot, shard, owner) not in finished:
+                        state, peer = states[shard].get(slot, ("", None))
+                        moving_to_owner = state == SlotState.GONE and peer == owner
+                        # The owner marks the slot owned only once the merge finished.
+                        arrived = states[owner].get(slot, ("", None))[0] == SlotState.OWNED
+                        if moving_to_owner and not arrived:
                             continue  # still being merged into its owner
                         where = (
-                            f"its merge into {owner!r} has finished, so they were left behind"
+                            f"its move to {owner!r} has finished, so they were left behind"
                             if moving_to_owner
                             else f"the map (epoch {current.epoch}) gives the slot to {owner!r}"
                         )
@@ -403,6 +405,16 @@ class Resharder:
                             + where
                         )
         return problems
+
+    def _previous_shards(self, current: ShardMap) -> set[str]:
+        load_epoch = getattr(self._store, "load_epoch", None)
+        if load_epoch is None or current.epoch <= 1:
+            return set()
+        try:
+            previous: ShardMap = load_epoch(current.epoch - 1)
+        except ShardbillError:  # not kept (a store that prunes its history)
+            return set()
+        return set(previous.shards)
 
     # ------------------------------------------------------------------ steps
 
