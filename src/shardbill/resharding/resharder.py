@@ -607,6 +607,8 @@ class Resharder:
             with self._lock:
                 self._ledger_moved += len(rows)
             throttle.after(len(rows))
+            if len(rows) < n:  # the last chunk (the fenced slot gets no new rows)
+                return
 
     def _merge_table(self, move: SlotMove, table: AggregateTable, throttle: _Throttle) -> None:
         moves_table = self._system.moves
@@ -668,16 +670,19 @@ class Resharder:
             with self._lock:
                 self._rows_moved += len(rows)
             throttle.after(len(rows))
+            if len(rows) < n:  # the last chunk
+                break
 
     def _manifest(self, move: SlotMove, table: AggregateTable) -> _Tally:
         tally = _Tally()
         last: list[Any] | None = None
+        limit = self._settings.chunk_rows * 10
         while True:
-            rows = self._read_chunk(move, table, last, self._settings.chunk_rows * 10)
-            if not rows:
-                return tally
+            rows = self._read_chunk(move, table, last, limit)
             for key, values in rows:
                 tally.add(table, key, values)
+            if len(rows) < limit:
+                return tally
             last = _jsonable(rows[-1][0])
 
     def _read_chunk(
@@ -721,15 +726,20 @@ class Resharder:
 
     def _finish(self, move: SlotMove) -> None:
         problems: list[str] = []
+        names = (self._system.ledger, *(t.name for t in self._tables))
         with self._cursor(move.source) as (cursor, dialect):
-            for name in (self._system.ledger, *(t.name for t in self._tables)):
-                cursor.execute(
-                    f"SELECT COUNT(*) FROM {dialect.quote(name)} WHERE {SLOT_COLUMN} = {move.slot}",
-                    (),
-                )
-                row = cursor.fetchone()
-                if row is not None and int(row[0]):
-                    problems.append(f"{name}: {row[0]} row(s) left on {move.source}")
+            counts = ", ".join(
+                f"(SELECT COUNT(*) FROM {dialect.quote(name)} WHERE {SLOT_COLUMN} = {move.slot})"
+                for name in names
+            )
+            cursor.execute(f"SELECT {counts}", ())  # one round trip for every table
+            row = cursor.fetchone()
+        left = [int(v) for v in row] if row is not None else [1] * len(names)
+        problems.extend(
+            f"{name}: {count} row(s) left on {move.source}"
+            for name, count in zip(names, left, strict=True)
+            if count
+        )
         with self._cursor(move.target) as (cursor, dialect):
             p = dialect.placeholder
             moves_table = dialect.quote(self._system.moves)
