@@ -25,7 +25,12 @@ from shardbill.retry import RetryPolicy
 from shardbill.writer import AggregationWriter
 from tests.faults.cluster import ShardCluster, default_retry
 from tests.faults.conftest import ClusterFactory
-from tests.faults.invariants import KNOWN_BUG_FAILED_AFTER_LOST_COMMIT, Recorder, assert_invariants
+from tests.faults.invariants import (
+    KNOWN_BUG_FAILED_AFTER_LOST_COMMIT,
+    Recorder,
+    Verdict,
+    assert_invariants,
+)
 from tests.faults.report import note
 from tests.faults.scale import iterations, seed_for
 from tests.faults.sessions import Background, Tripwire, kill, wait_for
@@ -149,26 +154,49 @@ def test_sigkill_of_a_server_under_writers_loses_nothing(
     )
 
 
+def _under_timed_out_writers(
+    cluster: ShardCluster,
+    seed: int,
+    count: int,
+    fault: Callable[[Tripwire, random.Random], None],
+) -> tuple[int, Verdict, Tripwire]:
+    """Two writers with 1 s timeouts deliver while ``fault`` runs ``count`` times, each a
+    seeded number of commits apart; the callers retry until acknowledged; then I1-I5."""
+    rng = random.Random(seed)
+    events = priced_events(seed, 600 + count * 400)
+    retry = default_retry(seed, max_attempts=3, max_delay=0.05)
+    recorder = Recorder(events, cluster.shard_map, retry=retry)
+    tripwire = Tripwire(forward=Stats())
+    timeouts = {"read_timeout": 1, "write_timeout": 1, "connect_timeout": 1}
+    writers = [cluster.writer(observer=tripwire, retry=retry, options=timeouts) for _ in range(2)]
+    stop = threading.Event()
+    jobs = _start_writers(recorder, writers, list(events), 10, stop)
+    try:
+        made = _inject_while_running(jobs, tripwire, rng, count, lambda _n: fault(tripwire, rng))
+    finally:
+        stop.set()
+        for job in jobs:
+            job.result()
+    verdict = assert_invariants(
+        recorder,
+        cluster,
+        settled=True,
+        strict_failure_reports=not KNOWN_BUG_FAILED_AFTER_LOST_COMMIT,
+        context=f"seed {seed}",
+    )
+    return made, verdict, tripwire
+
+
 def test_sigstop_longer_than_the_read_timeout_loses_nothing(
     make_cluster: ClusterFactory, driver: str
 ) -> None:
     """A server frozen (SIGSTOP) past read_timeout=1 under two writers, then resumed: exact."""
     seed = seed_for(f"sigstop-{driver}")
-    rng = random.Random(seed)
     cluster = make_cluster(servers=1, shards=2, proxied=False)
     pauses = iterations(1, 15)
-    events = priced_events(seed, 600 + pauses * 400)
-    retry = default_retry(seed, max_attempts=3, max_delay=0.05)
-    recorder = Recorder(events, cluster.shard_map, retry=retry)
-    stats = Stats()
-    tripwire = Tripwire(forward=stats)
-    timeouts = {"read_timeout": 1, "write_timeout": 1, "connect_timeout": 1}
-    writers = [cluster.writer(observer=tripwire, retry=retry, options=timeouts) for _ in range(2)]
-    stop = threading.Event()
-    jobs = _start_writers(recorder, writers, list(events), 10, stop)
     (server,) = cluster.servers
 
-    def freeze(_n: int) -> None:
+    def freeze(tripwire: Tripwire, _rng: random.Random) -> None:
         timed_out = tripwire.arm(LOST)
         server.pause()
         try:
@@ -177,20 +205,8 @@ def test_sigstop_longer_than_the_read_timeout_loses_nothing(
         finally:
             server.resume()
 
-    try:
-        made = _inject_while_running(jobs, tripwire, rng, pauses, freeze)
-    finally:
-        stop.set()
-        for job in jobs:
-            job.result()
+    made, verdict, tripwire = _under_timed_out_writers(cluster, seed, pauses, freeze)
     assert made == pauses
-    verdict = assert_invariants(
-        recorder,
-        cluster,
-        settled=True,
-        strict_failure_reports=not KNOWN_BUG_FAILED_AFTER_LOST_COMMIT,
-        context=f"seed {seed}",
-    )
     note(
         "server SIGSTOP > read_timeout",
         driver,
@@ -208,22 +224,12 @@ def test_a_network_partition_healed_or_reset_loses_nothing(
     until one times out; then the partition heals, delivering what it held (a COMMIT may
     reach the server after its writer gave up on it), or its connections are reset first."""
     seed = seed_for(f"partition-{driver}")
-    rng = random.Random(seed)
     cluster = make_cluster(servers=1, shards=2)
     partitions = iterations(2, 20)
-    events = priced_events(seed, 600 + partitions * 400)
-    retry = default_retry(seed, max_attempts=3, max_delay=0.05)
-    recorder = Recorder(events, cluster.shard_map, retry=retry)
-    stats = Stats()
-    tripwire = Tripwire(forward=stats)
-    timeouts = {"read_timeout": 1, "write_timeout": 1, "connect_timeout": 1}
-    writers = [cluster.writer(observer=tripwire, retry=retry, options=timeouts) for _ in range(2)]
-    stop = threading.Event()
-    jobs = _start_writers(recorder, writers, list(events), 10, stop)
     (proxy,) = cluster.proxies
     injected: Counter[str] = Counter()
 
-    def partition(_n: int) -> None:
+    def partition(tripwire: Tripwire, rng: random.Random) -> None:
         timed_out = tripwire.arm(LOST)
         proxy.blackhole()
         reset = rng.random() < 0.5
@@ -235,14 +241,8 @@ def test_a_network_partition_healed_or_reset_loses_nothing(
             proxy.blackhole(False)
         injected["partition, then reset" if reset else "partition, then healed"] += 1
 
-    try:
-        made = _inject_while_running(jobs, tripwire, rng, partitions, partition)
-    finally:
-        stop.set()
-        for job in jobs:
-            job.result()
+    made, verdict, tripwire = _under_timed_out_writers(cluster, seed, partitions, partition)
     assert made == partitions
-    verdict = assert_invariants(recorder, cluster, settled=True, context=f"seed {seed}")
     note(
         "network partition (blackhole), healed or reset",
         driver,
