@@ -72,16 +72,21 @@ def run(model: str, events: int, batch: int, repeat: int, seed: int) -> dict[str
 
     def plan() -> list[Any]:
         return [
-            plan_batch(b, tables=extractor, shard_key=(Account(),), locate=locate)[0]
+            plan_batch(
+                b,
+                tables=extractor,
+                shard_key=(Account(),),
+                locate=locate,
+                home_slot=shard_map.slot_for,
+            )
             for b in batches
         ]
 
     planned = plan()
 
     def merge() -> None:
-        for work in planned:
-            for shard_work in work.values():
-                coalesce(shard_work.units, tables)
+        for batch_plan in planned:
+            coalesce(batch_plan.units, tables)
 
     n = len(charges)
     result = {

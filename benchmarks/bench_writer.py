@@ -173,7 +173,7 @@ def run_per_event(
             cur = conns[shard].cursor()
             slot = shard_map.slot_for(part[0].account)
             cur.execute(
-                "INSERT INTO shardbill_ledger (event_id, sb_slot, fingerprint, applied_at, "
+                "INSERT INTO shardbill_ledger (event_id, sb_slot, fingerprint, event_time, "
                 "writer_token) VALUES (%s, %s, %s, %s, %s)",
                 (part[0].event_id, slot, "0" * 16, int(time.time()), "0" * 16),
             )  # fmt: skip
@@ -218,13 +218,16 @@ def run_floor(
     salt = 0
     for start in range(0, len(events), args.batch):
         batch = [c for e in events[start : start + args.batch] for c in e]
-        work, _ = plan_batch(
+        plan = plan_batch(
             batch, tables=tables, shard_key=(tables[0].keys[0].projection,),
             locate=lambda k: (shard_map.slot_for(k), shard_map.shard_for(k)),
         )  # fmt: skip
+        by_shard: dict[str, list[Any]] = {}
+        for unit in plan.units:
+            by_shard.setdefault(shard_map.owner(unit.slot), []).append(unit)
         statements_of_batch: list[tuple[str, str, list[Any]]] = []
-        for shard, w in work.items():
-            for table, rows in zip(tables, coalesce(w.units, tables), strict=True):
+        for shard, units in by_shard.items():
+            for table, rows in zip(tables, coalesce(units, tables), strict=True):
                 key_cols, measure_cols = _TABLE_SQL[table.name]
                 cols = ", ".join((*key_cols, "sb_slot", *measure_cols))
                 width = len(key_cols) + 1 + len(measure_cols)
@@ -321,7 +324,7 @@ def _prefill_ledger(args: argparse.Namespace, dbs: dict[str, str]) -> None:
                     for n in range(start, min(per_shard, start + 5000))
                 ]
                 cur.executemany(
-                    "INSERT INTO shardbill_ledger (event_id, sb_slot, fingerprint, applied_at, "
+                    "INSERT INTO shardbill_ledger (event_id, sb_slot, fingerprint, event_time, "
                     "writer_token) VALUES (%s, %s, %s, %s, %s)", rows,
                 )  # fmt: skip
         finally:

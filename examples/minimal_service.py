@@ -26,19 +26,24 @@ from shardbill.synthetic import Traffic
 
 def run(provider: PooledProvider, shards: list[str]) -> None:
     """Set up the writer once, then process the stream batch by batch."""
+    stream = Traffic(model="skewed", events=5000, seed=42, duplicate_fraction=0.02)
     writer = AggregationWriter(
-        shard_map=ShardMap.create(shards), provider=provider, tables=billing_tables()
+        shard_map=ShardMap.create(shards),
+        provider=provider,
+        tables=billing_tables(),
+        # The synthetic stream is dated (November 2026); a real service leaves the
+        # clock alone: events older than the dedup horizon (35 days) are refused.
+        clock=stream.end.timestamp,
     )
     writer.ensure_schema()  # CREATE TABLE IF NOT EXISTS ...; a no-op the second time
     pipeline = Pipeline(engine=comms.engine(), writer=writer)
-    stream = Traffic(model="skewed", events=5000, seed=42, duplicate_fraction=0.02)
 
     applied = duplicates = rejected = 0
     with writer:
         for batch in stream.batches(500):  # in a service: consumer.poll(max_records=500)
             result = pipeline.process(batch)
-            while result.failed_events:  # a shard stayed down past the retries: try again
-                retry = [e for e in batch if e.event_id in result.failed_events]
+            while result.retry:  # a shard stayed down past the retries: try again
+                retry = [e for e in batch if e.event_id in result.retry]
                 result = pipeline.process(retry)
             applied += len(result.write.applied_events)
             duplicates += len(result.write.duplicate_events) + result.repeats

@@ -52,8 +52,8 @@ def write_all(writer: AggregationWriter, batches: list[list[Charge]]) -> None:
     """Write each batch; retry what failed (a shard down past the retries) until it lands."""
     for batch in batches:
         result = writer.write(batch)
-        while not result.ok:
-            result = writer.write([c for c in batch if c.event_id in result.failed_events])
+        while result.retry:
+            result = writer.write([c for c in batch if c.event_id in result.retry])
 
 
 def run(provider: PooledProvider, shards: list[str], store: JsonFileMapStore) -> None:
@@ -64,7 +64,10 @@ def run(provider: PooledProvider, shards: list[str], store: JsonFileMapStore) ->
     engine = comms.engine()
     batches = [list(engine.price_batch(events).charges) for events in traffic.batches(200)]
 
-    with AggregationWriter(shard_map=store, provider=provider, tables=tables) as writer:
+    # The synthetic traffic is dated: the writer's clock goes with it.
+    with AggregationWriter(
+        shard_map=store, provider=provider, tables=tables, clock=traffic.end.timestamp
+    ) as writer:
         writer.ensure_schema()
         write_all(writer, batches[:15])  # history before the move
         print(f"before: {rows_per_shard(provider, shards[:3])}")
@@ -84,7 +87,8 @@ def run(provider: PooledProvider, shards: list[str], store: JsonFileMapStore) ->
         )
         progress = resharder.run(target)
         background.join()
-        write_all(writer, batches[-1:])  # after the move: fenced at the latest now, it reloads
+        writer.reload_map()  # it follows forwarding addresses anyway; this routes directly
+        write_all(writer, batches[-1:])
         print(
             f"moved {progress.slots_finished} slots ({progress.rows_moved} aggregate rows, "
             f"{progress.ledger_rows_moved} ledger rows) in {progress.seconds:.1f} s; "

@@ -41,7 +41,12 @@ def run(provider: PooledProvider, shards: list[str]) -> None:
         start=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
         span=dt.timedelta(days=29),  # all of it in November
     )
-    with AggregationWriter(shard_map=shard_map, provider=provider, tables=tables) as writer:
+    with AggregationWriter(
+        shard_map=shard_map,
+        provider=provider,
+        tables=tables,
+        clock=traffic.end.timestamp,  # the month is dated: the writer's "now" goes with it
+    ) as writer:
         writer.ensure_schema()
         pipeline = Pipeline(engine=comms.engine(), writer=writer)
         for batch in traffic.batches(1000):

@@ -9,7 +9,7 @@ import xxhash
 
 from shardbill import ShardMap
 from shardbill.aggregates import Account
-from shardbill.batching import coalesce, fingerprint, plan_batch
+from shardbill.batching import Plan, Unit, coalesce, fingerprint, plan_batch
 from shardbill.catalog import billing_tables
 from shardbill.rules import Charge
 from tests.test_aggregates import charge
@@ -23,8 +23,21 @@ def _locate(key: object) -> tuple[int, str]:
     return slot, MAP.owner(slot)
 
 
-def plan(charges: list[Charge]):  # type: ignore[no-untyped-def]
-    return plan_batch(charges, tables=TABLES, shard_key=(Account(),), locate=_locate)
+def plan(charges: list[Charge], **kw: object) -> Plan:
+    """The plan of ``charges`` under the default scope (identity claims on)."""
+    return plan_batch(
+        charges,
+        tables=TABLES,
+        shard_key=(Account(),),
+        locate=_locate,
+        home_slot=MAP.slot_for,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def money_units(p: Plan) -> list[Unit]:
+    """The units that carry rows (identity claims without rows left out)."""
+    return [u for u in p.units if u.rows]
 
 
 def test_fingerprint_encoding_is_pinned() -> None:
@@ -58,25 +71,24 @@ def test_fingerprint_changes_with_any_value() -> None:
 
 def test_an_event_on_two_slots_becomes_two_units_on_their_shards() -> None:
     """A charge to the account and one to its parent make one unit per slot."""
-    child = charge(event_id="e-9", account=7)
-    parent = charge(event_id="e-9", account=123456)
-    work, rejected = plan([child, parent])
-    assert rejected == []
-    units = [u for w in work.values() for u in w.units]
+    child = charge(event_id="e-9", account=7, part=0, parts=2)
+    parent = charge(event_id="e-9", account=123456, part=1, parts=2)
+    planned = plan([child, parent])
+    assert planned.rejected == ()
+    units = money_units(planned)
     assert sorted(u.slot for u in units) == sorted({MAP.slot_for(7), MAP.slot_for(123456)})
-    for shard, w in work.items():
-        assert all(MAP.owner(u.slot) == shard for u in w.units)
+    homes = [u for u in planned.units if u.home]
+    assert [u.slot for u in homes] == [MAP.slot_for("e-9")]
 
 
 def test_one_bad_charge_rejects_its_whole_event_and_nothing_else() -> None:
     """An invalid charge rejects every charge of its event; other events are planned."""
     good = charge(event_id="e-1", account=1)
-    half = charge(event_id="e-2", account=2)
-    bad = charge(event_id="e-2", account="not-an-int")
-    work, rejected = plan([good, half, bad])
-    assert [r.event_id for r in rejected] == ["e-2"]
-    planned = {u.event_id for w in work.values() for u in w.units}
-    assert planned == {"e-1"}
+    half = charge(event_id="e-2", account=2, part=0, parts=2)
+    bad = charge(event_id="e-2", account="not-an-int", part=1, parts=2)
+    planned = plan([good, half, bad])
+    assert [r.event_id for r in planned.rejected] == ["e-2"]
+    assert {u.event_id for u in planned.units} == {"e-1"}
 
 
 def test_coalesce_sums_and_maxes_per_row_in_key_order() -> None:
@@ -84,9 +96,7 @@ def test_coalesce_sums_and_maxes_per_row_in_key_order() -> None:
     a = charge(event_id="e-1", account=5, amount=Decimal("1.5"))
     b = charge(event_id="e-2", account=5, amount=Decimal("2.25"))
     c = charge(event_id="e-3", account=4, amount=Decimal("0.5"))
-    work, _ = plan([a, b, c])
-    units = [u for w in work.values() for u in w.units]
-    balance = coalesce(units, TABLES)[3]
+    balance = coalesce(plan([a, b, c]).units, TABLES)[3]
     assert [r.key for r in balance] == [(4, "USD"), (5, "USD")]
     assert balance[1].deltas == (3_750_000, 2, 2_250_000)
 
@@ -107,23 +117,67 @@ def test_a_time_past_the_calendar_in_the_tables_zone_rejects_only_its_event() ->
     )
     late = dt.datetime(9999, 12, 31, 23, tzinfo=dt.UTC)
     charges = [charge(event_id="e-ok"), charge(event_id="e-late", time=late)]
-    work, rejected = plan_batch(
-        charges, tables=(tokyo_daily,), shard_key=(Account(),), locate=_locate
-    )
-    assert [r.event_id for r in rejected] == ["e-late"]
-    assert "out of range in time zone Asia/Tokyo" in rejected[0].reason
-    assert [u.event_id for w in work.values() for u in w.units] == ["e-ok"]
+    planned = plan_batch(charges, tables=(tokyo_daily,), shard_key=(Account(),), locate=_locate)
+    assert [r.event_id for r in planned.rejected] == ["e-late"]
+    assert "out of range in time zone Asia/Tokyo" in planned.rejected[0].reason
+    assert [u.event_id for u in planned.units] == ["e-ok"]
 
 
 def test_units_carry_the_fingerprint_of_their_rows() -> None:
     """One charge or several on a slot: the unit's fingerprint is that of its rows."""
     charges = [
         charge(event_id="e-1"),
-        charge(event_id="e-2"),
-        charge(event_id="e-2", product="voice", amount=Decimal("0.5")),
+        charge(event_id="e-2", part=0, parts=2),
+        charge(event_id="e-2", product="voice", amount=Decimal("0.5"), part=1, parts=2),
     ]
-    work, _ = plan(charges)
-    units = [u for w in work.values() for u in w.units]
-    assert sorted(len(u.rows) for u in units) == [4, 8]
-    for unit in units:
+    planned = plan_batch(charges, tables=TABLES, shard_key=(Account(),), locate=_locate)
+    assert sorted(len(u.rows) for u in planned.units) == [4, 8]
+    for unit in planned.units:
         assert unit.fingerprint == fingerprint(unit.rows, TABLES)
+
+
+def test_the_home_unit_holds_the_whole_events_fingerprint() -> None:
+    """The identity claim's fingerprint covers every charge of the event, wherever they land."""
+    child = charge(event_id="e-5", account=7, part=0, parts=2)
+    parent = charge(event_id="e-5", account=123456, amount=Decimal("0.25"), part=1, parts=2)
+    planned = plan([child, parent])
+    (home,) = [u for u in planned.units if u.home]
+    everything = [row for u in planned.units if not u.home for row in u.rows]
+    everything += list(home.rows)
+    assert home.fingerprint == fingerprint(everything, TABLES)
+    moved = plan(
+        [child, charge(event_id="e-5", account=99, amount=Decimal("0.25"), part=1, parts=2)]
+    )
+    (other_home,) = [u for u in moved.units if u.home]
+    assert other_home.slot == home.slot
+    assert other_home.fingerprint != home.fingerprint
+
+
+def test_exact_repeats_fold_and_changed_repeats_reject_their_event() -> None:
+    """A part seen twice with the same content folds; with other content, its event is refused."""
+    a = charge(event_id="e-1")
+    b = charge(event_id="e-2")
+    b_changed = charge(event_id="e-2", amount=Decimal("9"))
+    planned = plan([a, a, a, b, b_changed])
+    assert planned.folded == 2
+    assert [r.event_id for r in planned.rejected] == ["e-2"]
+    assert {u.event_id for u in planned.units} == {"e-1"}
+    assert planned.events == ("e-1", "e-2")
+
+
+def test_an_incomplete_event_is_rejected_with_the_missing_parts() -> None:
+    """Part 1 of 3 alone names parts 0 and 2 as missing; nothing of it is planned."""
+    planned = plan([charge(event_id="e-3", part=1, parts=3)])
+    assert planned.units == ()
+    assert "missing part(s) [0, 2]" in planned.rejected[0].reason
+
+
+def test_an_event_before_the_horizon_is_rejected_as_too_late() -> None:
+    """``not_before`` refuses older events by their own time."""
+    old = charge(event_id="e-old", time=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    new = charge(event_id="e-new", time=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+    cutoff = int(dt.datetime(2026, 2, 1, tzinfo=dt.UTC).timestamp())
+    planned = plan([old, new], not_before=cutoff)
+    assert [r.event_id for r in planned.rejected] == ["e-old"]
+    assert "horizon" in planned.rejected[0].reason
+    assert {u.event_id for u in planned.units} == {"e-new"}

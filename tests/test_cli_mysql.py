@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shardbill.synthetic import Traffic
+from tests.support.clock import recent_start
 from tests.support.mysql import ServerAddress
 from tests.test_cli import one_json, run
 
@@ -107,7 +108,9 @@ def _events(path: Path) -> None:
                 "dimensions": dict(e.dimensions),
             }
         )
-        for e in Traffic(model="skewed", events=300, seed=4, accounts=50).distinct()
+        for e in Traffic(
+            model="skewed", events=300, seed=4, accounts=50, start=recent_start()
+        ).distinct()
     ]
     lines.insert(7, lines[7])  # line 8: a repeat
     lines.insert(20, '{"event_id": "bad", "account": 1}')  # line 21: fields missing

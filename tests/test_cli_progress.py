@@ -24,6 +24,7 @@ from shardbill.catalog import billing_tables
 from shardbill.progress import Progress
 from shardbill.rules import comms
 from shardbill.synthetic import Traffic
+from tests.support.clock import recent_start
 from tests.test_cli import run
 
 
@@ -135,7 +136,7 @@ def test_ctrl_c_leaves_whole_batches_and_a_rerun_completes_exactly(tmp_path: Pat
         encoding="utf-8",
     )
     assert run("init", "--config", str(config), cwd=tmp_path).returncode == 0
-    traffic = Traffic(model="uniform", events=60_000, seed=9)
+    traffic = Traffic(model="uniform", events=60_000, seed=9, start=recent_start())
     events = list(traffic.distinct())
     path = tmp_path / "big.jsonl"
     with path.open("w", encoding="utf-8") as out:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from shardbill.synthetic import Traffic
+from tests.support.clock import recent_start
 from tests.test_ingest import _as_line
 
 
@@ -34,7 +35,7 @@ def test_adding_a_shard_from_the_command_line_keeps_the_audit_exact(tmp_path: Pa
     config = tmp_path / "shardbill.toml"
     _config(config, ["s0", "s1", "s2"])
     events = tmp_path / "events.jsonl"
-    traffic = Traffic(model="skewed", events=400, seed=31, accounts=60)
+    traffic = Traffic(model="skewed", events=400, seed=31, accounts=60, start=recent_start())
     events.write_text("\n".join(_as_line(e) for e in traffic.distinct()) + "\n")
     assert _run("init", "--config", str(config), cwd=tmp_path).returncode == 0
     ingest = _run("ingest", str(events), "--config", str(config), cwd=tmp_path)

@@ -24,6 +24,7 @@ from shardbill.ingest import (
 from shardbill.rules import UsageEvent, comms
 from shardbill.synthetic import Traffic
 from tests.support.backends import Backend
+from tests.support.clock import recent_start
 from tests.support.oracle import actual_rows, expected_rows
 
 
@@ -184,7 +185,9 @@ def _pipeline(backend: Backend) -> Pipeline:
 
 
 def _good_events(n: int) -> list[UsageEvent]:
-    return list(Traffic(model="skewed", events=n, seed=21, accounts=50).distinct())
+    return list(
+        Traffic(model="skewed", events=n, seed=21, accounts=50, start=recent_start()).distinct()
+    )
 
 
 def _as_line(event: UsageEvent) -> str:

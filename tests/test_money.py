@@ -262,3 +262,38 @@ def test_quantize_moves_at_most_half_a_unit(amount: Decimal, scale: int) -> None
     assert abs(rounded - amount) <= D(1).scaleb(-scale) / 2
     assert money.quantize(rounded, scale) == rounded
     assert money.is_exact_at(rounded, scale)
+
+
+HOSTILE_CONTEXTS = [
+    decimal.Context(prec=3),
+    decimal.Context(prec=6, rounding=decimal.ROUND_DOWN, traps=[]),
+    decimal.Context(prec=12, rounding=decimal.ROUND_CEILING, Emin=-5, Emax=5, traps=[]),
+]
+
+
+@pytest.mark.parametrize("context", HOSTILE_CONTEXTS, ids=["prec3", "down-no-traps", "tiny-exp"])
+@settings(max_examples=60, deadline=None)
+@given(units=st.integers(min_value=-(2**63), max_value=2**63 - 1), scale=st.integers(0, 18))
+def test_conversions_ignore_a_hostile_thread_context(
+    context: decimal.Context, units: int, scale: int
+) -> None:
+    """Minor units <-> Decimal give the same exact answer whatever the caller's context."""
+    expected_amount = money.from_minor_units(units, scale)
+    with decimal.localcontext(context):
+        amount = money.from_minor_units(units, scale)
+        assert amount == expected_amount
+        assert money.to_minor_units(amount, scale) == units
+        assert money.units_if_exact(amount, scale) == units
+    assert Fraction(amount) == Fraction(units, 10**scale)
+
+
+@pytest.mark.parametrize("context", HOSTILE_CONTEXTS, ids=["prec3", "down-no-traps", "tiny-exp"])
+def test_an_amount_that_is_not_exact_at_its_scale_is_refused_in_any_context(
+    context: decimal.Context,
+) -> None:
+    """units_if_exact refuses (None) rather than rounds, and to_minor_units raises."""
+    with decimal.localcontext(context):
+        assert money.units_if_exact(Decimal("1.0000005"), 6) is None
+        assert money.units_if_exact(Decimal("1" * 70), 6) is None  # more digits than EXACT holds
+        with pytest.raises(InvalidInputError):
+            money.to_minor_units(Decimal("1.0000005"), 6)

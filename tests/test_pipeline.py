@@ -70,5 +70,6 @@ def test_a_rule_rejection_names_the_rule_and_spares_the_batch(backend: Backend) 
     with pipeline.writer:
         result = pipeline.process([*events, unknown])
     assert [r.event_id for r in result.pricing_rejected] == ["x-1"]
-    assert result.ok
+    assert not result.ok  # a rejected event needs a look
+    assert result.done == {e.event_id for e in events}
     assert actual_rows(backend) == expected_rows(comms.engine().price_batch(events).charges)

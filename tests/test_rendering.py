@@ -57,7 +57,7 @@ def test_the_ledger_insert_has_no_conflict_clause() -> None:
     """A plain insert: a concurrent claim of the same unit must fail, never be ignored."""
     ledger = UpsertSpec(
         table="shardbill_ledger",
-        columns=("event_id", "sb_slot", "fingerprint", "applied_at"),
+        columns=("event_id", "sb_slot", "fingerprint", "event_time"),
         key_columns=("sb_slot", "event_id"),
     )
     from shardbill.tables import SystemTables

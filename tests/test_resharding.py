@@ -147,7 +147,7 @@ def test_verify_reads_a_removed_shard_too(four: Backend) -> None:
     assert move.source == "s1"
     four.execute(
         "s1",
-        "INSERT INTO `shardbill_ledger` (`event_id`, `sb_slot`, `fingerprint`, `applied_at`) "
+        "INSERT INTO `shardbill_ledger` (`event_id`, `sb_slot`, `fingerprint`, `event_time`) "
         f"VALUES ('stray', {move.slot}, '0000000000000000', 0)",
     )
     (problem,) = resharder.verify()

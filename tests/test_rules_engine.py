@@ -315,3 +315,18 @@ def test_local_function_rules_refuse_pickling_with_the_fix() -> None:
     """A rule around a closure cannot cross processes; the error says to define it at top level."""
     with pytest.raises(pickle.PicklingError, match="define rule functions at module level"):
         pickle.dumps(fixed("1"))
+
+
+def test_pricing_ignores_a_hostile_thread_context() -> None:
+    """The engine prices in its own context: a caller's low precision cannot round a price."""
+    from shardbill.rules import comms
+    from shardbill.synthetic import Traffic
+
+    events = list(Traffic(model="skewed", events=300, seed=3).distinct())
+    engine = comms.engine()
+    expected = engine.price_batch(events).charges
+    with decimal.localcontext(decimal.Context(prec=3, rounding=decimal.ROUND_UP, traps=[])):
+        assert engine.price_batch(events).charges == expected
+        assert [engine.price(e).charges for e in events[:20]] == [
+            tuple(c for c in expected if c.event_id == e.event_id) for e in events[:20]
+        ]

@@ -37,6 +37,7 @@ from shardbill.errors import (
     ReadOnlyError,
     ReshardError,
     RetryableError,
+    RowOverflowError,
     RuleError,
     SchemaError,
     ShardbillError,
@@ -46,10 +47,18 @@ from shardbill.pipeline import Pipeline, PipelineResult
 from shardbill.providers import ConnectionProvider, ConnectionURL, PooledProvider
 from shardbill.reader import AggregateRow, Reader
 from shardbill.resharding import CachedMap, JsonFileMapStore, MapStore, SqlMapStore
-from shardbill.rules import Charge, PriceBook, Rule, RuleContext, RulesEngine, UsageEvent
+from shardbill.rules import (
+    Charge,
+    PriceBook,
+    PricedEvent,
+    Rule,
+    RuleContext,
+    RulesEngine,
+    UsageEvent,
+)
 from shardbill.shardmap import ReshardPlan, ShardChange, ShardMap, SlotMove
 from shardbill.synthetic import Traffic, TrafficModel
-from shardbill.writer import AggregationWriter, WriteResult, WriterSettings
+from shardbill.writer import AggregationWriter, EventState, WriteResult, WriterSettings
 
 __all__ = [
     "AggregateRow",
@@ -69,6 +78,7 @@ __all__ = [
     "DriverNotInstalledError",
     "DuplicateKeyError",
     "EpochConflictError",
+    "EventState",
     "FatalDatabaseError",
     "FencedError",
     "InvalidInputError",
@@ -88,12 +98,14 @@ __all__ = [
     "PooledProvider",
     "PriceBook",
     "PriceBookError",
+    "PricedEvent",
     "QueryInterruptedError",
     "ReadOnlyError",
     "Reader",
     "ReshardError",
     "ReshardPlan",
     "RetryableError",
+    "RowOverflowError",
     "Rule",
     "RuleContext",
     "RuleError",

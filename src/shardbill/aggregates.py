@@ -45,6 +45,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from shardbill import money
 from shardbill.dialects.base import MergeKind
 from shardbill.errors import ConfigurationError, InvalidInputError, MoneyTypeError
 
@@ -331,12 +332,13 @@ def _units(value: object, scale: int, *, what: str, charge: ChargeLike) -> int:
         )
     if not value.is_finite():
         raise InvalidInputError(f"charge {charge.event_id!r}: {what} is {value}, not a number")
-    scaled = value.scaleb(scale)
-    units = int(scaled)
-    if units != scaled:
+    units = money.units_if_exact(value, scale)
+    if units is None:
         raise InvalidInputError(
-            f"charge {charge.event_id!r}: {what} {value} has more than {scale} decimal places; "
-            f"round it in the rules (pricing scale) or declare the measure with a larger scale"
+            f"charge {charge.event_id!r}: {what} {value} is not a whole number of units at "
+            f"scale {scale} (more than {scale} decimal places, or more digits than can be "
+            "held exactly); round it in the rules (pricing scale) or declare the measure with "
+            "a larger scale"
         )
     return units
 

@@ -30,6 +30,7 @@ hold exactly the audited events: anything else shows up as differences.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 
@@ -141,8 +142,16 @@ def _fits(column_type: object) -> Callable[[object], bool]:
     raise ConfigurationError(f"the audit does not know column type {column_type!r}")
 
 
+# The audit's own exact context (it is an independent oracle: it shares no money
+# code with the writer), so the caller's thread context cannot round it either.
+_EXACT = decimal.Context(prec=80, Emin=-999_999, Emax=999_999, traps=[decimal.Inexact])
+
+
 def _units(value: Decimal, scale: int) -> int:
-    scaled = value.scaleb(scale)
+    try:
+        scaled = value.scaleb(scale, _EXACT)
+    except decimal.Inexact:
+        raise _Unwritable from None
     units = int(scaled)
     if units != scaled or units not in _BIGINT:
         raise _Unwritable
@@ -425,7 +434,7 @@ def _json_value(value: object) -> object:
 def _decimal(units: int | None, scale: int) -> str:
     if units is None:
         return "none"
-    return str(Decimal(units).scaleb(-scale)) if scale else str(units)
+    return str(Decimal(units).scaleb(-scale, _EXACT)) if scale else str(units)
 
 
 @attrs.frozen(kw_only=True)

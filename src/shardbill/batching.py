@@ -1,31 +1,40 @@
-"""Turning a batch of charges into per-shard work (pure, no I/O).
+"""Turning a batch of deliveries into per-shard work (pure, no I/O).
 
-The writer's plan for one batch, in three steps:
+The writer's plan for one call, in four steps:
 
-1. **Units.** Charges are grouped by event id, then by the slot their shard
-   key falls in. One event's charges on one slot form a *unit*: the
-   idempotency grain. The ledger records ``(event_id, slot)``, so an event
-   whose charges fall on several slots (or shards) is applied exactly once on
-   each, independently, and a slot's ledger rows move with it when the slot
-   is resharded.
-2. **Fingerprints.** Each unit carries a fingerprint
-   (:mod:`shardbill.fingerprints`: xxh3-64 of its row deltas in a canonical
-   order). A replay with the same fingerprint is a duplicate; a different
-   fingerprint under a known id is a *conflict*, reported, never silently
-   skipped or applied.
-3. **Coalescing.** The deltas of the units that turn out to be new are summed
+1. **Events.** Every item is a :class:`~shardbill.rules.PricedEvent` (an
+   event id with all its charges) or a loose charge that says which part of
+   its event it is (``part`` of ``parts``, default 0 of 1). Items are
+   grouped by event id; an exact repeat of a part folds to one; a part
+   repeated with other content, parts that disagree on their count, or an
+   event missing parts is rejected alone with its reason, before any SQL,
+   so an event is never split over calls or counted twice inside one. An
+   event older than the dedup horizon is rejected as too late.
+2. **Units.** One event's charges that fall on one slot form a *unit*, the
+   grain of the ledger ``(slot, event_id)``. Each carries a fingerprint
+   (:mod:`shardbill.fingerprints`) of its row deltas.
+3. **The identity claim.** Under the default :attr:`IdScope.GLOBAL`, every
+   event also has a *home unit* on the slot its id hashes to: its ledger row
+   holds the fingerprint of the whole event, so a redelivery of the id with
+   other content (another account, so another slot and shard) finds it and
+   is a conflict. When the event has charges on its home slot, those charges
+   are the home unit's rows; otherwise the home unit has none. The writer
+   commits an event's home unit before (or with) any other unit of it.
+4. **Coalescing.** The deltas of the units that turn out to be new are summed
    (or min/maxed) per aggregate row in memory and sorted by primary key, so a
    hot account's thousand events become one UPSERT row and two writers lock
    rows in the same order.
 
 A charge that fails validation (a wrong key type, a missing dimension, float
-money, a value out of range) rejects its whole event, on every shard, before
-any SQL runs: an event is never half-applied. The row deltas themselves come
-from :class:`shardbill.extraction.RowExtractor`.
+money, a value out of range) rejects its whole event, before any SQL runs;
+the rest of the batch is written. The row deltas come from
+:class:`shardbill.extraction.RowExtractor`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -33,27 +42,67 @@ from typing import NamedTuple
 
 import attrs
 
-from shardbill.aggregates import AggregateTable, ChargeLike, KeyValue, Projection
+from shardbill.aggregates import (
+    BIGINT_MAX,
+    BIGINT_MIN,
+    AggregateTable,
+    ChargeLike,
+    KeyValue,
+    Projection,
+)
 from shardbill.dialects.base import MergeKind
 from shardbill.errors import InvalidInputError, ShardbillError
 from shardbill.extraction import RowDelta, RowExtractor
 from shardbill.fingerprints import digest, fingerprint
+from shardbill.rules.events import MAX_PARTS, PricedEvent
 
 __all__ = [
+    "Classified",
     "CoalescedRow",
+    "IdScope",
+    "Plan",
     "Rejection",
     "RowExtractor",
     "ShardWork",
     "Unit",
+    "classify",
     "coalesce",
+    "deltas_fit",
+    "find_overflows",
     "fingerprint",
+    "merge_values",
     "plan_batch",
 ]
 
 
+class IdScope(enum.StrEnum):
+    """Where an event id must be unique: what a redelivery is compared with.
+
+    ``GLOBAL`` (the default): an id names one event everywhere. Each event's
+    identity is claimed on the slot its id hashes to, so the same id with
+    other content is a conflict whatever account (slot, shard) it bills.
+    It costs one more ledger row per event and, with several shards, a
+    second transaction round per batch.
+
+    ``PER_ACCOUNT``: an id is only compared on the slots its charges fall
+    on. Faster (no claim rows, one round), but **reusing an id for an
+    event billed to another account applies it again**: choose it only when
+    ids are unique per account by construction (e.g. they embed the account).
+    """
+
+    GLOBAL = "global"
+    PER_ACCOUNT = "per-account"
+
+
 @attrs.frozen(kw_only=True)
 class Rejection:
-    """An event refused before any SQL ran, with the reason (nothing of it was written)."""
+    """An event refused with the reason; nothing of it was written by this call.
+
+    Attributes:
+        event_id: the event.
+        reason: what was wrong and what to do, in words.
+        error: the name of the error class (``InvalidInputError``, ``RowOverflowError``...).
+    """
 
     event_id: str
     reason: str
@@ -64,18 +113,25 @@ class Unit(NamedTuple):
     """One event's contribution to one slot: the grain of the ledger.
 
     A named tuple rather than an attrs class: the writer builds one per event
-    on its hot path, and tuples are the cheapest immutable records.
+    on its hot path, and tuples are the cheapest immutable records. ``slot``
+    is the slot whose ledger row guards the unit; ``fingerprint`` is what it
+    adds (for the home unit, the whole event's); ``rows`` its row deltas
+    (none for a home unit on a slot the event does not bill); ``time`` the
+    event's time in Unix seconds (for the horizon and pruning); ``home``
+    whether its ledger row is the event's identity claim.
     """
 
     event_id: str
     slot: int
     fingerprint: str
     rows: tuple[RowDelta, ...]
+    time: int
+    home: bool = False
 
 
 @attrs.frozen(kw_only=True)
 class ShardWork:
-    """Everything a batch asks of one shard, units sorted by (event id, slot)."""
+    """Everything one transaction asks of one shard, units sorted by (event id, slot)."""
 
     shard: str
     units: tuple[Unit, ...]
@@ -84,6 +140,23 @@ class ShardWork:
     def slots(self) -> tuple[int, ...]:
         """The distinct slots this work touches, ascending."""
         return tuple(sorted({u.slot for u in self.units}))
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    """A call's events, validated and cut into units.
+
+    Attributes:
+        units: every unit of every accepted event, sorted by (event id, slot).
+        rejected: the events refused before any SQL.
+        events: every distinct event id of the call (accepted or not), sorted.
+        folded: exact repeats folded into the first copy.
+    """
+
+    units: tuple[Unit, ...]
+    rejected: tuple[Rejection, ...]
+    events: tuple[str, ...]
+    folded: int
 
 
 class CoalescedRow(NamedTuple):
@@ -100,73 +173,258 @@ def _shard_key_of(charge: ChargeLike, shard_key: Sequence[Projection]) -> object
     return tuple(p(charge) for p in shard_key)
 
 
+class _Part(NamedTuple):
+    slot: int
+    rows: list[RowDelta]
+    text: str
+
+
+class _Event:
+    """The parts of one event seen so far in a call."""
+
+    __slots__ = ("count", "parts", "time")
+
+    def __init__(self, count: int, time: int) -> None:
+        self.count = count
+        self.time = time
+        self.parts: dict[int, _Part] = {}
+
+
+def _part_numbers(charge: ChargeLike) -> tuple[int, int]:
+    part = getattr(charge, "part", 0)
+    parts = getattr(charge, "parts", 1)
+    if type(part) is not int or type(parts) is not int or not 0 <= part < parts <= MAX_PARTS:
+        raise InvalidInputError(
+            f"a charge of event {charge.event_id!r} says it is part {part!r} of {parts!r}; "
+            f"'part' must be an int from 0 to parts - 1 and 'parts' an int from 1 to {MAX_PARTS}"
+        )
+    return part, parts
+
+
+def _unix(moment: object, event_id: str) -> int:
+    if not isinstance(moment, dt.datetime) or moment.utcoffset() is None:
+        raise InvalidInputError(
+            f"event {event_id!r}: 'time' must be a timezone-aware datetime, not {moment!r}"
+        )
+    return int(moment.timestamp() // 1)
+
+
 def plan_batch(
-    charges: Iterable[ChargeLike],
+    items: Iterable[ChargeLike | PricedEvent],
     *,
     tables: Sequence[AggregateTable] | RowExtractor,
     shard_key: Sequence[Projection],
     locate: Callable[[object], tuple[int, str]],
-) -> tuple[dict[str, ShardWork], list[Rejection]]:
-    """Split ``charges`` into per-shard units; reject events with an invalid charge.
+    home_slot: Callable[[str], int] | None = None,
+    not_before: int | None = None,
+) -> Plan:
+    """Validate a call's deliveries and cut them into units; see the module docstring.
 
     Args:
-        charges: the batch. All charges of one event must be in the same batch:
-            the ledger marks an (event, slot) as done at its first write.
+        items: priced events and loose charges, in any order and mix.
         tables: the aggregate tables every charge updates (or a RowExtractor
             built from them once, to save rebuilding it per batch).
         shard_key: the projections whose values make the shard key.
         locate: shard key -> (slot, shard), usually from the shard map.
+        home_slot: event id -> the slot of its identity claim
+            (:attr:`IdScope.GLOBAL`); None for :attr:`IdScope.PER_ACCOUNT`.
+        not_before: the dedup horizon in Unix seconds: an event whose time is
+            earlier is rejected as too late (None: no horizon).
 
     Returns:
-        The work per shard and the rejected events.
+        The plan.
+
+    Raises:
+        InvalidInputError: an item has no usable event id (nothing to report it under).
     """
     extractor = tables if isinstance(tables, RowExtractor) else RowExtractor(tables)
-    extract = extractor.extract
-    single_key = shard_key[0] if len(shard_key) == 1 else None
-    # event id -> its charges' (slot, shard, rows, canonical text); most events have one
-    per_event: dict[str, list[tuple[int, str, list[RowDelta], str]]] = {}
-    rejected: dict[str, Rejection] = {}
-    for charge in charges:
-        event_id = getattr(charge, "event_id", None)
-        if not isinstance(event_id, str) or not event_id:
-            raise InvalidInputError(f"a charge has no usable event_id: {event_id!r}")
-        if event_id in rejected:
-            continue
-        try:
-            key = single_key(charge) if single_key is not None else _shard_key_of(charge, shard_key)
-            slot, shard = locate(key)
-            rows, text = extract(charge)
-        except (ShardbillError, TypeError, ValueError) as exc:
-            rejected[event_id] = Rejection(
-                event_id=event_id, reason=str(exc), error=type(exc).__name__
-            )
-            per_event.pop(event_id, None)
-            continue
-        found = per_event.get(event_id)
-        if found is None:
-            per_event[event_id] = [(slot, shard, rows, text)]
+    collector = _Collector(extractor, shard_key, locate)
+    for item in items:
+        if isinstance(item, PricedEvent):
+            collector.add_priced(item)
         else:
-            found.append((slot, shard, rows, text))
+            collector.add_charge(item)
+    return collector.plan(home_slot, not_before)
 
-    by_shard: dict[str, list[Unit]] = defaultdict(list)
-    for event_id in sorted(per_event):
-        parts = per_event[event_id]
-        if len(parts) == 1:
-            ((slot, shard, rows, text),) = parts
-            by_shard[shard].append(Unit(event_id, slot, digest(text), tuple(rows)))
-            continue
-        by_slot: dict[int, list[tuple[int, str, list[RowDelta], str]]] = defaultdict(list)
-        for part in parts:
-            by_slot[part[0]].append(part)
-        for slot, same in sorted(by_slot.items()):
-            if len(same) == 1:
-                unit_rows, print_ = tuple(same[0][2]), digest(same[0][3])
-            else:
-                unit_rows = tuple(row for part in same for row in part[2])
-                print_ = fingerprint(unit_rows, extractor.tables)
-            by_shard[same[0][1]].append(Unit(event_id, slot, print_, unit_rows))
-    work = {shard: ShardWork(shard=shard, units=tuple(units)) for shard, units in by_shard.items()}
-    return work, list(rejected.values())
+
+class _Collector:
+    """A call's deliveries grouped by event id, folded and checked (see :func:`plan_batch`)."""
+
+    def __init__(
+        self,
+        extractor: RowExtractor,
+        shard_key: Sequence[Projection],
+        locate: Callable[[object], tuple[int, str]],
+    ) -> None:
+        self.extractor = extractor
+        self.shard_key = shard_key
+        self.single_key = shard_key[0] if len(shard_key) == 1 else None
+        self.locate = locate
+        self.events: dict[str, _Event] = {}
+        self.rejected: dict[str, Rejection] = {}
+        self.folded = 0
+
+    def reject(self, event_id: str, reason: str, error: str = "InvalidInputError") -> None:
+        self.rejected[event_id] = Rejection(event_id=event_id, reason=reason, error=error)
+        self.events.pop(event_id, None)
+
+    def add_priced(self, item: PricedEvent) -> None:
+        event_id = item.event_id
+        if event_id in self.rejected:
+            return
+        n = len(item.charges)
+        if n:
+            for index, member in enumerate(item.charges):
+                if event_id in self.rejected:
+                    return
+                self.add(event_id, member, index, n, item.time)
+            return
+        event = self.events.get(event_id)
+        if event is None:
+            try:
+                self.events[event_id] = _Event(0, _unix(item.time, event_id))
+            except InvalidInputError as exc:
+                self.reject(event_id, str(exc))
+        elif event.count != 0:
+            self.reject(event_id, f"event {event_id!r} arrived both with and without charges")
+        else:
+            self.folded += 1
+
+    def add_charge(self, item: ChargeLike) -> None:
+        event_id = getattr(item, "event_id", None)
+        if not isinstance(event_id, str) or not event_id:
+            raise InvalidInputError(
+                f"a charge has no usable event_id: {event_id!r}; every charge must carry its "
+                "event's id (non-empty text)"
+            )
+        if event_id in self.rejected:
+            return
+        try:
+            part, parts = _part_numbers(item)
+        except InvalidInputError as exc:
+            self.reject(event_id, str(exc))
+            return
+        self.add(event_id, item, part, parts, getattr(item, "time", None))
+
+    def add(self, event_id: str, charge: ChargeLike, part: int, parts: int, time: object) -> None:
+        try:
+            key: object = (
+                self.single_key(charge)
+                if self.single_key is not None
+                else _shard_key_of(charge, self.shard_key)
+            )
+            slot, _shard = self.locate(key)
+            rows, text = self.extractor.extract(charge)
+            when = _unix(time, event_id)
+        except (ShardbillError, TypeError, ValueError) as exc:
+            self.reject(event_id, str(exc), type(exc).__name__)
+            return
+        event = self.events.get(event_id)
+        if event is None:
+            event = self.events[event_id] = _Event(parts, when)
+        elif event.count != parts:
+            self.reject(
+                event_id,
+                f"event {event_id!r} arrived as {event.count} part(s) and as {parts} part(s) in "
+                "one call; every charge of an event must give the same 'parts' (deliver it "
+                "once, or as a PricedEvent holding all its charges)",
+            )
+            return
+        seen = event.parts.get(part)
+        if seen is None:
+            event.parts[part] = _Part(slot, rows, text)
+            event.time = min(event.time, when)
+        elif seen.text == text and seen.slot == slot:
+            self.folded += 1  # an exact repeat inside the call: the same delivery twice
+        else:
+            self.reject(
+                event_id,
+                f"event {event_id!r}: part {part} of {parts} was delivered twice in one call "
+                "with different content; give each charge of a multi-charge event its own "
+                "'part' number (the rules engine does), or write a PricedEvent",
+            )
+
+    def plan(self, home_slot: Callable[[str], int] | None, not_before: int | None) -> Plan:
+        units: list[Unit] = []
+        for event_id in sorted(self.events):
+            event = self.events[event_id]
+            if len(event.parts) != event.count:
+                missing = sorted(set(range(event.count)) - set(event.parts))
+                self.reject(
+                    event_id,
+                    f"event {event_id!r} is incomplete: {len(event.parts)} of its {event.count} "
+                    f"parts arrived (missing part(s) {missing[:10]}); deliver every charge of "
+                    "an event in the same call, or write it as a PricedEvent",
+                )
+                continue
+            if not_before is not None and event.time < not_before:
+                self.reject(
+                    event_id,
+                    f"event {event_id!r} happened at {_iso(event.time)}, before the dedup "
+                    f"horizon ({_iso(not_before)}): a ledger that old may be pruned, so it "
+                    "cannot be applied exactly once; book it as a correction in a current "
+                    "period instead",
+                )
+                continue
+            units.extend(_units_of(event_id, event, self.extractor.tables, home_slot))
+        rejected = self.rejected
+        return Plan(
+            units=tuple(units),
+            rejected=tuple(rejected[e] for e in sorted(rejected)),
+            events=tuple(sorted({*self.events, *rejected})),
+            folded=self.folded,
+        )
+
+
+def _iso(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
+
+
+def _units_of(
+    event_id: str,
+    event: _Event,
+    tables: Sequence[AggregateTable],
+    home_slot: Callable[[str], int] | None,
+) -> list[Unit]:
+    parts = event.parts
+    when = event.time
+    if len(parts) == 1:
+        ((slot, rows, text),) = parts.values()
+        print_ = digest(text)
+        if home_slot is None:
+            return [Unit(event_id, slot, print_, tuple(rows), when)]
+        home = home_slot(event_id)
+        if home == slot:
+            return [Unit(event_id, slot, print_, tuple(rows), when, True)]
+        return [
+            Unit(event_id, home, print_, (), when, True),
+            Unit(event_id, slot, print_, tuple(rows), when),
+        ]
+    by_slot: dict[int, list[_Part]] = defaultdict(list)
+    for number in sorted(parts):
+        by_slot[parts[number].slot].append(parts[number])
+    out: list[Unit] = []
+    home_of = home_slot(event_id) if home_slot is not None else None
+    whole = (
+        fingerprint([row for part in parts.values() for row in part.rows], tables)
+        if home_of is not None
+        else ""
+    )
+    for slot, same in sorted(by_slot.items()):
+        if len(same) == 1:
+            unit_rows, print_ = tuple(same[0].rows), digest(same[0].text)
+        else:
+            unit_rows = tuple(row for part in same for row in part.rows)
+            print_ = fingerprint(unit_rows, tables)
+        if slot == home_of:
+            out.append(Unit(event_id, slot, whole, unit_rows, when, True))
+        else:
+            out.append(Unit(event_id, slot, print_, unit_rows, when))
+    if home_of is not None and home_of not in by_slot:
+        # No charge on the home slot (or no charge at all): the claim has no rows.
+        out.append(Unit(event_id, home_of, whole, (), when, True))
+        out.sort(key=lambda u: u.slot)
+    return out
 
 
 def coalesce(units: Iterable[Unit], tables: Sequence[AggregateTable]) -> list[list[CoalescedRow]]:
@@ -174,7 +432,7 @@ def coalesce(units: Iterable[Unit], tables: Sequence[AggregateTable]) -> list[li
 
     Rows are sorted by primary key (dates and ints compare naturally; a key
     column always holds one type), so concurrent writers lock rows in the same
-    order.
+    order. A merged delta may leave the BIGINT range; the writer checks.
     """
     merged: list[dict[tuple[KeyValue, ...], tuple[int, tuple[int, ...]]]] = [{} for _ in tables]
     merges = [tuple(m.merge for m in t.measures) for t in tables]
@@ -189,16 +447,17 @@ def coalesce(units: Iterable[Unit], tables: Sequence[AggregateTable]) -> list[li
             elif all_sum[t]:
                 table_rows[key] = (current[0], tuple(map(add, current[1], deltas)))
             else:
-                table_rows[key] = (current[0], _merge_mixed(merges[t], current[1], deltas))
+                table_rows[key] = (current[0], merge_values(merges[t], current[1], deltas))
     return [
         [CoalescedRow(key, slot, deltas) for key, (slot, deltas) in sorted(table_rows.items())]
         for table_rows in merged
     ]
 
 
-def _merge_mixed(
+def merge_values(
     kinds: Sequence[MergeKind], current: Sequence[int], deltas: Sequence[int]
 ) -> tuple[int, ...]:
+    """One row's measures after merging ``deltas`` into ``current``, measure by measure."""
     out = []
     for kind, old, new in zip(kinds, current, deltas, strict=True):
         if kind is MergeKind.SUM:
@@ -208,3 +467,181 @@ def _merge_mixed(
         else:
             out.append(max(old, new))
     return tuple(out)
+
+
+@attrs.frozen(kw_only=True)
+class Classified:
+    """One shard transaction's units sorted by what the ledger says (see :func:`classify`).
+
+    Attributes:
+        new: units to apply now.
+        duplicates: units applied before (same fingerprint).
+        conflicts: ``(unit, stored fingerprint)`` of units applied before with other content.
+        withheld: events not applied here, with the reason (too late for a slot's watermark).
+        deferred: units whose event's identity claim is neither in this
+            transaction nor confirmed yet: they wait for the next round.
+        tokens: the writer token stored with each duplicate.
+    """
+
+    new: tuple[Unit, ...]
+    duplicates: tuple[Unit, ...]
+    conflicts: tuple[tuple[Unit, str], ...]
+    withheld: dict[str, Rejection]
+    deferred: tuple[Unit, ...]
+    tokens: dict[Unit, str | None]
+
+
+def classify(
+    units: Sequence[Unit],
+    known: dict[tuple[str, int], tuple[str, str | None]],
+    watermarks: dict[int, int],
+    claimed: frozenset[str] | None,
+) -> Classified:
+    """Sort one transaction's units into new, duplicate, conflict, withheld and deferred.
+
+    An event is judged whole within the transaction: if any of its units
+    here conflicts with the ledger, none of them is applied (a new identity
+    claim included); if its time is before a slot's dedup watermark, none of
+    them is applied. Under :attr:`IdScope.GLOBAL` (``claimed`` not None) a
+    unit is applied only in the same transaction as its event's home unit or
+    once that claim is confirmed (its event id in ``claimed``).
+
+    Args:
+        units: the transaction's units, sorted by (event id, slot).
+        known: ``(event id, slot)`` -> (stored fingerprint, writer token) from the ledger.
+        watermarks: slot -> its dedup watermark (``pruned_below``), Unix seconds.
+        claimed: event ids whose identity claim committed already; None when
+            there are no claims (:attr:`IdScope.PER_ACCOUNT`).
+    """
+    new: list[Unit] = []
+    duplicates: list[Unit] = []
+    conflicts: list[tuple[Unit, str]] = []
+    withheld: dict[str, Rejection] = {}
+    deferred: list[Unit] = []
+    tokens: dict[Unit, str | None] = {}
+    start = 0
+    total = len(units)
+    while start < total:
+        event_id = units[start].event_id
+        end = start + 1
+        while end < total and units[end].event_id == event_id:
+            end += 1
+        group = units[start:end]
+        start = end
+        if claimed is not None and event_id not in claimed and not any(u.home for u in group):
+            deferred.extend(group)
+            continue
+        late = [u.slot for u in group if u.time < watermarks.get(u.slot, 0)]
+        if late:
+            withheld[event_id] = Rejection(
+                event_id=event_id,
+                reason=(
+                    f"event {event_id!r} happened at {_iso(group[0].time)}, before the dedup "
+                    f"horizon of slot {late[0]} (pruned below {_iso(watermarks[late[0]])}): its "
+                    "ledger rows may be gone, so it cannot be applied exactly once; book it as "
+                    "a correction in a current period instead"
+                ),
+                error="InvalidInputError",
+            )
+            continue
+        clashes = []
+        for unit in group:
+            found = known.get((event_id, unit.slot))
+            if found is not None and found[0] != unit.fingerprint:
+                clashes.append((unit, found[0]))
+        if clashes:
+            conflicts.extend(clashes)
+            continue
+        for unit in group:
+            found = known.get((event_id, unit.slot))
+            if found is None:
+                new.append(unit)
+            else:
+                duplicates.append(unit)
+                tokens[unit] = found[1]
+    return Classified(
+        new=tuple(new),
+        duplicates=tuple(duplicates),
+        conflicts=tuple(conflicts),
+        withheld=withheld,
+        deferred=tuple(deferred),
+        tokens=tokens,
+    )
+
+
+def find_overflows(
+    units: Sequence[Unit],
+    current: Sequence[dict[tuple[KeyValue, ...], tuple[int, ...]]],
+    tables: Sequence[AggregateTable],
+) -> tuple[list[Unit], dict[str, Rejection]]:
+    """Which events would take a row out of BIGINT, given the rows' stored values.
+
+    Events are taken in event-id order; each one's deltas (merged per row) are
+    added to the running values, and an event that would take any value (or
+    its own delta) out of the BIGINT range is refused whole, with the table,
+    the column, the value, the delta and the headroom left. The others keep
+    their order.
+
+    Args:
+        units: the units to apply, sorted by (event id, slot).
+        current: per table, key -> the stored measures (rows absent: not there).
+        tables: the aggregate tables.
+
+    Returns:
+        The units that fit, and the refused events' rejections.
+    """
+    state = [dict(rows) for rows in current]
+    merges = [tuple(m.merge for m in t.measures) for t in tables]
+    kept: list[Unit] = []
+    refused: dict[str, Rejection] = {}
+    start = 0
+    total = len(units)
+    while start < total:
+        event_id = units[start].event_id
+        end = start + 1
+        while end < total and units[end].event_id == event_id:
+            end += 1
+        group = units[start:end]
+        start = end
+        own: dict[tuple[int, tuple[KeyValue, ...]], tuple[int, ...]] = {}
+        for unit in group:
+            for t, key, deltas in unit.rows:
+                before = own.get((t, key))
+                own[(t, key)] = (
+                    deltas if before is None else merge_values(merges[t], before, deltas)
+                )
+        tentative: dict[tuple[int, tuple[KeyValue, ...]], tuple[int, ...]] = {}
+        problem = None
+        for (t, key), deltas in own.items():
+            stored = state[t].get(key)
+            after = deltas if stored is None else merge_values(merges[t], stored, deltas)
+            for m, measure in enumerate(tables[t].measures):
+                if BIGINT_MIN <= after[m] <= BIGINT_MAX and BIGINT_MIN <= deltas[m] <= BIGINT_MAX:
+                    continue
+                base = 0 if stored is None else stored[m]
+                room = BIGINT_MAX - base if deltas[m] > 0 else base - BIGINT_MIN
+                problem = (
+                    f"event {event_id!r} would take {tables[t].name}.{measure.name} of row "
+                    f"{key!r} from {base} by {deltas[m]:+d}, past the BIGINT "
+                    f"{'maximum' if deltas[m] > 0 else 'minimum'} (headroom {room}); the rest "
+                    "of the batch was applied; give the measure a coarser scale, or split "
+                    "the row (e.g. by period)"
+                )
+                break
+            if problem is not None:
+                break
+            tentative[(t, key)] = after
+        if problem is not None:
+            refused[event_id] = Rejection(
+                event_id=event_id, reason=problem, error="RowOverflowError"
+            )
+            continue
+        for (t, key), after in tentative.items():
+            state[t][key] = after
+        kept.extend(group)
+    return kept, refused
+
+
+def deltas_fit(rows: Iterable[Sequence[CoalescedRow]]) -> bool:
+    """True when every merged delta of ``rows`` can be bound as a BIGINT."""
+    return all(BIGINT_MIN <= d <= BIGINT_MAX for table in rows for row in table for d in row.deltas)

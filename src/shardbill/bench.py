@@ -190,6 +190,9 @@ def _bench_model(
 ) -> BenchResult:
     stats = Stats()
     names = table_names(tables, settings.system_tables)
+    # The traffic is dated; the writer's clock goes with it (not with the wall clock).
+    latest = max((c.time for batch in priced for c in batch), default=None)
+    now = latest.timestamp() if latest is not None else None
     with PooledProvider(urls) as provider:
         drop_tables(provider, list(urls), names)
         try:
@@ -199,6 +202,7 @@ def _bench_model(
                 tables=tables,
                 settings=settings,
                 observer=stats,
+                clock=(lambda: now) if now is not None else None,
             ) as writer:
                 writer.ensure_schema()
                 with Progress(f"bench {model}", total=len(priced), unit="batches",

@@ -21,6 +21,9 @@ Commands (``shardbill COMMAND --help`` shows each one's options and examples):
     throughput and commit latency per traffic model (uniform, skewed, hot).
 ``reshard plan|run|status|verify|abort``
     add, remove or re-weight shards online (:mod:`shardbill.cli_reshard`).
+``prune``
+    delete the ledger rows of events older than the dedup horizon
+    (``--dry-run`` counts them).
 
 The configuration file comes from ``--config FILE``, else ``$SHARDBILL_CONFIG``,
 else ``./shardbill.toml`` (see ``docs/reference/configuration.md``).
@@ -46,9 +49,10 @@ once.
 Each command lives in its own module, which registers it (``add_parser``)
 and runs it (``run``): :mod:`shardbill.cli_demo`, :mod:`shardbill.cli_init`,
 :mod:`shardbill.cli_ingest`, :mod:`shardbill.cli_audit`,
-:mod:`shardbill.cli_map`, :mod:`shardbill.cli_bench` and
-:mod:`shardbill.cli_reshard`; what several of them share (option groups,
-``--json`` and progress output, :data:`EXIT_PROBLEM`) is in
+:mod:`shardbill.cli_map`, :mod:`shardbill.cli_bench`,
+:mod:`shardbill.cli_reshard` and :mod:`shardbill.cli_prune`; what several
+of them share (option groups, ``--json`` and progress output,
+:data:`EXIT_PROBLEM`) is in
 :mod:`shardbill.cli_common`. This module builds the parser, dispatches, and
 turns errors into the exit codes above.
 """
@@ -68,6 +72,7 @@ from shardbill import (
     cli_ingest,
     cli_init,
     cli_map,
+    cli_prune,
     cli_reshard,
 )
 from shardbill._version import __version__
@@ -107,7 +112,16 @@ def _build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log what the writer does (to stderr)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (cli_demo, cli_init, cli_ingest, cli_audit, cli_map, cli_bench, cli_reshard):
+    for module in (
+        cli_demo,
+        cli_init,
+        cli_ingest,
+        cli_audit,
+        cli_map,
+        cli_bench,
+        cli_reshard,
+        cli_prune,
+    ):
         module.add_parser(sub)
     return parser
 
@@ -120,6 +134,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "map": cli_map.run,
     "bench": cli_bench.run,
     "reshard": cli_reshard.run,
+    "prune": cli_prune.run,
 }
 
 

@@ -45,8 +45,9 @@ optional except ``[shards]``::
     [writer]
     max_workers = 8
     batch_size = 2000
-    retry_attempts = 8
-    ledger_retention_days = 35
+    retry_seconds = 45                  # retries of a shard transaction stop after this long
+    retry_attempts = 1000
+    ledger_retention_days = 35          # the dedup horizon
     max_rows_per_statement = 1000
 
 Relative paths (``map_store.path``, ``rules.price_book`` and
@@ -320,14 +321,17 @@ class WriterConfig:
     Attributes:
         max_workers: shard transactions run in parallel.
         batch_size: events per batch (one transaction per shard per batch).
-        retry_attempts: tries per shard transaction, the first included.
-        ledger_retention_days: how long ledger rows are kept (longer than any replay).
+        retry_seconds: how long a shard transaction is retried (a failover rides through).
+        retry_attempts: tries per shard transaction at most, the first included.
+        ledger_retention_days: the dedup horizon: events older than this are refused,
+            and prune deletes ledger rows of older events (keep it longer than any replay).
         max_rows_per_statement: rows in one multi-row UPSERT.
     """
 
     max_workers: int = attrs.field(default=8, validator=attrs.validators.ge(1))
     batch_size: int = attrs.field(default=2000, validator=attrs.validators.ge(1))
-    retry_attempts: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    retry_seconds: int = attrs.field(default=45, validator=attrs.validators.ge(1))
+    retry_attempts: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
     ledger_retention_days: int = attrs.field(default=35, validator=attrs.validators.ge(1))
     max_rows_per_statement: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
 
@@ -339,7 +343,9 @@ class WriterConfig:
         """
         return WriterSettings(
             max_workers=self.max_workers,
-            retry=RetryPolicy(max_attempts=self.retry_attempts),
+            retry=RetryPolicy(
+                max_attempts=self.retry_attempts, budget_seconds=float(self.retry_seconds)
+            ),
             ledger_retention_days=self.ledger_retention_days,
             max_rows_per_statement=self.max_rows_per_statement,
         )

@@ -484,7 +484,12 @@ def run_demo(
             reorder_window=_REORDER,
         )
         with AggregationWriter(
-            shard_map=store, provider=provider, tables=tables, settings=settings, observer=stats
+            shard_map=store,
+            provider=provider,
+            tables=tables,
+            settings=settings,
+            observer=stats,
+            clock=traffic.end.timestamp,  # the demo's day is dated: its clock goes with it
         ) as writer:
             writer.ensure_schema()
             pipeline = Pipeline(engine=engine, writer=writer)

@@ -30,6 +30,7 @@
         │   └── QueryInterruptedError         1317/3024/1969: the statement was killed; retry
         ├── DuplicateKeyError                 1062/1586, SQLITE_CONSTRAINT_PRIMARYKEY/UNIQUE
         └── FatalDatabaseError                everything else (denied, unknown table, syntax, TLS)
+            └── RowOverflowError              1264/1690, SQLITE_CONSTRAINT_CHECK: a sum left BIGINT
 
 Driver exceptions are translated at exactly one edge
 (:func:`shardbill.dialects.errors.translate`) and kept as ``__cause__``.
@@ -66,6 +67,7 @@ __all__ = [
     "ReadOnlyError",
     "ReshardError",
     "RetryableError",
+    "RowOverflowError",
     "RuleError",
     "SchemaError",
     "ShardMapError",
@@ -232,6 +234,17 @@ class DuplicateKeyError(DatabaseError):
 
 class FatalDatabaseError(DatabaseError):
     """A database error that retrying will not fix: access denied, unknown table, syntax."""
+
+
+class RowOverflowError(FatalDatabaseError):
+    """An aggregate value would leave the exact-integer (BIGINT) range.
+
+    The writer never lets it through: it finds the events that would push a
+    row past the edge and rejects them alone (the rest of the batch is
+    applied). Seen by a caller only in a result, as the reason an event was
+    rejected or, when other parts of that event were applied already, why it
+    failed: give the measure a coarser scale or a wider column.
+    """
 
 
 class EpochConflictError(ReshardError):

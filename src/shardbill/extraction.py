@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+from shardbill import money
 from shardbill.aggregates import (
     BIGINT_MAX,
     BIGINT_MIN,
@@ -204,7 +205,9 @@ class RowExtractor:
 
     def _compile(self) -> tuple[str, Callable[[ChargeLike], tuple[list[RowDelta], str] | None]]:
         code = _Code()
-        code.namespace.update(Decimal=Decimal, date=dt.date, TEMPLATE=self._template)
+        code.namespace.update(
+            Decimal=Decimal, date=dt.date, TEMPLATE=self._template, EXACT=money.EXACT
+        )
         code.emit("def extract(charge):")
         for k, (projection, column_type, name) in enumerate(self._key_parts):
             _read_key(code, f"k{k}", projection)
@@ -297,7 +300,8 @@ def _read_measure(code: _Code, var: str, value: Any) -> None:
         code.emit(f"    raw = charge.{'quantity' if kind is Quantity else 'amount'}")
         code.emit("    if raw.__class__ is not Decimal:")
         code.emit("        return None")
-        code.emit(f"    scaled = raw.scaleb({int(value.scale)})")
+        # EXACT, never the caller's thread context: a low precision there must not round.
+        code.emit(f"    scaled = raw.scaleb({int(value.scale)}, EXACT)")
         code.emit(f"    {var} = int(scaled)")  # inf and NaN raise: the reference path explains
         code.emit(f"    if {var} != scaled:")
         code.emit("        return None")

@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_SCALE",
     "EXACT",
     "MAX_SCALE",
+    "PRICING",
     "ROUNDING_MODES",
     "Currency",
     "check_rounding",
@@ -68,6 +69,7 @@ __all__ = [
     "split",
     "split_units",
     "to_minor_units",
+    "units_if_exact",
 ]
 
 DEFAULT_SCALE = 6
@@ -111,6 +113,21 @@ EXACT = decimal.Context(
 Use its methods (``EXACT.multiply(a, b)``, ``EXACT.add(a, b)``) for money
 arithmetic. Because :class:`decimal.Inexact` is trapped, a result that does not
 fit exactly raises :class:`decimal.Inexact` rather than being rounded.
+"""
+
+PRICING = decimal.Context(
+    prec=EXACT.prec,
+    rounding=decimal.ROUND_HALF_EVEN,
+    Emin=EXACT.Emin,
+    Emax=EXACT.Emax,
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
+)
+"""The context the rules engine prices in, whatever the caller's thread context is.
+
+60 digits, far beyond any pricing scale, so a rule's products and sums are
+exact and only the pricing-scale rounding point (:func:`quantize`) rounds; a
+division that does not terminate is carried to 60 digits before that. Without
+it a caller's ``decimal.getcontext().prec = 10`` would silently round prices.
 """
 
 # Contexts that *do* round, one per mode; used only by quantize().
@@ -302,6 +319,27 @@ def to_minor_units(amount: Decimal | int, scale: int) -> int:
             f"shardbill.money.quantize(amount, {scale}, rounding)"
         )
     return int(value.scaleb(scale, context=EXACT))
+
+
+def units_if_exact(value: Decimal, scale: int) -> int | None:
+    """``value`` in integer units of ``10**-scale``, or None when it is not a whole number of them.
+
+    The conversion runs in :data:`EXACT`, never in the caller's thread
+    context, so a low ``decimal.getcontext().prec`` cannot round it; a value
+    whose digits do not fit is None too, never rounded.
+
+    Example:
+        >>> units_if_exact(Decimal("1234567.123456"), 6)
+        1234567123456
+        >>> units_if_exact(Decimal("0.0000005"), 6) is None
+        True
+    """
+    try:
+        scaled = value.scaleb(scale, EXACT)
+    except decimal.DecimalException:
+        return None
+    units = int(scaled)
+    return units if units == scaled else None
 
 
 def from_minor_units(units: int, scale: int) -> Decimal:

@@ -11,8 +11,9 @@ consumer delivers them, duplicates and replays included):
 3. the writer applies every priced event's charges exactly once (the ledger
    skips what earlier batches applied) and says what each shard did.
 
-Retry :attr:`PipelineResult.failed_events` (shards that failed transiently
-past the retry budget): re-processing them is safe.
+Acknowledge :attr:`PipelineResult.done`; process :attr:`PipelineResult.retry`
+again (shards that failed transiently past the retry budget): re-processing
+them is safe. Rejected and conflicting events need a fix, not a retry.
 """
 
 from __future__ import annotations
@@ -49,12 +50,22 @@ class PipelineResult:
 
     @property
     def ok(self) -> bool:
-        """True when no shard failed (rejections and conflicts are reported, not failures)."""
-        return self.write.ok
+        """True when every event of the batch is done (applied or a duplicate)."""
+        return not self.pricing_rejected and not self.conflicting_repeats and self.write.ok
+
+    @property
+    def done(self) -> frozenset[str]:
+        """Event ids applied by this call or an earlier one (a consumer may acknowledge them)."""
+        return self.write.done
+
+    @property
+    def retry(self) -> frozenset[str]:
+        """Event ids to process again (their shard failed transiently)."""
+        return self.write.retry
 
     @property
     def failed_events(self) -> frozenset[str]:
-        """Event ids to process again (their shard failed transiently)."""
+        """Event ids to process again (the same as :attr:`retry`)."""
         return self.write.failed_events
 
     @property
@@ -62,7 +73,7 @@ class PipelineResult:
         """Event ids refused for their content: by the rules, the writer, or as conflicts."""
         return frozenset(
             {r.event_id for r in self.pricing_rejected}
-            | {r.event_id for r in self.write.rejected}
+            | self.write.rejected_events
             | set(self.conflicting_repeats)
             | self.write.conflict_events
         )

@@ -31,6 +31,7 @@ from decimal import Decimal
 
 import attrs
 
+from shardbill import money
 from shardbill.aggregates import SLOT_COLUMN, Account, AggregateTable, Date, KeyValue, Projection
 from shardbill.dialects.base import Dialect, MergeKind
 from shardbill.dialects.detect import dialect_for
@@ -264,7 +265,7 @@ class Reader:
         out: dict[str, Measure] = {}
         for measure, units in zip(spec.measures, values, strict=True):
             scale = measure.value.scale
-            out[measure.name] = Decimal(int(units)).scaleb(-scale) if scale else int(units)
+            out[measure.name] = money.from_minor_units(int(units), scale) if scale else int(units)
         return out
 
     def _key_value(self, spec: AggregateTable, name: str, raw: object) -> KeyValue:

@@ -9,15 +9,17 @@ else (access denied, a missing table, a syntax error) fails at once: retrying
 cannot fix it.
 
 Waits grow exponentially with "full jitter" (a uniform draw between zero and
-the cap), so many writers that failed together do not retry together, and
-the total is bounded by ``max_attempts``: a server that stays down produces a
-reported failure, never a hot loop.
+the cap), so many writers that failed together do not retry together. The
+retries are bounded by *time* (``budget_seconds``, default 45 s, so a
+30-second failover is ridden through) and by ``max_attempts``: a server that
+stays down produces a reported failure, never a hot loop.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import attrs
 
@@ -45,20 +47,34 @@ class RetryPolicy:
         max_attempts: tries in all, the first included (>= 1).
         base_delay: the cap of the first wait, in seconds.
         max_delay: the largest cap any wait may have, in seconds.
+        budget_seconds: no wait starts that would end more than this many
+            seconds after the first attempt began (the attempts' own time
+            counts too); default 45 s, longer than a typical failover.
         seed: seed for the jitter, for reproducible runs (None: a fresh seed).
     """
 
-    max_attempts: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    max_attempts: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
     base_delay: float = attrs.field(default=0.005, validator=attrs.validators.ge(0))
-    max_delay: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    max_delay: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    budget_seconds: float = attrs.field(default=45.0, validator=attrs.validators.ge(0))
     seed: int | None = None
 
-    def delays(self) -> Iterator[float]:
-        """The waits before the 2nd, 3rd, ... attempts (``max_attempts - 1`` of them)."""
+    def delays(self, clock: Callable[[], float] = time.monotonic) -> Iterator[float]:
+        """The waits before the 2nd, 3rd, ... attempts, within both bounds.
+
+        The budget is measured with ``clock`` from this call (make it when the
+        first attempt starts).
+        """
+        return self._waits(clock() + self.budget_seconds, clock)
+
+    def _waits(self, deadline: float, clock: Callable[[], float]) -> Iterator[float]:
         rng = random.Random(self.seed)  # noqa: S311 - jitter, not a secret
         for attempt in range(self.max_attempts - 1):
-            cap = min(self.max_delay, self.base_delay * (2**attempt))
-            yield rng.uniform(0, cap)
+            cap = min(self.max_delay, self.base_delay * (2 ** min(attempt, 60)))
+            delay = rng.uniform(0, cap)
+            if clock() + delay > deadline:
+                return
+            yield delay
 
 
 def describe(exc: BaseException) -> str:

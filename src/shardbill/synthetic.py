@@ -108,6 +108,17 @@ class Traffic:
     def __iter__(self) -> Iterator[UsageEvent]:
         return self.deliveries()
 
+    @property
+    def end(self) -> dt.datetime:
+        """When the stream's span ends: a writer consuming it should read this as 'now'.
+
+        The stream's dates are fixed (so a seed always gives the same events);
+        a writer whose clock is the wall clock would refuse them as too late
+        once they are older than its dedup horizon. Give it
+        ``clock=traffic.end.timestamp``.
+        """
+        return self.start + self.span
+
     def distinct(self) -> Iterator[UsageEvent]:
         """Every distinct event once, in generation order (what an oracle should count)."""
         rng = random.Random(self.seed)

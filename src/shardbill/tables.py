@@ -4,10 +4,11 @@ Dialects render these to DDL; the schema check compares the live tables with
 them. Two system tables live on every shard next to the aggregates:
 
 ``shardbill_ledger``
-    One row per applied ``(event_id, slot)``: the fingerprint of what the
-    event contributed to that slot, when it was applied (Unix seconds, for
-    retention) and a token of the write attempt that applied it. Written in
-    the same transaction as the UPSERTs it guards.
+    One row per applied ``(slot, event_id)``: the fingerprint of what the
+    event contributed to that slot (on the slot the event id hashes to: of
+    the whole event, its identity claim), the event's time (Unix seconds:
+    the dedup horizon prunes by it) and a token of the write attempt that
+    applied it. Written in the same transaction as the UPSERTs it guards.
 
 ``shardbill_moves``
     On a shard receiving slots during a reshard: per (slot, table), the
@@ -19,7 +20,13 @@ them. Two system tables live on every shard next to the aggregates:
     reshard (``incoming``, with the source shard in ``peer``), or has handed
     over (``gone``, with the target in ``peer``). Every write transaction
     reads its slots' rows with a shared lock: this is the fence that rejects a
-    writer holding an old shard map.
+    writer holding an old shard map. ``pruned_below`` is the slot's dedup
+    watermark: ledger rows of events before it may be gone, so such events
+    are refused, whatever the writer's clock says.
+
+Aggregate measure columns hold exact integers only: on SQLite a CHECK
+refuses anything else (SQLite would otherwise turn an overflowing sum into a
+REAL); MySQL's strict mode refuses an out-of-range BIGINT.
 """
 
 from __future__ import annotations
@@ -78,6 +85,8 @@ class Column:
     kind: ColumnKind
     length: int = 0
     nullable: bool = False
+    default: int | None = None  # an integer default, for columns added after first release
+    exact_integer: bool = False  # SQLite: CHECK that the value is stored as an integer
 
 
 @attrs.frozen(kw_only=True)
@@ -108,7 +117,9 @@ def aggregate_table_def(table: AggregateTable) -> TableDef:
         elif isinstance(key.type, Date):
             columns.append(Column(name=key.name, kind=ColumnKind.DATE))
     columns.append(Column(name=SLOT_COLUMN, kind=ColumnKind.INT))
-    columns.extend(Column(name=m.name, kind=ColumnKind.BIGINT) for m in table.measures)
+    columns.extend(
+        Column(name=m.name, kind=ColumnKind.BIGINT, exact_integer=True) for m in table.measures
+    )
     return TableDef(
         name=table.name,
         columns=tuple(columns),
@@ -144,7 +155,8 @@ class SystemTables:
                 Column(name="event_id", kind=ColumnKind.VARCHAR, length=EVENT_ID_LENGTH),
                 Column(name=SLOT_COLUMN, kind=ColumnKind.INT),
                 Column(name="fingerprint", kind=ColumnKind.ASCII, length=16),
-                Column(name="applied_at", kind=ColumnKind.BIGINT),
+                # The event's time, Unix seconds: prune deletes below the horizon by it.
+                Column(name="event_time", kind=ColumnKind.BIGINT),
                 # A random token per write attempt: after a lost COMMIT, the retry
                 # tells its own committed units from another writer's.
                 Column(name="writer_token", kind=ColumnKind.ASCII, length=16, nullable=True),
@@ -152,8 +164,12 @@ class SystemTables:
             # Slot first: a slot's ledger rows are one primary-key range to move,
             # and lookups give both parts (Dialect.pairs_statements).
             primary_key=(SLOT_COLUMN, "event_id"),
-            indexes=(("applied_at",),),
+            indexes=(("event_time",),),
         )
+
+    def ledger_columns(self) -> tuple[str, ...]:
+        """The ledger's columns in table order (what the writer inserts and a reshard copies)."""
+        return tuple(c.name for c in self.ledger_def().columns)
 
     def slots_def(self) -> TableDef:
         """The slot-ownership (fence) table."""
@@ -164,6 +180,8 @@ class SystemTables:
                 Column(name="state", kind=ColumnKind.ASCII, length=16),
                 Column(name="epoch", kind=ColumnKind.BIGINT),
                 Column(name="peer", kind=ColumnKind.VARCHAR, length=64, nullable=True),
+                # The dedup watermark: events before it are refused (see the module docstring).
+                Column(name="pruned_below", kind=ColumnKind.BIGINT, default=0),
             ),
             primary_key=(SLOT_COLUMN,),
         )

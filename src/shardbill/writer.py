@@ -1,27 +1,41 @@
-"""The aggregation writer: charges in, aggregate rows updated exactly once on the right shard.
+"""The aggregation writer: deliveries in, aggregate rows updated exactly once on the right shard.
 
-:meth:`AggregationWriter.write` plans a batch (:mod:`shardbill.batching`:
-units, fingerprints, rejections), then runs one transaction per shard, in
-parallel on a bounded thread pool:
+:meth:`AggregationWriter.write` plans a call (:mod:`shardbill.batching`:
+events, units, identity claims, rejections), then runs it in at most two
+rounds of shard transactions, each round in parallel on a bounded pool:
 
-1. fence: read the ownership rows of the batch's slots with a shared lock;
-   a slot the shard does not own raises :class:`~shardbill.errors.FencedError`;
-2. ledger check: which ``(event_id, slot)`` units are already applied (same
-   fingerprint: duplicate; different: conflict); for a slot still arriving
-   from another shard during a reshard, that shard's ledger is read first;
+* **Round 1** runs, on each event's *home shard* (where its id hashes to),
+  its identity claim together with its units on that shard. An event whose
+  units all sit there (every event, with one shard) is done in round 1.
+* **Round 2** runs the remaining units of the events whose claim is in
+  (applied by round 1, or found from an earlier delivery with the same
+  content). An event whose claim conflicts is not touched again.
+
+Each transaction, on one shard:
+
+1. fence: read the ownership rows of its slots with a shared lock; a slot
+   the shard does not own raises :class:`~shardbill.errors.FencedError`;
+   the rows also carry each slot's dedup watermark;
+2. ledger check: which ``(slot, event_id)`` rows exist already (same
+   fingerprint: duplicate; other: conflict, and nothing of that event is
+   applied here); for a slot still arriving from another shard during a
+   reshard, that shard's ledger (and watermark) is read first;
 3. ledger insert for the new units (a plain INSERT: a concurrent writer that
    claimed the same unit makes it fail with a duplicate key, and the retry
    sees the unit as done);
 4. one multi-row UPSERT per aggregate table with the coalesced deltas of the
-   new units, rows sorted by primary key;
+   new units, rows sorted by primary key (a sum that would leave BIGINT makes
+   the transaction run again, carefully: the rows' stored values are read
+   under lock and only the events that would overflow are refused);
 5. commit.
 
 Transient failures (deadlock, lock-wait timeout, lost connection, read-only
 server, refused connection, killed query, concurrent claim) are retried with
-jittered, bounded backoff. A lost COMMIT is never guessed about: the retry
-reads the ledger, and the units found there with their own fingerprint are
-reported as applied. A fenced shard makes the writer reload the shard map
-(when it has a map source) and send those units to their new owner.
+jittered backoff within a time budget. A lost COMMIT is never guessed about:
+the retry reads the ledger, and units found there with this call's tokens
+are reported as applied; if the retries run out, the ledger is read once more
+before anything is reported. A fenced shard makes the writer follow the
+slot's forwarding address, or reload the shard map.
 
 The argument that this is exactly once is in ``docs/explanation/exactly-once.md``.
 """
@@ -37,7 +51,7 @@ import weakref
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -52,29 +66,41 @@ from shardbill.aggregates import (
 )
 from shardbill.batching import (
     CoalescedRow,
+    IdScope,
+    Plan,
     Rejection,
     RowExtractor,
     ShardWork,
     Unit,
+    classify,
     coalesce,
+    deltas_fit,
+    find_overflows,
     plan_batch,
 )
 from shardbill.dialects.base import Dialect, UpsertSpec
-from shardbill.dialects.ddl import prune_statement, share_lock_clause
+from shardbill.dialects.ddl import (
+    exclusive_lock_clause,
+    prune_statement,
+    raise_watermark_statement,
+    share_lock_clause,
+)
 from shardbill.dialects.detect import dialect_for
 from shardbill.dialects.errors import is_driver_error, translate
 from shardbill.errors import (
     CommitOutcomeUnknownError,
     ConfigurationError,
     FencedError,
+    RowOverflowError,
     SchemaError,
     ShardbillError,
 )
 from shardbill.observe import Committed, Failed, MapReloaded, Observer, Rejected, Retried
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
 from shardbill.rendering import RowStatements
-from shardbill.results import Conflict, ShardResult, WriteResult
+from shardbill.results import Conflict, EventState, EventTally, ShardResult, WriteResult
 from shardbill.retry import RetryPolicy, describe, is_retryable
+from shardbill.rules.events import PricedEvent
 from shardbill.schema import apply_schema, check_schema
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SlotState, SystemTables, aggregate_table_def
@@ -82,13 +108,30 @@ from shardbill.tables import SlotState, SystemTables, aggregate_table_def
 __all__ = [
     "AggregationWriter",
     "Conflict",
+    "EventState",
+    "IdScope",
     "MapSource",
+    "PricedEvent",
     "ShardResult",
     "WriteResult",
     "WriterSettings",
 ]
 
 log = logging.getLogger("shardbill.writer")
+
+DAY = 86_400
+
+#: After a reload that found no newer map, fenced writes follow forwarding
+#: addresses without reloading for this long, doubling each time the map is
+#: still the same (up to RELOAD_QUIET_MAX_SECONDS): a reshard stuck between
+#: fence and publish costs each writer a few reloads, not one per write.
+RELOAD_QUIET_SECONDS = 5.0
+RELOAD_QUIET_MAX_SECONDS = 300.0
+
+
+def wall_clock() -> float:
+    """This host's Unix time: the writer's clock unless it is given one."""
+    return time.time()
 
 
 class MapSource(Protocol):
@@ -102,24 +145,43 @@ class MapSource(Protocol):
         ...
 
 
+@runtime_checkable
+class MapHistory(Protocol):
+    """A map source that also keeps every published epoch (the file and SQL stores do)."""
+
+    def history(self) -> tuple[int, ...]:
+        """The epochs kept, ascending."""
+        ...
+
+    def load_epoch(self, epoch: int) -> ShardMap:
+        """The map published at ``epoch``."""
+        ...
+
+
 @attrs.frozen(kw_only=True)
 class WriterSettings:
     """How the writer runs.
 
     Args:
         max_workers: shard transactions run in parallel (a bounded pool).
-        retry: the backoff policy for transient failures.
+        retry: the backoff policy for transient failures (bounded by time:
+            the default rides through a 30-second failover).
         system_tables: the names of the ledger and slot-ownership tables.
         max_rows_per_statement: rows in one multi-row statement (also bounded
             by the server's ``max_allowed_packet``).
         read_committed: run write transactions at READ COMMITTED on MySQL
             (fewer gap locks, so fewer deadlocks; the ledger argument holds at
             any isolation level).
-        max_map_reloads: how many times one ``write`` reloads the map after
-            being fenced before it reports the units as failed.
-        ledger_retention_days: how long ledger rows are kept by :meth:`prune`
-            (a replay older than this would apply again: keep it longer than
-            the stream's retention).
+        max_map_reloads: how many times one ``write`` follows fences (and
+            reloads the map) before it reports the units as failed.
+        ledger_retention_days: the dedup horizon, in days: an event older
+            than this (by its own time) is refused as too late, and
+            :meth:`AggregationWriter.prune` deletes ledger rows of events
+            older than this. Keep it longer than any replay of the stream.
+        id_scope: where an event id must be unique (see
+            :class:`~shardbill.batching.IdScope`); the default
+            :attr:`~shardbill.batching.IdScope.GLOBAL` makes the same id with
+            other content a conflict on any account.
     """
 
     max_workers: int = attrs.field(default=8, validator=attrs.validators.ge(1))
@@ -129,16 +191,37 @@ class WriterSettings:
     read_committed: bool = True
     max_map_reloads: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     ledger_retention_days: int = attrs.field(default=35, validator=attrs.validators.ge(1))
+    id_scope: IdScope = attrs.field(default=IdScope.GLOBAL, converter=IdScope)
 
 
 @attrs.frozen
 class _Outcome:
-    applied: list[Unit]
-    duplicates: list[Unit]
-    conflicts: list[Conflict]
+    """What one committed transaction did."""
+
+    applied: tuple[Unit, ...]
+    duplicates: tuple[Unit, ...]
+    conflicts: tuple[Conflict, ...]
+    withheld: dict[str, Rejection]
+    deferred: tuple[Unit, ...]
     rows: int
     statements: int
     tokens: dict[Unit, str | None]  # the writer token stored with each duplicate
+
+
+@attrs.frozen
+class _ShardRun:
+    """One shard's transaction for one round, after its retries: success or failure."""
+
+    work: ShardWork
+    outcome: _Outcome | None = None
+    error: ShardbillError | None = None
+    attempts: int = 0
+    lost_applied: tuple[Unit, ...] = ()  # resolved through the ledger after a lost COMMIT
+    lost_duplicates: tuple[Unit, ...] = ()
+
+
+class _NeedsCareError(Exception):
+    """Internal: a merged delta leaves BIGINT; run the transaction in careful mode."""
 
 
 def _row_maker(table: AggregateTable) -> Callable[[CoalescedRow], tuple[object, ...]]:
@@ -156,16 +239,21 @@ def _row_maker(table: AggregateTable) -> Callable[[CoalescedRow], tuple[object, 
     def make(r: CoalescedRow) -> tuple[object, ...]:
         key: list[object] = list(r.key)
         for i in dates:
-            value = key[i]
-            if hasattr(value, "isoformat") and not isinstance(value, str):
-                key[i] = value.isoformat()
+            key[i] = _sql_value(key[i])
         return (*key, r.slot, *r.deltas)
 
     return make
 
 
+def _sql_value(value: object) -> object:
+    """A key value as bound to SQL: dates as ISO text, everything else as is."""
+    if hasattr(value, "isoformat") and not isinstance(value, str):
+        return value.isoformat()
+    return value
+
+
 class AggregationWriter:
-    """Writes charges exactly once into aggregate tables on the shards of a shard map.
+    """Writes usage charges exactly once into aggregate tables on the shards of a shard map.
 
     Args:
         shard_map: the map to route with, or a :class:`MapSource` to load it
@@ -177,13 +265,16 @@ class AggregationWriter:
         settings: see :class:`WriterSettings`.
         observer: called with a :data:`~shardbill.observe.WriteEvent` for
             every commit, retry, failure, rejection and map reload.
-        clock: Unix time for the ledger's ``applied_at`` (retention).
+        clock: Unix time, the writer's one clock: the dedup horizon is
+            measured from it and :meth:`prune` uses it (default: this host's
+            wall clock; the shards' watermarks keep pruning safe even when
+            hosts' clocks disagree).
 
     Example:
         >>> writer = AggregationWriter(shard_map=m, provider=p, tables=[daily])  # doctest: +SKIP
         >>> writer.ensure_schema()  # doctest: +SKIP
-        >>> result = writer.write(charges)  # doctest: +SKIP
-        >>> result.ok, len(result.applied_events)  # doctest: +SKIP
+        >>> result = writer.write(priced_events)  # doctest: +SKIP
+        >>> result.ok, len(result.done)  # doctest: +SKIP
         (True, 2000)
     """
 
@@ -196,7 +287,7 @@ class AggregationWriter:
         shard_key: Sequence[Projection] = (Account(),),
         settings: WriterSettings | None = None,
         observer: Observer | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not tables:
             raise ConfigurationError("AggregationWriter needs at least one aggregate table")
@@ -237,7 +328,7 @@ class AggregationWriter:
         sys_tables = self._settings.system_tables
         self._ledger_spec = UpsertSpec(
             table=sys_tables.ledger,
-            columns=("event_id", SLOT_COLUMN, "fingerprint", "applied_at", "writer_token"),
+            columns=sys_tables.ledger_columns(),
             key_columns=(SLOT_COLUMN, "event_id"),
         )
         self._dialects: dict[str, Dialect] = {}
@@ -249,7 +340,11 @@ class AggregationWriter:
         )
         self._closed = False
         self._checked: set[str] = set()
-        self._clock = clock
+        self._clock = clock if clock is not None else wall_clock
+        # Forwarding addresses learned from fences (slot -> shard), until a newer map.
+        self._forward: dict[int, str] = {}
+        self._quiet_until = 0.0  # no reload before this (monotonic), unless a fence has no address
+        self._quiet = RELOAD_QUIET_SECONDS
 
     # ------------------------------------------------------------------ public
 
@@ -262,6 +357,11 @@ class AggregationWriter:
     def tables(self) -> tuple[AggregateTable, ...]:
         """The aggregate tables."""
         return self._tables
+
+    @property
+    def settings(self) -> WriterSettings:
+        """The writer's settings."""
+        return self._settings
 
     def close(self) -> None:
         """Stop the worker threads (the provider is the caller's to close). Idempotent."""
@@ -303,63 +403,170 @@ class AggregationWriter:
         with self._lock:
             self._checked.update(names)
 
-    def prune(self, *, now: float | None = None, chunk_rows: int = 10_000) -> dict[str, int]:
-        """Delete ledger rows older than the retention window, in bounded chunks.
+    def horizon(self, now: float | None = None) -> int:
+        """The dedup horizon at ``now`` (default: the writer's clock), in Unix seconds.
 
-        Each chunk is its own short transaction, so pruning never holds locks
-        for long. Events replayed after their ledger rows are pruned would
-        apply again: keep ``ledger_retention_days`` longer than any replay.
+        Events before it are refused as too late; :meth:`prune` deletes ledger
+        rows of events before it.
+        """
+        moment = self._clock() if now is None else now
+        return int(moment) - self._settings.ledger_retention_days * DAY
+
+    def known_shards(self) -> tuple[str, ...]:
+        """Every shard the map source has named: the current map's, and every kept epoch's."""
+        names = set(self._map.shards)
+        source: object = self._source
+        if isinstance(source, MapHistory):
+            for epoch in source.history():
+                with contextlib.suppress(ShardbillError):
+                    names.update(source.load_epoch(epoch).shards)
+        return tuple(sorted(names))
+
+    def prune(
+        self,
+        *,
+        now: float | None = None,
+        chunk_rows: int = 10_000,
+        shards: Sequence[str] | None = None,
+        dry_run: bool = False,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> dict[str, int]:
+        """Delete the ledger rows of events older than the dedup horizon, in bounded chunks.
+
+        On each shard, first the watermark of every owned slot is raised to
+        the horizon (from then on, events before it are refused there, even
+        by a writer whose clock is behind), then the rows below it are
+        deleted, each chunk its own short transaction. Slots in motion
+        (incoming or gone) are pruned by neither side until their move
+        finishes. Failures are retried like writes.
 
         Args:
-            now: the current Unix time (default: the clock).
+            now: the current Unix time (default: the writer's clock).
             chunk_rows: rows deleted per transaction.
+            shards: the shards to prune (default: :meth:`known_shards`).
+            dry_run: count the rows that would be deleted; change nothing.
+            progress: called with (shard, rows so far) after each chunk.
 
         Returns:
-            Rows deleted per shard.
+            Rows deleted (or, with ``dry_run``, deletable) per shard.
+
+        Raises:
+            ShardbillError: a shard failed past the retry budget (after every
+                other shard was pruned).
         """
-        cutoff = int(now if now is not None else time.time()) - (
-            self._settings.ledger_retention_days * 86_400
-        )
-        deleted: dict[str, int] = {}
-        for shard in sorted(self._map.shards):
-            total = 0
-            while True:
+        if chunk_rows < 1:
+            raise ConfigurationError(f"'chunk_rows' must be >= 1: {chunk_rows}")
+        cutoff = self.horizon(now)
+        done: dict[str, int] = {}
+        errors: list[ShardbillError] = []
+        for shard in shards if shards is not None else self.known_shards():
+            try:
+                done[shard] = self._prune_shard(shard, cutoff, chunk_rows, dry_run, progress)
+            except ShardbillError as error:
+                log.error("prune of shard %s failed: %s", shard, describe(error))
+                errors.append(error)
+                continue
+            log.info(
+                "%s %d ledger rows on shard %s (events before %d)",
+                "could prune" if dry_run else "pruned",
+                done[shard],
+                shard,
+                cutoff,
+            )
+        if errors:
+            raise errors[0]
+        return done
+
+    def _prune_shard(
+        self,
+        shard: str,
+        cutoff: int,
+        chunk_rows: int,
+        dry_run: bool,
+        progress: Callable[[str, int], None] | None,
+    ) -> int:
+        system = self._settings.system_tables
+        if dry_run:
+
+            def count(cursor: DBAPICursor, dialect: Dialect) -> int:
+                q = dialect.quote
+                p = dialect.placeholder
+                cursor.execute(
+                    f"SELECT COUNT(*) FROM {q(system.ledger)} WHERE {q('event_time')} < {p} AND "
+                    f"{q(SLOT_COLUMN)} IN (SELECT {q(SLOT_COLUMN)} FROM {q(system.slots)} "
+                    f"WHERE {q('state')} = 'owned')",
+                    (cutoff,),
+                )
+                row = cursor.fetchone()
+                return int(row[0]) if row else 0
+
+            return self._retrying(shard, count)
+
+        def raise_watermark(cursor: DBAPICursor, dialect: Dialect) -> int:
+            cursor.execute(raise_watermark_statement(dialect, system.slots), (cutoff, cutoff))
+            return 0
+
+        self._retrying(shard, raise_watermark)
+        total = 0
+        while True:
+
+            def delete(cursor: DBAPICursor, dialect: Dialect) -> int:
+                cursor.execute(
+                    prune_statement(dialect, system.ledger, system.slots),
+                    (cutoff, cutoff, chunk_rows),
+                )
+                return max(cursor.rowcount, 0)
+
+            deleted = self._retrying(shard, delete)
+            total += deleted
+            if progress is not None:
+                progress(shard, total)
+            if deleted < chunk_rows:
+                return total
+
+    def _retrying(self, shard: str, step: Callable[[DBAPICursor, Dialect], int]) -> int:
+        """Run ``step`` in one transaction on ``shard``, retried like a write."""
+        delays = self._settings.retry.delays()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
                 with self._provider.connection(shard) as conn:
                     dialect = self.dialect(shard, conn)
                     with self._cursor(conn) as cursor:
-                        cursor.execute(
-                            prune_statement(dialect, self._settings.system_tables.ledger),
-                            (cutoff, chunk_rows),
-                        )
-                        count = cursor.rowcount
-                total += max(count, 0)
-                if count < chunk_rows:
-                    break
-            deleted[shard] = total
-            log.info("pruned %d ledger rows on shard %s", total, shard)
-        return deleted
+                        return step(cursor, dialect)
+            except Exception as exc:
+                error = _as_shardbill_error(exc, shard)
+                if error is None:
+                    raise
+                delay = next(delays, None) if is_retryable(error) else None
+                if delay is None:
+                    raise error from exc
+                time.sleep(delay)
 
     def locate(self, key: object) -> tuple[int, str]:
         """The (slot, shard) of a shard key under the current map."""
         current = self._map
-        slot = current.slot_for(key)  # type: ignore[arg-type]
+        slot = current.slot_for(key)  # type: ignore[arg-type]  # checked by the map
         return slot, current.assignment[slot]
 
-    def write(self, charges: Iterable[ChargeLike]) -> WriteResult:
-        """Apply a batch of charges exactly once; see the module docstring.
+    def write(self, items: Iterable[ChargeLike | PricedEvent]) -> WriteResult:
+        """Apply a call's events exactly once; see the module docstring.
 
-        All charges of one event must be in the same call (the ledger marks
-        an event's part on a slot as done at its first write).
+        Args:
+            items: :class:`~shardbill.rules.PricedEvent`\\ s (an event with all
+                its charges), or charges each carrying its ``part`` of
+                ``parts`` (default 0 of 1), or a mix. All parts of an event
+                must be in the same call; exact repeats fold to one.
 
         Returns:
-            Per shard: applied, duplicates, conflicts, failed; plus the events
-            rejected before any SQL.
+            Every event's state (applied, duplicate, conflict, rejected with
+            the reason, failed: retry), and what each shard did.
         """
-        work, rejected = self._plan(charges)
-        return self._execute(work, rejected)
+        return self._execute(self._plan(items))
 
     def write_stream(
-        self, batches: Iterable[Iterable[ChargeLike]], *, depth: int = 2
+        self, batches: Iterable[Iterable[ChargeLike | PricedEvent]], *, depth: int = 2
     ) -> Iterator[WriteResult]:
         """Write a stream of batches, planning the next while the previous commits.
 
@@ -372,8 +579,7 @@ class AggregationWriter:
 
         Example:
             >>> for result in writer.write_stream(consumer.batches()):  # doctest: +SKIP
-            ...     if result.ok:
-            ...         consumer.commit_offsets()
+            ...     consumer.acknowledge(result.done)
         """
         if depth < 1:
             raise ConfigurationError(f"'depth' must be >= 1: {depth}")
@@ -381,8 +587,8 @@ class AggregationWriter:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shardbill-dispatch") as lane:
             try:
                 for batch in batches:
-                    work, rejected = self._plan(batch)
-                    pending.append(lane.submit(self._execute, work, rejected))
+                    plan = self._plan(batch)
+                    pending.append(lane.submit(self._execute, plan))
                     while len(pending) >= depth:
                         yield pending.popleft().result()
                 while pending:
@@ -391,94 +597,172 @@ class AggregationWriter:
                 for future in pending:  # the consumer stopped early: finish what was sent
                     future.result()
 
-    def _plan(self, charges: Iterable[ChargeLike]) -> tuple[dict[str, ShardWork], list[Rejection]]:
+    # ------------------------------------------------------------------ planning
+
+    def _home_slot(self, event_id: str) -> int:
+        return self._map.slot_for(event_id)
+
+    def _plan(self, items: Iterable[ChargeLike | PricedEvent]) -> Plan:
         if self._closed:
             raise ShardbillError("this AggregationWriter is closed; create a new one")
-        work, rejected = plan_batch(
-            charges, tables=self._extractor, shard_key=self._shard_key, locate=self.locate
+        scope = self._settings.id_scope
+        plan = plan_batch(
+            items,
+            tables=self._extractor,
+            shard_key=self._shard_key,
+            locate=self.locate,
+            home_slot=self._home_slot if scope is IdScope.GLOBAL else None,
+            not_before=self.horizon(),
         )
-        if rejected and self._observer is not None:
-            self._observer(Rejected(count=len(rejected)))
-        for rejection in rejected:
-            log.warning("rejected event %s: %s", rejection.event_id, rejection.error)
-        return work, rejected
-
-    def _execute(self, work: dict[str, ShardWork], rejected: list[Rejection]) -> WriteResult:
-        results = self._run(work)
-        rounds = 0
-        while True:
-            fenced = {s: r.error for s, r in results.items() if isinstance(r.error, FencedError)}
-            if not fenced or rounds > self._settings.max_map_reloads:
-                break
-            rounds += 1
-            # A fencing shard names where each slot went (a reshard's forwarding
-            # address): follow it. Units of slots the shard still owns go back to it;
-            # only refused slots without an address need the reloaded map.
-            route: dict[int, str] = {}
-            unknown = False
-            for shard, error in fenced.items():
-                refused = set(error.slots)
-                for unit in work[shard].units:
-                    if unit.slot in error.moved:
-                        route[unit.slot] = error.moved[unit.slot]
-                    elif unit.slot not in refused:
-                        route[unit.slot] = shard
-                    else:
-                        unknown = True
-            if self._source is not None:
-                # Reload too, so that later batches go to the new owners directly.
-                self._reload(next(iter(fenced)))
-                route = {slot: self._map.owner(slot) for slot in route} | {
-                    slot: shard for slot, shard in route.items() if slot in _hinted(fenced)
-                }
-            elif unknown:
-                break
-            retry_units = [u for s in fenced for u in work[s].units]
-            for shard in fenced:
-                # A fenced transaction applied nothing; keep what earlier rounds did.
-                results[shard] = attrs.evolve(results[shard], error=None, failed=())
-            work = self._regroup(retry_units, route)
-            for shard, result in self._run(work).items():
-                results[shard] = _merge(results.get(shard), result)
-        return WriteResult(shards=results, rejected=tuple(rejected))
+        if plan.rejected:
+            self._emit(Rejected(count=len(plan.rejected)))
+            for rejection in plan.rejected:
+                log.warning("rejected event %s: %s", rejection.event_id, rejection.reason)
+        return plan
 
     # ------------------------------------------------------------------ running
 
-    def _reload(self, shard: str) -> None:
-        assert self._source is not None  # noqa: S101 - checked by the caller
+    def _execute(self, plan: Plan) -> WriteResult:
+        tally = EventTally(plan)
+        runs: list[_ShardRun] = []
+        if self._settings.id_scope is IdScope.PER_ACCOUNT:
+            runs += self._write_round(plan.units, None, tally)
+        else:
+            route = self._route
+            home = {u.event_id: route(u.slot) for u in plan.units if u.home}
+            first = [u for u in plan.units if u.home or route(u.slot) == home[u.event_id]]
+            later = [u for u in plan.units if not (u.home or route(u.slot) == home[u.event_id])]
+            first_runs = self._write_round(first, frozenset(), tally)
+            runs += first_runs
+            confirmed = tally.confirmed()
+            deferred = [u for r in first_runs if r.outcome for u in r.outcome.deferred]
+            second = sorted(
+                (u for u in (*later, *deferred) if u.event_id in confirmed), key=_event_order
+            )
+            if second:
+                runs += self._write_round(second, confirmed, tally)
+        return tally.result(_shard_results(runs), plan.folded)
+
+    def _route(self, slot: int) -> str:
+        return self._forward.get(slot) or self._map.owner(slot)
+
+    def _group(
+        self, units: Iterable[Unit], hints: Mapping[int, str] | None = None
+    ) -> dict[str, ShardWork]:
+        by_shard: dict[str, list[Unit]] = defaultdict(list)
+        hints = hints or {}
+        for unit in units:
+            by_shard[hints.get(unit.slot) or self._route(unit.slot)].append(unit)
+        return {
+            s: ShardWork(shard=s, units=tuple(sorted(u, key=_event_order)))
+            for s, u in by_shard.items()
+        }
+
+    def _write_round(
+        self, units: Sequence[Unit], claimed: frozenset[str] | None, tally: EventTally
+    ) -> list[_ShardRun]:
+        """One round: every unit's transaction, following fences; results into ``tally``."""
+        finished: list[_ShardRun] = []
+        work = self._group(units)
+        rounds = 0
+        while work:
+            results = self._run(work, claimed)
+            fenced: dict[str, FencedError] = {}
+            for shard, run in results.items():
+                if isinstance(run.error, FencedError) and rounds < self._settings.max_map_reloads:
+                    fenced[shard] = run.error
+                else:
+                    finished.append(run)
+            if not fenced:
+                break
+            rounds += 1
+            rerouted = self._follow(fenced, work)
+            if rerouted is None:  # nowhere to send them: they stay fenced
+                finished.extend(results[shard] for shard in fenced)
+                break
+            work = rerouted
+        for run in finished:
+            _record(run, tally)
+        return finished
+
+    def _follow(
+        self, fenced: Mapping[str, FencedError], work: Mapping[str, ShardWork]
+    ) -> dict[str, ShardWork] | None:
+        """Route the fenced units again: to the forwarding address, or by a fresher map."""
+        route: dict[int, str] = {}
+        unknown = False
+        for shard, error in fenced.items():
+            refused = set(error.slots)
+            for unit in work[shard].units:
+                if unit.slot in error.moved:
+                    route[unit.slot] = error.moved[unit.slot]
+                elif unit.slot not in refused:
+                    route[unit.slot] = shard  # still owned there: the fence was for other slots
+                else:
+                    unknown = True
+        forwarded = {s: t for e in fenced.values() for s, t in e.moved.items()}
+        with self._lock:
+            self._forward.update(forwarded)
+        if self._source is not None and (unknown or time.monotonic() >= self._quiet_until):
+            self._reload(next(iter(fenced)))
+            route = {slot: self._route(slot) for slot in route} | {
+                slot: shard for slot, shard in route.items() if slot in forwarded
+            }
+        elif unknown and self._source is None:
+            return None
+        retry_units = [u for s in fenced for u in work[s].units]
+        return self._group(retry_units, route)
+
+    def reload_map(self) -> ShardMap:
+        """Load the shard map from the map source now (e.g. after a reshard finished).
+
+        A writer reloads by itself when a shard fences it; calling this only
+        makes it route with the newest map sooner.
+
+        Raises:
+            ConfigurationError: the writer was given a map, not a map source.
+        """
+        if self._source is None:
+            raise ConfigurationError(
+                "this writer was given a ShardMap, not a map source: there is nothing to reload "
+                "from; build it with shard_map=<a MapStore> to follow reshards"
+            )
+        self._reload(None)
+        return self._map
+
+    def _reload(self, shard: str | None) -> None:
+        assert self._source is not None  # noqa: S101 - checked by the callers
         fresh = self._source.load()
         with self._lock:
             if fresh.epoch > self._map.epoch:
                 self._map = fresh
-        log.info("shard %s fenced; reloaded the shard map at epoch %d", shard, self._map.epoch)
-        if self._observer is not None:
-            self._observer(MapReloaded(shard=shard, epoch=self._map.epoch))
+                self._forward.clear()
+                self._quiet_until = 0.0
+                self._quiet = RELOAD_QUIET_SECONDS
+            else:
+                self._quiet_until = time.monotonic() + self._quiet
+                self._quiet = min(self._quiet * 2, RELOAD_QUIET_MAX_SECONDS)
+        if shard is not None:
+            log.info("shard %s fenced; reloaded the shard map at epoch %d", shard, self._map.epoch)
+            self._emit(MapReloaded(shard=shard, epoch=self._map.epoch))
 
-    def _regroup(
-        self, units: Iterable[Unit], hints: Mapping[int, str] | None = None
-    ) -> dict[str, ShardWork]:
-        by_shard: dict[str, list[Unit]] = defaultdict(list)
-        current = self._map
-        hints = hints or {}
-        for unit in units:
-            by_shard[hints.get(unit.slot) or current.owner(unit.slot)].append(unit)
-        return {
-            s: ShardWork(shard=s, units=tuple(sorted(u, key=lambda x: (x.event_id, x.slot))))
-            for s, u in by_shard.items()
-        }
-
-    def _run(self, work: Mapping[str, ShardWork]) -> dict[str, ShardResult]:
+    def _run(
+        self, work: Mapping[str, ShardWork], claimed: frozenset[str] | None
+    ) -> dict[str, _ShardRun]:
         if len(work) == 1:
             ((shard, w),) = work.items()
-            return {shard: self._run_shard(w)}
-        futures = {shard: self._pool.submit(self._run_shard, w) for shard, w in work.items()}
+            return {shard: self._run_shard(w, claimed)}
+        futures = {
+            shard: self._pool.submit(self._run_shard, w, claimed) for shard, w in work.items()
+        }
         return {shard: f.result() for shard, f in futures.items()}
 
-    def _run_shard(self, work: ShardWork) -> ShardResult:
+    def _run_shard(self, work: ShardWork, claimed: frozenset[str] | None) -> _ShardRun:
         shard = work.shard
         delays = self._settings.retry.delays()
         lost_tokens: set[str] = set()  # tokens of attempts whose COMMIT was lost
         lost_error: CommitOutcomeUnknownError | None = None
+        careful = False
         attempt = 0
         while True:
             attempt += 1
@@ -489,75 +773,95 @@ class AggregationWriter:
                     # The writer refuses to run on a schema that differs (SchemaError
                     # propagates); a server that cannot be reached is retried below.
                     self.check_schema([shard])
-                outcome = self._transaction(work, token)
+                outcome = self._transaction(work, token, claimed, careful=careful)
             except SchemaError:
                 raise
+            except _NeedsCareError:
+                careful = True  # nothing was written: run it again, reading the rows first
+                continue
             except Exception as exc:
                 error = _as_shardbill_error(exc, shard)
                 if error is None:
                     raise
+                if isinstance(error, RowOverflowError) and not careful:
+                    careful = True
+                    continue
                 if isinstance(error, CommitOutcomeUnknownError):
                     lost_tokens.add(token)
                     lost_error = error
-                if isinstance(error, FencedError) or not is_retryable(error):
-                    return self._failed(work, _unknown_if_lost(error, lost_error), attempt)
-                delay = next(delays, None)
+                delay = None
+                if not isinstance(error, FencedError) and is_retryable(error):
+                    delay = next(delays, None)
                 if delay is None:
-                    return self._failed(work, _unknown_if_lost(error, lost_error), attempt)
+                    return self._give_up(
+                        work, _unknown_if_lost(error, lost_error), attempt, lost_tokens
+                    )
                 log.info(
                     "shard %s attempt %d failed (%s); retrying", shard, attempt, describe(error)
                 )
-                if self._observer is not None:
-                    self._observer(
-                        Retried(
-                            shard=shard, error=type(error).__name__, attempt=attempt, delay=delay
-                        )
-                    )
+                self._emit(
+                    Retried(shard=shard, error=type(error).__name__, attempt=attempt, delay=delay)
+                )
                 time.sleep(delay)
                 continue
-            seconds = time.perf_counter() - started
-            applied, duplicates = outcome.applied, outcome.duplicates
             if lost_tokens:
-                # A lost COMMIT that did commit left its units in the ledger with its
-                # attempt's token: this call applied them, exactly once. Units another
-                # writer committed meanwhile carry that writer's token: duplicates.
-                mine = [u for u in duplicates if outcome.tokens.get(u) in lost_tokens]
-                applied = applied + mine
-                duplicates = [u for u in duplicates if outcome.tokens.get(u) not in lost_tokens]
-            if self._observer is not None:
-                self._observer(
-                    Committed(
-                        shard=shard,
-                        seconds=seconds,
-                        applied=len(applied),
-                        duplicates=len(duplicates),
-                        conflicts=len(outcome.conflicts),
-                        rows=outcome.rows,
-                        statements=outcome.statements,
-                        attempt=attempt,
-                    )
+                outcome = _credit_lost_commits(outcome, lost_tokens)
+            self._emit(
+                Committed(
+                    shard=shard,
+                    seconds=time.perf_counter() - started,
+                    applied=len(outcome.applied),
+                    duplicates=len(outcome.duplicates),
+                    conflicts=len(outcome.conflicts),
+                    rows=outcome.rows,
+                    statements=outcome.statements,
+                    attempt=attempt,
                 )
-            return ShardResult(
-                shard=shard,
-                applied=_event_ids(applied),
-                duplicates=_event_ids(duplicates),
-                conflicts=tuple(outcome.conflicts),
-                attempts=attempt,
             )
+            return _ShardRun(work=work, outcome=outcome, attempts=attempt)
 
-    def _failed(self, work: ShardWork, error: ShardbillError, attempts: int) -> ShardResult:
+    def _give_up(
+        self, work: ShardWork, error: ShardbillError, attempts: int, lost_tokens: set[str]
+    ) -> _ShardRun:
+        applied: tuple[Unit, ...] = ()
+        duplicates: tuple[Unit, ...] = ()
+        if lost_tokens:
+            # Never report a lost COMMIT as failed before the ledger is asked once more.
+            with contextlib.suppress(Exception):
+                applied, duplicates = self._resolve_lost(work, lost_tokens)
         if not isinstance(error, FencedError):
             log.error(
                 "shard %s failed after %d attempts: %s", work.shard, attempts, describe(error)
             )
-        if self._observer is not None:
-            self._observer(Failed(shard=work.shard, error=type(error).__name__, attempts=attempts))
-        return ShardResult(
-            shard=work.shard,
-            failed=_event_ids(work.units),
+        self._emit(Failed(shard=work.shard, error=type(error).__name__, attempts=attempts))
+        return _ShardRun(
+            work=work,
             error=error,
             attempts=attempts,
+            lost_applied=applied,
+            lost_duplicates=duplicates,
         )
+
+    def _resolve_lost(
+        self, work: ShardWork, lost_tokens: set[str]
+    ) -> tuple[tuple[Unit, ...], tuple[Unit, ...]]:
+        """The units a lost COMMIT of this call applied, and those another writer did."""
+        with self._provider.connection(work.shard) as conn:
+            dialect = self.dialect(work.shard, conn)
+            with self._cursor(conn) as cursor:
+                known = self._ledger_lookup(cursor, dialect, work.units)
+        applied: list[Unit] = []
+        duplicates: list[Unit] = []
+        for unit in work.units:
+            found = known.get((unit.event_id, unit.slot))
+            if found is None or found[0] != unit.fingerprint:
+                continue
+            (applied if found[1] in lost_tokens else duplicates).append(unit)
+        return tuple(applied), tuple(duplicates)
+
+    def _emit(self, event: Committed | Retried | Failed | Rejected | MapReloaded) -> None:
+        if self._observer is not None:
+            self._observer(event)
 
     # ------------------------------------------------------------------ one transaction
 
@@ -570,7 +874,8 @@ class AggregationWriter:
             with self._provider.connection(shard, readonly=True) as lent:
                 return self.dialect(shard, lent)
         found = dialect_for(conn)
-        self._dialects[shard] = found
+        with self._lock:
+            self._dialects[shard] = found
         return found
 
     @contextlib.contextmanager
@@ -599,52 +904,61 @@ class AggregationWriter:
         if raw is not None:
             self._prepared.add(raw)
 
-    def _transaction(self, work: ShardWork, token: str) -> _Outcome:
+    def _transaction(
+        self, work: ShardWork, token: str, claimed: frozenset[str] | None, *, careful: bool
+    ) -> _Outcome:
         shard = work.shard
         with self._provider.connection(shard) as conn:
             dialect = self.dialect(shard, conn)
             with self._cursor(conn) as cursor:
                 self._prepare(conn, dialect, cursor)
-                incoming = self._fence(cursor, dialect, shard, work.slots)
+                incoming, watermarks = self._fence(cursor, dialect, shard, work.slots)
                 known: dict[tuple[str, int], tuple[str, str | None]] = {}
                 if incoming:
-                    known.update(self._peer_ledger(work.units, incoming))
+                    peer_known, peer_marks = self._peer_ledger(work.units, incoming)
+                    known.update(peer_known)
+                    for slot, mark in peer_marks.items():
+                        watermarks[slot] = max(watermarks.get(slot, 0), mark)
                 known.update(self._ledger_lookup(cursor, dialect, work.units))
-                new: list[Unit] = []
-                duplicates: list[Unit] = []
-                conflicts: list[Conflict] = []
-                tokens: dict[Unit, str | None] = {}
-                for unit in work.units:
-                    found = known.get((unit.event_id, unit.slot))
-                    stored = found[0] if found is not None else None
-                    if found is None:
-                        new.append(unit)
-                    elif stored == unit.fingerprint:
-                        duplicates.append(unit)
-                        tokens[unit] = found[1]
-                    else:
-                        conflicts.append(
-                            Conflict(
-                                event_id=unit.event_id,
-                                slot=unit.slot,
-                                shard=shard,
-                                stored_fingerprint=str(stored),
-                                fingerprint=unit.fingerprint,
-                            )
-                        )
+                sorted_units = classify(work.units, known, watermarks, claimed)
+                new = list(sorted_units.new)
+                withheld = dict(sorted_units.withheld)
                 rows = statements = 0
+                if new and careful:
+                    new, overflowing = find_overflows(
+                        new, self._stored_rows(cursor, dialect, new), self._tables
+                    )
+                    withheld.update(overflowing)
                 if new:
+                    merged = coalesce(new, self._tables)
+                    groups = [merged]
+                    if not deltas_fit(merged):
+                        if not careful:
+                            raise _NeedsCareError
+                        # Each event fits on its own (find_overflows checked): apply one by one.
+                        groups = [coalesce(g, self._tables) for g in _by_event(new)]
                     statements += self._ledger_insert(cursor, dialect, new, token)
-                    for spec, make_row, table_rows in zip(
-                        self._specs, self._row_makers, coalesce(new, self._tables), strict=True
-                    ):
-                        if not table_rows:
-                            continue
-                        values = list(map(make_row, table_rows))
-                        rows += len(values)
-                        for sql, params in self._renderer(dialect, spec).statements(values):
-                            cursor.execute(sql, params)
-                            statements += 1
+                    for group in groups:
+                        for spec, make_row, table_rows in zip(
+                            self._specs, self._row_makers, group, strict=True
+                        ):
+                            if not table_rows:
+                                continue
+                            values = list(map(make_row, table_rows))
+                            rows += len(values)
+                            for sql, params in self._renderer(dialect, spec).statements(values):
+                                cursor.execute(sql, params)
+                                statements += 1
+        conflicts = tuple(
+            Conflict(
+                event_id=unit.event_id,
+                slot=unit.slot,
+                shard=shard,
+                stored_fingerprint=stored,
+                fingerprint=unit.fingerprint,
+            )
+            for unit, stored in sorted_units.conflicts
+        )
         for conflict in conflicts:
             log.warning(
                 "event %s on slot %d of shard %s conflicts with what was applied before "
@@ -655,23 +969,40 @@ class AggregationWriter:
                 conflict.fingerprint,
                 conflict.stored_fingerprint,
             )
-        return _Outcome(new, duplicates, conflicts, rows, statements, tokens)
+        for rejection in withheld.values():
+            log.warning("rejected event %s: %s", rejection.event_id, rejection.reason)
+        return _Outcome(
+            applied=tuple(new),
+            duplicates=sorted_units.duplicates,
+            conflicts=conflicts,
+            withheld=withheld,
+            deferred=sorted_units.deferred,
+            rows=rows,
+            statements=statements,
+            tokens=sorted_units.tokens,
+        )
 
     def _fence(
         self, cursor: DBAPICursor, dialect: Dialect, shard: str, slots: Sequence[int]
-    ) -> dict[int, str]:
-        """Check ownership of ``slots`` (shared-locked); return the incoming ones -> source."""
+    ) -> tuple[dict[int, str], dict[int, int]]:
+        """Check ownership of ``slots`` (shared-locked).
+
+        Returns:
+            The incoming slots -> their source shard, and every slot's watermark.
+        """
         table = dialect.quote(self._settings.system_tables.slots)
         literal = ", ".join(str(s) for s in slots)  # validated ints from the shard map
         lock = share_lock_clause(dialect)
         cursor.execute(
-            f"SELECT {SLOT_COLUMN}, state, peer FROM {table} WHERE {SLOT_COLUMN} IN ({literal})"
-            f"{lock}",
+            f"SELECT {SLOT_COLUMN}, state, peer, pruned_below FROM {table} "
+            f"WHERE {SLOT_COLUMN} IN ({literal}){lock}",
             (),
         )
-        states = {int(slot): (state, peer) for slot, state, peer in cursor.fetchall()}
+        states = {
+            int(slot): (state, peer, int(mark)) for slot, state, peer, mark in cursor.fetchall()
+        }
         refused = tuple(
-            s for s in slots if states.get(s, (SlotState.GONE, None))[0] not in _WRITABLE
+            s for s in slots if states.get(s, (SlotState.GONE, None, 0))[0] not in _WRITABLE
         )
         if refused:
             moved = {
@@ -687,7 +1018,10 @@ class AggregationWriter:
                 slots=refused,
                 moved=moved,
             )
-        return {s: peer for s, (state, peer) in states.items() if state == SlotState.INCOMING}
+        incoming = {
+            s: str(peer) for s, (state, peer, _) in states.items() if state == SlotState.INCOMING
+        }
+        return incoming, {s: mark for s, (_, _, mark) in states.items()}
 
     def _ledger_lookup(
         self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit]
@@ -712,31 +1046,80 @@ class AggregationWriter:
 
     def _peer_ledger(
         self, units: Sequence[Unit], incoming: Mapping[int, str]
-    ) -> dict[tuple[str, int], tuple[str, str | None]]:
-        """Read the source shards' ledgers for slots still arriving (read before our own)."""
+    ) -> tuple[dict[tuple[str, int], tuple[str, str | None]], dict[int, int]]:
+        """Read the source shards' ledgers and watermarks for slots still arriving.
+
+        Read before our own ledger. On SQLite the peer is read in a deferred
+        (read) transaction: this writer holds its own shard's write lock, and
+        a writer of a move the other way holds the peer's, so taking the
+        peer's write lock too would make the two wait on each other.
+        """
         by_peer: dict[str, list[Unit]] = defaultdict(list)
         for unit in units:
             peer = incoming.get(unit.slot)
             if peer is not None:
                 by_peer[peer].append(unit)
         found: dict[tuple[str, int], tuple[str, str | None]] = {}
+        marks: dict[int, int] = {}
         for peer, peer_units in by_peer.items():
-            with self._provider.connection(peer) as conn:
+            slots = sorted({u.slot for u in peer_units})
+            readonly = self.dialect(peer).name == "sqlite"  # never a replica for MySQL
+            with self._provider.connection(peer, readonly=readonly) as conn:
                 dialect = self.dialect(peer, conn)
                 with self._cursor(conn) as cursor:
-                    self._prepare(conn, dialect, cursor)
+                    if not readonly:
+                        self._prepare(conn, dialect, cursor)
                     hits = self._ledger_lookup(cursor, dialect, peer_units)
-            slots = {u.slot for u in peer_units}
-            found.update({k: v for k, v in hits.items() if k[1] in slots})
-        return found
+                    table = dialect.quote(self._settings.system_tables.slots)
+                    literal = ", ".join(str(s) for s in slots)  # validated ints
+                    cursor.execute(
+                        f"SELECT {SLOT_COLUMN}, pruned_below FROM {table} "
+                        f"WHERE {SLOT_COLUMN} IN ({literal})",
+                        (),
+                    )
+                    marks.update({int(s): int(m) for s, m in cursor.fetchall()})
+            wanted = set(slots)
+            found.update({k: v for k, v in hits.items() if k[1] in wanted})
+        return found, marks
+
+    def _stored_rows(
+        self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit]
+    ) -> list[dict[tuple[Any, ...], tuple[int, ...]]]:
+        """The stored measures of every row ``units`` touch, locked for update (careful mode)."""
+        out: list[dict[tuple[Any, ...], tuple[int, ...]]] = []
+        lock = exclusive_lock_clause(dialect)
+        for t, table in enumerate(self._tables):
+            keys = sorted({key for u in units for (ti, key, _) in u.rows if ti == t})
+            found: dict[tuple[Any, ...], tuple[int, ...]] = {}
+            by_sql = {tuple(_sql_value(v) for v in key): key for key in keys}
+            q = dialect.quote
+            names = table.key_names
+            one = "(" + " AND ".join(f"{q(n)} = {dialect.placeholder}" for n in names) + ")"
+            select = (
+                f"SELECT {', '.join(q(n) for n in names)}, "
+                f"{', '.join(q(m.name) for m in table.measures)} FROM {q(table.name)} WHERE "
+            )
+            sql_keys = sorted(by_sql)
+            for start in range(0, len(sql_keys), 100):
+                chunk = sql_keys[start : start + 100]
+                cursor.execute(
+                    select + " OR ".join([one] * len(chunk)) + lock,
+                    [v for key in chunk for v in key],
+                )
+                width = len(names)
+                for row in cursor.fetchall():
+                    key = tuple(_sql_value(v) for v in row[:width])
+                    if key in by_sql:
+                        found[by_sql[key]] = tuple(int(v) for v in row[width:])
+            out.append(found)
+        return out
 
     def _ledger_insert(
         self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit], token: str
     ) -> int:
-        now = int(self._clock())
         # Primary-key order (slot, event id): concurrent writers lock in one order.
         rows = [
-            (u.event_id, u.slot, u.fingerprint, now, token) for u in sorted(units, key=_pk_order)
+            (u.event_id, u.slot, u.fingerprint, u.time, token) for u in sorted(units, key=_pk_order)
         ]
         statements = 0
         for sql, params in self._renderer(dialect, self._ledger_spec).statements(rows):
@@ -760,15 +1143,72 @@ class AggregationWriter:
                 max_rows=self._settings.max_rows_per_statement,
                 plain_insert=spec is self._ledger_spec,
             )
-            self._renderers[key] = found
+            with self._lock:
+                self._renderers[key] = found
         return found
 
 
 _WRITABLE = frozenset({SlotState.OWNED, SlotState.INCOMING})
 
 
-def _hinted(fenced: Mapping[str, FencedError]) -> set[int]:
-    return {slot for error in fenced.values() for slot in error.moved}
+def _credit_lost_commits(outcome: _Outcome, lost_tokens: set[str]) -> _Outcome:
+    """A lost COMMIT that did commit left its units with its attempt's token: this call
+    applied them, exactly once. Units another writer committed meanwhile carry that
+    writer's token: duplicates."""
+    mine = tuple(u for u in outcome.duplicates if outcome.tokens.get(u) in lost_tokens)
+    if not mine:
+        return outcome
+    return attrs.evolve(
+        outcome,
+        applied=outcome.applied + mine,
+        duplicates=tuple(u for u in outcome.duplicates if outcome.tokens.get(u) not in lost_tokens),
+    )
+
+
+def _record(run: _ShardRun, tally: EventTally) -> None:
+    """Tell the tally what one shard run did with its units."""
+    if run.outcome is not None:
+        tally.applied(run.outcome.applied)
+        tally.duplicates(run.outcome.duplicates)
+        for conflict in run.outcome.conflicts:
+            tally.conflict(conflict)
+        tally.withheld(run.outcome.withheld)
+        return
+    assert run.error is not None  # noqa: S101 - a run has an outcome or an error
+    tally.applied(run.lost_applied)
+    tally.duplicates(run.lost_duplicates)
+    resolved = {*run.lost_applied, *run.lost_duplicates}
+    tally.failed((u for u in run.work.units if u not in resolved), run.error)
+
+
+def _shard_results(runs: Iterable[_ShardRun]) -> dict[str, ShardResult]:
+    """Per shard, what its runs did (rounds and fence-following merged)."""
+    merged: dict[str, ShardResult] = {}
+    for run in runs:
+        shard = run.work.shard
+        if run.outcome is not None:
+            out = run.outcome
+            result = ShardResult(
+                shard=shard,
+                applied=_event_ids(out.applied),
+                duplicates=_event_ids(out.duplicates),
+                conflicts=out.conflicts,
+                rejected=tuple(out.withheld[e] for e in sorted(out.withheld)),
+                attempts=run.attempts,
+                commits=1,
+            )
+        else:
+            resolved = {*run.lost_applied, *run.lost_duplicates}
+            result = ShardResult(
+                shard=shard,
+                applied=_event_ids(run.lost_applied),
+                duplicates=_event_ids(run.lost_duplicates),
+                failed=_event_ids(u for u in run.work.units if u not in resolved),
+                error=run.error,
+                attempts=run.attempts,
+            )
+        merged[shard] = _merge(merged.get(shard), result)
+    return merged
 
 
 def _unknown_if_lost(
@@ -799,6 +1239,16 @@ def _event_ids(units: Iterable[Unit]) -> tuple[str, ...]:
     return tuple(sorted({u.event_id for u in units}))
 
 
+def _by_event(units: Sequence[Unit]) -> list[list[Unit]]:
+    groups: list[list[Unit]] = []
+    for unit in units:
+        if groups and groups[-1][0].event_id == unit.event_id:
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+    return groups
+
+
 def _merge(first: ShardResult | None, second: ShardResult) -> ShardResult:
     if first is None:
         return second
@@ -808,9 +1258,23 @@ def _merge(first: ShardResult | None, second: ShardResult) -> ShardResult:
         duplicates=tuple(sorted({*first.duplicates, *second.duplicates})),
         conflicts=first.conflicts + second.conflicts,
         failed=tuple(sorted({*first.failed, *second.failed})),
-        error=second.error or first.error,
-        attempts=first.attempts + second.attempts,
+        rejected=first.rejected + second.rejected,
+        error=_worse(first.error, second.error),
+        attempts=max(first.attempts, second.attempts),
+        commits=first.commits + second.commits,
     )
+
+
+def _worse(first: ShardbillError | None, second: ShardbillError | None) -> ShardbillError | None:
+    """The error a merged shard result reports: an unknown COMMIT outcome wins (never
+    let a later, plainer failure claim that nothing was applied)."""
+    if isinstance(first, CommitOutcomeUnknownError):
+        return first
+    return second or first
+
+
+def _event_order(unit: Unit) -> tuple[str, int]:
+    return (unit.event_id, unit.slot)
 
 
 def _pk_order(unit: Unit) -> tuple[int, str]:

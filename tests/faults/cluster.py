@@ -22,6 +22,7 @@ from shardbill.observe import Observer
 from shardbill.providers import PooledProvider
 from shardbill.retry import RetryPolicy
 from shardbill.writer import AggregationWriter, WriterSettings
+from tests.support.clock import fixed_clock
 from tests.support.proxy import FaultProxy
 from tests.support.servers import MariaDBServer
 
@@ -171,6 +172,7 @@ class ShardCluster:
                 retry=retry if retry is not None else default_retry(0), max_workers=max_workers
             ),
             observer=observer,
+            clock=fixed_clock,
         )
         self._writers.append(writer)
         if checked:
@@ -182,7 +184,7 @@ class ShardCluster:
         provider = PooledProvider.from_urls(self.urls(direct=True))
         try:
             setup = AggregationWriter(
-                shard_map=self.shard_map, provider=provider, tables=self.tables
+                shard_map=self.shard_map, provider=provider, tables=self.tables, clock=fixed_clock
             )
             with setup:
                 setup.ensure_schema()

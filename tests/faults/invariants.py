@@ -43,6 +43,10 @@ I5
     placement: every aggregate and ledger row sits on the shard that the
     shard map (the map after a reshard, when one ran) names for its
     ``sb_slot``, and an aggregate row's ``sb_slot`` is its account's slot.
+
+An event's units are its charges' slots and the slot its id hashes to (the
+identity claim of the writer's default id scope, a ledger row that carries
+the event's charges on that slot, if any, or none).
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ class BatchReport:
 
     shards: Mapping[str, ShardReport]
     rejected: frozenset[str] = frozenset()
+    events: Mapping[str, str] = attrs.field(factory=dict)  # event id -> its state for the call
 
     @property
     def ok(self) -> bool:
@@ -156,6 +161,7 @@ def summarize(result: WriteResult) -> BatchReport:
             for shard, r in result.shards.items()
         },
         rejected=frozenset(r.event_id for r in result.rejected),
+        events={e: state.value for e, state in result.events.items()},
     )
 
 
@@ -175,10 +181,10 @@ class Recorder:
         events: every event the scenario may send: id -> its charges.
         shard_map: the map the writers route with (to know each event's units).
         retry: the writers' retry policy (I4 checks attempts against it).
-        follow_moves: the map changes while writers run (a reshard): a unit's
-            outcome is read from whichever shard's result names its event, not
-            from the shard ``shard_map`` names. Needs every event to touch one
-            slot (so that a shard result naming the event names its unit).
+        follow_moves: the map changes while writers run (a reshard), so a unit's
+            shard is not known in advance: every unit of an event takes the
+            event's state for the call (applied, duplicate; a failed event is
+            unknown, since some of its units may have landed).
     """
 
     def __init__(
@@ -193,10 +199,6 @@ class Recorder:
         self.shard_map = shard_map
         self.retry = retry
         self.follow_moves = follow_moves
-        if follow_moves:
-            several = [e for e, cs in events.items() if len({self.slot_of(c) for c in cs}) > 1]
-            if several:
-                raise ValueError(f"follow_moves needs one-slot events: {several[:3]} have more")
         self._lock = threading.Lock()
         self._attempts: list[_Attempt] = []
         self._numbers = itertools.count(1)
@@ -208,11 +210,16 @@ class Recorder:
         """The slot a charge's row lives in (the shard key is the paying account)."""
         return self.shard_map.slot_for(charge.account)
 
+    def home_slot(self, event_id: str) -> int:
+        """The slot of the event's identity claim (the writer's default id scope)."""
+        return self.shard_map.slot_for(event_id)
+
     def units_of(self, event_id: str) -> tuple[tuple[int, str], ...]:
-        """The (slot, shard) units of an event, sorted."""
+        """The (slot, shard) units of an event, sorted: its charges' slots and its claim's."""
         found = self._units.get(event_id)
         if found is None:
             slots = {self.slot_of(c) for c in self.events[event_id]}
+            slots.add(self.home_slot(event_id))
             found = tuple(sorted((s, self.shard_map.owner(s)) for s in slots))
             self._units[event_id] = found
         return found
@@ -306,10 +313,12 @@ class Recorder:
         for attempt in attempts:
             for event_id in attempt.events:
                 for slot, routed in self.units_of(event_id):
-                    shard = (
-                        _reporting_shard(attempt, event_id, routed) if self.follow_moves else routed
+                    said = (
+                        _event_outcome(attempt, event_id)
+                        if self.follow_moves
+                        else _outcome(attempt, event_id, routed)
                     )
-                    out[(event_id, slot)].append(_outcome(attempt, event_id, shard))
+                    out[(event_id, slot)].append(said)
         return out
 
     def reports(self) -> list[BatchReport]:
@@ -318,14 +327,19 @@ class Recorder:
             return [a.report for a in self._attempts if a.report is not None]
 
 
-def _reporting_shard(attempt: _Attempt, event_id: str, default: str) -> str:
-    """The shard whose result names ``event_id`` (a one-slot event is on one shard)."""
+_BY_STATE = {
+    "applied": Outcome.APPLIED,
+    "duplicate": Outcome.DUPLICATE,
+    "conflict": Outcome.CONFLICT,
+    "rejected": Outcome.REJECTED,
+}
+
+
+def _event_outcome(attempt: _Attempt, event_id: str) -> Outcome:
+    """The outcome of every unit of ``event_id``, from the event's state for the call."""
     if attempt.report is None:
-        return default
-    for shard, result in attempt.report.shards.items():
-        if event_id in result.applied | result.duplicates | result.conflicts | result.failed:
-            return shard
-    return default
+        return Outcome.UNKNOWN
+    return _BY_STATE.get(attempt.report.events.get(event_id, ""), Outcome.UNKNOWN)
 
 
 def _outcome(attempt: _Attempt, event_id: str, shard: str) -> Outcome:
@@ -528,7 +542,7 @@ class _Checker:
                 )
                 continue
             mine = [c for c in self.recorder.events[event_id] if self.recorder.slot_of(c) == slot]
-            if not mine:
+            if not mine and slot != self.recorder.home_slot(event_id):
                 self.violations.append(
                     f"I2: ledger row ({event_id}, {slot}) on {shard}: no such unit"
                 )

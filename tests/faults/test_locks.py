@@ -198,7 +198,7 @@ def test_lock_wait_timeouts_are_retried_and_leave_nothing_half_done(
                 event_id = rng.choice(batch)
                 slot, _ = recorder.units_of(event_id)[0]
                 holder.query(
-                    "INSERT INTO shardbill_ledger (event_id, sb_slot, fingerprint, applied_at) "
+                    "INSERT INTO shardbill_ledger (event_id, sb_slot, fingerprint, event_time) "
                     "VALUES (%s, %s, 'fx-holder', 0)",
                     (event_id, slot),
                 )

@@ -37,6 +37,7 @@ from tests.faults.invariants import Recorder, assert_invariants
 from tests.faults.report import note
 from tests.faults.scale import iterations, seed_for
 from tests.faults.workload import batches, priced_events
+from tests.support.clock import fixed_clock
 from tests.support.proxy import is_commit
 
 
@@ -72,6 +73,7 @@ def test_cut_commits_during_a_reshard_apply_every_event_exactly_once(
             tables=cluster.tables,
             settings=WriterSettings(retry=retry, max_workers=4),
             observer=stats,
+            clock=fixed_clock,
         )
         ids = list(events)
         first, rest = ids[: len(ids) // 3], ids[len(ids) // 3 :]

@@ -19,6 +19,7 @@ from shardbill.retry import RetryPolicy
 from shardbill.writer import AggregationWriter, WriterSettings
 from tests.faults.invariants import BatchReport, summarize
 from tests.faults.workload import batches, charges_of, priced_events
+from tests.support.clock import fixed_clock
 
 __all__ = ["Delivery", "deliver_all", "deliver_all_to", "stream"]
 
@@ -32,6 +33,7 @@ def _writer(provider: PooledProvider, map_json: str, seed: int) -> AggregationWr
         provider=provider,
         tables=billing_tables(),
         settings=WriterSettings(retry=retry, max_workers=4),
+        clock=fixed_clock,
     )
 
 

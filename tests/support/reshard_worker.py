@@ -28,6 +28,7 @@ from shardbill.providers import PooledProvider
 from shardbill.resharding import JsonFileMapStore, Resharder, ReshardSettings
 from shardbill.rules import Charge
 from shardbill.writer import AggregationWriter, WriteResult
+from tests.support.clock import fixed_clock
 
 
 def reshard(  # noqa: PLR0917 - a process target, called with positional args
@@ -104,6 +105,7 @@ def stale_writer(
         provider=provider,
         tables=billing_tables(),
         observer=stats,
+        clock=fixed_clock,
     )
     applied: set[str] = set()
     ok = True

@@ -8,6 +8,7 @@ from shardbill import ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.providers import PooledProvider
 from shardbill.writer import AggregationWriter
+from tests.support.clock import fixed_clock
 
 
 def write_stream(  # noqa: PLR0917 - called through Pool.starmap, so positional
@@ -22,7 +23,10 @@ def write_stream(  # noqa: PLR0917 - called through Pool.starmap, so positional
     ok = failed = 0
     provider = PooledProvider.from_urls(urls)
     writer = AggregationWriter(
-        shard_map=ShardMap.from_json(map_json), provider=provider, tables=billing_tables()
+        shard_map=ShardMap.from_json(map_json),
+        provider=provider,
+        tables=billing_tables(),
+        clock=fixed_clock,
     )
     try:
         for start in range(0, len(order), batch):

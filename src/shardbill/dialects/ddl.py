@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from shardbill.aggregates import SLOT_COLUMN
 from shardbill.dialects.base import Dialect
 from shardbill.dialects.mysql import MySQLDialect
 from shardbill.providers.base import DBAPICursor
@@ -86,7 +87,12 @@ def create_statements(dialect: Dialect, table: TableDef) -> list[str]:
     for column in table.columns:
         kind = _mysql_type(mysql, column) if mysql is not None else _sqlite_type(column)
         null = "NULL" if column.nullable else "NOT NULL"
-        parts.append(f"{q(column.name)} {kind} {null}")
+        default = f" DEFAULT {int(column.default)}" if column.default is not None else ""
+        check = ""
+        if mysql is None and column.exact_integer:
+            # SQLite turns an overflowing integer sum into a REAL; refuse it instead.
+            check = f" CHECK (typeof({q(column.name)}) = 'integer')"
+        parts.append(f"{q(column.name)} {kind} {null}{default}{check}")
     parts.append(f"PRIMARY KEY ({', '.join(q(c) for c in table.primary_key)})")
     if mysql is not None:
         for index in table.indexes:
@@ -111,22 +117,44 @@ def share_lock_clause(dialect: Dialect) -> str:
     return " LOCK IN SHARE MODE" if isinstance(dialect, MySQLDialect) else ""
 
 
-def prune_statement(dialect: Dialect, table: str) -> str:
-    """Delete at most N ledger rows applied before a cutoff; bind (cutoff, N).
+def prune_statement(dialect: Dialect, table: str, slots_table: str) -> str:
+    """Delete at most N ledger rows of events before a cutoff; bind (cutoff, cutoff, N).
 
+    Only rows of slots this shard owns and whose watermark (``pruned_below``)
+    is at the cutoff already: a slot in motion is pruned by neither side, and
+    an event older than a row that is gone is refused by the watermark.
     MySQL deletes with ``LIMIT`` directly; SQLite (built without
     ``SQLITE_ENABLE_UPDATE_DELETE_LIMIT``) deletes the keys a limited
     sub-select finds.
     """
     q = dialect.quote
     p = dialect.placeholder
-    if isinstance(dialect, MySQLDialect):
-        return f"DELETE FROM {q(table)} WHERE {q('applied_at')} < {p} LIMIT {p}"
-    return (
-        f"DELETE FROM {q(table)} WHERE ({q('event_id')}, {q('sb_slot')}) IN "
-        f"(SELECT {q('event_id')}, {q('sb_slot')} FROM {q(table)} "
-        f"WHERE {q('applied_at')} < {p} LIMIT {p})"
+    slot = q(SLOT_COLUMN)
+    guarded = (
+        f"{q('event_time')} < {p} AND {slot} IN (SELECT {slot} FROM {q(slots_table)} "
+        f"WHERE {q('state')} = 'owned' AND {q('pruned_below')} >= {p})"
     )
+    if isinstance(dialect, MySQLDialect):
+        return f"DELETE FROM {q(table)} WHERE {guarded} LIMIT {p}"
+    return (
+        f"DELETE FROM {q(table)} WHERE ({slot}, {q('event_id')}) IN "
+        f"(SELECT {slot}, {q('event_id')} FROM {q(table)} WHERE {guarded} LIMIT {p})"
+    )
+
+
+def raise_watermark_statement(dialect: Dialect, slots_table: str) -> str:
+    """Raise the dedup watermark of every owned slot to a cutoff; bind (cutoff, cutoff)."""
+    q = dialect.quote
+    p = dialect.placeholder
+    return (
+        f"UPDATE {q(slots_table)} SET {q('pruned_below')} = {p} "
+        f"WHERE {q('state')} = 'owned' AND {q('pruned_below')} < {p}"
+    )
+
+
+def exclusive_lock_clause(dialect: Dialect) -> str:
+    """The suffix that makes a SELECT lock its rows for update ('' where writers serialise)."""
+    return " FOR UPDATE" if isinstance(dialect, MySQLDialect) else ""
 
 
 _MYSQL_KINDS = {

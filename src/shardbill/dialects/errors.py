@@ -22,6 +22,7 @@ SQLite CANTOPEN
 1317, 3024, 1969; SQLite INTERRUPT        :class:`~shardbill.errors.QueryInterruptedError`
 1062, 1586; SQLite CONSTRAINT_PRIMARYKEY  :class:`~shardbill.errors.DuplicateKeyError`
 and CONSTRAINT_UNIQUE
+1264, 1690; SQLite CONSTRAINT_CHECK       :class:`~shardbill.errors.RowOverflowError`
 anything else                             :class:`~shardbill.errors.FatalDatabaseError`
 ========================================  ================================================
 """
@@ -44,6 +45,7 @@ from shardbill.errors import (
     LockWaitTimeoutError,
     QueryInterruptedError,
     ReadOnlyError,
+    RowOverflowError,
 )
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "LOCK_WAIT_TIMEOUT",
     "QUERY_INTERRUPTED",
     "READ_ONLY",
+    "ROW_OVERFLOW",
     "error_number",
     "is_connection_error",
     "is_driver_error",
@@ -80,6 +83,8 @@ QUERY_INTERRUPTED: Final = frozenset({1317, 3024, 1969})
 ER_STATEMENT_TIMEOUT (MariaDB ``max_statement_time``)."""
 DUPLICATE_KEY: Final = frozenset({1062, 1586})
 """ER_DUP_ENTRY, ER_DUP_ENTRY_WITH_KEY_NAME."""
+ROW_OVERFLOW: Final = frozenset({1264, 1690})
+"""ER_WARN_DATA_OUT_OF_RANGE (strict mode), ER_DATA_OUT_OF_RANGE (BIGINT arithmetic)."""
 
 _BY_ERRNO: Final[dict[int, type[DatabaseError]]] = {
     errno: kind
@@ -91,6 +96,7 @@ _BY_ERRNO: Final[dict[int, type[DatabaseError]]] = {
         (CANNOT_CONNECT, CannotConnectError),
         (QUERY_INTERRUPTED, QueryInterruptedError),
         (DUPLICATE_KEY, DuplicateKeyError),
+        (ROW_OVERFLOW, RowOverflowError),
     )
     for errno in numbers
 }
@@ -100,6 +106,7 @@ _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _SQLITE_INTERRUPT = 9
 _SQLITE_CANTOPEN = 14
+_SQLITE_CONSTRAINT_CHECK = 275  # shardbill's only CHECKs: measures are exact integers
 _SQLITE_CONSTRAINT_PRIMARYKEY = 1555
 _SQLITE_CONSTRAINT_UNIQUE = 2067
 
@@ -119,6 +126,10 @@ _ADVICE: Final[dict[type[DatabaseError], str]] = {
     CannotConnectError: "the server is unreachable or full; back off, then retry",
     QueryInterruptedError: "the statement was killed or timed out; roll back and retry",
     DuplicateKeyError: "a row with this key already exists",
+    RowOverflowError: (
+        "an aggregate value would leave the BIGINT range; the writer rejects the events "
+        "that overflow (give the measure a coarser scale or a wider column)"
+    ),
     FatalDatabaseError: "retrying will not help; fix the cause (grants, schema, SQL, TLS)",
 }
 
@@ -166,19 +177,23 @@ def _driver_message(exc: BaseException) -> str:
     return str(exc)
 
 
+_SQLITE_BY_PRIMARY: Final[dict[int, type[DatabaseError]]] = {
+    _SQLITE_BUSY: LockWaitTimeoutError,
+    _SQLITE_LOCKED: LockWaitTimeoutError,
+    _SQLITE_INTERRUPT: QueryInterruptedError,
+    _SQLITE_CANTOPEN: CannotConnectError,
+}
+_SQLITE_BY_EXTENDED: Final[dict[int, type[DatabaseError]]] = {
+    _SQLITE_CONSTRAINT_PRIMARYKEY: DuplicateKeyError,
+    _SQLITE_CONSTRAINT_UNIQUE: DuplicateKeyError,
+    _SQLITE_CONSTRAINT_CHECK: RowOverflowError,
+}
+
+
 def _classify_sqlite(code: int | None) -> type[DatabaseError]:
     if code is None:
         return FatalDatabaseError
-    primary = code & 0xFF
-    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return LockWaitTimeoutError
-    if primary == _SQLITE_INTERRUPT:
-        return QueryInterruptedError
-    if primary == _SQLITE_CANTOPEN:
-        return CannotConnectError
-    if code in (_SQLITE_CONSTRAINT_PRIMARYKEY, _SQLITE_CONSTRAINT_UNIQUE):
-        return DuplicateKeyError
-    return FatalDatabaseError
+    return _SQLITE_BY_PRIMARY.get(code & 0xFF) or _SQLITE_BY_EXTENDED.get(code, FatalDatabaseError)
 
 
 def _tls_failure(exc: BaseException) -> bool:

@@ -59,7 +59,7 @@ from shardbill.resharding.mapstore import MapStore
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.schema import apply_schema
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
-from shardbill.tables import SlotState, SystemTables, aggregate_table_def
+from shardbill.tables import Column, ColumnKind, SlotState, SystemTables, aggregate_table_def
 
 __all__ = ["ReshardProgress", "ReshardSettings", "Resharder", "SlotStatus"]
 
@@ -572,24 +572,19 @@ class Resharder:
 
     def _copy_ledger(self, move: SlotMove, throttle: _Throttle) -> None:
         ledger = self._system.ledger
-        spec = UpsertSpec(
-            table=ledger,
-            columns=("event_id", SLOT_COLUMN, "fingerprint", "applied_at", "writer_token"),
-            key_columns=(SLOT_COLUMN, "event_id"),
-        )
+        names = self._system.ledger_columns()
+        spec = UpsertSpec(table=ledger, columns=names, key_columns=(SLOT_COLUMN, "event_id"))
         columns = [self._system.ledger_def().column(c) for c in spec.columns]
         n = self._settings.chunk_rows
         while True:
             with self._cursor(move.source) as (cursor, dialect):
                 cursor.execute(
-                    f"SELECT event_id, {SLOT_COLUMN}, fingerprint, applied_at, writer_token "
+                    f"SELECT {', '.join(dialect.quote(c) for c in names)} "
                     f"FROM {dialect.quote(ledger)} WHERE {SLOT_COLUMN} = {move.slot} "
                     f"ORDER BY event_id LIMIT {n}",
                     (),
                 )
-                rows = [
-                    (str(r[0]), int(r[1]), str(r[2]), int(r[3]), r[4]) for r in cursor.fetchall()
-                ]
+                rows = [_ledger_row(columns, r) for r in cursor.fetchall()]
             if not rows:
                 return
             with self._cursor(move.target) as (cursor, dialect):
@@ -801,3 +796,15 @@ def _key_value(table: AggregateTable, index: int, raw: object) -> object:
     if isinstance(raw, bytes):
         return raw.decode("utf-8")
     return raw
+
+
+def _ledger_row(columns: Sequence[Column], row: Sequence[object]) -> tuple[object, ...]:
+    """A ledger row as read from a source, typed for the target (ints as int, text as str)."""
+    return tuple(
+        None
+        if value is None
+        else int(str(value))
+        if column.kind in (ColumnKind.BIGINT, ColumnKind.INT)
+        else str(value)
+        for column, value in zip(columns, row, strict=True)
+    )

@@ -29,7 +29,7 @@ from shardbill.rules.engine import (
     load_rule,
     rule,
 )
-from shardbill.rules.events import Charge, Dimensions, UsageEvent
+from shardbill.rules.events import Charge, Dimensions, PricedEvent, UsageEvent
 from shardbill.rules.models import (
     ChargeModel,
     FreeAllowance,
@@ -65,6 +65,7 @@ __all__ = [
     "PercentageSplit",
     "PriceBook",
     "PriceBookRule",
+    "PricedEvent",
     "PricingResult",
     "PricingSettings",
     "ProductPrice",

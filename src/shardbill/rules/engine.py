@@ -33,6 +33,7 @@ way); :meth:`RulesEngine.from_entry_points` builds a chain by name.
 
 from __future__ import annotations
 
+import decimal
 import importlib
 import importlib.metadata
 import pickle
@@ -53,6 +54,7 @@ from shardbill.rules.events import (
     _check_text,
     _check_token,
     _checked_currency,
+    _replace_charge,
     _to_dimensions,
     _unchecked_charge,
 )
@@ -264,6 +266,8 @@ class RuleContext:
             rule=_check_token("rule", self.rule),
             rule_version=_check_text("rule_version", self.rule_version, max_length=64),
             scale=settings.scale,
+            part=0,
+            parts=1,
         )
 
     def add(self, *charges: Charge) -> tuple[Charge, ...]:
@@ -472,7 +476,8 @@ class RulesEngine:
         Returns:
             Its charges, or its rejection. A failing rule never raises here.
         """
-        charges, rejection = self._run(_check_event(event, 0))
+        with decimal.localcontext(money.PRICING):
+            charges, rejection = self._run(_check_event(event, 0))
         return PricingResult(event_id=event.event_id, charges=charges, rejection=rejection)
 
     def price_batch(self, events: Iterable[UsageEvent]) -> BatchPricing:
@@ -492,12 +497,13 @@ class RulesEngine:
         rejected: list[Rejection] = []
         count = 0
         run = self._run
-        for count, event in enumerate(events, start=1):
-            produced, rejection = run(_check_event(event, count - 1))
-            if rejection is None:
-                charges.extend(produced)
-            else:
-                rejected.append(rejection)
+        with decimal.localcontext(money.PRICING):
+            for count, event in enumerate(events, start=1):
+                produced, rejection = run(_check_event(event, count - 1))
+                if rejection is None:
+                    charges.extend(produced)
+                else:
+                    rejected.append(rejection)
         return BatchPricing(charges=tuple(charges), rejected=tuple(rejected), events=count)
 
     def _run(self, event: UsageEvent) -> tuple[tuple[Charge, ...], Rejection | None]:
@@ -549,6 +555,13 @@ class RulesEngine:
                 )
             charges = result
             applied = True
+        if len(charges) > 1:
+            # One event, several charges: numbered, so the writer can tell a part
+            # from a repeat and refuse an event delivered incomplete.
+            n = len(charges)
+            charges = tuple(_replace_charge(c, part=i, parts=n) for i, c in enumerate(charges))
+        elif charges and charges[0].parts != 1:
+            charges = (_replace_charge(charges[0], part=0, parts=1),)
         if not applied and self.reject_unpriced:
             return (), Rejection(
                 event_id=event.event_id,

@@ -23,10 +23,12 @@ from shardbill.errors import InvalidInputError
 
 __all__ = [
     "MAX_ID_LENGTH",
+    "MAX_PARTS",
     "Account",
     "Charge",
     "DimensionValue",
     "Dimensions",
+    "PricedEvent",
     "UsageEvent",
 ]
 
@@ -509,6 +511,26 @@ def _version(instance: object, attribute: attrs.Attribute[str], value: object) -
     _check_text(attribute.name, value, max_length=64)
 
 
+MAX_PARTS: Final = 10_000
+"""The most charges one event may have."""
+
+
+def _part(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if type(value) is not int or not 0 <= value < MAX_PARTS:
+        raise InvalidInputError(
+            f"'part' must be an int from 0 to {MAX_PARTS - 1} (this charge's index among its "
+            f"event's charges): {value!r}"
+        )
+
+
+def _parts(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if type(value) is not int or not 1 <= value <= MAX_PARTS:
+        raise InvalidInputError(
+            f"'parts' must be an int from 1 to {MAX_PARTS} (how many charges the event has): "
+            f"{value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class Charge:
     """What one event costs one account: the unit the aggregation writer adds up.
@@ -532,6 +554,11 @@ class Charge:
         rule_version: that rule's version.
         scale: the pricing scale (decimal places) at which ``amount`` is exact;
             :attr:`amount_minor` is the amount in integer units of it.
+        part: this charge's index among its event's charges, ``0 <= part < parts``.
+        parts: how many charges the event has in all (default 1). The writer
+            applies an event only with all its parts in one call, folds exact
+            repeats of a part, and refuses an event whose parts disagree; the
+            rules engine numbers the charges it makes.
 
     Example:
         >>> from datetime import datetime, UTC
@@ -553,8 +580,15 @@ class Charge:
     rule: str = attrs.field(validator=_token)
     rule_version: str = attrs.field(validator=_version)
     scale: int = attrs.field(default=money.DEFAULT_SCALE, validator=_scale)
+    part: int = attrs.field(default=0, validator=_part)
+    parts: int = attrs.field(default=1, validator=_parts)
 
     def __attrs_post_init__(self) -> None:
+        if self.part >= self.parts:
+            raise InvalidInputError(
+                f"charge for event {self.event_id!r} says it is part {self.part} of "
+                f"{self.parts}; 'part' counts from 0 and must be below 'parts'"
+            )
         if not money.is_exact_at(self.amount, self.scale):
             raise InvalidInputError(
                 f"'amount' {self.amount} of the charge for event {self.event_id!r} has more "
@@ -567,6 +601,52 @@ class Charge:
     def amount_minor(self) -> int:
         """The amount in integer units of ``10**-scale`` (micro-units at scale 6)."""
         return money.to_minor_units(self.amount, self.scale)
+
+
+def _charges_of_event(
+    instance: PricedEvent, attribute: attrs.Attribute[tuple[Charge, ...]], value: object
+) -> None:
+    for index, item in enumerate(instance.charges):
+        if getattr(item, "event_id", None) != instance.event_id:
+            raise InvalidInputError(
+                f"charges[{index}] of priced event {instance.event_id!r} belongs to event "
+                f"{getattr(item, 'event_id', None)!r}; a PricedEvent holds its own charges only"
+            )
+    if len(instance.charges) > MAX_PARTS:
+        raise InvalidInputError(
+            f"priced event {instance.event_id!r} has {len(instance.charges)} charges; at most "
+            f"{MAX_PARTS} are allowed"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class PricedEvent:
+    """One event's id, time and *all* its charges: the writer's unit of delivery.
+
+    Writing priced events instead of loose charges makes it impossible to
+    split an event over two calls or to repeat a charge by accident: the
+    charges are numbered by their position here (whatever their own
+    ``part``/``parts`` say), an identical repeat of the whole event folds to
+    one, and a repeat with other charges is refused.
+
+    Attributes:
+        event_id: the event's id.
+        time: the event's time (UTC), checked against the dedup horizon.
+        charges: every charge of the event, possibly none.
+
+    Example:
+        >>> from datetime import datetime, UTC
+        >>> when = datetime(2026, 1, 5, tzinfo=UTC)
+        >>> c = Charge(event_id="e-1", account=42, product="sms", quantity=1,
+        ...            amount=Decimal("0.0075"), currency="USD", time=when,
+        ...            rule="comms.sms", rule_version="1")
+        >>> PricedEvent(event_id="e-1", time=when, charges=[c]).charges[0].amount
+        Decimal('0.0075')
+    """
+
+    event_id: str = attrs.field(validator=_event_id)
+    time: datetime = attrs.field(converter=_time_converter)
+    charges: tuple[Charge, ...] = attrs.field(converter=tuple, validator=_charges_of_event)
 
 
 _CHARGE_FIELDS = frozenset(field.name for field in attrs.fields(Charge))

@@ -1,0 +1,531 @@
+"""Exactly once at the edges: one event id, one application, whatever shape its deliveries take.
+
+Each test is a regression test for a way issue 13 found to double-bill or
+lose money *without any fault* (repeats inside a call, an id reused on another
+account, split events, sums past BIGINT, the caller's decimal context, pruning,
+results that hide what happened). They run on SQLite and on MariaDB through
+both drivers, and read the shards directly (tests/support/backends.py), never
+through the code under test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import decimal
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from shardbill import ShardMap
+from shardbill.aggregates import (
+    BIGINT_MAX,
+    Account,
+    AggregateTable,
+    Amount,
+    Count,
+    KeyColumn,
+    Measure,
+)
+from shardbill.aggregates import BigInt as BigIntColumn
+from shardbill.catalog import billing_tables
+from shardbill.errors import CannotConnectError, CommitOutcomeUnknownError
+from shardbill.retry import RetryPolicy
+from shardbill.rules import Charge
+from shardbill.writer import AggregationWriter, EventState, PricedEvent, WriterSettings
+from tests.support.backends import Backend
+from tests.support.oracle import actual_rows, expected_rows
+
+NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
+DAY = 86_400
+
+
+def charge(event_id: str, account: int, amount: str = "1.25", **kw: Any) -> Charge:
+    """A valid charge at NOW (scale 6) for ``account``."""
+    fields: dict[str, Any] = {
+        "event_id": event_id,
+        "account": account,
+        "product": "sms",
+        "quantity": 1,
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "time": NOW,
+        "rule": "test",
+        "rule_version": "1",
+    }
+    fields.update(kw)
+    return Charge(**fields)
+
+
+def make_writer(backend: Backend, shard_map: ShardMap, **kw: Any) -> AggregationWriter:
+    """A writer over the billing tables whose clock is NOW, schema applied."""
+    kw.setdefault("clock", NOW.timestamp)
+    writer = AggregationWriter(
+        shard_map=shard_map,
+        provider=kw.pop("provider", backend.provider),
+        tables=billing_tables(),
+        **kw,
+    )
+    writer.ensure_schema()
+    return writer
+
+
+def balance(backend: Backend, shards: Any = None) -> dict[int, tuple[int, int]]:
+    """account -> (amount in micro-units, charges) from account_balance on every shard."""
+    out: dict[int, tuple[int, int]] = {}
+    for shard in backend.shards if shards is None else shards:
+        for account, amount, count in backend.rows(
+            shard, "SELECT account_id, amount, charges FROM `account_balance`"
+        ):
+            assert account not in out
+            out[int(account)] = (int(amount), int(count))
+    return out
+
+
+def other_shard_account(shard_map: ShardMap, account: int) -> int:
+    """An account whose slot lives on another shard than ``account``'s."""
+    home = shard_map.shard_for(account)
+    for candidate in range(account + 1, account + 1000):
+        if shard_map.shard_for(candidate) != home:
+            return candidate
+    raise AssertionError("no account on another shard")
+
+
+# --------------------------------------------------------------------- 1. repeats inside a call
+
+
+def test_an_exact_repeat_inside_one_call_is_applied_once(backend: Backend) -> None:
+    """write([c, c]) stores c once, counts it once, and a later redelivery is a duplicate."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    c = charge("dup-1", 7)
+    with make_writer(backend, shard_map) as writer:
+        first = writer.write([c, c, c])
+        again = writer.write([c])
+    assert balance(backend) == {7: (1_250_000, 1)}
+    assert first.applied_events == {"dup-1"}
+    assert first.state_of("dup-1") is EventState.APPLIED
+    assert again.duplicate_events == {"dup-1"}
+    assert again.conflict_events == frozenset()
+
+
+def test_two_different_charges_claiming_one_part_reject_their_event_alone(
+    backend: Backend,
+) -> None:
+    """Two different charges both 'part 0 of 1' of one id are refused; the batch goes on."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    with make_writer(backend, shard_map) as writer:
+        result = writer.write([charge("x-1", 7), charge("x-1", 7, "2.00"), charge("ok-1", 8)])
+    assert result.rejected_events == {"x-1"}
+    assert "part 0" in result.rejection("x-1").reason
+    assert result.applied_events == {"ok-1"}
+    assert balance(backend) == {8: (1_250_000, 1)}
+
+
+# --------------------------------------------------------------------- 2. an id reused elsewhere
+
+
+def test_the_same_id_billed_to_another_account_on_another_shard_is_a_conflict(
+    backend: Backend,
+) -> None:
+    """inv-7 billed to account A, then redelivered billed to B on another shard: a Conflict."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    other = other_shard_account(shard_map, 10)
+    with make_writer(backend, shard_map) as writer:
+        first = writer.write([charge("inv-7", 10)])
+        second = writer.write([charge("inv-7", other)])
+    assert first.applied_events == {"inv-7"}
+    assert second.conflict_events == {"inv-7"}
+    assert not second.ok
+    assert balance(backend) == {10: (1_250_000, 1)}
+
+
+def test_the_same_id_billed_to_another_account_on_the_same_shard_is_a_conflict(
+    backend: Backend,
+) -> None:
+    """The same, for two accounts whose slots differ but live on one shard."""
+    shard_map = ShardMap.create(backend.shards[:1], slots=64)
+    a = 10
+    b = next(x for x in range(11, 999) if shard_map.slot_for(x) != shard_map.slot_for(a))
+    with make_writer(backend, shard_map) as writer:
+        writer.write([charge("inv-8", a)])
+        second = writer.write([charge("inv-8", b)])
+    assert second.conflict_events == {"inv-8"}
+    assert balance(backend, shard_map.shards) == {a: (1_250_000, 1)}
+
+
+def test_a_conflicting_id_in_one_writer_is_seen_by_another_writer(backend: Backend) -> None:
+    """Identity holds across writers (processes): the claim lives on the shards, not in memory."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    other = other_shard_account(shard_map, 20)
+    with make_writer(backend, shard_map) as one:
+        one.write([charge("inv-9", 20)])
+    with make_writer(backend, shard_map) as two:
+        result = two.write([charge("inv-9", other, "3.00")])
+    assert result.conflict_events == {"inv-9"}
+    assert balance(backend) == {20: (1_250_000, 1)}
+
+
+# --------------------------------------------------------------------- 3. split events
+
+
+def test_an_event_split_over_two_calls_is_refused_not_half_applied(backend: Backend) -> None:
+    """Part 0 of 2 alone is rejected as incomplete; nothing of it is written."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    parent = other_shard_account(shard_map, 30)
+    part0 = charge("split-1", 30, part=0, parts=2)
+    part1 = charge("split-1", parent, "0.50", part=1, parts=2)
+    with make_writer(backend, shard_map) as writer:
+        first = writer.write([part0])
+        assert first.rejected_events == {"split-1"}
+        assert "incomplete" in first.rejection("split-1").reason
+        assert balance(backend) == {}
+        both = writer.write([part1, part0])
+        again = writer.write([part0, part1])
+    assert both.applied_events == {"split-1"}
+    assert again.duplicate_events == {"split-1"}
+    assert balance(backend) == {30: (1_250_000, 1), parent: (500_000, 1)}
+
+
+def test_a_priced_event_carries_all_its_charges(backend: Backend) -> None:
+    """A PricedEvent is one unit of delivery: repeats fold, a changed repeat conflicts."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    parent = other_shard_account(shard_map, 40)
+    event = PricedEvent(
+        event_id="pe-1", time=NOW, charges=(charge("pe-1", 40), charge("pe-1", parent, "0.25"))
+    )
+    changed = PricedEvent(event_id="pe-1", time=NOW, charges=(charge("pe-1", 40),))
+    with make_writer(backend, shard_map) as writer:
+        first = writer.write([event, event])
+        second = writer.write([changed])
+        third = writer.write([event])
+    assert first.applied_events == {"pe-1"}
+    assert second.conflict_events == {"pe-1"}
+    assert third.duplicate_events == {"pe-1"}
+    assert balance(backend) == {40: (1_250_000, 1), parent: (250_000, 1)}
+
+
+def test_identical_charges_of_one_event_are_kept_when_numbered(backend: Backend) -> None:
+    """Two equal charges that are parts 0 and 1 of one event are both applied."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    with make_writer(backend, shard_map) as writer:
+        result = writer.write(
+            [charge("twice-1", 50, part=0, parts=2), charge("twice-1", 50, part=1, parts=2)]
+        )
+    assert result.applied_events == {"twice-1"}
+    assert balance(backend) == {50: (2_500_000, 2)}
+
+
+# --------------------------------------------------------------------- 4. sums past BIGINT
+
+
+def _big_table() -> AggregateTable:
+    return AggregateTable(
+        name="big_totals",
+        keys=(KeyColumn(name="account_id", type=BigIntColumn(), projection=Account()),),
+        measures=(
+            Measure(name="amount", value=Amount(scale=0)),
+            Measure(name="charges", value=Count()),
+        ),
+    )
+
+
+def _big_writer(backend: Backend, shard_map: ShardMap) -> AggregationWriter:
+    writer = AggregationWriter(
+        shard_map=shard_map, provider=backend.provider, tables=[_big_table()], clock=NOW.timestamp
+    )
+    writer.ensure_schema()
+    return writer
+
+
+def _big_rows(backend: Backend) -> dict[int, tuple[object, int]]:
+    out: dict[int, tuple[object, int]] = {}
+    for shard in backend.shards:
+        for account, amount, count in backend.rows(
+            shard, "SELECT account_id, amount, charges FROM `big_totals`"
+        ):
+            out[int(account)] = (amount, int(count))
+    return out
+
+
+HALF = BIGINT_MAX // 2 + 1  # two of these overflow a row
+
+
+def test_a_charge_that_would_overflow_its_row_is_rejected_alone(backend: Backend) -> None:
+    """The overflowing event is rejected with table, column and headroom; the rest applies."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    with _big_writer(backend, shard_map) as writer:
+        assert writer.write([charge("big-1", 60, str(HALF))]).applied_events == {"big-1"}
+        result = writer.write([charge("big-2", 60, str(HALF)), charge("small-1", 61, "5")])
+    assert result.rejected_events == {"big-2"}
+    reason = result.rejection("big-2").reason
+    assert "big_totals.amount" in reason
+    assert "headroom" in reason
+    assert str(BIGINT_MAX - HALF) in reason
+    assert result.applied_events == {"small-1"}
+    assert _big_rows(backend) == {60: (HALF, 1), 61: (5, 1)}
+
+
+def test_two_overflowing_charges_in_one_batch_apply_one_and_reject_the_other(
+    backend: Backend,
+) -> None:
+    """No raw OverflowError escapes; one event fits, the other is refused alone."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    with _big_writer(backend, shard_map) as writer:
+        result = writer.write(
+            [charge("big-b", 70, str(HALF)), charge("big-a", 70, str(HALF)), charge("ok", 71, "1")]
+        )
+    assert len(result.applied_events - {"ok"}) == 1
+    assert result.rejected_events | result.applied_events == {"big-a", "big-b", "ok"}
+    assert _big_rows(backend) == {70: (HALF, 1), 71: (1, 1)}
+
+
+def test_two_overflowing_charges_on_one_shard_keep_event_id_order(backend: Backend) -> None:
+    """With one shard everything is one transaction: the first event by id fits."""
+    shard_map = ShardMap.create(backend.shards[:1], slots=64)
+    with _big_writer(backend, shard_map) as writer:
+        result = writer.write([charge("big-b", 70, str(HALF)), charge("big-a", 70, str(HALF))])
+    assert result.applied_events == {"big-a"}
+    assert result.rejected_events == {"big-b"}
+
+
+def test_deltas_that_cancel_inside_a_batch_are_not_an_overflow(backend: Backend) -> None:
+    """A row that ends in range is applied even if the coalesced sum would pass through the edge."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    with _big_writer(backend, shard_map) as writer:
+        writer.write([charge("edge-0", 80, str(BIGINT_MAX - 10))])
+        result = writer.write([charge("edge-1", 80, "-20"), charge("edge-2", 80, "15")])
+    assert result.applied_events == {"edge-1", "edge-2"}
+    assert _big_rows(backend) == {80: (BIGINT_MAX - 15, 3)}
+
+
+def test_sqlite_rows_stay_exact_integers(tmp_path: Any) -> None:
+    """On SQLite an aggregate column never becomes REAL (the schema refuses it)."""
+    import sqlite3
+
+    from shardbill.providers import PooledProvider
+
+    provider = PooledProvider.sqlite_directory(tmp_path, ["s0"])
+    shard_map = ShardMap.create(["s0"], slots=16)
+    try:
+        with AggregationWriter(
+            shard_map=shard_map, provider=provider, tables=[_big_table()], clock=NOW.timestamp
+        ) as writer:
+            writer.ensure_schema()
+            writer.write([charge("r-1", 1, str(HALF))])
+            writer.write([charge("r-2", 1, str(HALF))])
+    finally:
+        provider.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "s0.db")) as conn:
+        kinds = conn.execute("SELECT typeof(amount), amount FROM big_totals").fetchall()
+        assert kinds == [("integer", HALF)]
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("UPDATE big_totals SET amount = amount + ?", (HALF,))
+
+
+# --------------------------------------------------------------------- 5. the decimal context
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        decimal.Context(prec=10),
+        decimal.Context(prec=6, rounding=decimal.ROUND_DOWN, traps=[]),
+        decimal.Context(prec=28, rounding=decimal.ROUND_CEILING),
+    ],
+    ids=["prec10", "prec6-down-no-traps", "ceiling"],
+)
+def test_money_never_depends_on_the_callers_decimal_context(
+    backend: Backend, context: decimal.Context
+) -> None:
+    """A valid charge of 1234567.123456 is stored exactly whatever the thread's context."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    with make_writer(backend, shard_map) as writer:
+        c = charge("ctx-1", 90, "1234567.123456", quantity=Decimal("98765432.654321"))
+        with decimal.localcontext(context):
+            result = writer.write([c])
+    assert result.applied_events == {"ctx-1"}
+    assert balance(backend) == {90: (1_234_567_123_456, 1)}
+    assert actual_rows(backend) == expected_rows([c])
+
+
+# --------------------------------------------------------------------- 6. the dedup horizon
+
+
+def test_an_event_older_than_the_horizon_is_refused_as_too_late(backend: Backend) -> None:
+    """An event 36 days old is rejected (a redelivery after pruning can never apply twice)."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    old = charge("old-1", 100, time=NOW - dt.timedelta(days=36))
+    fresh = charge("new-1", 101, time=NOW - dt.timedelta(days=34))
+    with make_writer(backend, shard_map) as writer:
+        result = writer.write([old, fresh])
+    assert result.rejected_events == {"old-1"}
+    assert "horizon" in result.rejection("old-1").reason
+    assert result.applied_events == {"new-1"}
+
+
+def test_prune_keeps_what_the_horizon_still_accepts(backend: Backend) -> None:
+    """Prune deletes by event time below the horizon only: a redelivery inside it is a duplicate."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    c = charge("keep-1", 110, time=NOW - dt.timedelta(days=1))
+    with make_writer(backend, shard_map) as writer:
+        writer.write([c])
+    # The writer that prunes runs 30 days later: the event is 31 days old, inside 35.
+    later = NOW.timestamp() + 30 * DAY
+    with make_writer(backend, shard_map, clock=lambda: later) as writer:
+        writer.prune()
+        again = writer.write([c])
+    assert again.duplicate_events == {"keep-1"}
+    assert balance(backend) == {110: (1_250_000, 1)}
+
+
+def test_a_writer_whose_clock_is_behind_cannot_reapply_pruned_events(backend: Backend) -> None:
+    """After a prune on a correct clock, a writer days behind is refused by the watermark."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    c = charge("late-1", 120, time=NOW - dt.timedelta(days=10))
+    with make_writer(backend, shard_map) as writer:
+        writer.write([c])
+    ahead = NOW.timestamp() + 30 * DAY  # the event is 40 days old here: pruned
+    with make_writer(backend, shard_map, clock=lambda: ahead) as pruner:
+        deleted = pruner.prune()
+    assert sum(deleted.values()) >= 1
+    with make_writer(backend, shard_map) as behind:  # its clock still says NOW
+        result = behind.write([c])
+    assert result.rejected_events == {"late-1"}
+    assert "horizon" in result.rejection("late-1").reason
+    assert balance(backend) == {120: (1_250_000, 1)}
+
+
+def test_prune_uses_the_writers_clock_by_default(backend: Backend) -> None:
+    """prune() takes 'now' from the writer's clock, not from the host's."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    c = charge("clock-1", 130, time=NOW - dt.timedelta(days=1))
+    with make_writer(backend, shard_map) as writer:
+        writer.write([c])
+    # By this writer's clock the event is 41 days old; by the host's it is not.
+    ahead = NOW.timestamp() + 40 * DAY
+    with make_writer(backend, shard_map, clock=lambda: ahead) as writer:
+        assert sum(writer.prune().values()) >= 1
+
+
+# --------------------------------------------------------------------- 7. results
+
+
+def test_every_event_is_in_exactly_one_state(backend: Backend) -> None:
+    """applied, duplicate, conflict, rejected and failed partition the call's event ids."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    other = other_shard_account(shard_map, 140)
+    with make_writer(backend, shard_map) as writer:
+        writer.write([charge("st-dup", 140), charge("st-conf", 140)])
+        result = writer.write(
+            [
+                charge("st-dup", 140),
+                charge("st-conf", other),
+                charge("st-new", 141),
+                charge("st-bad", 142, time=NOW - dt.timedelta(days=90)),
+            ]
+        )
+    states = {e: result.state_of(e) for e in ("st-dup", "st-conf", "st-new", "st-bad")}
+    assert states == {
+        "st-dup": EventState.DUPLICATE,
+        "st-conf": EventState.CONFLICT,
+        "st-new": EventState.APPLIED,
+        "st-bad": EventState.REJECTED,
+    }
+    assert result.done == {"st-dup", "st-new"}
+    assert result.retry == frozenset()
+    assert not result.ok  # a conflict and a rejection need a look
+
+
+class _LosesTheCommitThatApplies:
+    """Wraps a provider: the block whose COMMIT writes ``event_id``'s ledger rows commits,
+    then reports its COMMIT lost (as a connection dropped during COMMIT would)."""
+
+    def __init__(self, backend: Backend, event_id: str) -> None:
+        self.backend = backend
+        self.inner = backend.provider
+        self.event_id = event_id
+        self.lost = 0
+
+    def _ledger_rows(self, shard: str) -> int:
+        sql = f"SELECT COUNT(*) FROM `shardbill_ledger` WHERE event_id = '{self.event_id}'"
+        return int(self.backend.rows(shard, sql)[0][0])
+
+    @contextlib.contextmanager
+    def connection(self, shard: str, *, readonly: bool = False) -> Iterator[Any]:
+        before = self._ledger_rows(shard)
+        with self.inner.connection(shard, readonly=readonly) as conn:
+            yield conn
+        if self._ledger_rows(shard) > before:
+            self.lost += 1
+            raise CommitOutcomeUnknownError(
+                "test: the COMMIT's answer was lost", errno=2013, shard=shard
+            )
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_lost_commit_that_landed_is_reported_applied(backend: Backend) -> None:
+    """The only attempt's COMMIT lands but its answer is lost: the ledger resolves it as applied."""
+    shard_map = ShardMap.create(backend.shards[:1], slots=64)
+    with make_writer(backend, shard_map):
+        pass  # the schema, through the plain provider
+    lossy = _LosesTheCommitThatApplies(backend, "lost-1")
+    settings = WriterSettings(retry=RetryPolicy(max_attempts=1))
+    with AggregationWriter(
+        shard_map=shard_map,
+        provider=lossy,
+        tables=billing_tables(),
+        settings=settings,
+        clock=NOW.timestamp,
+    ) as writer:
+        result = writer.write([charge("lost-1", 150)])
+    assert lossy.lost == 1
+    assert result.applied_events == {"lost-1"}
+    assert result.done == {"lost-1"}
+    assert balance(backend, shard_map.shards) == {150: (1_250_000, 1)}
+
+
+class _DownFor:
+    """Wraps a provider: connections are refused for the first ``seconds`` after creation."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        import time
+
+        self.inner = inner
+        self.until = time.monotonic() + seconds
+
+    @contextlib.contextmanager
+    def connection(self, shard: str, *, readonly: bool = False) -> Iterator[Any]:
+        import time
+
+        if time.monotonic() < self.until:
+            raise CannotConnectError("test: the server is failing over", errno=2003, shard=shard)
+        with self.inner.connection(shard, readonly=readonly) as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_the_default_retry_budget_rides_through_a_short_failover(backend: Backend) -> None:
+    """A 2-second outage is retried through by default (the budget is time, not attempts)."""
+    shard_map = ShardMap.create(backend.shards[:1], slots=64)
+    with make_writer(backend, shard_map) as writer:
+        pass  # schema applied while the server is up
+    down = _DownFor(backend.provider, seconds=2.0)
+    with AggregationWriter(
+        shard_map=shard_map, provider=down, tables=billing_tables(), clock=NOW.timestamp
+    ) as writer:
+        result = writer.write([charge("fo-1", 160)])
+    assert result.applied_events == {"fo-1"}
+    assert balance(backend, shard_map.shards) == {160: (1_250_000, 1)}
+
+
+def test_default_retry_budget_covers_a_thirty_second_failover() -> None:
+    """The default policy keeps retrying for at least 30 s of waits before giving up."""
+    policy = RetryPolicy()
+    assert policy.budget_seconds >= 30
+    assert WriterSettings().retry.budget_seconds >= 30
