@@ -412,3 +412,25 @@ def test_verify_is_exact_at_every_step_of_a_claimed_move(four: Backend) -> None:
     assert {"switch", "publish"} <= set(checked)
     assert any(n.startswith("merge-delete:") for n in checked)
     assert checker.verify() == []
+
+
+def test_prepare_creates_a_new_shards_tables_and_no_ownership(four: Backend) -> None:
+    """Resharder.prepare() (`shardbill reshard prepare`) gives the shards a plan adds their
+    tables without recording any slot as theirs, so the reshard that follows moves them."""
+    charges = make_charges(150, 120, accounts=30)
+    store = MemoryMapStore(ShardMap.create(["s0", "s1"], slots=SLOTS))
+    with AggregationWriter(
+        shard_map=store, provider=four.provider, tables=billing_tables()
+    ) as writer:
+        writer.ensure_schema()
+        assert writer.write(charges).ok
+    target = store.load().add_shard("s3")
+    resharder = _resharder(store, four)
+    assert resharder.prepare(target) == ["s3"]
+    assert four.rows("s3", "SELECT COUNT(*) FROM `shardbill_slots`") == [(0,)]
+    assert four.rows("s3", "SELECT COUNT(*) FROM `usage_daily`") == [(0,)]
+    status = resharder.status(target)
+    assert {s.state for s in status} == {"pending"}
+    progress = resharder.run(target)
+    assert progress.slots_finished == len(status)
+    assert resharder.verify() == []

@@ -19,6 +19,7 @@
     ├── ReshardError                          a resharding step cannot proceed
     │   ├── EpochConflictError                a map publish lost its compare-and-set
     │   ├── ReshardClaimedError               another reshard holds the map store's claim
+    │   ├── ReshardStoppedError               a reshard stopped at a safe point on request
     │   └── ClaimConflictError                a claim's compare-and-set lost to another writer
     └── DatabaseError                         a database said no; ``errno`` and ``shard`` attached
         ├── RetryableError                    transient: the same work may be tried again
@@ -70,6 +71,7 @@ __all__ = [
     "ReadOnlyError",
     "ReshardClaimedError",
     "ReshardError",
+    "ReshardStoppedError",
     "RetryableError",
     "RuleError",
     "SchemaError",
@@ -309,6 +311,11 @@ class ReshardClaimedError(ReshardError):
         self.source_epoch = source_epoch
         self.target_epoch = target_epoch
         self.expires_at = expires_at
+
+
+class ReshardStoppedError(ReshardError):
+    """A reshard stopped at a safe point because it was asked to (``Resharder.stop()``,
+    Ctrl-C): every step so far is recorded on the shards; run it again to resume."""
 
 
 class ClaimConflictError(ReshardError):

@@ -22,6 +22,7 @@ from shardbill.resharding.mapstore import (
 from shardbill.resharding.resharder import (
     Resharder,
     ReshardProgress,
+    ReshardReport,
     ReshardSettings,
     SlotStatus,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "MemoryMapStore",
     "ReshardClaim",
     "ReshardProgress",
+    "ReshardReport",
     "ReshardSettings",
     "Resharder",
     "SlotStatus",

@@ -90,9 +90,9 @@ class ReshardClaim:
         """A short description for messages: plan, owner and lease."""
         left = self.expires_at - time.time()
         lease = f"lease expires in {left:.0f} s" if left > 0 else f"lease expired {-left:.0f} s ago"
-        kind = f"revert of epoch {self.reverts}" if self.reverts else "reshard"
+        kind = f"revert of the reshard to epoch {self.reverts}" if self.reverts else "reshard"
         return (
-            f"{kind} epoch {self.source.epoch} -> {self.target.epoch} "
+            f"{kind}, epoch {self.source.epoch} -> {self.target.epoch} "
             f"({self.state}), owner {self.owner!r}, {lease}"
         )
 

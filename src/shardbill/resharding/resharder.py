@@ -51,6 +51,7 @@ import xxhash
 
 from shardbill.aggregates import SLOT_COLUMN, AggregateTable, Date
 from shardbill.dialects.base import Dialect, UpsertSpec
+from shardbill.dialects.ddl import describe_table
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import (
     ClaimConflictError,
@@ -58,6 +59,7 @@ from shardbill.errors import (
     DuplicateKeyError,
     ReshardClaimedError,
     ReshardError,
+    ReshardStoppedError,
     ShardbillError,
 )
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
@@ -78,7 +80,7 @@ from shardbill.schema import apply_schema
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
 from shardbill.tables import SlotState, SystemTables, aggregate_table_def
 
-__all__ = ["ReshardProgress", "ReshardSettings", "Resharder", "SlotStatus"]
+__all__ = ["ReshardProgress", "ReshardReport", "ReshardSettings", "Resharder", "SlotStatus"]
 
 log = logging.getLogger("shardbill.resharding")
 
@@ -148,6 +150,52 @@ class ReshardProgress:
     """Runs it took: more than one when a transient failure was ridden through."""
 
 
+@attrs.frozen(kw_only=True)
+class ReshardReport:
+    """Where a running reshard stands, for progress displays (``Resharder(on_progress=...)``).
+
+    Attributes:
+        slots_total: slots the plan moves.
+        slots_done: of them, finished (by this run or an earlier one).
+        rows_moved: aggregate rows merged by this run.
+        ledger_rows_moved: ledger rows copied by this run.
+        seconds: since this run started.
+    """
+
+    slots_total: int
+    slots_done: int
+    rows_moved: int
+    ledger_rows_moved: int
+    seconds: float
+    slots_at_start: int = 0
+    """Of ``slots_done``, those finished before this run's moving began."""
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows (aggregate and ledger) moved per second by this run."""
+        return (self.rows_moved + self.ledger_rows_moved) / self.seconds if self.seconds else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at this run's pace in slots (None until a slot was moved)."""
+        moved = self.slots_done - self.slots_at_start
+        if moved <= 0 or not self.seconds:
+            return None
+        return (self.slots_total - self.slots_done) * self.seconds / moved
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as plain values (for ``--json`` events)."""
+        return {
+            "slots_total": self.slots_total,
+            "slots_done": self.slots_done,
+            "rows_moved": self.rows_moved,
+            "ledger_rows_moved": self.ledger_rows_moved,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+        }
+
+
 def _checksum(key: Sequence[object], values: Sequence[int]) -> int:
     text = repr(([v.isoformat() if hasattr(v, "isoformat") else v for v in key], list(values)))
     return xxhash.xxh3_64_intdigest(text.encode(), seed=_CHECKSUM_SEED)
@@ -191,7 +239,8 @@ class _ProgressRacedError(Exception):
 
 
 class _Throttle:
-    def __init__(self, settings: ReshardSettings) -> None:
+    def __init__(self, settings: ReshardSettings, stop: threading.Event) -> None:
+        self._stop = stop
         self._rate = settings.rows_per_second
         self._pause = settings.pause
         self._lock = threading.Lock()
@@ -200,7 +249,7 @@ class _Throttle:
 
     def after(self, rows: int) -> None:
         if self._pause is not None:
-            while self._pause():
+            while self._pause() and not self._stop.is_set():
                 time.sleep(0.05)
         if not self._rate:
             return
@@ -209,7 +258,7 @@ class _Throttle:
             due = self._start + self._rows / self._rate
         delay = due - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
+            self._stop.wait(delay)  # a stop request cuts the wait short
 
 
 class Resharder:
@@ -222,7 +271,10 @@ class Resharder:
         system_tables: the ledger, ownership and move-ledger table names.
         settings: chunking, parallelism and throttling.
         before_step: called with a step name before each step (for tests that
-            kill the process at chosen points, and for progress displays).
+            kill the process at chosen points).
+        on_progress: called with a :class:`ReshardReport` after the empty slots
+            were handed over and after each slot finishes (from the moving
+            threads: keep it quick).
         owner: this resharder's owner id in the map store's claim (default:
             ``host:pid:random``, new per instance).
         clock: the wall clock leases are measured with (Unix seconds; for tests).
@@ -239,7 +291,11 @@ class Resharder:
         before_step: Callable[[str], None] | None = None,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
+        on_progress: Callable[[ReshardReport], None] | None = None,
     ) -> None:
+        self._on_progress = on_progress
+        self._stop = threading.Event()
+        self._report = (0, 0, 0.0, 0)  # slots total, done, start, done at start
         self._store = store
         self._owner = owner if owner is not None else new_owner_id()
         self._clock = clock
@@ -333,8 +389,9 @@ class Resharder:
             except ReshardClaimedError:
                 assert stored is not None  # noqa: S101 - decide refuses only a stored claim
                 if stored.same_plan(source, target) and time.monotonic() < deadline:
-                    time.sleep(min(1.0, max(0.05, stored.expires_at - self._clock())))
-                    continue
+                    self._stop.wait(min(1.0, max(0.05, stored.expires_at - self._clock())))
+                    if not self._stop.is_set():
+                        continue
                 raise
             try:
                 store.swap_claim(claim, expected_version=None if stored is None else stored.version)
@@ -478,21 +535,31 @@ class Resharder:
             if not any(state in ("fenced", "finished") for state in states.values()):
                 self._release(ABORTED)  # nothing was fenced: another plan may start
             raise
+        if self._reverting():
+            self._settle_reverted(plan.moves)
         self._step("switch")
         self._switch(plan, target)
         self._step("publish")
         self._publish(target)
-        throttle = _Throttle(self._settings)
+        throttle = _Throttle(self._settings, self._stop)
         states = self._slot_states(plan.moves)
         pending = [m for m in plan.moves if states[m] != "finished"]
         empty = self._empty(pending)
         self._finish_empty([m for m in pending if m in empty])
-        with ThreadPoolExecutor(
+        done = len(plan.moves) - len(pending) + len(empty)
+        with self._lock:
+            self._report = (len(plan.moves), done, started, done)
+        self._progress_report(0)
+        pool = ThreadPoolExecutor(
             max_workers=self._settings.parallel_slots, thread_name_prefix="shardbill-reshard"
-        ) as pool:
+        )
+        try:
             moving = [m for m in pending if m not in empty]
             for future in [pool.submit(self._move_slot, m, throttle) for m in moving]:
                 future.result()
+        finally:
+            # A failed slot is retried from the top at once, not after every queued slot.
+            pool.shutdown(wait=True, cancel_futures=True)
         self._release(FINISHED)
         return ReshardProgress(
             plan=plan,
@@ -503,15 +570,98 @@ class Resharder:
             slots_empty=len(empty),
         )
 
+    def revert(self) -> ReshardProgress:
+        """Move the claimed reshard (fenced, published or finished) back to the map before it.
+
+        Every slot the reshard moved goes back to its source with the same
+        protocol as a forward move (fence, publish, copy, merge, verify),
+        writes going on; the map before it is published again as a new epoch.
+        A revert is itself claimed: it replaces the claim of the reshard it
+        undoes (whose lease must have ended), and is resumed by :meth:`run`
+        or :meth:`revert` after a crash or a stop.
+
+        Raises:
+            ReshardClaimedError: the reshard is still running (its lease is live).
+            ReshardError: nothing to revert, or a newer reshard came after it.
+        """
+        store = self._claims()
+        stored = store.load_claim()
+        if stored is None or stored.state == ABORTED:
+            raise ReshardError(
+                "no reshard to revert: the map store holds no claimed reshard (an aborted "
+                "one changed nothing); plan the change you want with `shardbill reshard plan`"
+            )
+        if stored.reverts and stored.state == MOVING:
+            return self.run()  # resume the revert in progress
+        current = self._store.load()
+        if current.epoch > stored.target.epoch:
+            raise ReshardError(
+                f"the map store holds epoch {current.epoch}, newer than the claimed reshard's "
+                f"target {stored.target.epoch}: only the last reshard can be reverted; plan "
+                "the change back as a new reshard"
+            )
+        back = stored.source.with_epoch(stored.target.epoch + 1)
+        now = self._clock()
+        if stored.state == MOVING and stored.owner != self._owner and not stored.expired(now):
+            raise ReshardClaimedError(
+                f"the map store's reshard claim is held: {stored.describe()}; stop it first "
+                "(Ctrl-C on `shardbill reshard run`, or Resharder.stop()), then revert",
+                owner=stored.owner,
+                source_epoch=stored.source.epoch,
+                target_epoch=stored.target.epoch,
+                expires_at=stored.expires_at,
+            )
+        claim = ReshardClaim(
+            source=stored.target,
+            target=back,
+            owner=self._owner,
+            expires_at=now + self._settings.lease_seconds,
+            version=stored.version + 1,
+            reverts=stored.target.epoch,
+        )
+        store.swap_claim(claim, expected_version=stored.version)
+        log.info("claimed %s", claim.describe())
+        return self.run()
+
+    def prepare(self, target: ShardMap) -> list[str]:
+        """Create the tables on the shards ``target`` adds, recording no slot as theirs.
+
+        The one safe way to create a new shard's tables before :meth:`run`
+        (which does it too): a writer's ``ensure_schema()`` pointed at the new
+        shard with a map that gives it slots would mark them owned there, and
+        the reshard would then refuse to move them. Changes no ownership row.
+
+        Returns:
+            The shards prepared (those of ``target`` that own no slot before it).
+        """
+        source, target = self._resolve(target)
+        new = sorted(s for s in target.shards if not source.plan_to(target).before.get(s))
+        apply_schema(
+            self._provider,
+            target,
+            self._tables,
+            system_tables=self._system,
+            shards=new,
+            record_ownership=False,
+        )
+        return new
+
     def status(self, target: ShardMap | None = None) -> list[SlotStatus]:
         """Each moving slot's state, read from the shards.
 
         ``pending``, ``fenced`` or ``finished``; ``conflict`` for a slot whose
         ownership rows do not fit this move (:meth:`run` says how to fix them).
         """
-        source, target = self._resolve(target)
+        try:
+            source, target = self._resolve(target)
+        except ShardbillError:
+            if target is None:  # nothing claimed, and no move to the map the store holds
+                return []
+            raise
         plan = source.plan_to(target)
-        states = self._slot_states(plan.moves, strict=False)
+        stored = self._claims().load_claim()
+        reverting = stored is not None and stored.reverts > 0 and stored.same_plan(source, target)
+        states = self._slot_states(plan.moves, strict=False, missing_ok=True, reverting=reverting)
         return [
             SlotStatus(slot=m.slot, source=m.source, target=m.target, state=states[m])
             for m in plan.moves
@@ -569,6 +719,7 @@ class Resharder:
         moving: dict[int, SlotMove] = {}
         if claim is not None and claim.state == MOVING:
             moving = {m.slot: m for m in claim.source.plan_to(claim.target).moves}
+        reverting = claim is not None and claim.state == MOVING and claim.reverts > 0
         shards = self._known_shards(current, claim)
         problems: list[str] = []
         states: dict[str, dict[int, tuple[str, str | None]]] = {}
@@ -588,7 +739,7 @@ class Resharder:
                 peer for rows in states.values() for _, peer in rows.values() if peer is not None
             }
             pending = sorted(named - set(states))
-        problems.extend(_ownership_problems(current, states, moving))
+        problems.extend(_ownership_problems(current, states, moving, reverting=reverting))
         for shard in sorted(states):
             problems.extend(self._misplaced_rows(shard, current, states, moving))
         return problems
@@ -689,7 +840,21 @@ class Resharder:
 
     # ------------------------------------------------------------------ steps
 
+    def stop(self) -> None:
+        """Ask a running :meth:`run` to stop at the next safe point (between two steps).
+
+        Thread- and signal-safe. :meth:`run` then raises
+        :class:`~shardbill.errors.ReshardStoppedError`; every step so far is
+        recorded on the shards and the lease is ended, so running again resumes.
+        """
+        self._stop.set()
+
     def _step(self, name: str) -> None:
+        if self._stop.is_set():
+            raise ReshardStoppedError(
+                f"the reshard stopped before step {name!r} as asked; every step so far is "
+                "recorded on the shards: run it again to resume"
+            )
         self._renew()
         if self._before_step is not None:
             self._before_step(name)
@@ -745,26 +910,82 @@ class Resharder:
                             f" WHERE {SLOT_COLUMN} = {move.slot}",
                             (SlotState.INCOMING.value, move.source),
                         )
-        # 2. Fence on every source (waits for in-flight writers, refuses later ones).
+        # 2. Fence on every source (waits for in-flight writers, refuses later ones). A
+        # revert also fences the slots its source was still receiving from its target.
+        reverting = self._reverting()
         for (source, dest), slots in sorted(by_pair.items()):
             with self._cursor(source) as (cursor, dialect):
                 p = dialect.placeholder
+                receiving = f" OR (state = {p} AND peer = {p})" if reverting else ""
                 cursor.execute(
                     f"UPDATE {dialect.quote(self._system.slots)} SET state = {p}, peer = {p}, "
-                    f"epoch = {target.epoch} WHERE state = {p} AND {SLOT_COLUMN} IN "
-                    f"({_ints(slots)})",
-                    (SlotState.GONE.value, dest, SlotState.OWNED.value),
+                    f"epoch = {target.epoch} WHERE (state = {p}{receiving}) AND {SLOT_COLUMN} "
+                    f"IN ({_ints(slots)})",
+                    (SlotState.GONE.value, dest, SlotState.OWNED.value)
+                    + ((SlotState.INCOMING.value, dest) if reverting else ()),
                 )
             log.info("fenced %d slot(s) on %s for %s", len(slots), source, dest)
 
     def _publish(self, target: ShardMap) -> None:
         current = self._store.load()
         if current.epoch < target.epoch:
-            self._store.publish(target, expected_epoch=target.epoch - 1)
+            expected = target.epoch - 1
+            if (
+                self._reverting()
+                and current.epoch == target.epoch - 2
+                and current.assignment == target.assignment
+            ):
+                expected = current.epoch  # the reverted reshard never published its map
+            self._store.publish(target, expected_epoch=expected)
             log.info("published shard map epoch %d", target.epoch)
 
+    def _settle_reverted(self, moves: Sequence[SlotMove]) -> None:
+        """Before a revert moves a slot back: finish the reverted move's deletes, drop its
+        progress.
+
+        A chunk the reverted move merged into its target (this revert's source) may
+        still be on its source too (a stop between the merge and the delete); the
+        revert merges the target's rows back, so those copies are deleted first, by
+        the reverted move's progress, and that progress is dropped. Only before the
+        revert merged anything: the progress is gone once it ran.
+        """
+        tables = {t.name: t for t in self._tables}
+        for shard, chunk in _by_shard(moves, "source"):
+            back = {m.slot: m for m in chunk}
+            with self._cursor(shard) as (cursor, dialect):
+                cursor.execute(
+                    f"SELECT {SLOT_COLUMN}, table_name, source, last_key FROM "
+                    f"{dialect.quote(self._system.moves)} WHERE done = 0 AND {SLOT_COLUMN} IN "
+                    f"({_ints(sorted(back))})",
+                    (),
+                )
+                records = [(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in cursor.fetchall()]
+            for slot, name, source, last_key in records:
+                move = back[slot]
+                if source != move.target or name not in tables:
+                    continue
+                forward = SlotMove(slot=slot, source=move.target, target=shard)
+                if last_key is not None:
+                    self._delete_merged(forward, tables[name], json.loads(last_key))
+                with self._cursor(shard) as (cursor, dialect):
+                    cursor.execute(
+                        f"DELETE FROM {dialect.quote(self._system.moves)} WHERE "
+                        f"{SLOT_COLUMN} = {slot} AND table_name = {dialect.placeholder} "
+                        "AND done = 0",
+                        (name,),
+                    )
+
+    def _reverting(self) -> bool:
+        claim = self._claim
+        return claim is not None and claim.reverts > 0
+
     def _slot_states(
-        self, moves: Sequence[SlotMove], *, strict: bool = True
+        self,
+        moves: Sequence[SlotMove],
+        *,
+        strict: bool = True,
+        missing_ok: bool = False,
+        reverting: bool | None = None,
     ) -> dict[SlotMove, str]:
         """Each move's state from both sides' ownership rows, peers included.
 
@@ -776,8 +997,9 @@ class Resharder:
         :class:`~shardbill.errors.ReshardError` that lists them and says how to
         fix them, before anything changes.
         """
+        reverting = self._reverting() if reverting is None else reverting
         sources = self._rows_of(moves, "source")
-        targets = self._rows_of(moves, "target")
+        targets = self._rows_of(moves, "target", missing_ok=missing_ok)
         states: dict[SlotMove, str] = {}
         conflicts: dict[str, list[SlotMove]] = defaultdict(list)
         for move in moves:
@@ -793,6 +1015,14 @@ class Resharder:
                 or (t_state == SlotState.INCOMING and t_peer == move.source)
             ):
                 states[move] = "pending"
+            elif reverting and t_state == SlotState.OWNED and s_state is None:
+                states[move] = "finished"  # the reverted reshard never moved it
+            elif (
+                reverting
+                and (s_state, s_peer) == (SlotState.INCOMING, move.target)
+                and (t_state == SlotState.OWNED or t_peer == move.source)
+            ):
+                states[move] = "pending"  # the source was still receiving it: fence it there
             else:
                 states[move] = "conflict"
                 conflicts[
@@ -809,12 +1039,18 @@ class Resharder:
         return states
 
     def _rows_of(
-        self, moves: Sequence[SlotMove], side: str
+        self, moves: Sequence[SlotMove], side: str, *, missing_ok: bool = False
     ) -> dict[SlotMove, tuple[str, str | None]]:
-        """Each move's ownership row ``(state, peer)`` on its ``side`` shard, where it has one."""
+        """Each move's ownership row ``(state, peer)`` on its ``side`` shard, where it has one.
+
+        With ``missing_ok``, a shard without the ownership table (a new shard
+        before :meth:`prepare` or :meth:`run`) has no rows.
+        """
         found: dict[SlotMove, tuple[str, str | None]] = {}
         for shard, chunk in _by_shard(moves, side):
             with self._cursor(shard) as (cursor, dialect):
+                if missing_ok and describe_table(cursor, dialect, self._system.slots) is None:
+                    continue
                 cursor.execute(
                     f"SELECT {SLOT_COLUMN}, state, peer FROM {dialect.quote(self._system.slots)} "
                     f"WHERE {SLOT_COLUMN} IN ({_ints([m.slot for m in chunk])})",
@@ -891,6 +1127,23 @@ class Resharder:
             self._merge_table(move, table, throttle)
         self._step(f"finish:{move.slot}")
         self._finish(move)
+        self._progress_report(1)
+
+    def _progress_report(self, finished: int) -> None:
+        with self._lock:
+            total, done, started, at_start = self._report
+            done += finished
+            self._report = (total, done, started, at_start)
+            report = ReshardReport(
+                slots_total=total,
+                slots_done=done,
+                rows_moved=self._rows_moved,
+                ledger_rows_moved=self._ledger_moved,
+                seconds=time.monotonic() - started,
+                slots_at_start=at_start,
+            )
+        if self._on_progress is not None:
+            self._on_progress(report)
 
     def _copy_ledger(self, move: SlotMove, throttle: _Throttle) -> None:
         ledger = self._system.ledger
@@ -1117,6 +1370,8 @@ def _ownership_problems(
     current: ShardMap,
     states: Mapping[str, Mapping[int, tuple[str, str | None]]],
     moving: Mapping[int, SlotMove],
+    *,
+    reverting: bool = False,
 ) -> list[str]:
     """Slots not owned by exactly the shard the map names, left incoming, or forwarded astray."""
     problems: list[str] = []
@@ -1136,6 +1391,12 @@ def _ownership_problems(
                     and t_row == (SlotState.INCOMING.value, move.source)
                 )
                 or (owners == [move.target] and not incoming)
+                # A revert starts from any step of the move it undoes.
+                or (
+                    reverting
+                    and len(owners) <= 1
+                    and set(owners) | set(incoming) <= {move.source, move.target}
+                )
             )
             if not fits:
                 problems.append(
