@@ -235,3 +235,22 @@ def test_a_reader_refuses_a_shard_map_of_the_wrong_type(four: Backend) -> None:
     """Anything but a ShardMap or a map store is a ConfigurationError naming the type."""
     with pytest.raises(ConfigurationError, match="'shard_map' must be a ShardMap or a map store"):
         _reader(four, {"s0": 1})
+
+
+def test_a_newer_map_loaded_by_another_thread_mid_read_is_harmless(four: Backend) -> None:
+    """While a totals read is between its steps, a whole reshard adds a shard and another
+    thread using the same reader switches it to the new map: the read starts over and
+    returns the oracle's total (it does not trip over the shard it has not read)."""
+    charges = make_charges(247, 150, accounts=30)
+    store = _setup(four, ["s0", "s1"], charges)
+    target = store.load().add_shard("s2")
+    holder: list[Reader] = []
+
+    def move_and_switch() -> None:
+        _reshard(store, four, target)
+        holder[0].use_map(store.load())  # as another thread's read would have
+
+    hook = _once("totals:sources", move_and_switch)
+    holder.append(_reader(four, store.load(), hook))
+    assert holder[0].totals("account_balance", group_by=[])[()]["amount"] == _grand(charges)
+    assert hook.done  # type: ignore[attr-defined]

@@ -354,6 +354,7 @@ class Reader:
                 if any(
                     held.owner(slot) == s
                     for s in held.shards
+                    if s in views  # (another thread may have loaded a newer map meanwhile)
                     for slot in views[s].slots_in(SlotState.GONE)
                 ):  # the map gives a shard a slot it handed over: a newer map exists
                     self._holder.refresh(epoch)

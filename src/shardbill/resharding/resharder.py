@@ -845,7 +845,8 @@ class Resharder:
 
         Thread- and signal-safe. :meth:`run` then raises
         :class:`~shardbill.errors.ReshardStoppedError`; every step so far is
-        recorded on the shards and the lease is ended, so running again resumes.
+        recorded on the shards and the lease is ended, so running again resumes
+        (with a new :class:`Resharder`: this one stays stopped).
         """
         self._stop.set()
 
