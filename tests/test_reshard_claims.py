@@ -434,3 +434,38 @@ def test_prepare_creates_a_new_shards_tables_and_no_ownership(four: Backend) -> 
     progress = resharder.run(target)
     assert progress.slots_finished == len(status)
     assert resharder.verify() == []
+
+
+def test_a_slot_failing_transiently_is_retried_before_the_queued_slots(four: Backend) -> None:
+    """Case 10: after a transient failure in one slot's move, the run starts again at once
+    (the queued slots are cancelled), instead of first working through every queued slot."""
+    from shardbill.errors import DeadlockError
+    from shardbill.retry import RetryPolicy
+
+    charges = make_charges(151, 300, accounts=40)
+    store, writer = _setup(four, ["s0", "s1"], charges)
+    writer.close()
+    steps: list[str] = []
+
+    def fail_once(name: str) -> None:
+        steps.append(name)
+        if name.startswith("ledger:") and "failed" not in steps:
+            steps.append("failed")
+            raise DeadlockError("injected", errno=1213, shard="s0")
+
+    progress = _resharder(
+        store,
+        four,
+        before_step=fail_once,
+        settings=ReshardSettings(
+            chunk_rows=4,
+            parallel_slots=1,
+            lease_wait=0,
+            retry=RetryPolicy(max_attempts=3, base_delay=0, max_delay=0),
+        ),
+    ).run(store.load().add_shard("s2"))
+    assert progress.attempts == 2
+    after = steps[steps.index("failed") + 1 :]
+    assert after[0] == "switch"  # no other slot moved before the retry began
+    assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
+    assert actual_rows(four, slot_check=_owner_check(store.load())) == expected_rows(charges)
