@@ -469,3 +469,39 @@ def test_a_slot_failing_transiently_is_retried_before_the_queued_slots(four: Bac
     assert after[0] == "switch"  # no other slot moved before the retry began
     assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
     assert actual_rows(four, slot_check=_owner_check(store.load())) == expected_rows(charges)
+
+
+def test_the_ledger_copy_takes_its_columns_from_the_ledger_definition(four: Backend) -> None:
+    """The resharder copies every column SystemTables.ledger_def() declares: a column added
+    there (here a nullable one, filled on the source by hand) arrives on the target."""
+    import attrs
+
+    from shardbill.tables import Column, ColumnKind, SystemTables, TableDef
+    from shardbill.writer import WriterSettings
+
+    @attrs.frozen(kw_only=True)
+    class Wider(SystemTables):
+        def ledger_def(self) -> TableDef:
+            base = super().ledger_def()
+            extra = Column(name="noted", kind=ColumnKind.BIGINT, nullable=True)
+            return attrs.evolve(base, columns=(*base.columns, extra))
+
+    system = Wider()
+    store = MemoryMapStore(ShardMap.create(["s0", "s1"], slots=SLOTS))
+    with AggregationWriter(
+        shard_map=store,
+        provider=four.provider,
+        tables=billing_tables(),
+        settings=WriterSettings(system_tables=system),
+    ) as writer:
+        writer.ensure_schema()
+        assert writer.write(make_charges(152, 120, accounts=30)).ok
+    for shard in ("s0", "s1"):
+        four.execute(shard, "UPDATE `shardbill_ledger` SET `noted` = `sb_slot` * 7")
+    target = store.load().add_shard("s2")
+    Resharder(
+        store=store, provider=four.provider, tables=billing_tables(), system_tables=system
+    ).run(target)
+    moved = four.rows("s2", "SELECT `sb_slot`, `noted` FROM `shardbill_ledger`")
+    assert moved
+    assert all(noted == slot * 7 for slot, noted in moved)

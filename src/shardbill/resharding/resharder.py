@@ -78,7 +78,7 @@ from shardbill.resharding.mapstore_protocol import ClaimStore
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.schema import apply_schema
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
-from shardbill.tables import SlotState, SystemTables, aggregate_table_def
+from shardbill.tables import Column, ColumnKind, SlotState, SystemTables, aggregate_table_def
 
 __all__ = ["ReshardProgress", "ReshardReport", "ReshardSettings", "Resharder", "SlotStatus"]
 
@@ -1147,24 +1147,26 @@ class Resharder:
             self._on_progress(report)
 
     def _copy_ledger(self, move: SlotMove, throttle: _Throttle) -> None:
-        ledger = self._system.ledger
-        spec = UpsertSpec(
-            table=ledger,
-            columns=("event_id", SLOT_COLUMN, "fingerprint", "applied_at", "writer_token"),
-            key_columns=(SLOT_COLUMN, "event_id"),
-        )
-        columns = [self._system.ledger_def().column(c) for c in spec.columns]
+        # The ledger's columns come from its one definition (SystemTables.ledger_def), so
+        # a column added there is copied too.
+        definition = self._system.ledger_def()
+        ledger = definition.name
+        columns = list(definition.columns)
+        names = tuple(c.name for c in columns)
+        spec = UpsertSpec(table=ledger, columns=names, key_columns=definition.primary_key)
+        event_at = names.index("event_id")
         n = self._settings.chunk_rows
         while True:
             with self._cursor(move.source) as (cursor, dialect):
                 cursor.execute(
-                    f"SELECT event_id, {SLOT_COLUMN}, fingerprint, applied_at, writer_token "
+                    f"SELECT {', '.join(dialect.quote(c) for c in names)} "
                     f"FROM {dialect.quote(ledger)} WHERE {SLOT_COLUMN} = {move.slot} "
                     f"ORDER BY event_id LIMIT {n}",
                     (),
                 )
                 rows = [
-                    (str(r[0]), int(r[1]), str(r[2]), int(r[3]), r[4]) for r in cursor.fetchall()
+                    tuple(_ledger_value(c, v) for c, v in zip(columns, r, strict=True))
+                    for r in cursor.fetchall()
                 ]
             if not rows:
                 return
@@ -1178,7 +1180,7 @@ class Resharder:
                 cursor.execute(
                     f"DELETE FROM {dialect.quote(ledger)} WHERE {SLOT_COLUMN} = {move.slot} "
                     f"AND event_id <= {dialect.placeholder}",
-                    (rows[-1][0],),
+                    (rows[-1][event_at],),
                 )
             with self._lock:
                 self._ledger_moved += len(rows)
@@ -1482,6 +1484,17 @@ def _by_shard(moves: Sequence[SlotMove], side: str) -> Iterator[tuple[str, list[
     for shard, group in sorted(groups.items()):
         for start in range(0, len(group), _CHUNK):
             yield shard, group[start : start + _CHUNK]
+
+
+def _ledger_value(column: Column, raw: object) -> object:
+    """A ledger value as read, made plain for the copy (ints, text; NULL stays None)."""
+    if raw is None:
+        return None
+    if column.kind in (ColumnKind.BIGINT, ColumnKind.INT):
+        return int(raw)  # type: ignore[call-overload]
+    if column.kind is ColumnKind.DATE:
+        return raw.isoformat() if hasattr(raw, "isoformat") else str(raw)
+    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
 
 
 def _sample(moves: Sequence[SlotMove]) -> str:
