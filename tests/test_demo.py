@@ -149,3 +149,47 @@ def test_servers_with_data_need_reset(
     )
     assert again.exact
     assert again.applied == 200
+
+
+def test_the_reshard_step_shows_slots_once_the_writes_are_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14, case 10: when the writes finish before the reshard, the writing bar gives
+    way to a bar of the slots finished, instead of sitting at 100 % while the move works."""
+    import io
+
+    from shardbill.demo import _reshard_online
+    from shardbill.progress import Progress
+    from shardbill.providers import PooledProvider
+    from shardbill.resharding import JsonFileMapStore
+    from shardbill.shardmap import ShardMap
+    from shardbill.tables import SystemTables
+    from shardbill.writer import AggregationWriter
+    from tests.test_writer import make_charges
+
+    store = JsonFileMapStore(tmp_path / "shardmap.json")
+    store.publish(ShardMap.create(["s0", "s1"], slots=64), expected_epoch=None)
+    with PooledProvider.sqlite_directory(tmp_path / "shards", ["s0", "s1", "s2"]) as provider:
+        with AggregationWriter(
+            shard_map=store, provider=provider, tables=billing_tables()
+        ) as writer:
+            writer.ensure_schema()
+            assert writer.write(make_charges(51, 200, accounts=40)).ok
+        stream = io.StringIO()
+        bar = Progress("writing", total=10, unit="events", enabled=True, stream=stream)
+        bar.update(10)
+        outcome = _reshard_online(
+            store=store,
+            provider=provider,
+            tables=billing_tables(),
+            system_tables=SystemTables(),
+            new_shard="s2",
+            write_rest=lambda: None,
+            say=lambda _text: None,
+            bar=bar,
+        )
+    assert outcome.status == "done"
+    assert stream.getvalue().endswith("\r\x1b[2K")  # the writing bar was erased
+    drawn = capsys.readouterr().err
+    assert "resharding [" in drawn
+    assert f"{outcome.slots_moved}/{outcome.slots_moved} slots" in drawn

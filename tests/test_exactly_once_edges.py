@@ -529,3 +529,33 @@ def test_default_retry_budget_covers_a_thirty_second_failover() -> None:
     policy = RetryPolicy()
     assert policy.budget_seconds >= 30
     assert WriterSettings().retry.budget_seconds >= 30
+
+
+def test_a_moved_slot_keeps_its_dedup_watermark_on_the_new_owner(backend: Backend) -> None:
+    """Pruned on the old owner, then resharded: the new owner refuses the pruned event too,
+    even from a writer whose clock is behind."""
+    from shardbill.resharding import MemoryMapStore, Resharder
+
+    old = ShardMap.create(backend.shards[:2], slots=64)
+    target = old.add_shard(backend.shards[2])
+    moved = {m.slot for m in old.plan_to(target).moves}
+    account = next(a for a in range(1, 10_000) if old.slot_for(a) in moved)
+    per_account = WriterSettings(id_scope="per-account")  # only the moving slot guards it
+    c = charge("wm-1", account, time=NOW - dt.timedelta(days=10))
+    with make_writer(backend, old, settings=per_account) as writer:
+        assert writer.write([c]).applied_events == {"wm-1"}
+    ahead = NOW.timestamp() + 30 * DAY  # the event is 40 days old here
+    with make_writer(backend, old, settings=per_account, clock=lambda: ahead) as pruner:
+        assert sum(pruner.prune().values()) == 1
+    store = MemoryMapStore(old)
+    Resharder(store=store, provider=backend.provider, tables=billing_tables()).run(target)
+    with AggregationWriter(
+        shard_map=store,
+        provider=backend.provider,
+        tables=billing_tables(),
+        settings=per_account,
+        clock=NOW.timestamp,  # behind: by its clock the event is inside the horizon
+    ) as behind:
+        result = behind.write([c])
+    assert result.rejected_events == {"wm-1"}
+    assert balance(backend) == {account: (1_250_000, 1)}

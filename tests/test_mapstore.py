@@ -22,6 +22,7 @@ import shardbill.resharding
 import shardbill.resharding.mapstore
 from shardbill import ShardMap
 from shardbill.errors import (
+    ClaimConflictError,
     ConfigurationError,
     DuplicateKeyError,
     EpochConflictError,
@@ -38,6 +39,7 @@ from shardbill.resharding import (
     MemoryMapStore,
     SqlMapStore,
 )
+from shardbill.resharding.claim import ReshardClaim
 
 BASE = ShardMap.create(["a", "b", "c"], slots=256)
 _TABLES = itertools.count()
@@ -867,3 +869,80 @@ def test_mapstore_examples_run() -> None:
     result = doctest.testmod(shardbill.resharding.mapstore)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# ---------------------------------------------------------------- the reshard claim
+
+
+def _claim(version: int, owner: str = "a", state: str = "moving") -> ReshardClaim:
+    return ReshardClaim(
+        source=BASE,
+        target=BASE.add_shard("d"),
+        owner=owner,
+        expires_at=1_000.5,
+        state=state,  # type: ignore[arg-type]
+        version=version,
+    )
+
+
+def test_a_claim_is_stored_by_compare_and_set_on_its_version(harness: Harness) -> None:
+    """An empty store has no claim; a swap from None stores it whole; the next swap must
+    name the stored version, and a stale one is refused without changing anything."""
+    store = harness.store
+    assert store.load_claim() is None
+    store.swap_claim(_claim(1), expected_version=None)
+    assert store.load_claim() == _claim(1)
+    with pytest.raises(ClaimConflictError, match="version 1, not the expected None"):
+        store.swap_claim(_claim(2, owner="b"), expected_version=None)
+    store.swap_claim(_claim(2, owner="b", state="finished"), expected_version=1)
+    with pytest.raises(ClaimConflictError):
+        store.swap_claim(_claim(3, owner="c"), expected_version=1)
+    with pytest.raises(ClaimConflictError):  # versions only grow
+        store.swap_claim(_claim(2, owner="c"), expected_version=2)
+    assert store.load_claim() == _claim(2, owner="b", state="finished")
+
+
+def test_racing_claims_from_the_same_version_exactly_one_wins(harness: Harness) -> None:
+    """Six threads swap different claims from the same version at once: exactly one wins."""
+    store = harness.store
+    store.swap_claim(_claim(1), expected_version=None)
+    barrier = threading.Barrier(6)
+    won: list[str] = []
+    lost: list[ClaimConflictError] = []
+
+    def swap(owner: str) -> None:
+        barrier.wait()
+        try:
+            store.swap_claim(_claim(2, owner=owner), expected_version=1)
+        except ClaimConflictError as exc:
+            lost.append(exc)
+        else:
+            won.append(owner)
+
+    threads = [threading.Thread(target=swap, args=(f"o{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1
+    assert len(lost) == 5
+    claim = store.load_claim()
+    assert claim is not None
+    assert claim.owner == won[0]
+
+
+def test_a_damaged_claim_names_where_it_is(doc_harness: Harness, tmp_path: Path) -> None:
+    """A claim document that cannot be parsed is a ShardMapError naming its place."""
+    store = doc_harness.store
+    store.swap_claim(_claim(1), expected_version=None)
+    if isinstance(store, JsonFileMapStore):
+        store.claim_path.write_text("{not json")
+        where = str(store.claim_path)
+    else:
+        assert isinstance(store, SqlMapStore)
+        assert doc_harness.provider is not None
+        _sql(doc_harness.provider, f"UPDATE {store.table}_claim SET document = %s", ("{}",))
+        where = f"{store.table}_claim"
+    with pytest.raises(ShardMapError, match="reshard claim") as caught:
+        store.load_claim()
+    assert where in str(caught.value)

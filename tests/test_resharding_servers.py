@@ -830,3 +830,59 @@ def test_fan_out_totals_are_exact_during_a_second_move_of_the_same_slots(
     ).run(target)
     assert wrong == []
     assert_exact(backend, store, target, charges)
+
+
+# ---------------------------------------------------------------------- claims and revert
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_killed_between_fence_and_publish_a_rival_is_refused_and_the_revert_is_exact(
+    cluster: Cluster, tmp_path: Path, driver: str
+) -> None:
+    """The resharding process is SIGKILLed after its fence, before its publish (issue 14,
+    case 2): a different plan is refused and names the dead holder; writers keep writing
+    (fenced, they follow the forwarding addresses); the revert, with a writer thread
+    running, moves every slot back exactly and publishes the old assignment again."""
+    backend = cluster(driver)
+    store = make_store(tmp_path, ["s0", "s1", "s2"])
+    charges = make_charges(190, 400, accounts=150)
+    events = by_event(charges)
+    prepare(backend, store, batches(events[:200], 50))
+    old = store.load()
+    target = old.add_shard("s3")
+    log = str(tmp_path / "steps.log")
+    child = spawn(
+        reshard_worker.reshard, backend.urls, str(store.path), target.to_json(), 2, 5, 2, log
+    )
+    assert join(child) == -signal.SIGKILL
+    assert reshard_worker.last_step(log) == "publish"
+    assert store.load() == old  # fenced, not published
+    claim = store.load_claim()
+    assert claim is not None
+    assert claim.state == "moving"
+    rival = Resharder(store=store, provider=backend.provider, tables=billing_tables())
+    with pytest.raises(ShardbillError, match="resume it") as caught:
+        rival.run(old.reweight({"s0": 2, "s1": 1, "s2": 1}))
+    assert getattr(caught.value, "owner", None) == claim.owner
+    with own_writer(backend.urls, store) as writer:
+        for batch in batches(events[200:300], 20):
+            write_until_ok(writer, batch)  # fenced on the sources: written on s3
+        rest = batches(events[300:], 10)
+        thread = threading.Thread(target=lambda: [write_until_ok(writer, b) for b in rest])
+        thread.start()
+        # The dead holder's lease (1 s) has expired by the reverter's clock.
+        reverter = Resharder(
+            store=store,
+            provider=backend.provider,
+            tables=billing_tables(),
+            settings=ReshardSettings(chunk_rows=5, parallel_slots=2),
+            clock=lambda: time.time() + 5,
+        )
+        reverter.revert()
+        thread.join(PATIENCE)
+        replay = write_until_ok(writer, charges)
+    assert replay.applied_events == frozenset()
+    back = store.load()
+    assert back.assignment == old.assignment
+    assert back.epoch == target.epoch + 1
+    assert_exact(backend, store, back, charges)

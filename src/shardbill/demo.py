@@ -522,6 +522,7 @@ def run_demo(
                     new_shard=spare,
                     write_rest=lambda: _write(pipeline, batches, tally, bar),
                     say=say,
+                    bar=bar,
                 )
         final = store.load()
         report = audit(
@@ -614,8 +615,12 @@ def _reshard_online(
     new_shard: str | None,
     write_rest: Callable[[], None],
     say: Say,
+    bar: Progress | None = None,
 ) -> ReshardOutcome:
     """Add ``new_shard`` to the live map while ``write_rest`` keeps writing.
+
+    Once the writes are done, the writing ``bar`` gives way to a bar of the
+    slots the reshard has finished (when bars are drawn at all).
 
     The writer routes with ``store`` as its map source, so a shard that fences
     a moved slot makes it reload the map and write to the new owner. The
@@ -637,6 +642,18 @@ def _reshard_online(
         return ReshardOutcome(status="not available yet")
     current = store.load()
     target = current.add_shard(new_shard)
+    slots_bar: list[Progress] = []
+
+    def on_progress(report: resharding.ReshardReport) -> None:
+        if bar is None or (not bar.enabled and not slots_bar) or not writing.done():
+            return
+        if not slots_bar:
+            bar.close()
+            slots_bar.append(
+                Progress("resharding", total=report.slots_total, unit="slots", enabled=True)
+            )
+        slots_bar[0].update(report.slots_done)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shardbill-demo") as lane:
         writing = lane.submit(write_rest)
         try:
@@ -645,9 +662,12 @@ def _reshard_online(
                 provider=provider,
                 tables=tables,
                 system_tables=system_tables,
+                on_progress=on_progress,
             ).run(target)
         finally:
             writing.result()
+            for shown in slots_bar:
+                shown.close()
     return ReshardOutcome(
         status="done",
         slots_moved=len(progress.plan.moves),

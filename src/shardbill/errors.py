@@ -17,7 +17,10 @@
     ├── DriverNotInstalledError (ImportError) a database driver extra is missing
     ├── FencedError                           a shard no longer owns the slot; reload the map
     ├── ReshardError                          a resharding step cannot proceed
-    │   └── EpochConflictError                a map publish lost its compare-and-set
+    │   ├── EpochConflictError                a map publish lost its compare-and-set
+    │   ├── ReshardClaimedError               another reshard holds the map store's claim
+    │   ├── ReshardStoppedError               a reshard stopped at a safe point on request
+    │   └── ClaimConflictError                a claim's compare-and-set lost to another writer
     └── DatabaseError                         a database said no; ``errno`` and ``shard`` attached
         ├── RetryableError                    transient: the same work may be tried again
         │   ├── DeadlockError                 1213: the transaction was rolled back; retry it whole
@@ -27,7 +30,8 @@
         │   │   └── CommitOutcomeUnknownError lost during COMMIT: resolve through the ledger
         │   ├── CannotConnectError            2002/2003/2005/1040/1203/1226: down or full; back off
         │   │   └── PoolTimeoutError          no pooled connection came free in time
-        │   └── QueryInterruptedError         1317/3024/1969: the statement was killed; retry
+        │   ├── QueryInterruptedError         1317/3024/1969: the statement was killed; retry
+        │   └── SlotsMovedDuringReadError     a read kept racing a reshard; read again
         ├── DuplicateKeyError                 1062/1586, SQLITE_CONSTRAINT_PRIMARYKEY/UNIQUE
         └── FatalDatabaseError                everything else (denied, unknown table, syntax, TLS)
             └── RowOverflowError              1264/1690, SQLITE_CONSTRAINT_CHECK: a sum left BIGINT
@@ -44,6 +48,7 @@ from collections.abc import Mapping
 
 __all__ = [
     "CannotConnectError",
+    "ClaimConflictError",
     "CommitOutcomeUnknownError",
     "ConfigurationError",
     "ConnectionLostError",
@@ -65,13 +70,16 @@ __all__ = [
     "PriceBookError",
     "QueryInterruptedError",
     "ReadOnlyError",
+    "ReshardClaimedError",
     "ReshardError",
+    "ReshardStoppedError",
     "RetryableError",
     "RowOverflowError",
     "RuleError",
     "SchemaError",
     "ShardMapError",
     "ShardbillError",
+    "SlotsMovedDuringReadError",
 ]
 
 
@@ -228,6 +236,16 @@ class QueryInterruptedError(RetryableError):
     """Errno 1317/3024/1969: the statement was killed or timed out; roll back and retry."""
 
 
+class SlotsMovedDuringReadError(RetryableError):
+    """Slots moved during every attempt of a read (``errno`` is ``None``); read again.
+
+    A :class:`~shardbill.Reader` checks, after reading, that no slot it read
+    changed state or merge progress meanwhile, and reads again if one did; it
+    raises this, rather than return a number that might be wrong, when that
+    kept happening.
+    """
+
+
 class DuplicateKeyError(DatabaseError):
     """Errno 1062/1586 (SQLite: a PRIMARY KEY or UNIQUE constraint): the key already exists."""
 
@@ -275,6 +293,50 @@ class EpochConflictError(ReshardError):
         self.stored_epoch = stored_epoch
         self.expected_epoch = expected_epoch
         self.new_epoch = new_epoch
+
+
+class ReshardClaimedError(ReshardError):
+    """Another reshard holds the map store's claim, so this one changes nothing.
+
+    A claim names its plan (source and target epoch), its owner and its
+    lease. A different plan is refused while a reshard is unfinished, even
+    with an expired lease (resume or revert it instead); the same plan may
+    take over only an expired lease.
+
+    Attributes:
+        owner: the holder's owner id.
+        source_epoch: the epoch the held reshard moves from.
+        target_epoch: the epoch it moves to.
+        expires_at: when the holder's lease expires (Unix time, seconds).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        owner: str,
+        source_epoch: int,
+        target_epoch: int,
+        expires_at: float,
+    ) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.source_epoch = source_epoch
+        self.target_epoch = target_epoch
+        self.expires_at = expires_at
+
+
+class ReshardStoppedError(ReshardError):
+    """A reshard stopped at a safe point because it was asked to (``Resharder.stop()``,
+    Ctrl-C): every step so far is recorded on the shards; run it again to resume."""
+
+
+class ClaimConflictError(ReshardError):
+    """A claim's compare-and-set failed: the stored claim changed since it was read.
+
+    Read it again (``load_claim()``) and decide again; a resharder that loses
+    its own claim this way stops (another one took over its expired lease).
+    """
 
 
 class MapNotPublishedError(ConfigurationError):

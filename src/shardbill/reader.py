@@ -25,9 +25,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
+from typing import Protocol
 
 import attrs
 
@@ -35,12 +37,12 @@ from shardbill import money
 from shardbill.aggregates import SLOT_COLUMN, Account, AggregateTable, Date, KeyValue, Projection
 from shardbill.dialects.base import Dialect, MergeKind
 from shardbill.dialects.detect import dialect_for
-from shardbill.errors import ConfigurationError, InvalidInputError
+from shardbill.errors import ConfigurationError, InvalidInputError, SlotsMovedDuringReadError
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SlotState, SystemTables
 
-__all__ = ["AggregateRow", "Reader"]
+__all__ = ["AggregateRow", "MapSource", "Reader"]
 
 Measure = Decimal | int
 
@@ -53,48 +55,120 @@ class AggregateRow:
     measures: Mapping[str, Measure]
 
 
+class MapSource(Protocol):
+    """Where a reader loads the shard map from: every map store satisfies it."""
+
+    def load(self) -> ShardMap:
+        """The current shard map."""
+        ...
+
+
+@attrs.frozen
+class _View:
+    """What one shard says about moves, read in one snapshot: its slots that are not
+    plainly owned (slot -> state, peer, epoch) and a table's merge progress
+    (slot -> done, last key merged). A read is exact when no view changed during it."""
+
+    states: Mapping[int, tuple[str, str | None, int]]
+    progress: Mapping[int, tuple[int, str | None]]
+
+    def slots_in(self, state: SlotState) -> dict[int, str]:
+        return {slot: peer for slot, (s, peer, _) in self.states.items() if s == state and peer}
+
+
 class _MapHolder:
-    def __init__(self, shard_map: ShardMap) -> None:
+    def __init__(self, shard_map: ShardMap, source: MapSource | None) -> None:
         self.map = shard_map
+        self.source = source
+        self.lock = threading.Lock()
+
+    def refresh(self, seen: int) -> None:
+        """Load the source's map if it is newer than epoch ``seen`` (one load per change)."""
+        if self.source is None:
+            return
+        with self.lock:
+            if self.map.epoch > seen:
+                return  # another thread reloaded meanwhile
+            fresh = self.source.load()
+            if fresh.epoch > self.map.epoch:
+                self.map = fresh
 
 
 class Reader:
     """Reads aggregate tables across the shards of a shard map.
 
+    Reads are exact at every moment of a reshard, with any map published
+    since it began: each read follows the forwarding addresses and incoming
+    slots the shards record, then checks that none of the slots it read
+    changed state or merge progress meanwhile, and reads again if one did
+    (at most ``max_attempts`` times, then
+    :class:`~shardbill.errors.SlotsMovedDuringReadError`, never a wrong number).
+
     Args:
-        shard_map: the map that routes point reads.
+        shard_map: the map that routes point reads, or a map store (anything
+            with ``load()``, like the writer takes): then the reader loads the
+            map itself, and again when a read finds it outdated.
         provider: lends connections (``readonly=True`` loans may go to replicas).
         tables: the aggregate tables that can be read.
         shard_key: the projections that make the shard key (default: account).
         max_workers: shards read in parallel by :meth:`totals`.
         system_tables: the ownership and move-ledger table names.
+        max_attempts: reads of one call before it gives up while slots keep moving.
+        at_gap: called with a name at each gap between a read's steps
+            (``rows:located``, ``rows:source``, ``rows:target``,
+            ``totals:views``, ``totals:sources``, ``totals:part:SHARD``), for
+            tests that force a reshard step into it.
     """
 
     def __init__(
         self,
         *,
-        shard_map: ShardMap,
+        shard_map: ShardMap | MapSource,
         provider: ConnectionProvider,
         tables: Sequence[AggregateTable],
         shard_key: Sequence[Projection] = (Account(),),
         max_workers: int = 8,
         system_tables: SystemTables | None = None,
+        max_attempts: int = 5,
+        at_gap: Callable[[str], None] | None = None,
     ) -> None:
-        self._holder = _MapHolder(shard_map)
+        if isinstance(shard_map, ShardMap):
+            self._holder = _MapHolder(shard_map, None)
+        elif callable(getattr(shard_map, "load", None)):
+            self._holder = _MapHolder(shard_map.load(), shard_map)
+        else:
+            raise ConfigurationError(
+                f"'shard_map' must be a ShardMap or a map store (with load()): got "
+                f"{type(shard_map).__name__}; e.g. Reader(shard_map=JsonFileMapStore(path), ...)"
+            )
+        if max_attempts < 1:
+            raise ConfigurationError(f"'max_attempts' must be >= 1: {max_attempts!r}")
         self._provider = provider
         self._tables = {t.name: t for t in tables}
         self._shard_key = tuple(shard_key)
         self._max_workers = max_workers
         self._system = system_tables or SystemTables()
+        self._attempts = max_attempts
+        self._at_gap = at_gap
 
     @property
     def shard_map(self) -> ShardMap:
-        """The map routing point reads."""
+        """The map routing point reads (the newest loaded, with a map store)."""
         return self._holder.map
 
     def use_map(self, shard_map: ShardMap) -> None:
         """Route with ``shard_map`` from now on (e.g. after a reshard finished)."""
         self._holder.map = shard_map
+
+    def _gap(self, name: str) -> None:
+        if self._at_gap is not None:
+            self._at_gap(name)
+
+    def _interrupted(self, what: str) -> SlotsMovedDuringReadError:
+        return SlotsMovedDuringReadError(
+            f"{what}: slots moved during each of {self._attempts} attempts (a reshard is "
+            "running); read again"
+        )
 
     def _table(self, name: str) -> AggregateTable:
         try:
@@ -128,37 +202,81 @@ class Reader:
             where: more key columns to filter on, ``column -> value``.
             replica: read from a replica if the provider has one (may lag).
 
+        Raises:
+            SlotsMovedDuringReadError: the account's slot kept moving during every attempt.
+
         Example:
             >>> reader.rows("usage_monthly", 42, where={"month": nov})  # doctest: +SKIP
         """
         spec = self._table(table)
         filters = {self._shard_key_column(spec): account, **(where or {})}
         self._check_filters(spec, filters)
-        slot = self.shard_map.slot_for(account)  # type: ignore[arg-type]
-        shard = self.shard_map.owner(slot)
-        for _ in range(4):  # follow forwarding addresses left by reshards
-            state, peer = self._slot_state(shard, slot, replica=replica)
+        for _ in range(self._attempts):
+            shard_map = self.shard_map
+            slot = shard_map.slot_for(account)  # type: ignore[arg-type]
+            shard, state, peer, seen = self._locate(shard_map.owner(slot), slot, spec, replica)
+            self._gap("rows:located")
+            source_rows: dict[tuple[KeyValue, ...], list[int]] = {}
+            if state == SlotState.INCOMING and peer:
+                source_rows = self._raw_rows(peer, spec, filters, slots=(slot,), replica=replica)[
+                    slot
+                ]
+            self._gap("rows:source")
+            with self._snapshot(shard, replica=replica) as (cursor, dialect):
+                progress = self._progress(cursor, dialect, spec.name, (slot,))
+                own = self._raw_rows_in(cursor, dialect, spec, filters, slots=None)
+            self._gap("rows:target")
+            if len(seen) > 1:  # the map sent the read to a shard that handed the slot over
+                self._holder.refresh(shard_map.epoch)
+            if self._locate(shard_map.owner(slot), slot, spec, replica)[3] != seen:
+                continue  # the slot moved on during the read
+            merged: dict[tuple[KeyValue, ...], list[int]] = {}
+            for rows in own.values():
+                _merge_into(merged, rows, spec)
+            _merge_into(merged, _unmerged(source_rows, progress.get(slot), spec), spec)
+            return [
+                AggregateRow(
+                    key=dict(zip(spec.key_names, key, strict=True)),
+                    measures=self._measures(spec, values),
+                )
+                for key, values in sorted(merged.items())
+            ]
+        raise self._interrupted(f"rows of {table!r} for account {account!r}")
+
+    def _locate(
+        self, shard: str, slot: int, spec: AggregateTable, replica: bool
+    ) -> tuple[str, str, str | None, tuple[object, ...]]:
+        """Follow ``slot``'s forwarding addresses from ``shard`` to where it lives now.
+
+        Returns the shard, its state and peer for the slot, and everything seen on
+        the way (each shard's row, and the final shard's merge progress): the same
+        walk after the read must see the same, or the read is not exact.
+        """
+        seen: list[object] = []
+        for _ in range(8):
+            with self._snapshot(shard, replica=replica) as (cursor, dialect):
+                cursor.execute(
+                    f"SELECT state, peer, epoch FROM {dialect.quote(self._system.slots)} "
+                    f"WHERE {SLOT_COLUMN} = {int(slot)}",
+                    (),
+                )
+                row = cursor.fetchone()
+                state, peer = ("", None) if row is None else (str(row[0]), row[1])
+                peer = None if peer is None else str(peer)
+                progress = (
+                    self._progress(cursor, dialect, spec.name, (slot,)).get(slot)
+                    if state == SlotState.INCOMING
+                    else None
+                )
+            seen.append((shard, state, peer, None if row is None else int(row[2]), progress))
             if state == SlotState.GONE and peer:
                 shard = peer
                 continue
-            break
-        source_rows: dict[tuple[KeyValue, ...], list[int]] = {}
-        if state == SlotState.INCOMING and peer:
-            source_rows = self._raw_rows(peer, spec, filters, slots=(slot,), replica=replica)[slot]
-        with self._snapshot(shard, replica=replica) as (cursor, dialect):
-            progress = self._progress(cursor, dialect, spec.name, (slot,))
-            own = self._raw_rows_in(cursor, dialect, spec, filters, slots=None)
-        merged: dict[tuple[KeyValue, ...], list[int]] = {}
-        for rows in own.values():
-            _merge_into(merged, rows, spec)
-        _merge_into(merged, _unmerged(source_rows, progress.get(slot), spec), spec)
-        return [
-            AggregateRow(
-                key=dict(zip(spec.key_names, key, strict=True)),
-                measures=self._measures(spec, values),
-            )
-            for key, values in sorted(merged.items())
-        ]
+            return shard, state, peer, tuple(seen)
+        raise InvalidInputError(  # pragma: no cover - needs a forwarding loop on the shards
+            f"slot {slot}: more than 8 forwarding addresses from {seen[0]}; run "
+            "`shardbill reshard verify`"
+        )
 
     def totals(
         self,
@@ -169,6 +287,13 @@ class Reader:
         replica: bool = False,
     ) -> dict[tuple[KeyValue, ...], dict[str, Measure]]:
         """Totals over every shard, grouped by key columns, merged per measure kind.
+
+        Every shard a move names (as a forwarding address or as the source of an
+        incoming slot) joins the read, so a removed shard's rows are counted
+        until they are merged, whichever map the reader holds.
+
+        Raises:
+            SlotsMovedDuringReadError: slots kept moving during every attempt.
 
         Example:
             >>> reader.totals("usage_monthly", group_by=["product"],
@@ -185,68 +310,99 @@ class Reader:
                 )
         filters = dict(where or {})
         self._check_filters(spec, filters)
-        shards = sorted(self.shard_map.shards)
         positions = [spec.key_names.index(c) for c in group_by]
-        with ThreadPoolExecutor(max_workers=min(self._max_workers, len(shards))) as pool:
-            for _ in range(5):
-                # Phase 1: the rows of slots handed over, still on their sources.
-                gone_slots: dict[str, dict[int, str]] = {}
-                pending = list(shards)
-                while pending:  # shards named as new owners by a newer map join the read
-                    futures = {s: pool.submit(self._gone, s, replica) for s in pending}
-                    gone_slots.update({s: f.result() for s, f in futures.items()})
-                    peers = {p for g in gone_slots.values() for p in g.values()}
-                    pending = sorted(peers - set(gone_slots))
-                shards = sorted(gone_slots)
+        workers = max(1, min(self._max_workers, len(self.shard_map.shards)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+
+            def submit_part(shard: str) -> Future[dict[tuple[KeyValue, ...], list[int]]]:
+                return pool.submit(
+                    self._grouped,
+                    shard,
+                    spec,
+                    filters,
+                    group_by=list(group_by),
+                    gone=set(views[shard].slots_in(SlotState.GONE)),
+                    replica=replica,
+                )
+
+            for _ in range(self._attempts):
+                epoch = self.shard_map.epoch
+                views = self._views(pool, sorted(self.shard_map.shards), spec.name, replica)
+                shards = sorted(views)
+                self._gap("totals:views")
+                # The rows of slots handed over, still on their sources.
                 moving_futures = [
                     (
                         s,
                         pool.submit(
-                            self._raw_rows,
-                            s,
-                            spec,
-                            filters,
-                            slots=tuple(gone_slots[s]),
-                            replica=replica,
+                            self._raw_rows, s, spec, filters, slots=tuple(gone), replica=replica
                         ),
                     )
                     for s in shards
-                    if gone_slots[s]
+                    if (gone := views[s].slots_in(SlotState.GONE))
                 ]
                 moving = [(s, f.result()) for s, f in moving_futures]
-                # Phase 2: per shard, one snapshot of its own rows and its merge progress.
-                part_futures = [
-                    pool.submit(
-                        self._grouped,
-                        s,
-                        spec,
-                        filters,
-                        group_by=list(group_by),
-                        gone=set(gone_slots[s]),
-                        replica=replica,
-                    )
-                    for s in shards
-                ]
-                parts = [f.result() for f in part_futures]
-                if all(
-                    part[2] == set(gone_slots[s]) for s, part in zip(shards, parts, strict=True)
-                ):
-                    break
-            else:  # pragma: no cover - five reshards in a row during one read
-                raise InvalidInputError("slots kept moving during the read; read again")
-        # Progress counts only on the slot's current target (the source's peer): a
-        # finished record elsewhere belongs to an earlier move of the same slot.
-        progress = {shard: part[1] for shard, part in zip(shards, parts, strict=True)}
+                self._gap("totals:sources")
+                # Per shard, one snapshot of its own rows (those it did not hand over).
+                # With a gap hook, one shard after the other, so a test can step in between.
+                parts = []
+                futures = {} if self._at_gap else {s: submit_part(s) for s in shards}
+                for shard in shards:
+                    future = futures.get(shard) or submit_part(shard)
+                    parts.append(future.result())
+                    self._gap(f"totals:part:{shard}")
+                held = self.shard_map
+                if any(
+                    held.owner(slot) == s
+                    for s in held.shards
+                    if s in views  # (another thread may have loaded a newer map meanwhile)
+                    for slot in views[s].slots_in(SlotState.GONE)
+                ):  # the map gives a shard a slot it handed over: a newer map exists
+                    self._holder.refresh(epoch)
+                if self._views(pool, shards, spec.name, replica) != views:
+                    continue  # a slot was fenced, merged or finished during the read
+                break
+            else:
+                raise self._interrupted(f"totals of {table!r}")
         merged: dict[tuple[KeyValue, ...], list[int]] = {}
-        for grouped, _, _ in parts:
+        for grouped in parts:
             _merge_into(merged, grouped, spec)
         for source, shard_rows in moving:
             for slot, rows in shard_rows.items():
-                target = gone_slots[source].get(slot)
-                slot_progress = progress.get(target, {}).get(slot) if target else None
+                target = views[source].slots_in(SlotState.GONE)[slot]
+                # Progress counts only on the slot's current target (the source's peer): a
+                # finished record elsewhere belongs to an earlier move of the same slot.
+                slot_progress = views[target].progress.get(slot) if target in views else None
                 for key, values in _unmerged(rows, slot_progress, spec).items():
                     _merge_into(merged, {tuple(key[i] for i in positions): values}, spec)
         return {key: self._measures(spec, values) for key, values in sorted(merged.items())}
+
+    def _views(
+        self, pool: ThreadPoolExecutor, shards: Sequence[str], table: str, replica: bool
+    ) -> dict[str, _View]:
+        """Each shard's :class:`_View`, with every shard a view names as a peer joining."""
+        views: dict[str, _View] = {}
+        pending = list(shards)
+        while pending:
+            futures = {s: pool.submit(self._view, s, table, replica) for s in pending}
+            views.update({s: f.result() for s, f in futures.items()})
+            peers = {peer for v in views.values() for _, peer, _ in v.states.values() if peer}
+            pending = sorted(peers - set(views))
+        return views
+
+    def _view(self, shard: str, table: str, replica: bool) -> _View:
+        with self._snapshot(shard, replica=replica) as (cursor, dialect):
+            cursor.execute(
+                f"SELECT {SLOT_COLUMN}, state, peer, epoch FROM "
+                f"{dialect.quote(self._system.slots)} WHERE state <> {dialect.placeholder}",
+                (SlotState.OWNED.value,),
+            )
+            states = {
+                int(slot): (str(state), None if peer is None else str(peer), int(epoch))
+                for slot, state, peer, epoch in cursor.fetchall()
+            }
+            progress = self._progress(cursor, dialect, table, None)
+        return _View(states=states, progress=progress)
 
     # ------------------------------------------------------------------ internals
 
@@ -296,30 +452,6 @@ class Reader:
                 yield cursor, dialect
             finally:
                 cursor.close()
-
-    def _slot_state(self, shard: str, slot: int, *, replica: bool) -> tuple[str, str | None]:
-        with self._snapshot(shard, replica=replica) as (cursor, dialect):
-            cursor.execute(
-                f"SELECT state, peer FROM {dialect.quote(self._system.slots)} "
-                f"WHERE {SLOT_COLUMN} = {int(slot)}",
-                (),
-            )
-            row = cursor.fetchone()
-        if row is None:
-            return "", None
-        return str(row[0]), (str(row[1]) if row[1] is not None else None)
-
-    def _gone(self, shard: str, replica: bool) -> dict[int, str]:
-        with self._snapshot(shard, replica=replica) as (cursor, dialect):
-            return self._gone_in(cursor, dialect)
-
-    def _gone_in(self, cursor: DBAPICursor, dialect: Dialect) -> dict[int, str]:
-        cursor.execute(
-            f"SELECT {SLOT_COLUMN}, peer FROM {dialect.quote(self._system.slots)} "
-            f"WHERE state = {dialect.placeholder}",
-            (SlotState.GONE.value,),
-        )
-        return {int(slot): str(peer) for slot, peer in cursor.fetchall()}
 
     def _progress(
         self, cursor: DBAPICursor, dialect: Dialect, table: str, slots: Sequence[int] | None
@@ -384,10 +516,8 @@ class Reader:
         group_by: list[str],
         gone: set[int],
         replica: bool,
-    ) -> tuple[dict[tuple[KeyValue, ...], list[int]], dict[int, tuple[int, str | None]], set[int]]:
+    ) -> dict[tuple[KeyValue, ...], list[int]]:
         with self._snapshot(shard, replica=replica) as (cursor, dialect):
-            still_gone = set(self._gone_in(cursor, dialect))
-            progress = self._progress(cursor, dialect, spec.name, None)
             q = dialect.quote
             aggregates = ", ".join(f"{m.merge.value.upper()}({q(m.name)})" for m in spec.measures)
             head = ", ".join(q(c) for c in group_by)
@@ -410,7 +540,7 @@ class Reader:
                 continue
             key = tuple(self._key_value(spec, c, row[i]) for i, c in enumerate(group_by))
             out[key] = [int(v) for v in row[n:]]
-        return out, progress, still_gone
+        return out
 
 
 def _merge_into(

@@ -63,7 +63,10 @@ def reshard(  # noqa: PLR0917 - a process target, called with positional args
         store=JsonFileMapStore(store_path),
         provider=provider,
         tables=billing_tables(),
-        settings=ReshardSettings(chunk_rows=chunk_rows, parallel_slots=parallel_slots),
+        # A short lease: the parent's next run takes over soon after the SIGKILL.
+        settings=ReshardSettings(
+            chunk_rows=chunk_rows, parallel_slots=parallel_slots, lease_seconds=1.0
+        ),
         before_step=before_step,
     )
     resharder.run(ShardMap.from_json(target_json))

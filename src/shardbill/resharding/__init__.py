@@ -3,7 +3,8 @@
 * :mod:`shardbill.resharding.mapstore`: :class:`MapStore` and its
   implementations (:class:`JsonFileMapStore`, :class:`SqlMapStore`,
   :class:`MemoryMapStore`), compare-and-set publishing on the map's epoch,
-  and :class:`CachedMap` for writers.
+  :class:`CachedMap` for writers, and the reshard claim
+  (:class:`ReshardClaim`, :mod:`shardbill.resharding.claim`).
 * :mod:`shardbill.resharding.resharder`: :class:`Resharder` moves slots
   online (fence, switch, copy the ledger, merge the aggregates, verify),
   resumably.
@@ -11,24 +12,30 @@
 
 from shardbill.resharding.mapstore import (
     CachedMap,
+    ClaimStore,
     JsonFileMapStore,
     MapStore,
     MemoryMapStore,
+    ReshardClaim,
     SqlMapStore,
 )
 from shardbill.resharding.resharder import (
     Resharder,
     ReshardProgress,
+    ReshardReport,
     ReshardSettings,
     SlotStatus,
 )
 
 __all__ = [
     "CachedMap",
+    "ClaimStore",
     "JsonFileMapStore",
     "MapStore",
     "MemoryMapStore",
+    "ReshardClaim",
     "ReshardProgress",
+    "ReshardReport",
     "ReshardSettings",
     "Resharder",
     "SlotStatus",

@@ -23,7 +23,9 @@ Implementations, each in its own module:
   memory, for tests and single-process tools.
 
 They all apply the compare-and-set rule kept next to :class:`MapStore` in
-:mod:`shardbill.resharding.mapstore_protocol`.
+:mod:`shardbill.resharding.mapstore_protocol`, and all keep a reshard's
+claim (:class:`ClaimStore`, :class:`ReshardClaim`), changed only by
+compare-and-set on its version.
 
 Writers hold the map in a :class:`CachedMap`
 (:mod:`shardbill.resharding.cached_map`) and call
@@ -56,16 +58,19 @@ from __future__ import annotations
 # split: the example above and docs/reference/map-store.md use them.
 from shardbill.errors import EpochConflictError, MapNotPublishedError  # noqa: F401
 from shardbill.resharding.cached_map import CachedMap
+from shardbill.resharding.claim import ReshardClaim
 from shardbill.resharding.mapstore_file import JsonFileMapStore
 from shardbill.resharding.mapstore_memory import MemoryMapStore
-from shardbill.resharding.mapstore_protocol import MapStore
+from shardbill.resharding.mapstore_protocol import ClaimStore, MapStore
 from shardbill.resharding.mapstore_sql import SqlMapStore
 from shardbill.shardmap import ShardMap  # noqa: F401
 
 __all__ = [
     "CachedMap",
+    "ClaimStore",
     "JsonFileMapStore",
     "MapStore",
     "MemoryMapStore",
+    "ReshardClaim",
     "SqlMapStore",
 ]

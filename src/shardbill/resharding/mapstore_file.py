@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shardbill.errors import ConfigurationError, MapNotPublishedError, ShardMapError
+from shardbill.resharding.claim import ReshardClaim
 from shardbill.resharding.mapstore_protocol import (
     _check_arguments,
+    _check_claim_swap,
     _check_publish,
     _damaged,
     _parse,
@@ -109,6 +111,11 @@ class JsonFileMapStore:
     def lock_path(self) -> Path:
         """The sidecar file publishers lock (``PATH.lock``)."""
         return self._path.with_name(f"{self._path.name}.lock")
+
+    @property
+    def claim_path(self) -> Path:
+        """Where a reshard's claim is kept (``STEM.claim.json``), replaced like the map."""
+        return self._path.with_name(f"{self._path.stem}.claim.json")
 
     def history_path(self, epoch: int) -> Path:
         """Where the map of ``epoch`` is archived once replaced (``STEM.epoch-N.json``)."""
@@ -231,3 +238,30 @@ class JsonFileMapStore:
                 store=repr(self),
             )
         return found
+
+    def load_claim(self) -> ReshardClaim | None:
+        """The reshard claim in :attr:`claim_path` (``None``: no reshard ever claimed).
+
+        Raises:
+            ShardMapError: the claim file is damaged.
+        """
+        try:
+            data = self.claim_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return ReshardClaim.from_json(data, where=str(self.claim_path))
+
+    def swap_claim(self, claim: ReshardClaim, *, expected_version: int | None) -> None:
+        """Compare-and-set of the reshard claim under the publishers' lock, replaced atomically.
+
+        Raises:
+            ClaimConflictError: the stored claim is not at ``expected_version``.
+            ConfigurationError: the file's directory does not exist.
+        """
+        if not self._path.parent.is_dir():
+            raise ConfigurationError(
+                f"{self!r}: directory {self._path.parent} does not exist; create it first"
+            )
+        with self._locked():
+            _check_claim_swap(repr(self), self.load_claim(), claim, expected_version)
+            _write_atomically(self.claim_path, claim.to_json().encode())

@@ -11,7 +11,12 @@ from __future__ import annotations
 import threading
 
 from shardbill.errors import MapNotPublishedError
-from shardbill.resharding.mapstore_protocol import _check_arguments, _check_publish
+from shardbill.resharding.claim import ReshardClaim
+from shardbill.resharding.mapstore_protocol import (
+    _check_arguments,
+    _check_claim_swap,
+    _check_publish,
+)
 from shardbill.shardmap import ShardMap
 
 __all__ = ["MemoryMapStore"]
@@ -30,6 +35,7 @@ class MemoryMapStore:
         self._lock = threading.Lock()
         self._maps: dict[int, ShardMap] = {}
         self._current: ShardMap | None = None
+        self._claim: ReshardClaim | None = None
         if initial is not None:
             self.publish(initial, expected_epoch=None)
 
@@ -83,3 +89,17 @@ class MemoryMapStore:
                 store=repr(self),
             )
         return found
+
+    def load_claim(self) -> ReshardClaim | None:
+        """The reshard claim (see :class:`~shardbill.resharding.ClaimStore`)."""
+        return self._claim
+
+    def swap_claim(self, claim: ReshardClaim, *, expected_version: int | None) -> None:
+        """Compare-and-set of the reshard claim on its version.
+
+        Raises:
+            ClaimConflictError: the stored claim is not at ``expected_version``.
+        """
+        with self._lock:
+            _check_claim_swap(repr(self), self._claim, claim, expected_version)
+            self._claim = claim

@@ -25,12 +25,15 @@ re-exports :class:`MapStore`.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from shardbill.errors import EpochConflictError, ShardMapError
+from shardbill.errors import ClaimConflictError, EpochConflictError, ShardMapError
 from shardbill.shardmap import ShardMap
 
-__all__ = ["MapStore"]
+if TYPE_CHECKING:
+    from shardbill.resharding.claim import ReshardClaim
+
+__all__ = ["ClaimStore", "MapStore"]
 
 
 class MapStore(Protocol):
@@ -68,6 +71,47 @@ class MapStore(Protocol):
                 map, or an argument is invalid.
         """
         ...
+
+
+@runtime_checkable
+class ClaimStore(Protocol):
+    """A map store that also keeps a reshard's claim (every shipped store does).
+
+    The claim (:class:`~shardbill.resharding.claim.ReshardClaim`) is one
+    document next to the map, changed only by compare-and-set on its
+    ``version``, so that of several resharders at most one holds it.
+    """
+
+    def load_claim(self) -> ReshardClaim | None:
+        """The stored claim, or ``None`` when no reshard ever claimed this store."""
+        ...
+
+    def swap_claim(self, claim: ReshardClaim, *, expected_version: int | None) -> None:
+        """Store ``claim`` if the stored claim still has ``expected_version``.
+
+        Args:
+            claim: the claim to store (its ``version`` must be greater).
+            expected_version: the version read before (``None``: no claim stored).
+
+        Raises:
+            ClaimConflictError: the stored claim changed since it was read.
+        """
+        ...
+
+
+def _check_claim_swap(
+    store: str, stored: ReshardClaim | None, claim: ReshardClaim, expected_version: int | None
+) -> None:
+    """The claim's compare-and-set rule every store applies, under its own lock."""
+    stored_version = None if stored is None else stored.version
+    if stored_version != expected_version or (
+        stored_version is not None and claim.version <= stored_version
+    ):
+        raise ClaimConflictError(
+            f"{store}: the reshard claim is at version {stored_version}, not the expected "
+            f"{expected_version} (or the new version {claim.version} is not newer): another "
+            "resharder changed it; read it again (load_claim()) and decide again"
+        )
 
 
 def _check_arguments(new_map: object, expected_epoch: object) -> None:

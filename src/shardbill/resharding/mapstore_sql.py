@@ -23,6 +23,7 @@ from shardbill.dialects.base import Dialect, validate_identifier
 from shardbill.dialects.detect import dialect_for
 from shardbill.dialects.errors import translating
 from shardbill.errors import (
+    ClaimConflictError,
     ConfigurationError,
     DatabaseError,
     DeadlockError,
@@ -35,7 +36,13 @@ from shardbill.errors import (
     ShardMapError,
 )
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, Row
-from shardbill.resharding.mapstore_protocol import _check_arguments, _check_publish, _parse
+from shardbill.resharding.claim import ReshardClaim
+from shardbill.resharding.mapstore_protocol import (
+    _check_arguments,
+    _check_claim_swap,
+    _check_publish,
+    _parse,
+)
 from shardbill.shardmap import ShardMap
 
 __all__ = ["SqlMapStore"]
@@ -62,10 +69,16 @@ class _Statements:
     epochs: str
     insert: str
     table_exists: str
+    claim_create: str
+    claim_read: str
+    claim_read_for_update: str
+    claim_insert: str
+    claim_update: str
 
     @classmethod
-    def build(cls, dialect: Dialect, table: str) -> _Statements:
+    def build(cls, dialect: Dialect, table: str, claim_table: str) -> _Statements:
         t = dialect.quote(table)
+        c = dialect.quote(claim_table)
         p = "?" if dialect.paramstyle == "qmark" else "%s"
         sqlite = dialect.name == "sqlite"
         if sqlite:
@@ -78,6 +91,10 @@ class _Statements:
             )
             # sqlite_master is the documented schema table in every SQLite version.
             table_exists = f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = {p}"
+            claim_create = (
+                f"CREATE TABLE IF NOT EXISTS {c} (id INTEGER NOT NULL PRIMARY KEY, "
+                "version INTEGER NOT NULL, document TEXT NOT NULL)"
+            )
         else:
             create = (
                 f"CREATE TABLE IF NOT EXISTS {t} ("
@@ -90,6 +107,11 @@ class _Statements:
             table_exists = (
                 "SELECT COUNT(*) FROM information_schema.tables "
                 f"WHERE table_schema = DATABASE() AND table_name = {p}"
+            )
+            claim_create = (
+                f"CREATE TABLE IF NOT EXISTS {c} (id INT NOT NULL PRIMARY KEY, "
+                "version BIGINT NOT NULL, document LONGTEXT NOT NULL"
+                ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
             )
         head = f"SELECT epoch, document FROM {t} ORDER BY epoch DESC LIMIT 1"
         return cls(
@@ -106,6 +128,17 @@ class _Statements:
                 f"VALUES ({p}, {p}, {p}, {p})"
             ),
             table_exists=table_exists,
+            claim_create=claim_create,
+            claim_read=f"SELECT version, document FROM {c} WHERE id = 1",
+            claim_read_for_update=(
+                f"SELECT version, document FROM {c} WHERE id = 1"
+                if sqlite
+                else f"SELECT version, document FROM {c} WHERE id = 1 FOR UPDATE"
+            ),
+            claim_insert=f"INSERT INTO {c} (id, version, document) VALUES (1, {p}, {p})",
+            claim_update=(
+                f"UPDATE {c} SET version = {p}, document = {p} WHERE id = 1 AND version = {p}"
+            ),
         )
 
 
@@ -145,6 +178,10 @@ class SqlMapStore:
     The current map is the row with the highest epoch; older rows stay as the
     audit trail (:meth:`history`, :meth:`load_epoch`).
 
+    A second table, ``claim_table`` (default ``TABLE_claim``), holds one row:
+    the reshard claim (:meth:`load_claim`, :meth:`swap_claim`), changed by
+    compare-and-set on its ``version`` column.
+
     :meth:`publish` is one transaction on the provider's ``shard``: it reads
     the newest row with a locking read (``SELECT ... FOR UPDATE`` on MySQL
     and MariaDB; on SQLite the provider's ``BEGIN IMMEDIATE`` already holds
@@ -167,6 +204,7 @@ class SqlMapStore:
         provider: lends connections to the control database.
         shard: the provider's name for the control database.
         table: the table name (``^[A-Za-z_][A-Za-z0-9_]{0,63}$``).
+        claim_table: the reshard claim's table (default ``TABLE_claim``).
     """
 
     def __init__(
@@ -175,8 +213,11 @@ class SqlMapStore:
         *,
         shard: str = "control",
         table: str = "shardbill_map",
+        claim_table: str | None = None,
     ) -> None:
         validate_identifier(table, what="map store table")
+        claim_table = claim_table if claim_table is not None else f"{table}_claim"
+        validate_identifier(claim_table, what="map store claim table")
         if not isinstance(shard, str) or not shard:
             raise ConfigurationError(
                 f"SqlMapStore 'shard' must be a non-empty shard name: {shard!r}; "
@@ -185,6 +226,8 @@ class SqlMapStore:
         self._provider = provider
         self._shard = shard
         self._table = table
+        self._claim_table = claim_table
+        self._claim_table_ready = False
         self._statements: dict[str, _Statements] = {}
 
     def __repr__(self) -> str:
@@ -204,7 +247,9 @@ class SqlMapStore:
         dialect = dialect_for(conn)
         statements = self._statements.get(dialect.name)
         if statements is None:
-            statements = self._statements[dialect.name] = _Statements.build(dialect, self._table)
+            statements = self._statements[dialect.name] = _Statements.build(
+                dialect, self._table, self._claim_table
+            )
         return statements
 
     def _advice(self) -> str:
@@ -233,6 +278,9 @@ class SqlMapStore:
         """
         with translating(self._shard), self._provider.connection(self._shard) as conn:
             _execute(conn, self._sql(conn).create)
+        with translating(self._shard), self._provider.connection(self._shard) as conn:
+            _execute(conn, self._sql(conn).claim_create)
+        self._claim_table_ready = True
         try:
             with translating(self._shard), self._provider.connection(self._shard) as conn:
                 _fetch(conn, self._sql(conn).probe)
@@ -397,3 +445,80 @@ class SqlMapStore:
                     store=repr(self),
                 ) from exc
             raise
+
+    def load_claim(self) -> ReshardClaim | None:
+        """The reshard claim (``None``: no reshard ever claimed, or no claim table yet).
+
+        Raises:
+            ShardMapError: the stored claim is damaged.
+            DatabaseError: the database refused.
+        """
+        try:
+            with translating(self._shard), self._provider.connection(self._shard) as conn:
+                rows = _fetch(conn, self._sql(conn).claim_read)
+        except FatalDatabaseError as exc:
+            if self._missing_claim_table(exc):
+                return None
+            raise
+        if not rows:
+            return None
+        return self._parse_claim(rows[0])
+
+    def swap_claim(self, claim: ReshardClaim, *, expected_version: int | None) -> None:
+        """Compare-and-set of the reshard claim in one transaction (creating its table if needed).
+
+        Raises:
+            ClaimConflictError: the stored claim is not at ``expected_version``.
+            DatabaseError: the database refused.
+        """
+        if not self._claim_table_ready:
+            with translating(self._shard), self._provider.connection(self._shard) as conn:
+                _execute(conn, self._sql(conn).claim_create)
+            self._claim_table_ready = True
+        try:
+            with translating(self._shard), self._provider.connection(self._shard) as conn:
+                sql = self._sql(conn)
+                rows = _fetch(conn, sql.claim_read_for_update)
+                stored = self._parse_claim(rows[0]) if rows else None
+                _check_claim_swap(repr(self), stored, claim, expected_version)
+                if stored is None:
+                    _execute(conn, sql.claim_insert, (claim.version, claim.to_json()))
+                else:
+                    cursor = conn.cursor()
+                    try:
+                        cursor.execute(
+                            sql.claim_update, (claim.version, claim.to_json(), stored.version)
+                        )
+                        changed = cursor.rowcount
+                    finally:
+                        cursor.close()
+                    if changed != 1:  # a racer the read did not serialize with
+                        raise ClaimConflictError(
+                            f"{self!r}: the reshard claim changed from version "
+                            f"{stored.version} while it was swapped; read it again "
+                            "(load_claim()) and decide again"
+                        )
+        except (DuplicateKeyError, DeadlockError, LockWaitTimeoutError) as exc:
+            raise ClaimConflictError(
+                f"{self!r}: another resharder changed the reshard claim at the same time "
+                f"({type(exc).__name__}); read it again (load_claim()) and decide again"
+            ) from exc
+
+    def _parse_claim(self, row: Row) -> ReshardClaim:
+        document = row[1]
+        if isinstance(document, bytes):
+            document = document.decode("utf-8")
+        return ReshardClaim.from_json(str(document), where=f"{self!r}, table {self._claim_table!r}")
+
+    def _missing_claim_table(self, error: FatalDatabaseError) -> bool:
+        if error.errno == _NO_SUCH_TABLE:
+            return True
+        try:
+            with (
+                translating(self._shard),
+                self._provider.connection(self._shard, readonly=True) as conn,
+            ):
+                rows = _fetch(conn, self._sql(conn).table_exists, (self._claim_table,))
+        except DatabaseError:
+            return False
+        return not (rows and rows[0][0])

@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -51,17 +51,36 @@ import xxhash
 
 from shardbill.aggregates import SLOT_COLUMN, AggregateTable, Date
 from shardbill.dialects.base import Dialect, UpsertSpec
+from shardbill.dialects.ddl import describe_table
 from shardbill.dialects.detect import dialect_for
-from shardbill.errors import ReshardError, ShardbillError
+from shardbill.errors import (
+    ClaimConflictError,
+    ConfigurationError,
+    DuplicateKeyError,
+    ReshardClaimedError,
+    ReshardError,
+    ReshardStoppedError,
+    ShardbillError,
+)
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.rendering import RowStatements
+from shardbill.resharding.claim import (
+    ABORTED,
+    FINISHED,
+    MOVING,
+    ClaimState,
+    ReshardClaim,
+    decide,
+    new_owner_id,
+)
 from shardbill.resharding.mapstore import MapStore
+from shardbill.resharding.mapstore_protocol import ClaimStore
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.schema import apply_schema
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
 from shardbill.tables import Column, ColumnKind, SlotState, SystemTables, aggregate_table_def
 
-__all__ = ["ReshardProgress", "ReshardSettings", "Resharder", "SlotStatus"]
+__all__ = ["ReshardProgress", "ReshardReport", "ReshardSettings", "Resharder", "SlotStatus"]
 
 log = logging.getLogger("shardbill.resharding")
 
@@ -85,6 +104,14 @@ class ReshardSettings:
             built to survive, after a jittered wait; other errors, and the
             last transient one, are raised. The default waits up to about a
             minute in all; ``RetryPolicy(max_attempts=1)`` never retries.
+        lease_seconds: how long the reshard's claim in the map store stays
+            this resharder's without renewal; it renews the lease every
+            third of that while it works. Another resharder of the same
+            plan may take over only an expired lease.
+        lease_wait: how long :meth:`Resharder.run` waits for another
+            resharder's live lease on the same plan to end (it finishes, or
+            expires and is taken over) before refusing with
+            :class:`~shardbill.errors.ReshardClaimedError`.
     """
 
     chunk_rows: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
@@ -94,6 +121,8 @@ class ReshardSettings:
     retry: RetryPolicy = attrs.field(
         factory=lambda: RetryPolicy(max_attempts=10, base_delay=0.5, max_delay=10.0)
     )
+    lease_seconds: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    lease_wait: float = attrs.field(default=45.0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen(kw_only=True)
@@ -119,6 +148,52 @@ class ReshardProgress:
     """Of the slots finished, those that held no rows: handed over in batches."""
     attempts: int = 1
     """Runs it took: more than one when a transient failure was ridden through."""
+
+
+@attrs.frozen(kw_only=True)
+class ReshardReport:
+    """Where a running reshard stands, for progress displays (``Resharder(on_progress=...)``).
+
+    Attributes:
+        slots_total: slots the plan moves.
+        slots_done: of them, finished (by this run or an earlier one).
+        rows_moved: aggregate rows merged by this run.
+        ledger_rows_moved: ledger rows copied by this run.
+        seconds: since this run started.
+    """
+
+    slots_total: int
+    slots_done: int
+    rows_moved: int
+    ledger_rows_moved: int
+    seconds: float
+    slots_at_start: int = 0
+    """Of ``slots_done``, those finished before this run's moving began."""
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows (aggregate and ledger) moved per second by this run."""
+        return (self.rows_moved + self.ledger_rows_moved) / self.seconds if self.seconds else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at this run's pace in slots (None until a slot was moved)."""
+        moved = self.slots_done - self.slots_at_start
+        if moved <= 0 or not self.seconds:
+            return None
+        return (self.slots_total - self.slots_done) * self.seconds / moved
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as plain values (for ``--json`` events)."""
+        return {
+            "slots_total": self.slots_total,
+            "slots_done": self.slots_done,
+            "rows_moved": self.rows_moved,
+            "ledger_rows_moved": self.ledger_rows_moved,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+        }
 
 
 def _checksum(key: Sequence[object], values: Sequence[int]) -> int:
@@ -159,8 +234,13 @@ class _Tally:
         return cls(rows=data["rows"], totals=data["totals"], checksum=data["checksum"])
 
 
+class _ProgressRacedError(Exception):
+    """Another resharder advanced a move-ledger record first; this chunk rolled back."""
+
+
 class _Throttle:
-    def __init__(self, settings: ReshardSettings) -> None:
+    def __init__(self, settings: ReshardSettings, stop: threading.Event) -> None:
+        self._stop = stop
         self._rate = settings.rows_per_second
         self._pause = settings.pause
         self._lock = threading.Lock()
@@ -169,7 +249,7 @@ class _Throttle:
 
     def after(self, rows: int) -> None:
         if self._pause is not None:
-            while self._pause():
+            while self._pause() and not self._stop.is_set():
                 time.sleep(0.05)
         if not self._rate:
             return
@@ -178,7 +258,7 @@ class _Throttle:
             due = self._start + self._rows / self._rate
         delay = due - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
+            self._stop.wait(delay)  # a stop request cuts the wait short
 
 
 class Resharder:
@@ -191,7 +271,13 @@ class Resharder:
         system_tables: the ledger, ownership and move-ledger table names.
         settings: chunking, parallelism and throttling.
         before_step: called with a step name before each step (for tests that
-            kill the process at chosen points, and for progress displays).
+            kill the process at chosen points).
+        on_progress: called with a :class:`ReshardReport` after the empty slots
+            were handed over and after each slot finishes (from the moving
+            threads: keep it quick).
+        owner: this resharder's owner id in the map store's claim (default:
+            ``host:pid:random``, new per instance).
+        clock: the wall clock leases are measured with (Unix seconds; for tests).
     """
 
     def __init__(
@@ -203,8 +289,18 @@ class Resharder:
         system_tables: SystemTables | None = None,
         settings: ReshardSettings | None = None,
         before_step: Callable[[str], None] | None = None,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+        on_progress: Callable[[ReshardReport], None] | None = None,
     ) -> None:
+        self._on_progress = on_progress
+        self._stop = threading.Event()
+        self._report = (0, 0, 0.0, 0)  # slots total, done, start, done at start
         self._store = store
+        self._owner = owner if owner is not None else new_owner_id()
+        self._clock = clock
+        self._claim: ReshardClaim | None = None
+        self._renewed = 0.0
         self._provider = provider
         self._tables = tuple(tables)
         self._system = system_tables or SystemTables()
@@ -217,8 +313,16 @@ class Resharder:
 
     # ------------------------------------------------------------------ public
 
+    @property
+    def owner(self) -> str:
+        """This resharder's owner id in the map store's claim."""
+        return self._owner
+
     def plan(self, target: ShardMap) -> ReshardPlan:
         """The plan from the map that precedes ``target`` in the store to ``target``."""
+        return self._source_for(target).plan_to(target)
+
+    def _source_for(self, target: ShardMap) -> ShardMap:
         current = self._store.load()
         if current.epoch == target.epoch:
             if current != target:
@@ -234,27 +338,141 @@ class Resharder:
                     f"{target.epoch} is unknown; use a store with history (JSON or SQL)"
                 )
             source: ShardMap = load_epoch(target.epoch - 1)
-        elif current.epoch == target.epoch - 1:
-            source = current
-        else:
-            raise ReshardError(
-                f"the target map has epoch {target.epoch} but the store holds epoch "
-                f"{current.epoch}; a plan goes from epoch N to N + 1: re-plan from the "
-                "current map"
+            return source
+        if current.epoch == target.epoch - 1:
+            return current
+        raise ReshardError(
+            f"the target map has epoch {target.epoch} but the store holds epoch "
+            f"{current.epoch}; a plan goes from epoch N to N + 1: re-plan from the "
+            "current map"
+        )
+
+    def claim(self) -> ReshardClaim | None:
+        """The reshard claim the map store holds now (``None``: never claimed)."""
+        return self._claims().load_claim()
+
+    def _claims(self) -> ClaimStore:
+        if not isinstance(self._store, ClaimStore):
+            raise ConfigurationError(
+                f"{self._store!r} keeps no reshard claim (load_claim, swap_claim): a "
+                "reshard must be claimed in the map store before it touches a shard; use "
+                "JsonFileMapStore, SqlMapStore or MemoryMapStore, or implement ClaimStore"
             )
-        return source.plan_to(target)
+        return self._store
+
+    def _resolve(self, target: ShardMap | None) -> tuple[ShardMap, ShardMap]:
+        """The (source, target) maps to run: ``target``'s plan, or the claimed one to resume."""
+        claim = self._claims().load_claim()
+        if target is None:
+            if claim is not None and claim.state == MOVING:
+                return claim.source, claim.target
+            target = self._store.load()
+        if claim is not None and claim.state != ABORTED and claim.target == target:
+            return claim.source, target
+        return self._source_for(target), target
+
+    def _acquire(self, source: ShardMap, target: ShardMap) -> ReshardClaim:
+        """Record this reshard's claim in the map store (compare-and-set), or refuse."""
+        store = self._claims()
+        deadline = time.monotonic() + self._settings.lease_wait
+        for _ in range(100):  # each lost compare-and-set means another resharder moved
+            stored = store.load_claim()
+            try:
+                claim = decide(
+                    stored,
+                    source=source,
+                    target=target,
+                    owner=self._owner,
+                    lease_seconds=self._settings.lease_seconds,
+                    now=self._clock(),
+                )
+            except ReshardClaimedError:
+                assert stored is not None  # noqa: S101 - decide refuses only a stored claim
+                if stored.same_plan(source, target) and time.monotonic() < deadline:
+                    self._stop.wait(min(1.0, max(0.05, stored.expires_at - self._clock())))
+                    if not self._stop.is_set():
+                        continue
+                raise
+            try:
+                store.swap_claim(claim, expected_version=None if stored is None else stored.version)
+            except ClaimConflictError:
+                continue
+            with self._lock:
+                self._claim = claim
+                self._renewed = time.monotonic()
+            log.info("claimed %s", claim.describe())
+            return claim
+        raise ReshardError(  # pragma: no cover - a hundred racing resharders
+            "the map store's reshard claim kept changing; run again"
+        )
+
+    def _renew(self, *, force: bool = False) -> None:
+        """Renew the lease when a third of it has passed; stop if another owner took it."""
+        with self._lock:
+            claim = self._claim
+            if claim is None:
+                return
+            if not force and time.monotonic() - self._renewed < self._settings.lease_seconds / 3:
+                return
+            self._swap_own(
+                attrs.evolve(
+                    claim,
+                    expires_at=self._clock() + self._settings.lease_seconds,
+                    version=claim.version + 1,
+                )
+            )
+
+    def _swap_own(self, new: ReshardClaim) -> None:
+        """Swap this resharder's claim for ``new`` (holding ``self._lock``)."""
+        claim = self._claim
+        assert claim is not None  # noqa: S101 - callers check
+        try:
+            self._claims().swap_claim(new, expected_version=claim.version)
+        except ClaimConflictError as exc:
+            self._claim = None
+            stored = self._claims().load_claim()
+            holder = stored.describe() if stored is not None else "no claim"
+            raise ReshardClaimedError(
+                f"this resharder ({self._owner!r}) lost its claim on reshard epoch "
+                f"{claim.source.epoch} -> {claim.target.epoch}: the store now holds {holder}; "
+                "it stopped (every step so far is recorded on the shards: the holder goes on "
+                "from there)",
+                owner=stored.owner if stored is not None else "",
+                source_epoch=claim.source.epoch,
+                target_epoch=claim.target.epoch,
+                expires_at=stored.expires_at if stored is not None else 0.0,
+            ) from exc
+        self._claim = new
+        self._renewed = time.monotonic()
+
+    def _release(self, state: ClaimState) -> None:
+        """Mark this resharder's claim ``finished`` or ``aborted``; the lease ends."""
+        with self._lock:
+            claim = self._claim
+            if claim is None:
+                return
+            now = self._clock()
+            self._swap_own(
+                attrs.evolve(claim, state=state, expires_at=now, version=claim.version + 1)
+            )
+            self._claim = None
 
     def run(self, target: ShardMap | None = None) -> ReshardProgress:
         """Run (or resume) the reshard to ``target`` until every slot is finished.
 
-        Without ``target``, resume the reshard to the map the store holds now.
-        A transient database failure makes it run again from the top after a
+        The reshard is first claimed in the map store (:mod:`shardbill.resharding.claim`):
+        another unfinished reshard of a different plan makes it refuse before it
+        changes anything, naming the holder. Without ``target``, resume the
+        claimed reshard (or the one to the map the store holds now). A
+        transient database failure makes it run again from the top after a
         wait (``ReshardSettings.retry``): a re-run resumes exactly where the
         shards say the move stands.
 
         Raises:
-            ReshardError: the plan does not fit the store, or verification found
-                a difference (nothing is finished for that slot).
+            ReshardClaimedError: another reshard holds the claim.
+            ReshardError: the plan does not fit the store or the shards (the
+                message says how to fix it), or verification found a
+                difference (nothing is finished for that slot).
             DatabaseError: a non-transient database error, or a transient one
                 that outlasted the retries; running again resumes safely.
         """
@@ -280,9 +498,28 @@ class Resharder:
             return attrs.evolve(progress, attempts=attempt, seconds=time.monotonic() - started)
 
     def _run_once(self, target: ShardMap | None) -> ReshardProgress:
+        try:
+            return self._run_claimed(target)
+        except BaseException:
+            self._expire()
+            raise
+
+    def _expire(self) -> None:
+        """After a failure: end this resharder's lease at once, so a re-run takes over."""
+        with self._lock:
+            claim = self._claim
+            if claim is None:
+                return
+            with contextlib.suppress(ShardbillError):  # the store may be what failed
+                self._swap_own(
+                    attrs.evolve(claim, expires_at=self._clock(), version=claim.version + 1)
+                )
+
+    def _run_claimed(self, target: ShardMap | None) -> ReshardProgress:
         started = time.monotonic()
-        target = target if target is not None else self._store.load()
-        plan = self.plan(target)
+        source, target = self._resolve(target)
+        plan = source.plan_to(target)
+        self._acquire(source, target)
         apply_schema(  # new shards get their tables; their slots arrive by moving
             self._provider,
             target,
@@ -291,21 +528,39 @@ class Resharder:
             shards=sorted(s for s in target.shards if not plan.before.get(s)),
             record_ownership=False,
         )
+        try:
+            self._slot_states(plan.moves)  # refuses, before any change, rows that do not fit
+        except ReshardError:
+            states = self._slot_states(plan.moves, strict=False)
+            if not any(state in ("fenced", "finished") for state in states.values()):
+                self._release(ABORTED)  # nothing was fenced: another plan may start
+            raise
+        if self._reverting():
+            self._settle_reverted(plan.moves)
         self._step("switch")
         self._switch(plan, target)
         self._step("publish")
         self._publish(target)
-        throttle = _Throttle(self._settings)
+        throttle = _Throttle(self._settings, self._stop)
         states = self._slot_states(plan.moves)
         pending = [m for m in plan.moves if states[m] != "finished"]
         empty = self._empty(pending)
         self._finish_empty([m for m in pending if m in empty])
-        with ThreadPoolExecutor(
+        done = len(plan.moves) - len(pending) + len(empty)
+        with self._lock:
+            self._report = (len(plan.moves), done, started, done)
+        self._progress_report(0)
+        pool = ThreadPoolExecutor(
             max_workers=self._settings.parallel_slots, thread_name_prefix="shardbill-reshard"
-        ) as pool:
+        )
+        try:
             moving = [m for m in pending if m not in empty]
             for future in [pool.submit(self._move_slot, m, throttle) for m in moving]:
                 future.result()
+        finally:
+            # A failed slot is retried from the top at once, not after every queued slot.
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._release(FINISHED)
         return ReshardProgress(
             plan=plan,
             slots_finished=len(pending),
@@ -315,10 +570,98 @@ class Resharder:
             slots_empty=len(empty),
         )
 
+    def revert(self) -> ReshardProgress:
+        """Move the claimed reshard (fenced, published or finished) back to the map before it.
+
+        Every slot the reshard moved goes back to its source with the same
+        protocol as a forward move (fence, publish, copy, merge, verify),
+        writes going on; the map before it is published again as a new epoch.
+        A revert is itself claimed: it replaces the claim of the reshard it
+        undoes (whose lease must have ended), and is resumed by :meth:`run`
+        or :meth:`revert` after a crash or a stop.
+
+        Raises:
+            ReshardClaimedError: the reshard is still running (its lease is live).
+            ReshardError: nothing to revert, or a newer reshard came after it.
+        """
+        store = self._claims()
+        stored = store.load_claim()
+        if stored is None or stored.state == ABORTED:
+            raise ReshardError(
+                "no reshard to revert: the map store holds no claimed reshard (an aborted "
+                "one changed nothing); plan the change you want with `shardbill reshard plan`"
+            )
+        if stored.reverts and stored.state == MOVING:
+            return self.run()  # resume the revert in progress
+        current = self._store.load()
+        if current.epoch > stored.target.epoch:
+            raise ReshardError(
+                f"the map store holds epoch {current.epoch}, newer than the claimed reshard's "
+                f"target {stored.target.epoch}: only the last reshard can be reverted; plan "
+                "the change back as a new reshard"
+            )
+        back = stored.source.with_epoch(stored.target.epoch + 1)
+        now = self._clock()
+        if stored.state == MOVING and stored.owner != self._owner and not stored.expired(now):
+            raise ReshardClaimedError(
+                f"the map store's reshard claim is held: {stored.describe()}; stop it first "
+                "(Ctrl-C on `shardbill reshard run`, or Resharder.stop()), then revert",
+                owner=stored.owner,
+                source_epoch=stored.source.epoch,
+                target_epoch=stored.target.epoch,
+                expires_at=stored.expires_at,
+            )
+        claim = ReshardClaim(
+            source=stored.target,
+            target=back,
+            owner=self._owner,
+            expires_at=now + self._settings.lease_seconds,
+            version=stored.version + 1,
+            reverts=stored.target.epoch,
+        )
+        store.swap_claim(claim, expected_version=stored.version)
+        log.info("claimed %s", claim.describe())
+        return self.run()
+
+    def prepare(self, target: ShardMap) -> list[str]:
+        """Create the tables on the shards ``target`` adds, recording no slot as theirs.
+
+        The one safe way to create a new shard's tables before :meth:`run`
+        (which does it too): a writer's ``ensure_schema()`` pointed at the new
+        shard with a map that gives it slots would mark them owned there, and
+        the reshard would then refuse to move them. Changes no ownership row.
+
+        Returns:
+            The shards prepared (those of ``target`` that own no slot before it).
+        """
+        source, target = self._resolve(target)
+        new = sorted(s for s in target.shards if not source.plan_to(target).before.get(s))
+        apply_schema(
+            self._provider,
+            target,
+            self._tables,
+            system_tables=self._system,
+            shards=new,
+            record_ownership=False,
+        )
+        return new
+
     def status(self, target: ShardMap | None = None) -> list[SlotStatus]:
-        """Each moving slot's state, read from the shards."""
-        plan = self.plan(target if target is not None else self._store.load())
-        states = self._slot_states(plan.moves)
+        """Each moving slot's state, read from the shards.
+
+        ``pending``, ``fenced`` or ``finished``; ``conflict`` for a slot whose
+        ownership rows do not fit this move (:meth:`run` says how to fix them).
+        """
+        try:
+            source, target = self._resolve(target)
+        except ShardbillError:
+            if target is None:  # nothing claimed, and no move to the map the store holds
+                return []
+            raise
+        plan = source.plan_to(target)
+        stored = self._claims().load_claim()
+        reverting = stored is not None and stored.reverts > 0 and stored.same_plan(source, target)
+        states = self._slot_states(plan.moves, strict=False, missing_ok=True, reverting=reverting)
         return [
             SlotStatus(slot=m.slot, source=m.source, target=m.target, state=states[m])
             for m in plan.moves
@@ -328,14 +671,19 @@ class Resharder:
         """Undo a reshard that has fenced nothing yet; returns True when it was undone.
 
         Once any source shard fenced a slot (writers may already be writing to
-        the target), the reshard can only be completed: run it again.
+        the target), the reshard can only be completed (run it again) or
+        reverted (:meth:`revert`).
         """
-        plan = self.plan(target)
+        source, target = self._resolve(target)
+        plan = source.plan_to(target)
         if any(state != "pending" for state in self._slot_states(plan.moves).values()):
             return False
         current = self._store.load()
         if current.epoch == target.epoch:
             raise ReshardError("the target map is published already; complete the reshard")
+        stored = self._claims().load_claim()
+        if stored is not None and stored.same_plan(source, target) and stored.state == MOVING:
+            self._acquire(source, target)  # a live lease of another owner refuses here
         by_target: dict[str, list[int]] = defaultdict(list)
         for move in plan.moves:
             by_target[move.target].append(move.slot)
@@ -346,79 +694,169 @@ class Resharder:
                     f"{dialect.placeholder} AND {SLOT_COLUMN} IN ({_ints(slots)})",
                     (SlotState.INCOMING.value,),
                 )
+        self._release(ABORTED)
         return True
 
     def verify(self, shard_map: ShardMap | None = None) -> list[str]:
         """Every difference found between the shards and ``shard_map`` (empty: exact).
 
-        Checks that every aggregate and ledger row sits on the shard that owns
-        its slot (rows of a slot still being merged may sit on its source,
-        but not once its owner has finished the merge), and that every
-        finished move merged exactly its manifest. Reads the shards of
-        ``shard_map`` and, when the store keeps history, those of the map
-        before it (a removed shard must be left empty).
+        Reads every shard the store has ever named (each kept map, the claimed
+        reshard's maps, and every shard an ownership row names as a peer) and
+        checks that:
+
+        * every slot is owned by exactly one shard, the one ``shard_map``
+          (default: the published map) names, except the slots of the claimed,
+          unfinished reshard, whose rows must fit a step of their move;
+        * no slot is left ``incoming`` outside that reshard, and every
+          forwarding address (``gone``) leads to the slot's owner;
+        * no aggregate or ledger row of a slot sits outside its owner (or, for a
+          slot in motion, outside its source and target);
+        * every finished move merged exactly the manifest its source recorded.
         """
         current = shard_map if shard_map is not None else self._store.load()
-        shards = sorted(set(current.shards) | self._previous_shards(current))
+        claims = self._store if isinstance(self._store, ClaimStore) else None
+        claim = claims.load_claim() if claims is not None else None
+        moving: dict[int, SlotMove] = {}
+        if claim is not None and claim.state == MOVING:
+            moving = {m.slot: m for m in claim.source.plan_to(claim.target).moves}
+        reverting = claim is not None and claim.state == MOVING and claim.reverts > 0
+        shards = self._known_shards(current, claim)
         problems: list[str] = []
-        states: dict[str, dict[int, tuple[str, object]]] = {}  # shard -> slot -> (state, peer)
-        for shard in shards:
+        states: dict[str, dict[int, tuple[str, str | None]]] = {}
+        # Shards the provider knows but no map names are read too, where they have the
+        # tables: a reshard run without a claim may have left owned slots there.
+        extra = sorted(set(getattr(self._provider, "shards", ())) - shards)
+        for shard in extra:
+            with contextlib.suppress(ShardbillError):
+                found = self._verify_shard_states(shard, problems, quiet=True)
+                if found:
+                    states[shard] = found
+        pending = sorted(shards)
+        while pending:  # shards named only as a peer join the read
+            for shard in pending:
+                states[shard] = self._verify_shard_states(shard, problems)
+            named = {
+                peer for rows in states.values() for _, peer in rows.values() if peer is not None
+            }
+            pending = sorted(named - set(states))
+        problems.extend(_ownership_problems(current, states, moving, reverting=reverting))
+        for shard in sorted(states):
+            problems.extend(self._misplaced_rows(shard, current, states, moving))
+        return problems
+
+    def _known_shards(self, current: ShardMap, claim: ReshardClaim | None) -> set[str]:
+        """Every shard of a kept map, of the claimed reshard, and of ``current``."""
+        shards = set(current.shards)
+        if claim is not None:
+            shards |= set(claim.source.shards) | set(claim.target.shards)
+        history = getattr(self._store, "history", None)
+        load_epoch = getattr(self._store, "load_epoch", None)
+        if history is None or load_epoch is None:
+            return shards
+        for epoch in history():
+            with contextlib.suppress(ShardbillError):  # a store that prunes its history
+                shards |= set(load_epoch(epoch).shards)
+        return shards
+
+    def _verify_shard_states(
+        self, shard: str, problems: list[str], *, quiet: bool = False
+    ) -> dict[int, tuple[str, str | None]]:
+        """One shard's ownership rows; its finished moves' tallies are checked on the way.
+
+        With ``quiet``, a shard that cannot be read (or has no tables) raises instead of
+        being reported.
+        """
+        try:
             with self._cursor(shard) as (cursor, dialect):
                 cursor.execute(
                     f"SELECT {SLOT_COLUMN}, state, peer FROM {dialect.quote(self._system.slots)}",
                     (),
                 )
-                states[shard] = {int(r[0]): (str(r[1]), r[2]) for r in cursor.fetchall()}
+                rows = {
+                    int(r[0]): (str(r[1]), None if r[2] is None else str(r[2]))
+                    for r in cursor.fetchall()
+                }
                 cursor.execute(
                     f"SELECT {SLOT_COLUMN}, table_name, manifest, moved, done "
                     f"FROM {dialect.quote(self._system.moves)}",
                     (),
                 )
                 for slot, table, manifest, moved, done in cursor.fetchall():
-                    if int(done) and manifest != moved:
+                    if int(done) and _Tally.from_json(str(manifest)) != _Tally.from_json(
+                        str(moved)
+                    ):
                         problems.append(
                             f"shard {shard!r}, slot {slot}, table {table!r}: merged {moved} "
                             f"but the source held {manifest}"
                         )
-        for shard in shards:
-            with self._cursor(shard) as (cursor, dialect):
-                for name in (self._system.ledger, *(t.name for t in self._tables)):
-                    cursor.execute(f"SELECT DISTINCT {SLOT_COLUMN} FROM {dialect.quote(name)}", ())
-                    for (raw_slot,) in cursor.fetchall():
-                        slot = int(raw_slot)
-                        owner = current.owner(slot)
-                        if owner == shard:
-                            continue
-                        state, peer = states[shard].get(slot, ("", None))
-                        moving_to_owner = state == SlotState.GONE and peer == owner
-                        # The owner marks the slot owned only once the merge finished.
-                        arrived = states[owner].get(slot, ("", None))[0] == SlotState.OWNED
-                        if moving_to_owner and not arrived:
-                            continue  # still being merged into its owner
-                        where = (
-                            f"its move to {owner!r} has finished, so they were left behind"
-                            if moving_to_owner
-                            else f"the map (epoch {current.epoch}) gives the slot to {owner!r}"
-                        )
+        except ConfigurationError as exc:  # a peer the provider has no URL for
+            if quiet:
+                raise
+            problems.append(
+                f"shard {shard!r} is named by the store or a forwarding address but cannot be "
+                f"read ({exc}); give the provider its URL and verify again"
+            )
+            return {}
+        return rows
+
+    def _misplaced_rows(
+        self,
+        shard: str,
+        current: ShardMap,
+        states: Mapping[str, Mapping[int, tuple[str, str | None]]],
+        moving: Mapping[int, SlotMove],
+    ) -> list[str]:
+        """The rows on ``shard`` of slots it should not hold."""
+        problems: list[str] = []
+        if not states.get(shard) and shard not in current.shards:
+            with contextlib.suppress(ShardbillError):  # no tables: nothing to misplace
+                return self._rows_on_unknown(shard, current)
+            return problems
+        with self._cursor(shard) as (cursor, dialect):
+            for name in (self._system.ledger, *(t.name for t in self._tables)):
+                cursor.execute(f"SELECT DISTINCT {SLOT_COLUMN} FROM {dialect.quote(name)}", ())
+                for (raw_slot,) in cursor.fetchall():
+                    slot = int(raw_slot)
+                    why = _misplaced(shard, slot, current, states, moving.get(slot))
+                    if why is not None:
                         problems.append(
                             f"table {name!r}: rows of slot {slot} are on shard {shard!r}, but "
-                            + where
+                            + why
                         )
         return problems
 
-    def _previous_shards(self, current: ShardMap) -> set[str]:
-        load_epoch = getattr(self._store, "load_epoch", None)
-        if load_epoch is None or current.epoch <= 1:
-            return set()
-        try:
-            previous: ShardMap = load_epoch(current.epoch - 1)
-        except ShardbillError:  # not kept (a store that prunes its history)
-            return set()
-        return set(previous.shards)
+    def _rows_on_unknown(self, shard: str, current: ShardMap) -> list[str]:
+        problems: list[str] = []
+        with self._cursor(shard) as (cursor, dialect):
+            for name in (self._system.ledger, *(t.name for t in self._tables)):
+                cursor.execute(f"SELECT COUNT(*) FROM {dialect.quote(name)}", ())
+                row = cursor.fetchone()
+                if row is not None and int(row[0]):
+                    problems.append(
+                        f"table {name!r}: {int(row[0])} row(s) are on shard {shard!r}, which "
+                        f"owns no slot in the map (epoch {current.epoch})"
+                    )
+        return problems
 
     # ------------------------------------------------------------------ steps
 
+    def stop(self) -> None:
+        """Ask a running :meth:`run` to stop at the next safe point (between two steps).
+
+        Thread- and signal-safe. :meth:`run` then raises
+        :class:`~shardbill.errors.ReshardStoppedError`; every step so far is
+        recorded on the shards and the lease is ended, so running again resumes
+        (with a new :class:`Resharder`: this one stays stopped).
+        """
+        self._stop.set()
+
     def _step(self, name: str) -> None:
+        if self._stop.is_set():
+            raise ReshardStoppedError(
+                f"the reshard stopped before step {name!r} as asked; every step so far is "
+                "recorded on the shards: run it again to resume"
+            )
+        self._renew()
         if self._before_step is not None:
             self._before_step(name)
 
@@ -473,48 +911,164 @@ class Resharder:
                             f" WHERE {SLOT_COLUMN} = {move.slot}",
                             (SlotState.INCOMING.value, move.source),
                         )
-        # 2. Fence on every source (waits for in-flight writers, refuses later ones).
+        # 2. Fence on every source (waits for in-flight writers, refuses later ones). A
+        # revert also fences the slots its source was still receiving from its target.
+        reverting = self._reverting()
         for (source, dest), slots in sorted(by_pair.items()):
             with self._cursor(source) as (cursor, dialect):
                 p = dialect.placeholder
+                receiving = f" OR (state = {p} AND peer = {p})" if reverting else ""
                 cursor.execute(
                     f"UPDATE {dialect.quote(self._system.slots)} SET state = {p}, peer = {p}, "
-                    f"epoch = {target.epoch} WHERE state = {p} AND {SLOT_COLUMN} IN "
-                    f"({_ints(slots)})",
-                    (SlotState.GONE.value, dest, SlotState.OWNED.value),
+                    f"epoch = {target.epoch} WHERE (state = {p}{receiving}) AND {SLOT_COLUMN} "
+                    f"IN ({_ints(slots)})",
+                    (SlotState.GONE.value, dest, SlotState.OWNED.value)
+                    + ((SlotState.INCOMING.value, dest) if reverting else ()),
                 )
             log.info("fenced %d slot(s) on %s for %s", len(slots), source, dest)
 
     def _publish(self, target: ShardMap) -> None:
         current = self._store.load()
         if current.epoch < target.epoch:
-            self._store.publish(target, expected_epoch=target.epoch - 1)
+            expected = target.epoch - 1
+            if (
+                self._reverting()
+                and current.epoch == target.epoch - 2
+                and current.assignment == target.assignment
+            ):
+                expected = current.epoch  # the reverted reshard never published its map
+            self._store.publish(target, expected_epoch=expected)
             log.info("published shard map epoch %d", target.epoch)
 
-    def _slot_states(self, moves: Sequence[SlotMove]) -> dict[SlotMove, str]:
-        """Each move's state: ``finished`` (the target owns it), ``fenced`` or ``pending``."""
-        owned = self._slots_in_state(moves, "target", SlotState.OWNED)
-        gone = self._slots_in_state(moves, "source", SlotState.GONE)
-        return {
-            m: "finished" if m in owned else "fenced" if m in gone else "pending" for m in moves
-        }
+    def _settle_reverted(self, moves: Sequence[SlotMove]) -> None:
+        """Before a revert moves a slot back: finish the reverted move's deletes, drop its
+        progress.
+
+        A chunk the reverted move merged into its target (this revert's source) may
+        still be on its source too (a stop between the merge and the delete); the
+        revert merges the target's rows back, so those copies are deleted first, by
+        the reverted move's progress, and that progress is dropped. Only before the
+        revert merged anything: the progress is gone once it ran.
+        """
+        tables = {t.name: t for t in self._tables}
+        for shard, chunk in _by_shard(moves, "source"):
+            back = {m.slot: m for m in chunk}
+            with self._cursor(shard) as (cursor, dialect):
+                cursor.execute(
+                    f"SELECT {SLOT_COLUMN}, table_name, source, last_key FROM "
+                    f"{dialect.quote(self._system.moves)} WHERE done = 0 AND {SLOT_COLUMN} IN "
+                    f"({_ints(sorted(back))})",
+                    (),
+                )
+                records = [(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in cursor.fetchall()]
+            for slot, name, source, last_key in records:
+                move = back[slot]
+                if source != move.target or name not in tables:
+                    continue
+                forward = SlotMove(slot=slot, source=move.target, target=shard)
+                if last_key is not None:
+                    self._delete_merged(forward, tables[name], json.loads(last_key))
+                with self._cursor(shard) as (cursor, dialect):
+                    cursor.execute(
+                        f"DELETE FROM {dialect.quote(self._system.moves)} WHERE "
+                        f"{SLOT_COLUMN} = {slot} AND table_name = {dialect.placeholder} "
+                        "AND done = 0",
+                        (name,),
+                    )
+
+    def _reverting(self) -> bool:
+        claim = self._claim
+        return claim is not None and claim.reverts > 0
+
+    def _slot_states(
+        self,
+        moves: Sequence[SlotMove],
+        *,
+        strict: bool = True,
+        missing_ok: bool = False,
+        reverting: bool | None = None,
+    ) -> dict[SlotMove, str]:
+        """Each move's state from both sides' ownership rows, peers included.
+
+        ``finished``: the target owns the slot and the source forwards to it;
+        ``fenced``: the source forwards to the target, which receives from the
+        source; ``pending``: the source owns it and the target has no row, a
+        row from an earlier move away (``gone``), or this move's ``incoming``
+        row. Anything else is a ``conflict``: with ``strict``, a
+        :class:`~shardbill.errors.ReshardError` that lists them and says how to
+        fix them, before anything changes.
+        """
+        reverting = self._reverting() if reverting is None else reverting
+        sources = self._rows_of(moves, "source")
+        targets = self._rows_of(moves, "target", missing_ok=missing_ok)
+        states: dict[SlotMove, str] = {}
+        conflicts: dict[str, list[SlotMove]] = defaultdict(list)
+        for move in moves:
+            s_state, s_peer = sources.get(move, (None, None))
+            t_state, t_peer = targets.get(move, (None, None))
+            forwards = s_state == SlotState.GONE and s_peer == move.target
+            if forwards and t_state == SlotState.OWNED:
+                states[move] = "finished"
+            elif forwards and t_state == SlotState.INCOMING and t_peer == move.source:
+                states[move] = "fenced"
+            elif s_state == SlotState.OWNED and (
+                t_state in (None, SlotState.GONE)
+                or (t_state == SlotState.INCOMING and t_peer == move.source)
+            ):
+                states[move] = "pending"
+            elif reverting and t_state == SlotState.OWNED and s_state is None:
+                states[move] = "finished"  # the reverted reshard never moved it
+            elif (
+                reverting
+                and (s_state, s_peer) == (SlotState.INCOMING, move.target)
+                and (t_state == SlotState.OWNED or t_peer == move.source)
+            ):
+                states[move] = "pending"  # the source was still receiving it: fence it there
+            else:
+                states[move] = "conflict"
+                conflicts[
+                    _conflict(move, (s_state, s_peer), (t_state, t_peer), self._system.slots)
+                ].append(move)
+        if strict and conflicts:
+            raise ReshardError(
+                f"{sum(len(v) for v in conflicts.values())} moving slot(s) have ownership rows "
+                "that do not fit this reshard, so it stops before changing anything more: "
+                + "; ".join(
+                    f"{why} (slots {_sample(group)})" for why, group in sorted(conflicts.items())
+                )
+            )
+        return states
+
+    def _rows_of(
+        self, moves: Sequence[SlotMove], side: str, *, missing_ok: bool = False
+    ) -> dict[SlotMove, tuple[str, str | None]]:
+        """Each move's ownership row ``(state, peer)`` on its ``side`` shard, where it has one.
+
+        With ``missing_ok``, a shard without the ownership table (a new shard
+        before :meth:`prepare` or :meth:`run`) has no rows.
+        """
+        found: dict[SlotMove, tuple[str, str | None]] = {}
+        for shard, chunk in _by_shard(moves, side):
+            with self._cursor(shard) as (cursor, dialect):
+                if missing_ok and describe_table(cursor, dialect, self._system.slots) is None:
+                    continue
+                cursor.execute(
+                    f"SELECT {SLOT_COLUMN}, state, peer FROM {dialect.quote(self._system.slots)} "
+                    f"WHERE {SLOT_COLUMN} IN ({_ints([m.slot for m in chunk])})",
+                    (),
+                )
+                rows = {
+                    int(r[0]): (str(r[1]), None if r[2] is None else str(r[2]))
+                    for r in cursor.fetchall()
+                }
+            found.update((m, rows[m.slot]) for m in chunk if m.slot in rows)
+        return found
 
     def _slots_in_state(
         self, moves: Sequence[SlotMove], side: str, state: SlotState
     ) -> set[SlotMove]:
         """The moves whose slot is in ``state`` on their ``side`` shard (one query per chunk)."""
-        found: set[SlotMove] = set()
-        for shard, chunk in _by_shard(moves, side):
-            with self._cursor(shard) as (cursor, dialect):
-                cursor.execute(
-                    f"SELECT {SLOT_COLUMN} FROM {dialect.quote(self._system.slots)} "
-                    f"WHERE state = {dialect.placeholder} AND {SLOT_COLUMN} IN "
-                    f"({_ints([m.slot for m in chunk])})",
-                    (state.value,),
-                )
-                hits = {int(row[0]) for row in cursor.fetchall()}
-            found.update(m for m in chunk if m.slot in hits)
-        return found
+        return {m for m, (found, _) in self._rows_of(moves, side).items() if found == state}
 
     def _empty(self, moves: Sequence[SlotMove]) -> set[SlotMove]:
         """The fenced moves with nothing to move: no row of the slot on the source, in any
@@ -551,13 +1105,20 @@ class Resharder:
         """Hand empty slots to their targets, a chunk per transaction (see :meth:`_empty`)."""
         for shard, chunk in _by_shard(moves, "target"):
             self._step(f"finish-empty:{shard}:{chunk[0].slot}")
+            by_source: dict[str, list[int]] = defaultdict(list)
+            for move in chunk:
+                by_source[move.source].append(move.slot)
+            marks = {source: self._watermarks(source, slots) for source, slots in by_source.items()}
             with self._cursor(shard) as (cursor, dialect):
                 p = dialect.placeholder
-                cursor.execute(
-                    f"UPDATE {dialect.quote(self._system.slots)} SET state = {p}, peer = NULL "
-                    f"WHERE state = {p} AND {SLOT_COLUMN} IN ({_ints([m.slot for m in chunk])})",
-                    (SlotState.OWNED.value, SlotState.INCOMING.value),
-                )
+                for source, slots in sorted(by_source.items()):
+                    cursor.execute(
+                        f"UPDATE {dialect.quote(self._system.slots)} SET state = {p}, "
+                        f"peer = NULL WHERE state = {p} AND peer = {p} AND {SLOT_COLUMN} IN "
+                        f"({_ints(slots)})",
+                        (SlotState.OWNED.value, SlotState.INCOMING.value, source),
+                    )
+                    self._raise_watermarks(cursor, dialect, marks[source])
         if moves:
             log.info("%d empty slot(s) handed to their new owners", len(moves))
 
@@ -569,12 +1130,33 @@ class Resharder:
             self._merge_table(move, table, throttle)
         self._step(f"finish:{move.slot}")
         self._finish(move)
+        self._progress_report(1)
+
+    def _progress_report(self, finished: int) -> None:
+        with self._lock:
+            total, done, started, at_start = self._report
+            done += finished
+            self._report = (total, done, started, at_start)
+            report = ReshardReport(
+                slots_total=total,
+                slots_done=done,
+                rows_moved=self._rows_moved,
+                ledger_rows_moved=self._ledger_moved,
+                seconds=time.monotonic() - started,
+                slots_at_start=at_start,
+            )
+        if self._on_progress is not None:
+            self._on_progress(report)
 
     def _copy_ledger(self, move: SlotMove, throttle: _Throttle) -> None:
-        ledger = self._system.ledger
-        names = self._system.ledger_columns()
-        spec = UpsertSpec(table=ledger, columns=names, key_columns=(SLOT_COLUMN, "event_id"))
-        columns = [self._system.ledger_def().column(c) for c in spec.columns]
+        # The ledger's columns come from its one definition (SystemTables.ledger_def), so
+        # a column added there is copied too.
+        definition = self._system.ledger_def()
+        ledger = definition.name
+        columns = list(definition.columns)
+        names = tuple(c.name for c in columns)
+        spec = UpsertSpec(table=ledger, columns=names, key_columns=definition.primary_key)
+        event_at = names.index("event_id")
         n = self._settings.chunk_rows
         while True:
             with self._cursor(move.source) as (cursor, dialect):
@@ -584,7 +1166,10 @@ class Resharder:
                     f"ORDER BY event_id LIMIT {n}",
                     (),
                 )
-                rows = [_ledger_row(columns, r) for r in cursor.fetchall()]
+                rows = [
+                    tuple(_ledger_value(c, v) for c, v in zip(columns, r, strict=True))
+                    for r in cursor.fetchall()
+                ]
             if not rows:
                 return
             with self._cursor(move.target) as (cursor, dialect):
@@ -597,7 +1182,7 @@ class Resharder:
                 cursor.execute(
                     f"DELETE FROM {dialect.quote(ledger)} WHERE {SLOT_COLUMN} = {move.slot} "
                     f"AND event_id <= {dialect.placeholder}",
-                    (rows[-1][0],),
+                    (rows[-1][event_at],),
                 )
             with self._lock:
                 self._ledger_moved += len(rows)
@@ -606,6 +1191,19 @@ class Resharder:
                 return
 
     def _merge_table(self, move: SlotMove, table: AggregateTable, throttle: _Throttle) -> None:
+        # Another resharder of the same plan (one that took over an expired lease while
+        # this one stalled) may advance the same record: a lost compare-and-set on the
+        # progress rolls the chunk back, and the merge goes on from the record.
+        while True:
+            try:
+                self._merge_table_once(move, table, throttle)
+            except _ProgressRacedError:
+                log.warning("slot %d, table %s: merged by another resharder", move.slot, table.name)
+                self._renew(force=True)  # stops here if this resharder lost its claim
+                continue
+            return
+
+    def _merge_table_once(self, move: SlotMove, table: AggregateTable, throttle: _Throttle) -> None:
         moves_table = self._system.moves
         with self._cursor(move.target) as (cursor, dialect):
             p = dialect.placeholder
@@ -619,14 +1217,17 @@ class Resharder:
             manifest = self._manifest(move, table)
             moved = _Tally()
             last_key: list[Any] | None = None
-            with self._cursor(move.target) as (cursor, dialect):
-                p = dialect.placeholder
-                cursor.execute(
-                    f"INSERT INTO {dialect.quote(moves_table)} ({SLOT_COLUMN}, table_name, "
-                    f"source, manifest, moved, last_key, done) VALUES ({move.slot}, {p}, {p}, "
-                    f"{p}, {p}, NULL, 0)",
-                    (table.name, move.source, manifest.to_json(), moved.to_json()),
-                )
+            try:
+                with self._cursor(move.target) as (cursor, dialect):
+                    p = dialect.placeholder
+                    cursor.execute(
+                        f"INSERT INTO {dialect.quote(moves_table)} ({SLOT_COLUMN}, table_name, "
+                        f"source, manifest, moved, last_key, done) VALUES ({move.slot}, {p}, "
+                        f"{p}, {p}, {p}, NULL, 0)",
+                        (table.name, move.source, manifest.to_json(), moved.to_json()),
+                    )
+            except DuplicateKeyError as exc:  # another resharder recorded it first
+                raise _ProgressRacedError from exc
         else:
             if int(record[3]):
                 return
@@ -646,6 +1247,7 @@ class Resharder:
             rows = self._read_chunk(move, table, last_key, n)
             if not rows:
                 break
+            before = moved.to_json()
             for key, values in rows:
                 moved.add(table, key, values)
             last_key = _jsonable(rows[-1][0])
@@ -655,11 +1257,16 @@ class Resharder:
                 for sql, params in renderer.statements(values_rows):
                     cursor.execute(sql, params)
                 p = dialect.placeholder
+                # Compare-and-set on the progress read: the chunk counts only if nobody
+                # merged past `before` meanwhile (else it rolls back with the UPSERTs).
                 cursor.execute(
                     f"UPDATE {dialect.quote(moves_table)} SET moved = {p}, last_key = {p} "
-                    f"WHERE {SLOT_COLUMN} = {move.slot} AND table_name = {p}",
-                    (moved.to_json(), json.dumps(last_key), table.name),
+                    f"WHERE {SLOT_COLUMN} = {move.slot} AND table_name = {p} AND done = 0 "
+                    f"AND moved = {p}",
+                    (moved.to_json(), json.dumps(last_key), table.name, before),
                 )
+                if cursor.rowcount != 1:
+                    raise _ProgressRacedError
             self._step(f"merge-delete:{move.slot}:{table.name}")
             self._delete_merged(move, table, last_key)
             with self._lock:
@@ -729,6 +1336,7 @@ class Resharder:
             )
             cursor.execute(f"SELECT {counts}", ())  # one round trip for every table
             row = cursor.fetchone()
+        marks = self._watermarks(move.source, [move.slot])
         left = [int(v) for v in row] if row is not None else [1] * len(names)
         problems.extend(
             f"{name}: {count} row(s) left on {move.source}"
@@ -758,10 +1366,138 @@ class Resharder:
             )
             cursor.execute(
                 f"UPDATE {dialect.quote(self._system.slots)} SET state = {p}, peer = NULL "
-                f"WHERE {SLOT_COLUMN} = {move.slot} AND state = {p}",
-                (SlotState.OWNED.value, SlotState.INCOMING.value),
+                f"WHERE {SLOT_COLUMN} = {move.slot} AND state = {p} AND peer = {p}",
+                (SlotState.OWNED.value, SlotState.INCOMING.value, move.source),
             )
+            self._raise_watermarks(cursor, dialect, marks)
         log.info("slot %d moved from %s to %s", move.slot, move.source, move.target)
+
+    def _watermarks(self, shard: str, slots: Sequence[int]) -> dict[int, int]:
+        """The dedup watermarks (``pruned_below``) of ``slots`` on ``shard``."""
+        with self._cursor(shard) as (cursor, dialect):
+            cursor.execute(
+                f"SELECT {SLOT_COLUMN}, pruned_below FROM {dialect.quote(self._system.slots)} "
+                f"WHERE {SLOT_COLUMN} IN ({_ints(slots)})",
+                (),
+            )
+            return {int(slot): int(mark) for slot, mark in cursor.fetchall()}
+
+    def _raise_watermarks(self, cursor: Any, dialect: Dialect, marks: Mapping[int, int]) -> None:
+        """A slot a shard now owns keeps its source's dedup watermark (never lower): the
+        source may have pruned ledger rows below it, so older events stay refused here."""
+        table = dialect.quote(self._system.slots)
+        p = dialect.placeholder
+        for slot, mark in sorted(marks.items()):
+            if mark > 0:
+                cursor.execute(
+                    f"UPDATE {table} SET pruned_below = {p} WHERE {SLOT_COLUMN} = {slot} "
+                    f"AND pruned_below < {p}",
+                    (mark, mark),
+                )
+
+
+def _ownership_problems(
+    current: ShardMap,
+    states: Mapping[str, Mapping[int, tuple[str, str | None]]],
+    moving: Mapping[int, SlotMove],
+    *,
+    reverting: bool = False,
+) -> list[str]:
+    """Slots not owned by exactly the shard the map names, left incoming, or forwarded astray."""
+    problems: list[str] = []
+    for slot in range(current.slots):
+        move = moving.get(slot)
+        owners = sorted(s for s, rows in states.items() if rows.get(slot, ("",))[0] == "owned")
+        incoming = sorted(s for s, rows in states.items() if rows.get(slot, ("",))[0] == "incoming")
+        if move is not None:
+            s_row = states.get(move.source, {}).get(slot)
+            t_row = states.get(move.target, {}).get(slot)
+            fits = (
+                (owners == [move.source] and incoming in ([], [move.target]))
+                or (
+                    owners == []
+                    and incoming == [move.target]
+                    and s_row == (SlotState.GONE.value, move.target)
+                    and t_row == (SlotState.INCOMING.value, move.source)
+                )
+                or (owners == [move.target] and not incoming)
+                # A revert starts from any step of the move it undoes.
+                or (
+                    reverting
+                    and len(owners) <= 1
+                    and set(owners) | set(incoming) <= {move.source, move.target}
+                )
+            )
+            if not fits:
+                problems.append(
+                    f"slot {slot}: its ownership rows (owned on {owners or 'no shard'}, incoming "
+                    f"on {incoming or 'no shard'}) fit no step of the claimed move "
+                    f"{move.source!r} -> {move.target!r}"
+                )
+            continue
+        expected = current.owner(slot)
+        if owners != [expected]:
+            problems.append(
+                f"slot {slot}: owned by {owners or 'no shard'}, but the map (epoch "
+                f"{current.epoch}) gives it to {expected!r} only"
+            )
+        problems.extend(
+            f"slot {slot}: left incoming on {shard!r} (from {states[shard][slot][1]!r}) though "
+            "no reshard of it is in progress"
+            for shard in incoming
+        )
+        for shard, rows in sorted(states.items()):
+            row = rows.get(slot)
+            if row is None or row[0] != SlotState.GONE:
+                continue
+            end = _follow(states, slot, shard)
+            if end != expected:
+                problems.append(
+                    f"slot {slot}: {shard!r} forwards writers to {row[1]!r}, which leads to "
+                    f"{end or 'no owner'}, not to its owner {expected!r}"
+                )
+    return problems
+
+
+def _follow(
+    states: Mapping[str, Mapping[int, tuple[str, str | None]]], slot: int, start: str
+) -> str | None:
+    """Where following ``slot``'s forwarding addresses from ``start`` ends: an owner, or None."""
+    shard: str | None = start
+    for _ in range(len(states) + 1):
+        row = states.get(shard or "", {}).get(slot)
+        if row is None:
+            return None
+        if row[0] == SlotState.OWNED:
+            return shard
+        if row[0] != SlotState.GONE:
+            return None
+        shard = row[1]
+    return None  # a cycle
+
+
+def _misplaced(
+    shard: str,
+    slot: int,
+    current: ShardMap,
+    states: Mapping[str, Mapping[int, tuple[str, str | None]]],
+    move: SlotMove | None,
+) -> str | None:
+    """Why rows of ``slot`` may not be on ``shard`` (None: they may)."""
+    if move is not None:
+        finished = states.get(move.target, {}).get(slot, ("",))[0] == SlotState.OWNED
+        if shard == move.target or (shard == move.source and not finished):
+            return None  # the source's rows are still being merged into the target
+        if shard == move.source:
+            return f"its move to {move.target!r} has finished, so they were left behind"
+        return f"the claimed move gives the slot to {move.target!r}"
+    owner = current.owner(slot)
+    if owner == shard:
+        return None
+    state, peer = states.get(shard, {}).get(slot, ("", None))
+    if state == SlotState.GONE and peer == owner:
+        return f"its move to {owner!r} has finished, so they were left behind"
+    return f"the map (epoch {current.epoch}) gives the slot to {owner!r}"
 
 
 _CHUNK = 1000  # slots per IN list
@@ -775,6 +1511,62 @@ def _by_shard(moves: Sequence[SlotMove], side: str) -> Iterator[tuple[str, list[
     for shard, group in sorted(groups.items()):
         for start in range(0, len(group), _CHUNK):
             yield shard, group[start : start + _CHUNK]
+
+
+def _ledger_value(column: Column, raw: object) -> object:
+    """A ledger value as read, made plain for the copy (ints, text; NULL stays None)."""
+    if raw is None:
+        return None
+    if column.kind in (ColumnKind.BIGINT, ColumnKind.INT):
+        return int(raw)  # type: ignore[call-overload]
+    if column.kind is ColumnKind.DATE:
+        return raw.isoformat() if hasattr(raw, "isoformat") else str(raw)
+    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+
+
+def _sample(moves: Sequence[SlotMove]) -> str:
+    slots = sorted(m.slot for m in moves)
+    more = f" and {len(slots) - 5} more" if len(slots) > 5 else ""
+    return ", ".join(map(str, slots[:5])) + more
+
+
+def _conflict(
+    move: SlotMove,
+    source: tuple[str | None, str | None],
+    target: tuple[str | None, str | None],
+    table: str,
+) -> str:
+    """Why a move's ownership rows do not fit it, and how to fix that."""
+    s_state, s_peer = source
+    t_state, t_peer = target
+    if t_state == SlotState.OWNED and s_state == SlotState.OWNED:
+        return (
+            f"{move.target!r} already marks slots owned that the plan moves to it from "
+            f"{move.source!r}, which owns them too (a schema step with a map that gave "
+            f"{move.target!r} every slot, e.g. ensure_schema() of a writer pointed at it, "
+            f"recorded them): create a new shard's tables only with `shardbill reshard "
+            f"prepare` (Resharder.prepare()); if {move.target!r} holds no rows of those "
+            f"slots, delete its rows of them from `{table}` and run again"
+        )
+    if s_state == SlotState.GONE and s_peer != move.target:
+        return (
+            f"{move.source!r} already forwards them to {s_peer!r}, not to this move's target "
+            f"{move.target!r}: another reshard fenced them; finish or revert that one "
+            "(`shardbill reshard status`, `run`, `revert`) and plan again from the map it "
+            "leaves"
+        )
+    if t_state == SlotState.INCOMING and t_peer != move.source:
+        return (
+            f"{move.target!r} receives them from {t_peer!r}, not from this move's source "
+            f"{move.source!r}: another reshard accepted them there; finish, revert or abort "
+            "that one first"
+        )
+    return (
+        f"{move.source!r} holds {s_state or 'no row'} (peer {s_peer}) and {move.target!r} "
+        f"holds {t_state or 'no row'} (peer {t_peer}) in `{table}`, which fits no step of a "
+        f"move from {move.source!r} to {move.target!r}; run `shardbill reshard verify` and "
+        "repair the rows it names"
+    )
 
 
 def _ints(values: Sequence[int]) -> str:
@@ -796,15 +1588,3 @@ def _key_value(table: AggregateTable, index: int, raw: object) -> object:
     if isinstance(raw, bytes):
         return raw.decode("utf-8")
     return raw
-
-
-def _ledger_row(columns: Sequence[Column], row: Sequence[object]) -> tuple[object, ...]:
-    """A ledger row as read from a source, typed for the target (ints as int, text as str)."""
-    return tuple(
-        None
-        if value is None
-        else int(str(value))
-        if column.kind in (ColumnKind.BIGINT, ColumnKind.INT)
-        else str(value)
-        for column, value in zip(columns, row, strict=True)
-    )
