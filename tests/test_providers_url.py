@@ -151,9 +151,9 @@ def test_malformed_urls_are_refused_with_a_reason(text: str, needle: str) -> Non
 
 
 def test_ssl_mode_defaults_follow_the_tls_files() -> None:
-    """ssl_ca alone means VERIFY_CA; a client certificate alone means REQUIRED."""
+    """ssl_ca alone means VERIFY_IDENTITY; a client certificate alone means REQUIRED."""
     with_ca = ConnectionURL.parse("mysql+pymysql://app@db/b?ssl_ca=/etc/ca.pem")
-    assert with_ca.effective_ssl_mode is SSLMode.VERIFY_CA
+    assert with_ca.effective_ssl_mode is SSLMode.VERIFY_IDENTITY
     with_cert = ConnectionURL.parse("mysql+pymysql://app@db/b?ssl_cert=/c.pem&ssl_key=/k.pem")
     assert with_cert.effective_ssl_mode is SSLMode.REQUIRED
     verified = ConnectionURL.parse("mysql+pymysql://app@db/b?ssl_mode=verify_identity")

@@ -72,6 +72,11 @@ def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
         for key, value in (("ca", url.ssl_ca), ("cert", url.ssl_cert), ("key", url.ssl_key))
         if value is not None
     }
+    if mode is SSLMode.PREFERRED and not files:
+        # MariaDB Connector/C starts TLS only when some TLS option is set; a cipher list
+        # is the one that asks for TLS without asking for verification. A server
+        # without TLS still gets a plain connection, as PREFERRED promises.
+        files["cipher"] = "DEFAULT"
     if files and mode is not SSLMode.DISABLED:
         kwargs["ssl"] = files
     return kwargs

@@ -77,11 +77,14 @@ class SSLMode(enum.StrEnum):
     DISABLED = "DISABLED"
     """Plain TCP."""
     PREFERRED = "PREFERRED"
-    """TLS when the server offers it, unverified; plain otherwise (the drivers' default)."""
+    """TLS when the server offers it, unverified; plain otherwise (the default without files)."""
     REQUIRED = "REQUIRED"
-    """TLS or no connection; the server certificate is not verified."""
+    """TLS or no connection; the server certificate is not verified (no ``ssl_ca`` allowed)."""
     VERIFY_CA = "VERIFY_CA"
-    """TLS with the server certificate verified against ``ssl_ca`` (or the system store)."""
+    """TLS with the certificate verified against ``ssl_ca`` (or the system store), not the name.
+
+    mysqlclient built on MariaDB Connector/C checks the host name here too.
+    """
     VERIFY_IDENTITY = "VERIFY_IDENTITY"
     """``VERIFY_CA`` plus the certificate's host name must match the URL's host."""
 
@@ -164,9 +167,10 @@ class ConnectionURL:
     ``connect_timeout``, ``read_timeout``, ``write_timeout``
         Seconds (default 10, none, none). mysqlclient rounds them up to whole seconds.
     ``ssl_mode``
-        One of :class:`SSLMode` (default ``PREFERRED``; ``VERIFY_CA`` when
-        ``ssl_ca`` is given, ``REQUIRED`` when only a client certificate is).
-        ``VERIFY_IDENTITY`` is verified TLS.
+        One of :class:`SSLMode` (default ``PREFERRED``; ``VERIFY_IDENTITY``
+        when ``ssl_ca`` is given, ``REQUIRED`` when only a client certificate
+        is). ``ssl_ca`` with ``DISABLED``, ``PREFERRED`` or ``REQUIRED`` is
+        refused: those modes would ignore it.
     ``ssl_ca``, ``ssl_cert``, ``ssl_key``
         PEM file paths: the CA to verify the server with, the client
         certificate and its key.
@@ -293,12 +297,20 @@ class ConnectionURL:
                 "connection URL has both a password and password_env; keep one "
                 "(password_env keeps the password out of configuration files)"
             )
-        has_files = bool(self.ssl_ca or self.ssl_cert or self.ssl_key)
-        if has_files and self.ssl_mode in (SSLMode.DISABLED, SSLMode.PREFERRED):
+        mode = self.ssl_mode
+        if self.ssl_ca and mode in (SSLMode.DISABLED, SSLMode.PREFERRED, SSLMode.REQUIRED):
             raise InvalidURLError(
-                f"connection URL has ssl_mode={self.ssl_mode} and TLS files (ssl_ca/ssl_cert/"
-                "ssl_key), which that mode never uses; use ssl_mode=VERIFY_IDENTITY (or "
-                "REQUIRED/VERIFY_CA) or remove the files"
+                f"connection URL has ssl_mode={mode} and ssl_ca, but {mode} never verifies the "
+                "server with that CA (a CA that looks configured but is ignored); use "
+                "ssl_mode=VERIFY_IDENTITY (the default with ssl_ca), VERIFY_CA to skip the "
+                "host-name check, or remove ssl_ca"
+            )
+        has_client_cert = bool(self.ssl_cert or self.ssl_key)
+        if has_client_cert and mode in (SSLMode.DISABLED, SSLMode.PREFERRED):
+            raise InvalidURLError(
+                f"connection URL has ssl_mode={mode} and a client certificate (ssl_cert/ssl_key), "
+                "which that mode may never send; use ssl_mode=VERIFY_IDENTITY (with ssl_ca) or "
+                "REQUIRED, or remove the certificate"
             )
         if (self.ssl_cert is None) != (self.ssl_key is None):
             raise InvalidURLError(
@@ -318,14 +330,16 @@ class ConnectionURL:
 
     @property
     def effective_ssl_mode(self) -> SSLMode:
-        """``ssl_mode``, or its default: VERIFY_CA with ``ssl_ca``, REQUIRED with a client cert.
+        """``ssl_mode``, or its default: VERIFY_IDENTITY with ``ssl_ca``, REQUIRED with a cert.
 
-        Without either, the default is PREFERRED.
+        Without either, the default is PREFERRED. A CA given means the server's
+        identity is verified; only an explicit ``ssl_mode=VERIFY_CA`` skips the
+        host-name check.
         """
         if self.ssl_mode is not None:
             return self.ssl_mode
         if self.ssl_ca:
-            return SSLMode.VERIFY_CA
+            return SSLMode.VERIFY_IDENTITY
         return SSLMode.REQUIRED if self.ssl_cert else SSLMode.PREFERRED
 
     def resolve_password(self) -> str:
