@@ -319,3 +319,33 @@ def test_constructor_validates_like_parse() -> None:
         ConnectionURL(driver="pymysql", host="db", port=0)
     url = ConnectionURL(driver="sqlite", path=os.path.abspath("x.db"))
     assert url.family == "sqlite"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "pool_size=%D9%A4",  # Arabic-Indic digit four
+        "pool_size=1_0",
+        "pool_size=+5",
+        "pool_size=%205",
+        "pool_size=5%20",
+        "connect_timeout=1e3",
+        "connect_timeout=inf",
+        "connect_timeout=1_0.5",
+        "ping_after=-0",
+    ],
+)
+def test_numeric_options_take_plain_ascii_digits_only(query: str) -> None:
+    """Numbers in a URL are ASCII digits (and one '.'): no '_', sign, padding or other digits."""
+    name = query.partition("=")[0]
+    with pytest.raises(InvalidURLError, match=repr(name)):
+        ConnectionURL.parse(f"mysql+pymysql://app@db/billing?{query}")
+
+
+def test_asdict_keeps_the_password_hidden() -> None:
+    """attrs.asdict and astuple of a URL hold the Secret itself, which shows ***."""
+    url = ConnectionURL.parse(f"mysql+pymysql://app:{PASSWORD}@db/billing")
+    as_dict = attrs.asdict(url)
+    assert as_dict["password"] == Secret(PASSWORD)
+    assert PASSWORD not in repr(as_dict)
+    assert PASSWORD not in repr(attrs.astuple(url))

@@ -40,12 +40,16 @@ _SCHEMES: Final[dict[str, Driver]] = {
     "sqlite": "sqlite",
 }
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_OPTION_WORD = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _HOST = re.compile(r"^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])$")
 
 
-@attrs.frozen(repr=False)
 class Secret:
-    """A string that never shows itself in ``repr`` or ``str``.
+    """A string that never shows itself in ``repr``, ``str`` or ``attrs.asdict``.
+
+    Deliberately not an attrs class: ``attrs.asdict(url)`` keeps a ``Secret``
+    as it is (showing ``***``) instead of turning it into a dict holding the
+    value.
 
     Example:
         >>> Secret("hunter2")
@@ -54,17 +58,31 @@ class Secret:
         'hunter2'
     """
 
-    _value: str = attrs.field(alias="value", repr=False)
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
 
     def reveal(self) -> str:
         """The secret itself, for the one place that needs it (the driver's ``connect``)."""
         return self._value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return self._value == other._value
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
 
     def __repr__(self) -> str:
         return "Secret('***')"
 
     def __str__(self) -> str:
         return "***"
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        return (Secret, (self._value,))
 
 
 class SSLMode(enum.StrEnum):
@@ -95,7 +113,17 @@ class SSLMode(enum.StrEnum):
 
 
 def _url_error(field: str, value: object, fix: str) -> InvalidURLError:
-    return InvalidURLError(f"connection URL option {field!r} is invalid: {value!r}; {fix}")
+    """The error for a bad option value: a number is shown, text never.
+
+    Text may be a secret pasted into the wrong option; the option's name and
+    what it takes are enough to fix it.
+    """
+    shown = (
+        f": {value!r}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else " (the value is not shown: it may be a misplaced secret)"
+    )
+    return InvalidURLError(f"connection URL option {field!r} is invalid{shown}; {fix}")
 
 
 def _validate_positive(_: object, field: attrs.Attribute[Any], value: float | None) -> None:
@@ -151,11 +179,12 @@ def _as_secret(value: Secret | str | None) -> Secret | None:
 def _as_ssl_mode(value: SSLMode | str | None) -> SSLMode | None:
     if value is None or isinstance(value, SSLMode):
         return value
-    try:
-        return SSLMode(value.upper())
-    except ValueError:
+    # A lookup, not SSLMode(value): its ValueError would carry the value as __context__.
+    mode = SSLMode.__members__.get(value.upper()) if isinstance(value, str) else None
+    if mode is None:
         valid = ", ".join(mode.value for mode in SSLMode)
-        raise _url_error("ssl_mode", value, f"give one of {valid}") from None
+        raise _url_error("ssl_mode", value, f"give one of {valid}")
+    return mode
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -439,7 +468,8 @@ def _describe(text: str) -> str:
 
     The user information ends at the last ``@`` of the whole URL (not only of
     the part before ``?``), so a password holding an unencoded ``?`` is still
-    masked whole.
+    masked whole. Without any ``@``, a non-numeric "port" is masked too: in
+    ``mysql+pymysql://app:PASSWORD/db`` it is the password.
     """
     scheme, sep, rest = text.partition("://")
     if not sep:
@@ -448,6 +478,11 @@ def _describe(text: str) -> str:
     if at >= 0:
         user, colon, _ = rest[:at].partition(":")
         rest = f"{user}{':***' if colon else ''}@{rest[at + 1 :]}"
+    else:
+        authority, slash, path = rest.partition("?")[0].partition("/")
+        host, colon, port = authority.partition(":")
+        if colon and not authority.startswith("[") and not port.isdigit():
+            rest = f"{host}:***{slash}{path}"
     return repr(f"{scheme}://{rest.partition('?')[0]}")
 
 
@@ -484,7 +519,15 @@ def _mysql_parts(head: str, text: str) -> dict[str, Any]:
         )
     parts["host"] = host.strip("[]") or None
     if port is not None:
-        if not port.isdigit():
+        if not (port.isascii() and port.isdigit()):
+            if at < 0:
+                # No '@': "user:secret/db" reads as host "user", port "secret".
+                raise InvalidURLError(
+                    f"connection URL {_describe(text)} has a non-numeric port (not shown: "
+                    "without '@HOST' a password reads as a port); write "
+                    "USER:PASSWORD@HOST:PORT/DATABASE, or better USER@HOST/DATABASE with "
+                    "password_env=NAME"
+                )
             raise InvalidURLError(
                 f"connection URL {_describe(text)} has a non-numeric port {port!r}; "
                 "give a TCP port from 1 to 65535"
@@ -509,14 +552,32 @@ def _sqlite_path(head: str, text: str) -> str:
     return os.path.abspath(path)
 
 
+_SECONDS = re.compile(r"^[0-9]{1,9}(?:\.[0-9]{1,9})?$")
+_COUNT = re.compile(r"^[0-9]{1,9}$")
+
+
+def _seconds(raw: str) -> float:
+    # Strict: ASCII digits and one '.'; "1_0", " 5", "+5", "inf", "nan" and
+    # non-ASCII digits (which float() accepts) are refused.
+    if not _SECONDS.fullmatch(raw):
+        raise ValueError("not plain seconds")
+    return float(raw)
+
+
+def _count(raw: str) -> int:
+    if not _COUNT.fullmatch(raw):
+        raise ValueError("not plain digits")
+    return int(raw)
+
+
 _CONVERTERS: Final[dict[str, Callable[[str], object]]] = {
-    "connect_timeout": float,
-    "read_timeout": float,
-    "write_timeout": float,
-    "busy_timeout": float,
-    "pool_timeout": float,
-    "ping_after": float,
-    "pool_size": int,
+    "connect_timeout": _seconds,
+    "read_timeout": _seconds,
+    "write_timeout": _seconds,
+    "busy_timeout": _seconds,
+    "pool_timeout": _seconds,
+    "ping_after": _seconds,
+    "pool_size": _count,
 }
 _BOOLEANS: Final[dict[str, bool]] = {
     "true": True,
@@ -535,18 +596,23 @@ def _parse_options(query: str, driver: Driver, text: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if not query:
         return options
+    pairs: list[tuple[str, str]] | None
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-    except ValueError:
+    except ValueError:  # its text holds the query: raised below, outside this handler
+        pairs = None
+    if pairs is None:
         raise InvalidURLError(
             f"connection URL {_describe(text)} has a malformed query string; "
             "write options as ?name=value&name=value"
-        ) from None
+        )
     for name, raw in pairs:
         if name not in valid:
             # Name the option but not its value: someone may have put a password there.
+            # Not even the name when it is no option-like word (a pasted secret).
+            shown = repr(name) if _OPTION_WORD.fullmatch(name) else "(not shown: not a word)"
             raise InvalidURLError(
-                f"connection URL {_describe(text)} has an unknown option {name!r}; "
+                f"connection URL {_describe(text)} has an unknown option {shown}; "
                 f"valid options for {driver}: {', '.join(valid)}"
             )
         if name in options:
@@ -567,6 +633,7 @@ def _convert(name: str, raw: str) -> object:
         return raw
     try:
         return converter(raw)
-    except ValueError:
-        kind = "an integer" if converter is int else "a number of seconds"
-        raise _url_error(name, raw, f"give {kind}") from None
+    except ValueError:  # its text holds the value: raised below, outside this handler
+        pass
+    kind = "an integer (ASCII digits)" if converter is _count else "a number of seconds (like 2.5)"
+    raise _url_error(name, raw, f"give {kind}")
