@@ -75,6 +75,7 @@ from typing import Literal
 
 import attrs
 
+from shardbill._parsing import toml_loads
 from shardbill.aggregates import (
     Account,
     AggregateTable,
@@ -97,7 +98,12 @@ from shardbill.aggregates import (
 )
 from shardbill.catalog import billing_tables
 from shardbill.dialects.base import MergeKind
-from shardbill.errors import ConfigurationError, InvalidURLError, ShardbillError
+from shardbill.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    InvalidURLError,
+    ShardbillError,
+)
 from shardbill.providers.pooled import PooledProvider
 from shardbill.providers.url import ConnectionURL
 from shardbill.resharding.mapstore import JsonFileMapStore, MapStore, SqlMapStore
@@ -115,6 +121,9 @@ __all__ = [
     "WriterConfig",
     "find_config",
 ]
+
+MAX_CONFIG_CHARS = 1024 * 1024
+"""The longest configuration file read (1 Mi characters)."""
 
 DEFAULT_CONFIG = "shardbill.toml"
 """The file the command line reads when neither ``--config`` nor ``SHARDBILL_CONFIG`` is set."""
@@ -494,7 +503,9 @@ class Config:
             ConfigurationError: naming ``source``, the key and the fix.
         """
         try:
-            data = tomllib.loads(text)
+            data = toml_loads(text, max_chars=MAX_CONFIG_CHARS)
+        except InvalidInputError as exc:
+            raise ConfigurationError(f"{source}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{source}: not valid TOML: {exc}") from None
         return cls.from_mapping(data, source=source, base=base)

@@ -34,6 +34,9 @@ __all__ = ["ConnectionURL", "SSLMode", "Secret"]
 
 Driver = Literal["pymysql", "mysqldb", "sqlite"]
 
+MAX_URL_LENGTH: Final = 4096
+"""The longest connection URL :meth:`ConnectionURL.parse` reads."""
+
 _SCHEMES: Final[dict[str, Driver]] = {
     "mysql+pymysql": "pymysql",
     "mysql+mysqldb": "mysqldb",
@@ -402,6 +405,11 @@ class ConnectionURL:
             raise InvalidURLError(
                 f"a connection URL must be a str, not a {type(text).__name__}; "
                 "write it like mysql+pymysql://user@host:3306/db"
+            )
+        if len(text) > MAX_URL_LENGTH:
+            raise InvalidURLError(
+                f"a connection URL is at most {MAX_URL_LENGTH} characters; this one has "
+                f"{len(text)} (is it the value you meant?)"
             )
         scheme, sep, rest = text.partition("://")
         driver = _SCHEMES.get(scheme.lower())
