@@ -663,6 +663,17 @@ def _shards(section: Mapping[str, object], base: Path) -> dict[str, ConnectionUR
                 key, "a shard name is 1-64 letters, digits, '_', '.' or '-' (not first)"
             )
         out[name] = _url(value, key, base)
+    seen: dict[tuple[str, ...], str] = {}
+    for name, url in out.items():
+        other = seen.setdefault(url.target, name)
+        if other != name:
+            raise _KeyProblemError(
+                f"shards.{name}",
+                f"shard {name!r} names the same database as shard {other!r} "
+                f"({url.target[-1] or url}); two "
+                "shards would share their tables and count every event of their slots twice: "
+                "give each shard its own database (or file)",
+            )
     return out
 
 

@@ -65,6 +65,9 @@ def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
         kwargs["write_timeout"] = _seconds(url.write_timeout)
     if url.unix_socket is not None:
         kwargs["unix_socket"] = url.unix_socket
+        # The C client uses the socket only for host "localhost" (127.0.0.1 means TCP);
+        # PyMySQL uses it whatever the host. The socket wins on both.
+        kwargs["host"] = "localhost"
     mode = url.effective_ssl_mode
     kwargs["ssl_mode"] = mode.value
     files = {

@@ -374,6 +374,22 @@ class ConnectionURL:
             return SSLMode.VERIFY_IDENTITY
         return SSLMode.REQUIRED if self.ssl_cert else SSLMode.PREFERRED
 
+    @property
+    def target(self) -> tuple[str, ...]:
+        """What database this URL names, whoever connects how: equal targets are one database.
+
+        SQLite: the file's real path (symlinks resolved). MySQL: the socket or
+        the host (case-folded) and port, and the database; user, driver and
+        options do not count. Two shards with one target would share their
+        tables, so every event of their slots would count twice.
+        """
+        if self.driver == "sqlite":
+            return ("sqlite", os.path.realpath(self.path or ""))
+        where = (
+            (self.unix_socket,) if self.unix_socket else ((self.host or "").lower(), str(self.port))
+        )
+        return ("mysql", *where, self.database or "")
+
     def resolve_password(self) -> str:
         """The password to connect with: the URL's, the ``password_env`` variable's, or ``""``.
 

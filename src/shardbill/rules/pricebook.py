@@ -107,6 +107,11 @@ def _scale(instance: object, attribute: attrs.Attribute[int], value: object) -> 
 
 
 def _rounding(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str):  # check_rounding's set lookup would raise TypeError
+        raise PriceBookError(
+            f"{attribute.name!r} must be a rounding mode name such as 'ROUND_HALF_EVEN', not "
+            f"{type(value).__name__}: {value!r:.60}"
+        )
     try:
         money.check_rounding(value, attribute.name)
     except InvalidInputError as exc:
