@@ -21,6 +21,7 @@ context (a line number, a file name). Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tomllib
@@ -113,11 +114,17 @@ def json_loads(
     if isinstance(text, bytes):
         text = text.decode(json.detect_encoding(text), "strict")
     _check_depth(text, max_depth)
-    return json.loads(
-        text,
-        object_pairs_hook=_no_duplicates,
-        parse_float=parse_float,
-        parse_constant=parse_constant or _refuse_constant,
+    return _decoder(parse_float, parse_constant or _refuse_constant).decode(text)
+
+
+@functools.lru_cache(maxsize=32)
+def _decoder(
+    parse_float: Callable[[str], Any], parse_constant: Callable[[str], Any]
+) -> json.JSONDecoder:
+    # One decoder per option set: json.loads with options builds a new one per call,
+    # which costs as much as decoding a short event line.
+    return json.JSONDecoder(
+        object_pairs_hook=_no_duplicates, parse_float=parse_float, parse_constant=parse_constant
     )
 
 
