@@ -75,6 +75,7 @@ def test_shards_on_one_server_in_different_databases_are_accepted(tmp_path: Path
     [
         ('names = ["comms.sms", "comms.nosuch"]', "comms.nosuch"),
         ('import = "os:getcwd"', "not a RulesEngine"),
+        ('import = "os:system"', "os:system"),  # called without its argument: TypeError
         ('import = "shardbill.nosuchmodule:engine"', "cannot import"),
         ('price_book = "missing-prices.toml"', "missing-prices.toml"),
     ],
@@ -206,3 +207,31 @@ def test_json_output_of_init_is_unchanged_on_success(
     assert main(["init", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"shards", "tables", "map_epoch", "slots", "published", "map_store"}
+
+
+def test_ingest_refused_by_the_server_exits_2_and_says_to_fix_it(
+    private_servers: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Access denied while ingesting: exit 2, lines 'failed' with 'fix the cause', not exit 3."""
+    (server,) = private_servers(1)
+    server.execute("CREATE DATABASE b0")
+    monkeypatch.chdir(tmp_path)
+    url = f"mysql+pymysql://root@{server.host}:{server.port}/b0?password_env=SB_TEST_PW"
+    _write(tmp_path, f'[shards]\ns0 = "{url}"\n')
+    monkeypatch.setenv("SB_TEST_PW", "")
+    assert main(["init"]) == 0
+    event = {"event_id": "a", "account": 1, "time": "2026-11-01T10:00:00Z", "product": "sms",
+             "quantity": 1, "dimensions": {"country": "GB"}}  # fmt: skip
+    (tmp_path / "e.jsonl").write_text(json.dumps(event) + "\n")
+    monkeypatch.setenv("SB_TEST_PW", "wrong")
+    capsys.readouterr()
+    assert main(["ingest", "e.jsonl", "--json"]) == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["failed"], summary["refused"], summary["exit_code"]) == (1, 1, 2)
+    (reject,) = map(json.loads, (tmp_path / "e.jsonl.rejects.jsonl").read_text().splitlines())
+    assert reject["stage"] == "failed"
+    assert "denied" in reject["reason"]
+    assert "fix the cause" in reject["reason"]

@@ -56,7 +56,7 @@ from typing import IO, Literal
 import attrs
 
 from shardbill._parsing import json_loads
-from shardbill.errors import ConfigurationError, ShardbillError
+from shardbill.errors import ConfigurationError, FatalDatabaseError, ShardbillError
 from shardbill.pipeline import Pipeline
 from shardbill.retry import describe
 from shardbill.rules import UsageEvent
@@ -419,7 +419,10 @@ class IngestSummary:
         free: events priced with no charge (nothing to write).
         rejected: lines rejected for their content (stages parse, event,
             conflict, rules, writer).
-        failed: events not written because a shard stayed unavailable.
+        failed: events not written because a shard stayed unavailable or refused.
+        refused: of ``failed``, those whose shard refused for a reason retrying
+            cannot fix (a :class:`~shardbill.errors.FatalDatabaseError`: access
+            denied, TLS, a missing grant); fix it, then run the file again.
         seconds: wall time.
     """
 
@@ -433,11 +436,14 @@ class IngestSummary:
     free: int = 0
     rejected: int = 0
     failed: int = 0
+    refused: int = 0
     seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        """0: everything applied or already there; 1: lines rejected; 3: writes failed."""
+        """0: all applied or there; 1: lines rejected; 2: a shard refused; 3: writes failed."""
+        if self.refused:
+            return 2
         if self.failed:
             return 3
         return 1 if self.rejected else 0
@@ -499,7 +505,18 @@ def ingest(
     rejects = Path(rejects_path) if rejects_path is not None else Path(f"{source}.rejects.jsonl")
     started = time.perf_counter()
     counts = dict.fromkeys(
-        ("records", "events", "applied", "duplicates", "repeats", "free", "rejected", "failed"), 0
+        (
+            "records",
+            "events",
+            "applied",
+            "duplicates",
+            "repeats",
+            "free",
+            "rejected",
+            "failed",
+            "refused",
+        ),
+        0,
     )
     with open(rejects, "w", encoding="utf-8") as out:
 
@@ -567,10 +584,14 @@ def _process(pipeline: Pipeline, batch: _Batch, counts: dict[str, int]) -> list[
     for event_id in sorted(write.failed_events - conflicts):
         shards = sorted(s for s, r in write.shards.items() if event_id in r.failed)
         reason = "; ".join(f"shard {s}: {describe(errors[s])}" for s in shards if s in errors)
+        fatal = any(isinstance(errors.get(s), FatalDatabaseError) for s in shards)
+        if fatal:
+            counts["refused"] += 1
         reject(
             event_id,
             "failed",
-            f"not written ({reason or 'shard failed'}); run the same file again: the ledger "
+            f"not written ({reason or 'shard failed'}); "
+            f"{'fix the cause, then ' if fatal else ''}run the same file again: the ledger "
             "applies what is missing exactly once",
         )
     applied, duplicates = write.applied_events, write.duplicate_events
