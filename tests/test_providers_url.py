@@ -349,3 +349,13 @@ def test_asdict_keeps_the_password_hidden() -> None:
     assert as_dict["password"] == Secret(PASSWORD)
     assert PASSWORD not in repr(as_dict)
     assert PASSWORD not in repr(attrs.astuple(url))
+
+
+def test_a_password_without_at_host_is_not_shown_as_a_port() -> None:
+    """mysql+pymysql://app:PW/billing reads PW as a port: refused, PW not shown, fix given."""
+    with pytest.raises(InvalidURLError) as caught:
+        ConnectionURL.parse(f"mysql+pymysql://app:{PASSWORD}/billing")
+    message = str(caught.value)
+    assert PASSWORD not in message
+    assert "app:***" in message
+    assert "@HOST" in message
