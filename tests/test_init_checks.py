@@ -114,6 +114,7 @@ def test_init_on_a_database_written_for_another_map_says_what_to_do(
     assert "slot" in err
     assert "another shard map" in err
     assert "empty database" in err
+    assert not (second / "shardmap.json").exists()  # nothing published for a refused setup
 
 
 def test_init_twice_on_the_same_deployment_still_succeeds(

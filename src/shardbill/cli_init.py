@@ -1,15 +1,16 @@
 """``shardbill init``: create the tables on every shard and publish the first shard map.
 
 First checks what ``ingest`` would need: the rules engine is built (rule
-names, ``import``, the price book). With the configuration file's map store,
-it then publishes the first shard map (every shard of ``[shards]``, with
-``[weights]``) if the store holds none, creates the aggregate, ledger and
-slot tables on every shard of the map
+names, ``import``, the price book). Then, with the map in the configuration
+file's map store (or, if it holds none, the first map: every shard of
+``[shards]``, with ``[weights]``), it creates the aggregate, ledger and slot
+tables on every shard of the map
 (:meth:`shardbill.writer.AggregationWriter.ensure_schema`: a no-op where they
-exist, an error for a table of another shape), and checks that every shard's
+exist, an error for a table of another shape), checks that every shard's
 slot table lets it write the slots the map gives it (a database written for
 another shard map, by a demo or another deployment, would refuse every such
-event). Running it again changes nothing. Prints the shards, the tables and
+event), and only then publishes a first map. Running it again changes
+nothing. Prints the shards, the tables and
 the map's epoch (``--json``: one object with ``shards``, ``tables``,
 ``map_epoch``, ``slots``, ``published`` and ``map_store``).
 """
@@ -68,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
             published = False
         except MapNotPublishedError:
             current = config.initial_map()
-            store.publish(current, expected_epoch=None)
-            published = True
+            published = True  # once the shards are checked: a refused setup publishes nothing
         require_urls(config, current.shards)
         with AggregationWriter(
             shard_map=current,
@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         ) as writer:
             writer.ensure_schema()
         _check_slot_tables(opened.provider, current, config)
+        if published:
+            store.publish(current, expected_epoch=None)
     shards = sorted(current.shards)
     if args.json:
         print_json(
