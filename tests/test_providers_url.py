@@ -359,3 +359,7 @@ def test_a_password_without_at_host_is_not_shown_as_a_port() -> None:
     assert PASSWORD not in message
     assert "app:***" in message
     assert "@HOST" in message
+    with pytest.raises(InvalidURLError) as caught:
+        ConnectionURL.parse("mysql+pymysql://app:Pw-part1/part2/billing")  # '/' in it
+    assert "part1" not in str(caught.value)
+    assert "part2" not in str(caught.value)

@@ -503,10 +503,10 @@ def _describe(text: str) -> str:
         user, colon, _ = rest[:at].partition(":")
         rest = f"{user}{':***' if colon else ''}@{rest[at + 1 :]}"
     else:
-        authority, slash, path = rest.partition("?")[0].partition("/")
+        authority = rest.partition("?")[0].partition("/")[0]
         host, colon, port = authority.partition(":")
         if colon and not authority.startswith("[") and not port.isdigit():
-            rest = f"{host}:***{slash}{path}"
+            rest = f"{host}:***"  # the rest too: an unencoded '/' may sit inside the password
     return repr(f"{scheme}://{rest.partition('?')[0]}")
 
 
