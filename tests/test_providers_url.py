@@ -151,9 +151,9 @@ def test_malformed_urls_are_refused_with_a_reason(text: str, needle: str) -> Non
 
 
 def test_ssl_mode_defaults_follow_the_tls_files() -> None:
-    """ssl_ca alone means VERIFY_CA; a client certificate alone means REQUIRED."""
+    """ssl_ca alone means VERIFY_IDENTITY; a client certificate alone means REQUIRED."""
     with_ca = ConnectionURL.parse("mysql+pymysql://app@db/b?ssl_ca=/etc/ca.pem")
-    assert with_ca.effective_ssl_mode is SSLMode.VERIFY_CA
+    assert with_ca.effective_ssl_mode is SSLMode.VERIFY_IDENTITY
     with_cert = ConnectionURL.parse("mysql+pymysql://app@db/b?ssl_cert=/c.pem&ssl_key=/k.pem")
     assert with_cert.effective_ssl_mode is SSLMode.REQUIRED
     verified = ConnectionURL.parse("mysql+pymysql://app@db/b?ssl_mode=verify_identity")
@@ -319,3 +319,47 @@ def test_constructor_validates_like_parse() -> None:
         ConnectionURL(driver="pymysql", host="db", port=0)
     url = ConnectionURL(driver="sqlite", path=os.path.abspath("x.db"))
     assert url.family == "sqlite"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "pool_size=%D9%A4",  # Arabic-Indic digit four
+        "pool_size=1_0",
+        "pool_size=+5",
+        "pool_size=%205",
+        "pool_size=5%20",
+        "connect_timeout=1e3",
+        "connect_timeout=inf",
+        "connect_timeout=1_0.5",
+        "ping_after=-0",
+    ],
+)
+def test_numeric_options_take_plain_ascii_digits_only(query: str) -> None:
+    """Numbers in a URL are ASCII digits (and one '.'): no '_', sign, padding or other digits."""
+    name = query.partition("=")[0]
+    with pytest.raises(InvalidURLError, match=repr(name)):
+        ConnectionURL.parse(f"mysql+pymysql://app@db/billing?{query}")
+
+
+def test_asdict_keeps_the_password_hidden() -> None:
+    """attrs.asdict and astuple of a URL hold the Secret itself, which shows ***."""
+    url = ConnectionURL.parse(f"mysql+pymysql://app:{PASSWORD}@db/billing")
+    as_dict = attrs.asdict(url)
+    assert as_dict["password"] == Secret(PASSWORD)
+    assert PASSWORD not in repr(as_dict)
+    assert PASSWORD not in repr(attrs.astuple(url))
+
+
+def test_a_password_without_at_host_is_not_shown_as_a_port() -> None:
+    """mysql+pymysql://app:PW/billing reads PW as a port: refused, PW not shown, fix given."""
+    with pytest.raises(InvalidURLError) as caught:
+        ConnectionURL.parse(f"mysql+pymysql://app:{PASSWORD}/billing")
+    message = str(caught.value)
+    assert PASSWORD not in message
+    assert "app:***" in message
+    assert "@HOST" in message
+    with pytest.raises(InvalidURLError) as caught:
+        ConnectionURL.parse("mysql+pymysql://app:Pw-part1/part2/billing")  # '/' in it
+    assert "part1" not in str(caught.value)
+    assert "part2" not in str(caught.value)

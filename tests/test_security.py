@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 import traceback
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -45,6 +44,7 @@ from shardbill.writer import AggregationWriter
 from tests.faults.cluster import DRIVERS, ShardCluster
 from tests.faults.invariants import Recorder, assert_invariants
 from tests.faults.workload import priced_events
+from tests.support.pki import make_pki, tls_server
 from tests.support.proxy import FaultProxy
 from tests.support.server_fixtures import ServerFactory
 
@@ -333,46 +333,15 @@ def test_passwords_never_appear_in_reprs_logs_or_errors(
 # Verified TLS
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _certificate(directory: Path, name: str, ca: str, san: str) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-             f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)  # fmt: skip
-    (directory / f"{name}.ext").write_text(
-        f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-    )
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
-             cwd=directory)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two CAs; a server certificate for 127.0.0.1 and one for another host, both from ``ca``."""
-    directory = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "otherca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
-                 "-out", f"{ca}.pem", "-days", "2", "-subj", f"/CN=shardbill test {ca}",
-                 cwd=directory)  # fmt: skip
-    _certificate(directory, "local", "ca", "IP:127.0.0.1")
-    _certificate(directory, "elsewhere", "ca", "DNS:db.example.invalid")
-    return directory
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _tls_server(private_servers: ServerFactory, pki: Path, cert: str) -> str:
     """A private server presenting ``cert``; returns ``host:port``."""
-    (server,) = private_servers(
-        1,
-        extra_args=(
-            f"--ssl-cert={pki / cert}.pem",
-            f"--ssl-key={pki / cert}.key",
-            f"--ssl-ca={pki / 'ca'}.pem",
-        ),
-    )
-    server.execute("CREATE DATABASE tls")
-    return f"{server.host}:{server.port}"
+    return tls_server(private_servers, pki, cert)
 
 
 def _connects(driver: str, where: str, options: str) -> str:

@@ -36,7 +36,8 @@ Exit codes:
 0    success: the audit is exact, every line was applied (or already was)
 1    the job ran and found a problem: an audit difference, rejected lines
 2    usage or configuration error: a bad option, configuration file, URL,
-     schema, missing file or missing extra
+     schema, missing file or missing extra, or a database refusing what
+     retrying cannot change (access denied, TLS verification, a grant)
 3    a database stayed unreachable or kept failing past the retry budget
 130  interrupted (Ctrl-C)
 ===  ======================================================================
@@ -80,6 +81,7 @@ from shardbill.cli_common import Formatter
 from shardbill.errors import (
     ConfigurationError,
     DriverNotInstalledError,
+    FatalDatabaseError,
     InvalidInputError,
     ShardbillError,
 )
@@ -161,8 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command again to finish (the ledger skips what was applied)"
         )
         return EXIT_INTERRUPTED
-    except (ConfigurationError, DriverNotInstalledError, InvalidInputError) as exc:
-        _error(exc)
+    except (
+        ConfigurationError,
+        DriverNotInstalledError,
+        InvalidInputError,
+        FatalDatabaseError,  # denied, TLS refused, a grant missing: retrying cannot fix it
+    ) as exc:
+        _error(f"{type(exc).__name__}: {exc}" if isinstance(exc, FatalDatabaseError) else exc)
         return EXIT_USAGE
     except ShardbillError as exc:  # DatabaseError and what resharding raises
         _error(f"{type(exc).__name__}: {exc}")

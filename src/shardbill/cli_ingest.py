@@ -7,7 +7,8 @@ from the map store when a shard fences a moved slot. Lines that cannot be
 applied go to the rejects file (default ``FILE.rejects.jsonl``) with their
 line numbers and reasons. Prints the counts (``--json``: the summary's
 object). The exit code is the summary's: 0 when every line was applied (or
-already was), 1 when lines were rejected, 3 when writes failed.
+already was), 1 when lines were rejected, 2 when a shard refused writes for a
+reason retrying cannot fix (access denied, TLS), 3 when writes failed.
 """
 
 from __future__ import annotations
@@ -114,7 +115,12 @@ def run(args: argparse.Namespace) -> int:
         if summary.free:
             print(f"  free        {summary.free:,} (priced with no charge)")
         print(f"  rejected    {summary.rejected:,} -> {summary.rejects_path}")
-        if summary.failed:
+        if summary.refused:
+            print(
+                f"  failed      {summary.failed:,}: a shard refused ({summary.refused:,} events; "
+                "see the rejects file); fix the cause, then run the file again"
+            )
+        elif summary.failed:
             print(
                 f"  failed      {summary.failed:,}: a shard stayed unavailable; run the file again"
             )

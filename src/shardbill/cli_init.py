@@ -1,13 +1,18 @@
 """``shardbill init``: create the tables on every shard and publish the first shard map.
 
-With the configuration file's map store, publishes the first shard map (every
-shard of ``[shards]``, with ``[weights]``) if the store holds none, then
-creates the aggregate, ledger and slot tables on every shard of the map
+First checks what ``ingest`` would need: the rules engine is built (rule
+names, ``import``, the price book). Then, with the map in the configuration
+file's map store (or, if it holds none, the first map: every shard of
+``[shards]``, with ``[weights]``), it creates the aggregate, ledger and slot
+tables on every shard of the map
 (:meth:`shardbill.writer.AggregationWriter.ensure_schema`: a no-op where they
-exist, an error for a table of another shape). Running it again changes
-nothing. Prints the shards, the tables and the map's epoch (``--json``: one
-object with ``shards``, ``tables``, ``map_epoch``, ``slots``, ``published``
-and ``map_store``).
+exist, an error for a table of another shape), checks that every shard's
+slot table lets it write the slots the map gives it (a database written for
+another shard map, by a demo or another deployment, would refuse every such
+event), and only then publishes a first map. Running it again changes
+nothing. Prints the shards, the tables and
+the map's epoch (``--json``: one object with ``shards``, ``tables``,
+``map_epoch``, ``slots``, ``published`` and ``map_store``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ if TYPE_CHECKING:
     import argparse
 
     from shardbill.cli_common import Subparsers
+    from shardbill.config import Config
+    from shardbill.providers.base import ConnectionProvider
+    from shardbill.shardmap import ShardMap
 
 __all__ = ["add_parser", "run"]
 
@@ -51,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from shardbill.writer import AggregationWriter
 
     config = load_config(args)
+    config.rules.engine()  # unknown rules, a bad import, a missing price book: fail here
     with config.open() as opened:
         store = opened.map_store
         if isinstance(store, SqlMapStore):
@@ -60,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
             published = False
         except MapNotPublishedError:
             current = config.initial_map()
-            store.publish(current, expected_epoch=None)
-            published = True
+            published = True  # once the shards are checked: a refused setup publishes nothing
         require_urls(config, current.shards)
         with AggregationWriter(
             shard_map=current,
@@ -70,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
             settings=config.writer.settings(),
         ) as writer:
             writer.ensure_schema()
+        _check_slot_tables(opened.provider, current, config)
+        if published:
+            store.publish(current, expected_epoch=None)
     shards = sorted(current.shards)
     if args.json:
         print_json(
@@ -91,3 +102,44 @@ def run(args: argparse.Namespace) -> int:
         f"{current.slots} slots over {len(shards)} shards"
     )
     return 0
+
+
+def _check_slot_tables(provider: ConnectionProvider, current: ShardMap, config: Config) -> None:
+    """Raise unless every shard's slot table lets it write every slot ``current`` gives it.
+
+    In one deployment that always holds: the first ``init`` records the map's
+    slots as owned, and a reshard marks a slot incoming on its target before
+    the map routes it there. A slot the map gives a shard that its table does
+    not (no row, or ``gone``) means the database was written for another map.
+
+    Raises:
+        ConfigurationError: naming the shard, some slots, and what to do.
+    """
+    from shardbill.aggregates import SLOT_COLUMN
+    from shardbill.dialects.detect import dialect_for
+    from shardbill.errors import ConfigurationError
+    from shardbill.tables import SlotState
+
+    writable = {SlotState.OWNED.value, SlotState.INCOMING.value}
+    table = config.writer.settings().system_tables.slots
+    for shard in sorted(current.shards):
+        with provider.connection(shard) as conn:  # the primary: a replica may lag
+            cursor = conn.cursor()
+            try:
+                quoted = dialect_for(conn).quote(table)
+                cursor.execute(f"SELECT {SLOT_COLUMN}, state FROM {quoted}", ())
+                states = {int(slot): str(state) for slot, state in cursor.fetchall()}
+            finally:
+                cursor.close()
+        refused = [s for s in current.slots_of(shard) if states.get(s) not in writable]
+        if refused:
+            gone = sum(1 for s in refused if s in states)
+            raise ConfigurationError(
+                f"shard {shard!r} ({config.shards[shard]}): its slot table {table} does not let "
+                f"it write {len(refused)} of the {len(current.slots_of(shard))} slots the map "
+                f"(epoch {current.epoch}) gives it (e.g. slots {refused[:5]}; {gone} marked gone, "
+                f"{len(refused) - gone} not recorded): this database was written for another "
+                "shard map (a demo, another deployment, an older map store). Give this shard an "
+                "empty database (or file), or point [map_store] at the map this database "
+                "belongs to; as it is, ingest would refuse every event of those slots"
+            )

@@ -76,6 +76,7 @@ from typing import Literal
 
 import attrs
 
+from shardbill._parsing import toml_loads
 from shardbill.aggregates import (
     Account,
     AggregateTable,
@@ -98,7 +99,12 @@ from shardbill.aggregates import (
 )
 from shardbill.catalog import billing_tables
 from shardbill.dialects.base import MergeKind
-from shardbill.errors import ConfigurationError, InvalidURLError, ShardbillError
+from shardbill.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    InvalidURLError,
+    ShardbillError,
+)
 from shardbill.providers.pooled import PooledProvider
 from shardbill.providers.url import ConnectionURL
 from shardbill.resharding.mapstore import JsonFileMapStore, MapStore, SqlMapStore
@@ -117,9 +123,13 @@ __all__ = [
     "find_config",
 ]
 
+MAX_CONFIG_CHARS = 1024 * 1024
+"""The longest configuration file read (1 Mi characters)."""
+
 DEFAULT_CONFIG = "shardbill.toml"
 """The file the command line reads when neither ``--config`` nor ``SHARDBILL_CONFIG`` is set."""
 
+_RULE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _VARCHAR = re.compile(r"^varchar\((\d+)\)$")
 _TOP_KEYS = frozenset(
@@ -149,7 +159,7 @@ def _known(data: Mapping[str, object], allowed: Sequence[str] | frozenset[str], 
     if unknown:
         where = f"{key}." if key else ""
         raise _KeyProblemError(
-            f"{where}{unknown[0]}",
+            f"{where}{_shown_key(unknown[0])}",
             f"unknown key; the keys here are {', '.join(sorted(allowed))}",
         )
 
@@ -167,13 +177,46 @@ def _str(value: object, key: str) -> str:
     return value
 
 
+_TOML_TYPES: dict[type, str] = {list: "an array", tuple: "an array", dict: "a table"}
+
+
 def _show(value: object) -> str:
+    """A value for a message; never a URL or a container (either may hold a password)."""
+    if isinstance(value, str) and ("://" in value or "@" in value):
+        return "a URL-like string (not shown: it may hold a password)"
+    if isinstance(value, (list, tuple, Mapping)):
+        kind = _TOML_TYPES.get(type(value), "a table")
+        return f"{kind} (not shown: it may hold a URL with a password)"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _kind(value: object) -> str:
+    """The TOML type of ``value``, for messages that must not show it."""
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return _TOML_TYPES.get(type(value), "a table" if isinstance(value, Mapping) else "a value")
+
+
+def _shown_key(name: str) -> str:
+    """A key of the file for a message: itself, unless it looks like a URL (or is very long)."""
+    if "://" in name or "@" in name or len(name) > 64:
+        return "<a key like a URL (not shown: it may hold a password)>"
+    return name
+
+
 def _url(value: object, key: str, base: Path) -> ConnectionURL:
-    text = _str(value, key)
+    if not isinstance(value, str) or not value:
+        raise _KeyProblemError(
+            key,
+            'must be a connection URL string like "mysql+pymysql://user@host:3306/db", got '
+            f"{_kind(value)} (not shown: it may hold a password)",
+        )
+    text = value
     if text.startswith("sqlite:///") and not text.startswith("sqlite:////"):
         # Relative SQLite paths follow the file, not the working directory.
         head, sep, query = text.removeprefix("sqlite:///").partition("?")
@@ -201,7 +244,7 @@ def _column_type(value: object, key: str) -> ColumnType:
     if match and 1 <= int(match.group(1)) <= 768:
         return VarChar(int(match.group(1)))
     raise _KeyProblemError(
-        key, f"must be 'bigint', 'date' or 'varchar(N)' with N 1..768, got {value!r}"
+        key, f"must be 'bigint', 'date' or 'varchar(N)' with N 1..768, got {_show(value)}"
     )
 
 
@@ -466,7 +509,9 @@ class Config:
             ConfigurationError: naming ``source``, the key and the fix.
         """
         try:
-            data = tomllib.loads(text)
+            data = toml_loads(text, max_chars=MAX_CONFIG_CHARS)
+        except InvalidInputError as exc:
+            raise ConfigurationError(f"{source}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{source}: not valid TOML: {exc}") from None
         return cls.from_mapping(data, source=source, base=base)
@@ -618,12 +663,23 @@ def _shards(section: Mapping[str, object], base: Path) -> dict[str, ConnectionUR
         raise _KeyProblemError("shards", 'is empty; add name = "URL" lines, one per shard')
     out = {}
     for name, value in section.items():
-        key = f"shards.{name}"
+        key = f"shards.{_shown_key(name)}"
         if not _SHARD_NAME.fullmatch(name):
             raise _KeyProblemError(
                 key, "a shard name is 1-64 letters, digits, '_', '.' or '-' (not first)"
             )
         out[name] = _url(value, key, base)
+    seen: dict[tuple[str, ...], str] = {}
+    for name, url in out.items():
+        other = seen.setdefault(url.target, name)
+        if other != name:
+            raise _KeyProblemError(
+                f"shards.{name}",
+                f"shard {name!r} names the same database as shard {other!r} "
+                f"({url.target[-1] or url}); two "
+                "shards would share their tables and count every event of their slots twice: "
+                "give each shard its own database (or file)",
+            )
     return out
 
 
@@ -633,7 +689,7 @@ def _replicas(
     section = _table(value, "replicas")
     out = {}
     for name, urls in section.items():
-        key = f"replicas.{name}"
+        key = f"replicas.{_shown_key(name)}"
         if name not in shards:
             raise _KeyProblemError(
                 key, f"is not a shard of [shards] ({', '.join(shards)}); add it there"
@@ -866,11 +922,18 @@ def _rules(value: object, base: Path) -> RulesConfig:
         raise _KeyProblemError(
             "rules.names", f"must be a non-empty list of rule names, got {_show(names)}"
         )
+    for index, name in enumerate(names or ()):
+        if not _RULE_NAME.fullmatch(name):
+            raise _KeyProblemError(
+                f"rules.names[{index}]",
+                f"{_show(name)} is not a rule name; give the name of an entry point in the "
+                "shardbill.rules group, like 'comms.sms'",
+            )
     if factory is not None:
         text = _str(factory, "rules.import")
         if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", text):
             raise _KeyProblemError(
-                "rules.import", f"must look like 'package.module:attribute', got {text!r}"
+                "rules.import", f"must look like 'package.module:attribute', got {_show(text)}"
             )
     book = section.get("price_book")
     return RulesConfig(

@@ -27,10 +27,12 @@ Formats:
 JSON Lines (``.jsonl``, ``.ndjson``, ``.json``)
     one object per line, the fields of :meth:`shardbill.rules.UsageEvent.from_dict`;
     numbers with a fraction are read exactly (as ``Decimal``). Blank lines
-    are skipped.
+    are skipped. A line with a key twice, nested more than 32 levels deep,
+    or longer than 1 MiB is rejected (``parse``); the next line is read.
 CSV (``.csv``)
-    a header row naming the fields; dimensions as ``dimensions.NAME``
+    a header row naming the fields, each once; dimensions as ``dimensions.NAME``
     columns (an empty cell means "no such dimension"); every value is text.
+    A header that names a column twice is rejected and no record is read.
 
 Account ids: with an integer account column (``account_type = "bigint"``)
 a quoted account (CSV always) is parsed as an integer (``account_as_int``).
@@ -53,7 +55,8 @@ from typing import IO, Literal
 
 import attrs
 
-from shardbill.errors import ConfigurationError, ShardbillError
+from shardbill._parsing import json_loads
+from shardbill.errors import ConfigurationError, FatalDatabaseError, ShardbillError
 from shardbill.pipeline import Pipeline
 from shardbill.retry import describe
 from shardbill.rules import UsageEvent
@@ -75,6 +78,12 @@ Stage = Literal["parse", "event", "conflict", "rules", "writer", "failed"]
 """Why a line was not applied (see the module docstring)."""
 
 _MAX_TEXT = 10_000  # characters of a rejected line kept in the rejects file
+MAX_LINE_BYTES = 1024 * 1024
+"""The longest line read (1 MiB): a longer one is rejected unparsed, and reading goes on."""
+# What the CSV reader sees instead of an oversized line: one cell it cannot mistake for a
+# record's end or a quote (the record is rejected by line number whatever the reader does).
+_OVERSIZED = "\x00\n"
+_JSON_SPACE = " \t\r\n"  # the whitespace JSON allows around a value
 
 
 class Format(enum.StrEnum):
@@ -168,19 +177,36 @@ Item = FileEvent | Repeat | RejectedLine
 
 
 class _Lines:
-    """Physical lines of a binary file as text, counting bytes and remembering undecodable lines."""
+    """Physical lines of a binary file as text, counting bytes and remembering bad lines.
+
+    A line longer than :data:`MAX_LINE_BYTES` is never held whole: its first
+    part is kept for the rejects file, the rest is skipped, and the line's
+    number goes into ``oversized``.
+    """
 
     def __init__(self, handle: IO[bytes]) -> None:
         self._handle = handle
         self.bytes_read = 0
         self.number = 0
         self.bad: set[int] = set()
+        self.oversized: dict[int, int] = {}  # line number -> its length in bytes
         self.recent: list[str] = []  # lines since the last CSV record, for its raw text
 
     def __iter__(self) -> Iterator[str]:
-        for raw in self._handle:
+        while raw := self._handle.readline(MAX_LINE_BYTES + 1):
             self.bytes_read += len(raw)
             self.number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                length = len(raw)
+                while rest := self._handle.readline(MAX_LINE_BYTES):
+                    self.bytes_read += len(rest)
+                    length += len(rest)
+                    if rest.endswith(b"\n"):
+                        break
+                self.oversized[self.number] = length
+                self.recent.append(raw[:_MAX_TEXT].decode("utf-8", errors="replace"))
+                yield _OVERSIZED
+                continue
             try:
                 text = raw.decode("utf-8-sig" if self.number == 1 else "utf-8")
             except UnicodeDecodeError:
@@ -188,6 +214,16 @@ class _Lines:
                 text = raw.decode("utf-8", errors="replace")
             self.recent.append(text)
             yield text
+
+    def too_long(self, first: int, last: int) -> str | None:
+        """Why lines ``first``..``last`` cannot be used because one is oversized, or None."""
+        for number in range(first, last + 1):
+            if number in self.oversized:
+                return (
+                    f"line {number} is {self.oversized[number]} bytes long; the limit is "
+                    f"{MAX_LINE_BYTES // (1024 * 1024)} MiB per line (the line was not parsed)"
+                )
+        return None
 
 
 def _id_of(data: object) -> str | None:
@@ -198,12 +234,9 @@ def _id_of(data: object) -> str | None:
     return None
 
 
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a number an event can hold")
-
-
 def _parse_json(text: str) -> object:
-    return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+    # Bounded depth and size, duplicated keys refused, NaN/Infinity refused.
+    return json_loads(text, max_chars=MAX_LINE_BYTES, parse_float=Decimal)
 
 
 Record = tuple[int, str, dict[str, object] | None, str | None]
@@ -212,11 +245,16 @@ Record = tuple[int, str, dict[str, object] | None, str | None]
 
 def _json_records(lines: _Lines) -> Iterator[Record]:
     for text in lines:
+        number = lines.number
+        too_long = lines.too_long(number, number)
+        if too_long is not None:
+            yield number, lines.recent[-1], None, too_long
+            lines.recent.clear()
+            continue
         lines.recent.clear()
-        stripped = text.strip()
+        stripped = text.strip(_JSON_SPACE)  # not str.strip(): a line of U+0085 is no blank line
         if not stripped:
             continue
-        number = lines.number
         if number in lines.bad:
             yield number, stripped, None, "the line is not valid UTF-8"
             continue
@@ -235,10 +273,21 @@ def _csv_records(lines: _Lines) -> Iterator[Record]:
     reader = csv.reader(lines, strict=True)
     try:
         header = [h.strip() for h in next(reader)]
+        problem = lines.too_long(1, reader.line_num)
     except StopIteration:
         return
     except csv.Error as exc:
-        yield 1, "".join(lines.recent).rstrip("\r\n"), None, f"the CSV header cannot be read: {exc}"
+        problem = lines.too_long(1, reader.line_num) or f"not valid CSV: {exc}"
+        header = []
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if problem is None and twice:
+        problem = (
+            f"the header names the column {twice[0]!r} twice (after trimming spaces); "
+            "name each column once (which one would count is a guess)"
+        )
+    if problem is not None:
+        text = "".join(lines.recent).rstrip("\r\n")[:_MAX_TEXT]
+        yield 1, text, None, f"the CSV header cannot be used: {problem}; no record was read"
         return
     lines.recent.clear()
     previous = reader.line_num
@@ -254,6 +303,9 @@ def _csv_records(lines: _Lines) -> Iterator[Record]:
         previous = reader.line_num
         text = "".join(lines.recent).rstrip("\r\n")
         lines.recent.clear()
+        too_long = lines.too_long(first, previous)
+        if too_long is not None:
+            error = too_long
         if error is None and not any(cell.strip() for cell in row):
             continue  # a blank line
         if error is None and any(n in lines.bad for n in range(first, previous + 1)):
@@ -367,7 +419,10 @@ class IngestSummary:
         free: events priced with no charge (nothing to write).
         rejected: lines rejected for their content (stages parse, event,
             conflict, rules, writer).
-        failed: events not written because a shard stayed unavailable.
+        failed: events not written because a shard stayed unavailable or refused.
+        refused: of ``failed``, those whose shard refused for a reason retrying
+            cannot fix (a :class:`~shardbill.errors.FatalDatabaseError`: access
+            denied, TLS, a missing grant); fix it, then run the file again.
         seconds: wall time.
     """
 
@@ -381,11 +436,14 @@ class IngestSummary:
     free: int = 0
     rejected: int = 0
     failed: int = 0
+    refused: int = 0
     seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        """0: everything applied or already there; 1: lines rejected; 3: writes failed."""
+        """0: all applied or there; 1: lines rejected; 2: a shard refused; 3: writes failed."""
+        if self.refused:
+            return 2
         if self.failed:
             return 3
         return 1 if self.rejected else 0
@@ -447,7 +505,18 @@ def ingest(
     rejects = Path(rejects_path) if rejects_path is not None else Path(f"{source}.rejects.jsonl")
     started = time.perf_counter()
     counts = dict.fromkeys(
-        ("records", "events", "applied", "duplicates", "repeats", "free", "rejected", "failed"), 0
+        (
+            "records",
+            "events",
+            "applied",
+            "duplicates",
+            "repeats",
+            "free",
+            "rejected",
+            "failed",
+            "refused",
+        ),
+        0,
     )
     with open(rejects, "w", encoding="utf-8") as out:
 
@@ -515,10 +584,14 @@ def _process(pipeline: Pipeline, batch: _Batch, counts: dict[str, int]) -> list[
     for event_id in sorted(write.failed_events - conflicts):
         shards = sorted(s for s, r in write.shards.items() if event_id in r.failed)
         reason = "; ".join(f"shard {s}: {describe(errors[s])}" for s in shards if s in errors)
+        fatal = any(isinstance(errors.get(s), FatalDatabaseError) for s in shards)
+        if fatal:
+            counts["refused"] += 1
         reject(
             event_id,
             "failed",
-            f"not written ({reason or 'shard failed'}); run the same file again: the ledger "
+            f"not written ({reason or 'shard failed'}); "
+            f"{'fix the cause, then ' if fatal else ''}run the same file again: the ledger "
             "applies what is missing exactly once",
         )
     applied, duplicates = write.applied_events, write.duplicate_events

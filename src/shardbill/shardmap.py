@@ -58,7 +58,8 @@ from typing import Any, Final
 import attrs
 from xxhash import xxh3_64_intdigest
 
-from shardbill.errors import ShardMapError
+from shardbill._parsing import json_loads
+from shardbill.errors import InvalidInputError, ShardMapError
 from shardbill.keys import (
     FAST_INT_LIMIT,
     INT_PREFIXES,
@@ -91,6 +92,9 @@ JSON_FORMAT: Final[str] = "shardbill-shard-map"
 
 JSON_VERSION: Final[int] = 1
 """The ``version`` field of a shard map document this module writes and reads."""
+
+MAX_JSON_CHARS: Final[int] = 64 * 1024 * 1024
+"""The longest shard map document :meth:`ShardMap.from_json` reads (64 Mi characters)."""
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _NAME_RULE: Final = (
@@ -228,17 +232,6 @@ def _runs(assignment: Sequence[str]) -> list[tuple[int, int, str]]:
             runs.append((start, slot, assignment[start]))
             start = slot
     return runs
-
-
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ShardMapError(
-                f"shard map JSON has the key {key!r} twice in one object; keep one of them"
-            )
-        result[key] = value
-    return result
 
 
 @attrs.frozen(kw_only=True)
@@ -782,10 +775,11 @@ class ShardMap:
                 owns no slot, or (with ``require_balance``) the map is unbalanced.
         """
         try:
-            doc = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+            # Bounded size and depth; a key twice in one object is refused.
+            doc = json_loads(text, max_chars=MAX_JSON_CHARS, parse_float=float)
+        except InvalidInputError as exc:
+            raise ShardMapError(f"shard map document cannot be read: {exc}") from None
         except ValueError as exc:
-            if isinstance(exc, ShardMapError):
-                raise
             raise ShardMapError(f"shard map document is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise ShardMapError(

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 from types import ModuleType
 from typing import Any
 
-from shardbill.errors import FatalDatabaseError
+from shardbill.errors import FatalDatabaseError, InvalidURLError
 from shardbill.providers.pool import Driver
 from shardbill.providers.url import ConnectionURL
 
-__all__ = ["MySQLFamilyDriver", "init_command", "require_tls"]
+__all__ = ["MySQLFamilyDriver", "check_tls_files", "init_command", "require_tls"]
 
 _STRICT = (
     "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')"
@@ -25,6 +26,32 @@ def init_command(url: ConnectionURL) -> str | None:
     for its DECIMAL column) into an error instead of a silently clamped value.
     """
     return _STRICT if url.strict_mode else None
+
+
+def check_tls_files(url: ConnectionURL) -> None:
+    """Raise unless every TLS file ``url`` names is a readable file.
+
+    Checked before each connect, in the same words for both drivers (left to
+    them, one says "No such file or directory" naming nothing, the other
+    "certificate verify failed").
+
+    Raises:
+        InvalidURLError: naming the option and the path.
+    """
+    for option in ("ssl_ca", "ssl_cert", "ssl_key"):
+        path = getattr(url, option)
+        if path is None:
+            continue
+        if not os.path.isfile(path):
+            problem = "does not exist" if not os.path.exists(path) else "is not a file"
+        elif not os.access(path, os.R_OK):
+            problem = "is not readable by this process"
+        else:
+            continue
+        raise InvalidURLError(
+            f"connection URL option {option} names {path!r}, which {problem}; fix the path "
+            f"(an absolute path is safest) or the file's permissions (for {url})"
+        )
 
 
 def require_tls(conn: Any, url: ConnectionURL) -> None:
@@ -79,6 +106,7 @@ class MySQLFamilyDriver(Driver):
 
     def connect(self, url: ConnectionURL) -> Any:
         """A new connection for ``url``, refused when TLS is required but not in use."""
+        check_tls_files(url)
         conn = self.module().connect(**self.connect_kwargs(url))
         require_tls(conn, url)
         return conn

@@ -65,6 +65,9 @@ def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
         kwargs["write_timeout"] = _seconds(url.write_timeout)
     if url.unix_socket is not None:
         kwargs["unix_socket"] = url.unix_socket
+        # The C client uses the socket only for host "localhost" (127.0.0.1 means TCP);
+        # PyMySQL uses it whatever the host. The socket wins on both.
+        kwargs["host"] = "localhost"
     mode = url.effective_ssl_mode
     kwargs["ssl_mode"] = mode.value
     files = {
@@ -72,6 +75,11 @@ def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
         for key, value in (("ca", url.ssl_ca), ("cert", url.ssl_cert), ("key", url.ssl_key))
         if value is not None
     }
+    if mode is SSLMode.PREFERRED and not files:
+        # MariaDB Connector/C starts TLS only when some TLS option is set; a cipher list
+        # is the one that asks for TLS without asking for verification. A server
+        # without TLS still gets a plain connection, as PREFERRED promises.
+        files["cipher"] = "DEFAULT"
     if files and mode is not SSLMode.DISABLED:
         kwargs["ssl"] = files
     return kwargs

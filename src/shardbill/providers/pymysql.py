@@ -11,7 +11,7 @@ import ssl
 from types import ModuleType
 from typing import Any, ClassVar
 
-from shardbill.errors import DriverNotInstalledError
+from shardbill.errors import DriverNotInstalledError, InvalidURLError
 from shardbill.providers.mysql_common import MySQLFamilyDriver, init_command
 from shardbill.providers.url import ConnectionURL, SSLMode
 
@@ -30,7 +30,11 @@ def _module() -> ModuleType:
 
 
 def _ssl_context(url: ConnectionURL, mode: SSLMode) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=url.ssl_ca)
+    """The context for ``mode``; a file that cannot be loaded is named in an InvalidURLError."""
+    try:
+        context = ssl.create_default_context(cafile=url.ssl_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise _file_error("ssl_ca", url.ssl_ca, exc, url) from exc
     if mode is SSLMode.REQUIRED:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -38,8 +42,22 @@ def _ssl_context(url: ConnectionURL, mode: SSLMode) -> ssl.SSLContext:
         context.check_hostname = mode is SSLMode.VERIFY_IDENTITY
         context.verify_mode = ssl.CERT_REQUIRED
     if url.ssl_cert is not None:
-        context.load_cert_chain(url.ssl_cert, keyfile=url.ssl_key)
+        try:
+            context.load_cert_chain(url.ssl_cert, keyfile=url.ssl_key)
+        except (OSError, ssl.SSLError) as exc:
+            files = f"{url.ssl_cert}, {url.ssl_key}"
+            raise _file_error("ssl_cert/ssl_key", files, exc, url) from exc
     return context
+
+
+def _file_error(
+    option: str, path: str | None, exc: Exception, url: ConnectionURL
+) -> InvalidURLError:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+    return InvalidURLError(
+        f"connection URL option {option} names {path!r}, which could not be loaded ({reason}); "
+        f"give PEM files (a certificate, or a key without a passphrase) (for {url})"
+    )
 
 
 def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
@@ -69,6 +87,8 @@ def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
         kwargs["ssl_disabled"] = True
     elif mode.encrypted:
         kwargs["ssl"] = _ssl_context(url, mode)
+    # PREFERRED: no TLS arguments is PyMySQL's own PREFERRED (since 1.2.0): TLS when the
+    # server offers it, unverified, plain otherwise. An SSL context would make TLS required.
     return kwargs
 
 

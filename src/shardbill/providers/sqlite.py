@@ -17,6 +17,7 @@ units); a ``date``/``datetime`` becomes ISO 8601 text.
 from __future__ import annotations
 
 import datetime
+import os
 import sqlite3
 from collections.abc import Sequence
 from decimal import Decimal
@@ -63,6 +64,13 @@ class SQLiteDriver(Driver):
         """Open ``url.path`` in WAL mode with the configured busy timeout."""
         if url.path is None:  # pragma: no cover - ConnectionURL guarantees a path
             raise InvalidURLError(f"{url} has no file path")
+        directory = os.path.dirname(url.path)
+        if not os.path.isdir(directory):
+            # sqlite3 would say "unable to open database file", read as an unreachable server.
+            raise InvalidURLError(
+                f"sqlite shard file {url.path}: the directory {directory} does not exist; "
+                "create it (shardbill creates the file, not its directory) or fix the URL"
+            )
         conn = sqlite3.connect(
             url.path,
             timeout=url.busy_timeout,

@@ -34,18 +34,25 @@ __all__ = ["ConnectionURL", "SSLMode", "Secret"]
 
 Driver = Literal["pymysql", "mysqldb", "sqlite"]
 
+MAX_URL_LENGTH: Final = 4096
+"""The longest connection URL :meth:`ConnectionURL.parse` reads."""
+
 _SCHEMES: Final[dict[str, Driver]] = {
     "mysql+pymysql": "pymysql",
     "mysql+mysqldb": "mysqldb",
     "sqlite": "sqlite",
 }
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_OPTION_WORD = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _HOST = re.compile(r"^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])$")
 
 
-@attrs.frozen(repr=False)
 class Secret:
-    """A string that never shows itself in ``repr`` or ``str``.
+    """A string that never shows itself in ``repr``, ``str`` or ``attrs.asdict``.
+
+    Deliberately not an attrs class: ``attrs.asdict(url)`` keeps a ``Secret``
+    as it is (showing ``***``) instead of turning it into a dict holding the
+    value.
 
     Example:
         >>> Secret("hunter2")
@@ -54,17 +61,31 @@ class Secret:
         'hunter2'
     """
 
-    _value: str = attrs.field(alias="value", repr=False)
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
 
     def reveal(self) -> str:
         """The secret itself, for the one place that needs it (the driver's ``connect``)."""
         return self._value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return self._value == other._value
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
 
     def __repr__(self) -> str:
         return "Secret('***')"
 
     def __str__(self) -> str:
         return "***"
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        return (Secret, (self._value,))
 
 
 class SSLMode(enum.StrEnum):
@@ -77,11 +98,14 @@ class SSLMode(enum.StrEnum):
     DISABLED = "DISABLED"
     """Plain TCP."""
     PREFERRED = "PREFERRED"
-    """TLS when the server offers it, unverified; plain otherwise (the drivers' default)."""
+    """TLS when the server offers it, unverified; plain otherwise (the default without files)."""
     REQUIRED = "REQUIRED"
-    """TLS or no connection; the server certificate is not verified."""
+    """TLS or no connection; the server certificate is not verified (no ``ssl_ca`` allowed)."""
     VERIFY_CA = "VERIFY_CA"
-    """TLS with the server certificate verified against ``ssl_ca`` (or the system store)."""
+    """TLS with the certificate verified against ``ssl_ca`` (or the system store), not the name.
+
+    mysqlclient built on MariaDB Connector/C checks the host name here too.
+    """
     VERIFY_IDENTITY = "VERIFY_IDENTITY"
     """``VERIFY_CA`` plus the certificate's host name must match the URL's host."""
 
@@ -92,7 +116,17 @@ class SSLMode(enum.StrEnum):
 
 
 def _url_error(field: str, value: object, fix: str) -> InvalidURLError:
-    return InvalidURLError(f"connection URL option {field!r} is invalid: {value!r}; {fix}")
+    """The error for a bad option value: a number is shown, text never.
+
+    Text may be a secret pasted into the wrong option; the option's name and
+    what it takes are enough to fix it.
+    """
+    shown = (
+        f": {value!r}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else " (the value is not shown: it may be a misplaced secret)"
+    )
+    return InvalidURLError(f"connection URL option {field!r} is invalid{shown}; {fix}")
 
 
 def _validate_positive(_: object, field: attrs.Attribute[Any], value: float | None) -> None:
@@ -148,11 +182,12 @@ def _as_secret(value: Secret | str | None) -> Secret | None:
 def _as_ssl_mode(value: SSLMode | str | None) -> SSLMode | None:
     if value is None or isinstance(value, SSLMode):
         return value
-    try:
-        return SSLMode(value.upper())
-    except ValueError:
+    # A lookup, not SSLMode(value): its ValueError would carry the value as __context__.
+    mode = SSLMode.__members__.get(value.upper()) if isinstance(value, str) else None
+    if mode is None:
         valid = ", ".join(mode.value for mode in SSLMode)
-        raise _url_error("ssl_mode", value, f"give one of {valid}") from None
+        raise _url_error("ssl_mode", value, f"give one of {valid}")
+    return mode
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -164,9 +199,10 @@ class ConnectionURL:
     ``connect_timeout``, ``read_timeout``, ``write_timeout``
         Seconds (default 10, none, none). mysqlclient rounds them up to whole seconds.
     ``ssl_mode``
-        One of :class:`SSLMode` (default ``PREFERRED``; ``VERIFY_CA`` when
-        ``ssl_ca`` is given, ``REQUIRED`` when only a client certificate is).
-        ``VERIFY_IDENTITY`` is verified TLS.
+        One of :class:`SSLMode` (default ``PREFERRED``; ``VERIFY_IDENTITY``
+        when ``ssl_ca`` is given, ``REQUIRED`` when only a client certificate
+        is). ``ssl_ca`` with ``DISABLED``, ``PREFERRED`` or ``REQUIRED`` is
+        refused: those modes would ignore it.
     ``ssl_ca``, ``ssl_cert``, ``ssl_key``
         PEM file paths: the CA to verify the server with, the client
         certificate and its key.
@@ -293,12 +329,20 @@ class ConnectionURL:
                 "connection URL has both a password and password_env; keep one "
                 "(password_env keeps the password out of configuration files)"
             )
-        has_files = bool(self.ssl_ca or self.ssl_cert or self.ssl_key)
-        if has_files and self.ssl_mode in (SSLMode.DISABLED, SSLMode.PREFERRED):
+        mode = self.ssl_mode
+        if self.ssl_ca and mode in (SSLMode.DISABLED, SSLMode.PREFERRED, SSLMode.REQUIRED):
             raise InvalidURLError(
-                f"connection URL has ssl_mode={self.ssl_mode} and TLS files (ssl_ca/ssl_cert/"
-                "ssl_key), which that mode never uses; use ssl_mode=VERIFY_IDENTITY (or "
-                "REQUIRED/VERIFY_CA) or remove the files"
+                f"connection URL has ssl_mode={mode} and ssl_ca, but {mode} never verifies the "
+                "server with that CA (a CA that looks configured but is ignored); use "
+                "ssl_mode=VERIFY_IDENTITY (the default with ssl_ca), VERIFY_CA to skip the "
+                "host-name check, or remove ssl_ca"
+            )
+        has_client_cert = bool(self.ssl_cert or self.ssl_key)
+        if has_client_cert and mode in (SSLMode.DISABLED, SSLMode.PREFERRED):
+            raise InvalidURLError(
+                f"connection URL has ssl_mode={mode} and a client certificate (ssl_cert/ssl_key), "
+                "which that mode may never send; use ssl_mode=VERIFY_IDENTITY (with ssl_ca) or "
+                "REQUIRED, or remove the certificate"
             )
         if (self.ssl_cert is None) != (self.ssl_key is None):
             raise InvalidURLError(
@@ -318,15 +362,33 @@ class ConnectionURL:
 
     @property
     def effective_ssl_mode(self) -> SSLMode:
-        """``ssl_mode``, or its default: VERIFY_CA with ``ssl_ca``, REQUIRED with a client cert.
+        """``ssl_mode``, or its default: VERIFY_IDENTITY with ``ssl_ca``, REQUIRED with a cert.
 
-        Without either, the default is PREFERRED.
+        Without either, the default is PREFERRED. A CA given means the server's
+        identity is verified; only an explicit ``ssl_mode=VERIFY_CA`` skips the
+        host-name check.
         """
         if self.ssl_mode is not None:
             return self.ssl_mode
         if self.ssl_ca:
-            return SSLMode.VERIFY_CA
+            return SSLMode.VERIFY_IDENTITY
         return SSLMode.REQUIRED if self.ssl_cert else SSLMode.PREFERRED
+
+    @property
+    def target(self) -> tuple[str, ...]:
+        """What database this URL names, whoever connects how: equal targets are one database.
+
+        SQLite: the file's real path (symlinks resolved). MySQL: the socket or
+        the host (case-folded) and port, and the database; user, driver and
+        options do not count. Two shards with one target would share their
+        tables, so every event of their slots would count twice.
+        """
+        if self.driver == "sqlite":
+            return ("sqlite", os.path.realpath(self.path or ""))
+        where = (
+            (self.unix_socket,) if self.unix_socket else ((self.host or "").lower(), str(self.port))
+        )
+        return ("mysql", *where, self.database or "")
 
     def resolve_password(self) -> str:
         """The password to connect with: the URL's, the ``password_env`` variable's, or ``""``.
@@ -359,6 +421,11 @@ class ConnectionURL:
             raise InvalidURLError(
                 f"a connection URL must be a str, not a {type(text).__name__}; "
                 "write it like mysql+pymysql://user@host:3306/db"
+            )
+        if len(text) > MAX_URL_LENGTH:
+            raise InvalidURLError(
+                f"a connection URL is at most {MAX_URL_LENGTH} characters; this one has "
+                f"{len(text)} (is it the value you meant?)"
             )
         scheme, sep, rest = text.partition("://")
         driver = _SCHEMES.get(scheme.lower())
@@ -425,7 +492,8 @@ def _describe(text: str) -> str:
 
     The user information ends at the last ``@`` of the whole URL (not only of
     the part before ``?``), so a password holding an unencoded ``?`` is still
-    masked whole.
+    masked whole. Without any ``@``, a non-numeric "port" is masked too: in
+    ``mysql+pymysql://app:PASSWORD/db`` it is the password.
     """
     scheme, sep, rest = text.partition("://")
     if not sep:
@@ -434,6 +502,11 @@ def _describe(text: str) -> str:
     if at >= 0:
         user, colon, _ = rest[:at].partition(":")
         rest = f"{user}{':***' if colon else ''}@{rest[at + 1 :]}"
+    else:
+        authority = rest.partition("?")[0].partition("/")[0]
+        host, colon, port = authority.partition(":")
+        if colon and not authority.startswith("[") and not port.isdigit():
+            rest = f"{host}:***"  # the rest too: an unencoded '/' may sit inside the password
     return repr(f"{scheme}://{rest.partition('?')[0]}")
 
 
@@ -470,7 +543,15 @@ def _mysql_parts(head: str, text: str) -> dict[str, Any]:
         )
     parts["host"] = host.strip("[]") or None
     if port is not None:
-        if not port.isdigit():
+        if not (port.isascii() and port.isdigit()):
+            if at < 0:
+                # No '@': "user:secret/db" reads as host "user", port "secret".
+                raise InvalidURLError(
+                    f"connection URL {_describe(text)} has a non-numeric port (not shown: "
+                    "without '@HOST' a password reads as a port); write "
+                    "USER:PASSWORD@HOST:PORT/DATABASE, or better USER@HOST/DATABASE with "
+                    "password_env=NAME"
+                )
             raise InvalidURLError(
                 f"connection URL {_describe(text)} has a non-numeric port {port!r}; "
                 "give a TCP port from 1 to 65535"
@@ -495,14 +576,32 @@ def _sqlite_path(head: str, text: str) -> str:
     return os.path.abspath(path)
 
 
+_SECONDS = re.compile(r"^[0-9]{1,9}(?:\.[0-9]{1,9})?$")
+_COUNT = re.compile(r"^[0-9]{1,9}$")
+
+
+def _seconds(raw: str) -> float:
+    # Strict: ASCII digits and one '.'; "1_0", " 5", "+5", "inf", "nan" and
+    # non-ASCII digits (which float() accepts) are refused.
+    if not _SECONDS.fullmatch(raw):
+        raise ValueError("not plain seconds")
+    return float(raw)
+
+
+def _count(raw: str) -> int:
+    if not _COUNT.fullmatch(raw):
+        raise ValueError("not plain digits")
+    return int(raw)
+
+
 _CONVERTERS: Final[dict[str, Callable[[str], object]]] = {
-    "connect_timeout": float,
-    "read_timeout": float,
-    "write_timeout": float,
-    "busy_timeout": float,
-    "pool_timeout": float,
-    "ping_after": float,
-    "pool_size": int,
+    "connect_timeout": _seconds,
+    "read_timeout": _seconds,
+    "write_timeout": _seconds,
+    "busy_timeout": _seconds,
+    "pool_timeout": _seconds,
+    "ping_after": _seconds,
+    "pool_size": _count,
 }
 _BOOLEANS: Final[dict[str, bool]] = {
     "true": True,
@@ -521,18 +620,23 @@ def _parse_options(query: str, driver: Driver, text: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if not query:
         return options
+    pairs: list[tuple[str, str]] | None
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-    except ValueError:
+    except ValueError:  # its text holds the query: raised below, outside this handler
+        pairs = None
+    if pairs is None:
         raise InvalidURLError(
             f"connection URL {_describe(text)} has a malformed query string; "
             "write options as ?name=value&name=value"
-        ) from None
+        )
     for name, raw in pairs:
         if name not in valid:
             # Name the option but not its value: someone may have put a password there.
+            # Not even the name when it is no option-like word (a pasted secret).
+            shown = repr(name) if _OPTION_WORD.fullmatch(name) else "(not shown: not a word)"
             raise InvalidURLError(
-                f"connection URL {_describe(text)} has an unknown option {name!r}; "
+                f"connection URL {_describe(text)} has an unknown option {shown}; "
                 f"valid options for {driver}: {', '.join(valid)}"
             )
         if name in options:
@@ -553,6 +657,7 @@ def _convert(name: str, raw: str) -> object:
         return raw
     try:
         return converter(raw)
-    except ValueError:
-        kind = "an integer" if converter is int else "a number of seconds"
-        raise _url_error(name, raw, f"give {kind}") from None
+    except ValueError:  # its text holds the value: raised below, outside this handler
+        pass
+    kind = "an integer (ASCII digits)" if converter is _count else "a number of seconds (like 2.5)"
+    raise _url_error(name, raw, f"give {kind}")

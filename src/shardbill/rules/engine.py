@@ -550,7 +550,7 @@ class RulesEngine:
                 return (), Rejection(
                     event_id=event.event_id,
                     rule=label,
-                    reason=str(exc) or type(exc).__name__,
+                    reason=_reason(exc, event),
                     error_type=type(exc),
                 )
             charges = result
@@ -573,6 +573,18 @@ class RulesEngine:
                 error_type=InvalidInputError,
             )
         return charges, None
+
+
+def _reason(exc: Exception, event: UsageEvent) -> str:
+    """Why a rule failed, in words; a decimal signal's own text is only its class list."""
+    if isinstance(exc, decimal.DecimalException):
+        return (
+            f"the charge for quantity {event.quantity} cannot be computed exactly: the result "
+            "needs more digits than decimal arithmetic carries, or is undefined "
+            f"(decimal.{type(exc).__name__}); check the quantity (a unit mix-up, a missing "
+            "decimal point?) or split such volumes over several events"
+        )
+    return str(exc) or type(exc).__name__
 
 
 def _check_event(event: object, position: int) -> UsageEvent:

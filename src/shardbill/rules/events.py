@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Final, TypeAlias, TypeVar, overload
 
 import attrs
@@ -51,6 +51,8 @@ def _check_text(field: str, value: object, *, max_length: int = MAX_ID_LENGTH) -
         raise InvalidInputError(f"{field!r} must be a str, not {type(value).__name__}: {value!r}")
     if not value:
         raise InvalidInputError(f"{field!r} must not be empty")
+    if value.isspace():
+        raise InvalidInputError(f"{field!r} must not be only whitespace: {value!r}")
     if len(value) > max_length:
         raise InvalidInputError(
             f"{field!r} must be at most {max_length} characters (an indexed utf8mb4 VARCHAR): "
@@ -453,21 +455,31 @@ _FROM_DICT_FIELDS = frozenset(
 )
 
 
+# Text numbers are strict: int() and Decimal() also take " 42 ", "4_2", "+42", "1e3" and
+# non-ASCII digits ("\u0664\u0662" is 42), each a different text for the same number, or
+# an id that only looks like one. Only the one plain spelling of each number passes.
+_PLAIN_INT = re.compile(r"0|-?[1-9][0-9]{0,18}")
+_PLAIN_DECIMAL = re.compile(r"(?!-0(?:\.0+)?$)-?(?:0|[1-9][0-9]{0,29})(?:\.[0-9]{1,30})?")
+
+
 def _parse_int(field: str, value: str) -> int:
-    try:
-        return int(value, 10)
-    except ValueError:
-        raise InvalidInputError(f"{field!r} must be an integer: {value!r}") from None
+    if not _PLAIN_INT.fullmatch(value):
+        raise InvalidInputError(
+            f"{field!r} must be an integer written plainly (ASCII digits, an optional '-', no "
+            f"spaces, '_', '+' or leading zeros): {value!r}"
+        )
+    return int(value)
 
 
 def _parse_decimal(field: str, value: object) -> Decimal:
     if type(value) is str:
-        try:
-            return Decimal(value.strip())
-        except InvalidOperation:
+        if not _PLAIN_DECIMAL.fullmatch(value):
             raise InvalidInputError(
-                f"{field!r} must be a decimal number such as '12' or '0.5': {value!r}"
-            ) from None
+                f"{field!r} must be a decimal number written plainly, such as '12' or '0.5' "
+                f"(ASCII digits, at most one '.', an optional '-'; no spaces, '_', '+', "
+                f"exponent or leading zeros): {value!r}"
+            )
+        return Decimal(value)
     return money.require_decimal(value, field)
 
 

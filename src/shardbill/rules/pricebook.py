@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar
 import attrs
 
 from shardbill import money
+from shardbill._parsing import json_loads, toml_loads
 from shardbill.errors import InvalidInputError, MoneyTypeError, PriceBookError
 from shardbill.rules.events import Account, Dimensions, DimensionValue, _check_token
 
@@ -80,6 +81,9 @@ from shardbill.rules.models import (
     Tier,
     VolumeTiers,
 )
+
+MAX_PRICE_BOOK_CHARS = 16 * 1024 * 1024
+"""The longest price book document read (16 Mi characters); nesting is bounded too."""
 
 __all__ = [
     "PerEventModel",
@@ -103,6 +107,11 @@ def _scale(instance: object, attribute: attrs.Attribute[int], value: object) -> 
 
 
 def _rounding(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str):  # check_rounding's set lookup would raise TypeError
+        raise PriceBookError(
+            f"{attribute.name!r} must be a rounding mode name such as 'ROUND_HALF_EVEN', not "
+            f"{type(value).__name__}: {value!r:.60}"
+        )
     try:
         money.check_rounding(value, attribute.name)
     except InvalidInputError as exc:
@@ -397,7 +406,9 @@ class PriceBook:
             PriceBookError: if it is not valid TOML or not a valid price book.
         """
         try:
-            data = tomllib.loads(text, parse_float=Decimal)
+            data = toml_loads(text, max_chars=MAX_PRICE_BOOK_CHARS, parse_float=Decimal)
+        except InvalidInputError as exc:
+            raise PriceBookError(f"{source}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise PriceBookError(f"{source}: not valid TOML: {exc}") from exc
         return cls.from_mapping(data, source=source)
@@ -421,7 +432,11 @@ class PriceBook:
             raise PriceBookError(f"{source}: {constant} is not a price; use a finite number")
 
         try:
-            data = json.loads(text, parse_float=Decimal, parse_constant=refuse)
+            data = json_loads(
+                text, max_chars=MAX_PRICE_BOOK_CHARS, parse_float=Decimal, parse_constant=refuse
+            )
+        except InvalidInputError as exc:
+            raise PriceBookError(f"{source}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise PriceBookError(f"{source}: not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
