@@ -37,7 +37,6 @@ from shardbill import (
     KeyColumn,
     Measure,
     Pipeline,
-    PooledProvider,
     PriceBook,
     Reader,
     ReshardError,
@@ -55,6 +54,7 @@ from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
 from shardbill.retry import RetryPolicy
 from shardbill.rules.engine import rule as pricing_rule
 from tests.simulation.actors import FAULTS, Actor, GatedProvider, HungError, SimulatedCrash
+from tests.simulation.backends import BACKENDS
 from tests.simulation.config import SimConfig
 from tests.simulation.model import (
     HORIZON,
@@ -185,18 +185,11 @@ class SimMachine(RuleBasedStateMachine):
     stats: ClassVar[dict[str, int]] = {}
 
     config = SimConfig.ci()
-    backend_factory: Callable[[Path], tuple[PooledProvider, Callable[[], None]]] | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.root = Path(tempfile.mkdtemp(prefix="sb-sim-"))
-        self.cleanup: Callable[[], None] = lambda: None
-        if self.backend_factory is not None:
-            self.inner, self.cleanup = type(self).backend_factory(self.root)  # type: ignore[misc]
-        else:
-            self.inner = PooledProvider.sqlite_directory(
-                self.root, SHARD_NAMES, options="synchronous=normal&busy_timeout=10"
-            )
+        self.inner, self.cleanup = BACKENDS[self.config.backend](self.root, SHARD_NAMES)
         self.store = MemoryMapStore(ShardMap.create(list(FIRST_SHARDS), slots=self.config.slots))
         setup = AggregationWriter(shard_map=self.store.load(), provider=self.inner, tables=TABLES)
         setup.ensure_schema()

@@ -17,6 +17,8 @@ from tests.simulation.runner import run
 CI_SEEDS = range(6)
 CI_STEPS = 400
 MUTATION_SEEDS = range(10)
+MARIADB_SEEDS = range(2)
+MARIADB_STEPS = 120
 
 
 def test_the_feature_flags_are_one_consistent_list() -> None:
@@ -42,6 +44,16 @@ def test_no_invariant_breaks_with_the_safe_features(
             print("\n" + describe_off(config))
     report = run(seed, CI_STEPS, config)
     assert report.steps > CI_STEPS // 2, report
+    assert report.failure is None, report.failure
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("seed", MARIADB_SEEDS)
+def test_no_invariant_breaks_on_mariadb(seed: int, mysql_server: object) -> None:
+    """The same simulation with every shard a database on MariaDB (PyMySQL)."""
+    del mysql_server  # skips (or fails under CI) without a server
+    report = run(seed, MARIADB_STEPS, SimConfig.ci(backend="mariadb"))
+    assert report.steps > MARIADB_STEPS // 2, report
     assert report.failure is None, report.failure
 
 
