@@ -1,0 +1,246 @@
+"""The reference model: what the shards must hold, and what each delivery must report.
+
+The model knows every event the simulation made up, and for each:
+
+* ``acked``: the content a call reported as applied or duplicate (from then
+  on it is applied exactly once, and nothing else under its id ever is);
+* ``candidates``: contents sent whose outcome is unknown (a failed or
+  killed call, an operation still in flight); at most one of them can have
+  landed, and only until the event is acked.
+
+An event's *content* is what one call carried under its id: its charges,
+reduced to :class:`Part` s (exact repeats inside a call fold to one, as an
+id names one event). From the model come the exact totals when nothing is
+uncertain, and bounds (acked <= stored <= acked + candidates) when something
+is: amounts and counts are never negative here, so the bounds are sums.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import attrs
+
+from tests.simulation.results import Outcome
+
+BIGINT_MAX = 2**63 - 1
+
+#: Seconds in the dedup horizon (the writer's ``ledger_retention_days``, default 35).
+HORIZON = 35 * 86_400
+
+
+@attrs.frozen(order=True)
+class Part:
+    """One charge of an event, in integer units: what it adds to its rows."""
+
+    account: int
+    product: str
+    amount: int  # units of 10**-6 (Amount(scale=6))
+    quantity: int  # whole units (Quantity(scale=0))
+
+
+Content = tuple[Part, ...]
+
+#: table -> (key of a part, deltas of a part); measures in table order.
+TABLE_MEASURES = {
+    "sim_usage": ("amount", "quantity", "charges", "peak"),
+    "sim_balance": ("amount", "charges"),
+}
+_SUMMED = {"sim_usage": (0, 1, 2), "sim_balance": (0, 1)}
+
+
+def content_of(parts: Iterable[Part]) -> Content:
+    """The content of a call's parts for one id: sorted, exact repeats folded."""
+    return tuple(sorted(set(parts)))
+
+
+def invalid(content: Content) -> bool:
+    """True when a part's own value does not fit a BIGINT: the event must be rejected."""
+    return any(
+        not -BIGINT_MAX - 1 <= v <= BIGINT_MAX for p in content for v in (p.amount, p.quantity)
+    )
+
+
+def rows_of(content: Content) -> dict[str, dict[tuple[object, ...], list[int]]]:
+    """The row deltas of a content, per table (coalesced within the content)."""
+    out: dict[str, dict[tuple[object, ...], list[int]]] = {t: {} for t in TABLE_MEASURES}
+    for part in content:
+        usage = out["sim_usage"].setdefault((part.account, part.product), [0, 0, 0, part.amount])
+        usage[0] += part.amount
+        usage[1] += part.quantity
+        usage[2] += 1
+        usage[3] = max(usage[3], part.amount)
+        balance = out["sim_balance"].setdefault((part.account,), [0, 0])
+        balance[0] += part.amount
+        balance[1] += 1
+    return out
+
+
+def merge_rows(
+    into: dict[str, dict[tuple[object, ...], list[int]]],
+    rows: dict[str, dict[tuple[object, ...], list[int]]],
+) -> None:
+    """Add ``rows`` into ``into`` (sums, and max for ``peak``)."""
+    for table, table_rows in rows.items():
+        target = into.setdefault(table, {})
+        for key, values in table_rows.items():
+            current = target.get(key)
+            if current is None:
+                target[key] = list(values)
+                continue
+            for i in range(len(values)):
+                if table == "sim_usage" and i == 3:
+                    current[i] = max(current[i], values[i])
+                else:
+                    current[i] += values[i]
+
+
+@attrs.define
+class EventRecord:
+    """What the model knows about one event id."""
+
+    event_id: str
+    time: float  # the event's own time (Unix seconds)
+    base: Content  # the content it was made up with
+    pipeline: bool = False
+    account: int = 0  # pipeline events: the account of the usage event
+    quantity: int = 0  # pipeline events: the usage quantity they were made with
+    split: bool = False  # sent in two calls: its first part, then the rest
+    acked: Content | None = None
+    candidates: list[Content] = attrs.field(factory=list)
+    first_sent: float | None = None  # writer clock at the first send (ledger applied_at)
+    pruned: bool = False  # its ledger row may have been pruned
+    applied_reported: bool = False  # a call reported it applied (only one ever may)
+
+    @property
+    def settled(self) -> bool:
+        """True when nothing about it is uncertain."""
+        return not self.candidates
+
+
+class Model:
+    """Every event and what each delivery must report."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, EventRecord] = {}
+
+    def add(self, record: EventRecord) -> None:
+        """A new event."""
+        self.events[record.event_id] = record
+
+    @property
+    def uncertain(self) -> list[EventRecord]:
+        """Events some of whose sent content may or may not have landed."""
+        return [r for r in self.events.values() if r.candidates]
+
+    # ------------------------------------------------------------------ totals
+
+    def expected(self) -> dict[str, dict[tuple[object, ...], list[int]]]:
+        """The exact rows the acked events make (valid when nothing is uncertain)."""
+        out: dict[str, dict[tuple[object, ...], list[int]]] = {t: {} for t in TABLE_MEASURES}
+        for record in self.events.values():
+            if record.acked is not None:
+                merge_rows(out, rows_of(record.acked))
+        return out
+
+    def account_bounds(self) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+        """Per account, ``[amount, charges]``: (acked, acked + the most any candidate adds)."""
+        low: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        high: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        for record in self.events.values():
+            if record.acked is not None:
+                for (account,), values in rows_of(record.acked)["sim_balance"].items():
+                    for i in range(2):
+                        low[account][i] += values[i]  # type: ignore[index]
+                        high[account][i] += values[i]  # type: ignore[index]
+            extra: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+            for candidate in record.candidates:
+                for (account,), values in rows_of(candidate)["sim_balance"].items():
+                    best = extra[account]  # type: ignore[index]
+                    for i in range(2):
+                        best[i] = max(best[i], values[i])
+            for account, values in extra.items():
+                for i in range(2):
+                    high[account][i] += values[i]
+        return dict(low), dict(high)
+
+    def row_upper(self, table: str, key: tuple[object, ...]) -> list[int]:
+        """The most a row's summed measures may hold (acked + every candidate that touches it)."""
+        total = [0] * len(TABLE_MEASURES[table])
+        for record in self.events.values():
+            contents = ([record.acked] if record.acked is not None else []) + record.candidates
+            best = [0] * len(total)
+            for content in contents:
+                values = rows_of(content)[table].get(key)
+                if values is not None:
+                    best = [max(b, v) for b, v in zip(best, values, strict=True)]
+            total = [t + b for t, b in zip(total, best, strict=True)]
+        return total
+
+    def could_overflow(self, content: Content) -> bool:
+        """True when applying ``content`` could take a summed measure past BIGINT."""
+        for table, table_rows in rows_of(content).items():
+            for key, values in table_rows.items():
+                upper = self.row_upper(table, key)
+                if any(upper[i] + values[i] > BIGINT_MAX for i in _SUMMED[table]):
+                    return True
+        return False
+
+    # ------------------------------------------------------------------ outcomes
+
+    def allowed(
+        self, record: EventRecord, content: Content, *, too_late: bool, overflow: bool
+    ) -> set[Outcome]:
+        """The outcomes a correct system may report for this delivery of ``record``.
+
+        Exactly one call ever reports an event applied; the others report it
+        duplicate (also one that finds the landed commit of a call that failed,
+        or of a call still in flight), or conflict when their content differs.
+        """
+        if invalid(content):  # a charge out of range rejects its whole event, nothing else
+            return {Outcome.REJECTED}
+        applied = set() if record.applied_reported else {Outcome.APPLIED}
+        if record.acked is not None:
+            allowed = (
+                applied | {Outcome.DUPLICATE} if content == record.acked else {Outcome.CONFLICT}
+            )
+        elif record.candidates:
+            allowed = applied | (
+                {Outcome.DUPLICATE} if content in record.candidates else {Outcome.CONFLICT}
+            )
+        else:
+            allowed = {Outcome.APPLIED}
+        if too_late:  # refused as too late (a duplicate is harmless too)
+            allowed = (allowed & {Outcome.DUPLICATE}) | {Outcome.REJECTED}
+        if overflow:  # an event that would overflow a row is refused alone
+            allowed.add(Outcome.REJECTED)
+        allowed.add(Outcome.FAILED)  # a transient failure past the retry budget: retry it
+        return allowed
+
+    def send(self, record: EventRecord, content: Content) -> None:
+        """A call carrying ``content`` starts: until it ends, the content may land."""
+        if record.acked is None and not invalid(content):
+            record.candidates.append(content)
+
+    def unsend(self, record: EventRecord, content: Content) -> None:
+        """The call that carried ``content`` ended: its own entry goes (its report follows)."""
+        if content in record.candidates:
+            record.candidates.remove(content)
+
+    def record(self, record: EventRecord, content: Content, outcome: Outcome | None) -> None:
+        """Take a reported outcome as the truth (``None``: the call died, outcome unknown)."""
+        if outcome is Outcome.APPLIED:
+            record.applied_reported = True
+        if outcome in (Outcome.APPLIED, Outcome.DUPLICATE):
+            if record.acked is None:
+                record.acked = content
+            record.candidates.clear()
+        elif outcome is Outcome.CONFLICT:
+            if record.acked is None and len(record.candidates) == 1:
+                record.acked = record.candidates[0]
+                record.candidates.clear()
+        elif outcome in (Outcome.FAILED, None) and record.acked is None and not invalid(content):
+            # one entry per uncertain delivery: a call still in flight with the same
+            # content removes only its own entry when it ends
+            record.candidates.append(content)

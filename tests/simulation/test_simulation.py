@@ -1,0 +1,74 @@
+"""The simulation in CI: a bounded set of seeds with every safe feature on, and the mutations.
+
+The full runs (more seeds, more steps, the known open bugs' features, hours
+on every core) are the command's: ``python -m tests.simulation --help`` and
+``docs/explanation/simulation.md``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.simulation.config import ALL_FEATURES, KNOWN_OPEN, SAFE_FEATURES, SimConfig, describe_off
+from tests.simulation.mutations import MUTATIONS, Mutation
+from tests.simulation.runner import run
+
+#: CI budget: seeds x steps for the clean run, and the most a mutation may take to be caught.
+CI_SEEDS = range(6)
+CI_STEPS = 400
+MUTATION_SEEDS = range(10)
+MARIADB_SEEDS = range(2)
+MARIADB_STEPS = 120
+
+
+def test_the_feature_flags_are_one_consistent_list() -> None:
+    """Every known-open feature names its issue item, and none is also listed as safe."""
+    assert not set(KNOWN_OPEN) & set(SAFE_FEATURES)
+    assert all("issue" in why for why in KNOWN_OPEN.values())
+    assert set(ALL_FEATURES) == set(KNOWN_OPEN) | set(SAFE_FEATURES)
+    with pytest.raises(ValueError, match="unknown simulation feature"):
+        SimConfig(features=frozenset({"no-such-feature"}))
+
+
+@pytest.mark.parametrize("seed", CI_SEEDS)
+def test_no_invariant_breaks_with_the_safe_features(
+    seed: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Writers, pipeline, readers, prune, publishers and resharders under faults: the model holds.
+
+    Features that hit a known open bug are off (the output lists them).
+    """
+    config = SimConfig.ci()
+    with capsys.disabled():
+        if seed == CI_SEEDS[0]:
+            print("\n" + describe_off(config))
+    report = run(seed, CI_STEPS, config)
+    assert report.steps > CI_STEPS // 2, report
+    assert report.failure is None, report.failure
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("seed", MARIADB_SEEDS)
+def test_no_invariant_breaks_on_mariadb(seed: int, mysql_server: object) -> None:
+    """The same simulation with every shard a database on MariaDB (PyMySQL)."""
+    del mysql_server  # skips (or fails under CI) without a server
+    report = run(seed, MARIADB_STEPS, SimConfig.ci(backend="mariadb"))
+    assert report.steps > MARIADB_STEPS // 2, report
+    assert report.failure is None, report.failure
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
+def test_the_simulation_catches_the_mutation(mutation: Mutation) -> None:
+    """With one safeguard removed, some seed of the CI budget finds a violation."""
+    config = SimConfig.ci()
+    failures = []
+    with pytest.MonkeyPatch.context() as mp:
+        mutation.apply(mp)
+        for seed in MUTATION_SEEDS:
+            report = run(seed, CI_STEPS, config, shrink=False)
+            if report.failure is not None:
+                failures.append(report.failure)
+                break
+    assert failures, (
+        f"no seed in {list(MUTATION_SEEDS)} caught {mutation.name} ({mutation.removes})"
+    )
