@@ -48,6 +48,11 @@ from shardbill.synthetic import Traffic
 from shardbill.writer import AggregationWriter, WriterSettings
 
 
+def _traffic_clock() -> float:
+    """The synthetic traffic is dated (its default day): the writers' clock goes with it."""
+    return Traffic(model="uniform", events=0).end.timestamp()
+
+
 def _connect(args: argparse.Namespace) -> Any:
     return pymysql.connect(
         host=args.host, port=args.port, user=args.user, password=args.password,
@@ -155,7 +160,7 @@ def run_setting(
             started = time.perf_counter()
             with AggregationWriter(
                 shard_map=store, provider=load_provider, tables=tables,
-                settings=WriterSettings(max_workers=args.workers),
+                settings=WriterSettings(max_workers=args.workers), clock=_traffic_clock,
             ) as loader:  # fmt: skip
                 loader.ensure_schema()
                 load = list(_priced(Traffic(model=args.model, events=args.events, seed=seed), 2000))
@@ -170,7 +175,7 @@ def run_setting(
             )  # a stream that never runs out; priced lazily
             writer = AggregationWriter(
                 shard_map=store, provider=writer_provider, tables=tables, observer=phases,
-                settings=WriterSettings(max_workers=args.workers),
+                settings=WriterSettings(max_workers=args.workers), clock=_traffic_clock,
             )  # fmt: skip
             paced = _PacedWriter(writer, _priced(foreground, args.batch), args.write_rate)
             paced.start()

@@ -48,8 +48,12 @@ def _rate(
     """Events/s of one delivery (and of a second, full one when ``replay``)."""
     names = [f"s{i}" for i in range(shards)]
     with PooledProvider.sqlite_directory(directory, names) as provider:
+        latest = max(c.time for e in events for c in e).timestamp()
         writer = AggregationWriter(
-            shard_map=ShardMap.create(names), provider=provider, tables=billing_tables()
+            shard_map=ShardMap.create(names),
+            provider=provider,
+            tables=billing_tables(),
+            clock=lambda: latest,  # the synthetic traffic is dated: the writer's clock too
         )
         writer.ensure_schema()
         batches = [

@@ -77,6 +77,8 @@ class LiteCharge(NamedTuple):
     country: str | None
     quantity_units: int
     amount_units: int
+    part: int = 0  # which charge of its event (the writer refuses repeats of one part)
+    parts: int = 1
 
     @property
     def time(self) -> dt.datetime:
@@ -106,6 +108,8 @@ def _lite(charge: Charge) -> LiteCharge:
         country=None if country is None else sys.intern(str(country)),
         quantity_units=int(charge.quantity.scaleb(_SCALE)),
         amount_units=int(charge.amount.scaleb(_SCALE)),
+        part=charge.part,
+        parts=charge.parts,
     )
 
 
