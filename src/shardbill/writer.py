@@ -806,6 +806,8 @@ class AggregationWriter:
                 continue
             if lost_tokens:
                 outcome = _credit_lost_commits(outcome, lost_tokens)
+            if outcome.withheld:
+                self._emit(Rejected(count=len(outcome.withheld)))
             self._emit(
                 Committed(
                     shard=shard,
