@@ -363,3 +363,4 @@ def test_a_password_without_at_host_is_not_shown_as_a_port() -> None:
         ConnectionURL.parse("mysql+pymysql://app:Pw-part1/part2/billing")  # '/' in it
     assert "part1" not in str(caught.value)
     assert "part2" not in str(caught.value)
+    assert "@HOST" in str(caught.value)

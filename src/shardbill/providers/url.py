@@ -520,12 +520,6 @@ def _mysql_parts(head: str, text: str) -> dict[str, Any]:
             parts["password"] = unquote(password)
         head = head[at + 1 :]
     hostport, _, database = head.partition("/")
-    if "/" in database:
-        raise InvalidURLError(
-            f"connection URL {_describe(text)} has a database name with '/'; "
-            "give one database after the host (percent-encode a '/' in its name as %2F)"
-        )
-    parts["database"] = unquote(database) or None
     host, port = hostport, None
     if hostport.startswith("["):
         close = hostport.find("]")
@@ -557,6 +551,13 @@ def _mysql_parts(head: str, text: str) -> dict[str, Any]:
                 "give a TCP port from 1 to 65535"
             )
         parts["port"] = int(port)
+    # After the port: without '@', "app:pass/word/db" must be reported as that, not as a '/'.
+    if "/" in database:
+        raise InvalidURLError(
+            f"connection URL {_describe(text)} has a database name with '/'; "
+            "give one database after the host (percent-encode a '/' in its name as %2F)"
+        )
+    parts["database"] = unquote(database) or None
     return parts
 
 
