@@ -27,6 +27,7 @@ from shardbill.errors import (
     DuplicateKeyError,
     EpochConflictError,
     MapNotPublishedError,
+    ReshardClaimedError,
     ReshardError,
     SchemaError,
     ShardMapError,
@@ -946,3 +947,21 @@ def test_a_damaged_claim_names_where_it_is(doc_harness: Harness, tmp_path: Path)
     with pytest.raises(ShardMapError, match="reshard claim") as caught:
         store.load_claim()
     assert where in str(caught.value)
+
+
+def test_a_publish_cannot_replace_an_unfinished_reshards_plan(harness: Harness) -> None:
+    """While a claim is moving, only its target map may be published (what the resharder
+    does); any other map is refused with ReshardClaimedError naming the holder, and nothing
+    changes; once the claim is finished, publishing is free again."""
+    store = harness.store
+    store.publish(BASE, expected_epoch=None)
+    claim = _claim(1)
+    store.swap_claim(claim, expected_version=None)
+    with pytest.raises(ReshardClaimedError, match="refused") as caught:
+        store.publish(BASE.add_shard("e"), expected_epoch=1)
+    assert caught.value.owner == "a"
+    assert store.load() == BASE
+    store.publish(claim.target, expected_epoch=1)
+    store.swap_claim(_claim(2, state="finished"), expected_version=1)
+    store.publish(claim.target.add_shard("e"), expected_epoch=2)
+    assert store.epoch() == 3

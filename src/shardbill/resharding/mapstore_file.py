@@ -21,6 +21,7 @@ from shardbill.errors import ConfigurationError, MapNotPublishedError, ShardMapE
 from shardbill.resharding.claim import ReshardClaim
 from shardbill.resharding.mapstore_protocol import (
     _check_arguments,
+    _check_claim_allows,
     _check_claim_swap,
     _check_publish,
     _damaged,
@@ -201,6 +202,7 @@ class JsonFileMapStore:
         with self._locked():
             current = self._read(self._path)
             _check_publish(repr(self), current, new_map, expected_epoch)
+            _check_claim_allows(repr(self), self.load_claim(), new_map)
             if self._keep_history and current is not None:
                 _write_atomically(self.history_path(current.epoch), current.to_json().encode())
             _write_atomically(self._path, data)

@@ -14,6 +14,7 @@ from shardbill.errors import MapNotPublishedError
 from shardbill.resharding.claim import ReshardClaim
 from shardbill.resharding.mapstore_protocol import (
     _check_arguments,
+    _check_claim_allows,
     _check_claim_swap,
     _check_publish,
 )
@@ -67,6 +68,7 @@ class MemoryMapStore:
         _check_arguments(new_map, expected_epoch)
         with self._lock:
             _check_publish(repr(self), self._current, new_map, expected_epoch)
+            _check_claim_allows(repr(self), self._claim, new_map)
             self._maps[new_map.epoch] = new_map
             self._current = new_map
 

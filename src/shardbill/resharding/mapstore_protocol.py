@@ -27,7 +27,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from shardbill.errors import ClaimConflictError, EpochConflictError, ShardMapError
+from shardbill.errors import (
+    ClaimConflictError,
+    EpochConflictError,
+    ReshardClaimedError,
+    ShardMapError,
+)
 from shardbill.shardmap import ShardMap
 
 if TYPE_CHECKING:
@@ -112,6 +117,22 @@ def _check_claim_swap(
             f"{expected_version} (or the new version {claim.version} is not newer): another "
             "resharder changed it; read it again (load_claim()) and decide again"
         )
+
+
+def _check_claim_allows(store: str, claim: ReshardClaim | None, new_map: ShardMap) -> None:
+    """A publish may not replace an unfinished reshard's plan: only its own target passes."""
+    if claim is None or claim.state != "moving" or claim.target == new_map:
+        return
+    raise ReshardClaimedError(
+        f"{store}: publishing epoch {new_map.epoch} refused: an unfinished reshard holds the "
+        f"claim ({claim.describe()}) and this is not its target map; its fences point at its "
+        "own targets: resume it (`shardbill reshard run`) or revert it (`shardbill reshard "
+        "revert`) first",
+        owner=claim.owner,
+        source_epoch=claim.source.epoch,
+        target_epoch=claim.target.epoch,
+        expires_at=claim.expires_at,
+    )
 
 
 def _check_arguments(new_map: object, expected_epoch: object) -> None:

@@ -39,6 +39,7 @@ from shardbill.providers.base import ConnectionProvider, DBAPIConnection, Row
 from shardbill.resharding.claim import ReshardClaim
 from shardbill.resharding.mapstore_protocol import (
     _check_arguments,
+    _check_claim_allows,
     _check_claim_swap,
     _check_publish,
     _parse,
@@ -431,6 +432,10 @@ class SqlMapStore:
                 rows = _fetch(conn, sql.head_for_update)
                 stored = self._parse_row(rows[0]) if rows else None
                 _check_publish(repr(self), stored, new_map, expected_epoch)
+                if _fetch(conn, sql.table_exists, (self._claim_table,))[0][0]:
+                    claims = _fetch(conn, sql.claim_read_for_update)
+                    claim = self._parse_claim(claims[0]) if claims else None
+                    _check_claim_allows(repr(self), claim, new_map)
                 published_at = time.time_ns() // 1_000_000
                 _execute(
                     conn,
