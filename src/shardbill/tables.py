@@ -168,8 +168,8 @@ class SystemTables:
         )
 
     def ledger_columns(self) -> tuple[str, ...]:
-        """The ledger's columns in table order (what the writer inserts and a reshard copies)."""
-        return tuple(c.name for c in self.ledger_def().columns)
+        """The ledger columns the writer fills, in this order (a reshard copies them all)."""
+        return ("event_id", SLOT_COLUMN, "fingerprint", "event_time", "writer_token")
 
     def slots_def(self) -> TableDef:
         """The slot-ownership (fence) table."""
