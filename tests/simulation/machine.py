@@ -122,9 +122,9 @@ TABLES = sim_tables()
 def _price(event: UsageEvent, context: Any) -> Any:
     """0.001 per unit to the account, and a flat 0.0001 fee to the next account."""
     fee_to = (int(event.account) + 1) % 10 if isinstance(event.account, int) else 0
-    context.add(context.charge(event, amount=event.quantity * Decimal("0.001")))
     return context.add(
-        context.charge(event, amount=Decimal("0.0001"), account=fee_to, product="fee")
+        context.charge(event, amount=event.quantity * Decimal("0.001")),
+        context.charge(event, amount=Decimal("0.0001"), account=fee_to, product="fee"),
     )
 
 
@@ -551,7 +551,9 @@ class SimMachine(RuleBasedStateMachine):
             return
         kind = data.draw(st.sampled_from(kinds), label="read")
         if not movers and kind != "rows":
-            movers = self._begin_reshard(data)  # the read starts before the fence
+            # the read starts before the fence; for totals(), slots move to the shard it
+            # reads last
+            movers = self._begin_reshard(data, heavy_last=kind == "totals")
         if not movers:
             return
         name = "totals" if kind == "totals" else "rows"
@@ -582,30 +584,41 @@ class SimMachine(RuleBasedStateMachine):
                 lambda: reader.rows("sim_usage", account),
             )
         else:
-            reader = self._reader("totals", self._read_map())
+            read_map = self._read_map()
+            reader = self._reader("totals", read_map)
             self._start(
                 "totals",
                 Pending(kind="totals", low=low),
                 lambda: reader.totals("sim_balance", group_by=["account_id"]),
             )
+            if data.draw(st.booleans(), label="park before the last snapshot"):
+                # phase 1 reads every shard, then phase 2 snapshots them in order: park the
+                # read before its second visit to the last shard, and let the move run
+                last = f"transaction on {sorted(read_map.shards)[-1]}"
+                op, visits = self.actors["totals"].op, 0
+                while op is not None and not op.done and visits < 2:
+                    self._step("totals")
+                    visits += op.where == last
+                for _ in range(data.draw(st.sampled_from((12, 40, 100)), label="move steps")):
+                    self._step(reshard.owner)
         for _ in range(16):
             if not self.actors[name].busy:
                 return
             if data.draw(st.booleans(), label="reader steps"):
                 self._step(name)
                 continue
-            for _ in range(data.draw(st.sampled_from((1, 3, 6, 12, 40)), label="move steps")):
+            for _ in range(data.draw(st.sampled_from((1, 3, 6, 12, 40, 100)), label="move steps")):
                 self._step(reshard.owner)
         self._run_out(name)
 
-    def _begin_reshard(self, data: st.DataObject) -> list[Reshard]:
+    def _begin_reshard(self, data: st.DataObject, *, heavy_last: bool = False) -> list[Reshard]:
         """Start a new re-weighting (source and target both in the map the read starts
         with), left at its first boundary: nothing is fenced yet."""
         idle = [x for x in RESHARDERS if not self.actors[x].busy]
         if self.reshards or not idle or not self.on("resharding"):
             return []
         source = self.store.load()
-        target = self._target(source, data, reweight=True)
+        target = self._target(source, data, reweight=True, heavy_last=heavy_last)
         if target is None:
             return []
         reshard = Reshard(source=source, target=target, owner=idle[0])
@@ -705,7 +718,12 @@ class SimMachine(RuleBasedStateMachine):
         self._run_reshard(name, reshard, data)
 
     def _target(
-        self, source: ShardMap, data: st.DataObject, *, reweight: bool = False
+        self,
+        source: ShardMap,
+        data: st.DataObject,
+        *,
+        reweight: bool = False,
+        heavy_last: bool = False,
     ) -> ShardMap | None:
         shards = sorted(source.shards)
         unused = [s for s in SHARD_NAMES if s not in shards]
@@ -720,8 +738,10 @@ class SimMachine(RuleBasedStateMachine):
             return source.add_shard(data.draw(st.sampled_from(unused), label="new shard"))
         if kind == "remove":
             return source.remove_shard(data.draw(st.sampled_from(shards), label="removed"))
-        heavy = data.draw(st.sampled_from(shards), label="heavier")
+        heavy = shards[-1] if heavy_last else data.draw(st.sampled_from(shards), label="heavier")
         weights = {s: (2 if s == heavy else 1) for s in shards}
+        if heavy_last and weights == dict(source.shards):
+            weights[heavy] = 3
         if weights == dict(source.shards):
             weights = dict.fromkeys(shards, 1)
         if weights == dict(source.shards):
@@ -918,6 +938,7 @@ class SimMachine(RuleBasedStateMachine):
         error = op.error
         crashed = isinstance(error, SimulatedCrash)
         if error is not None and name in self.objects:
+            op.release_orphans()
             self._build(name)  # closing waits for work its pool still held (it stops at once)
         if pending.kind == "write":
             self._finished_write(name, pending, op.value, error)
