@@ -769,6 +769,17 @@ class SimMachine(RuleBasedStateMachine):
         resharder = self.objects[name]
         target = reshard.target
         self._start(name, Pending(kind="reshard", target=target), lambda: resharder.run(target))
+        if self.on("replan-after-crash") and data.draw(st.booleans(), label="die at publish"):
+            # killed between the fence and the publish (issue 14 item 2)
+            op = self.actors[name].op
+            while op is not None and not op.done and op.where != "step publish":
+                self._step(name)
+            if op is not None and not op.done:
+                self.log(f"{name}: killed at {op.where}")
+                op.crash()
+                self._finished(name)
+                self._build(name)
+                return
         if data.draw(st.booleans(), label="to the first slot"):
             # fenced and published: the slots are in motion from here on
             op = self.actors[name].op
