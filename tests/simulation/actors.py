@@ -95,6 +95,16 @@ class Operation:
         if self._thread.is_alive():
             raise HungError(f"{self.label} did not die within {STEP_TIMEOUT:.0f} s of its kill")
 
+    def release_orphans(self) -> None:
+        """After the call ended: wake any work it left parked in a pool, to die at once.
+
+        A call that raised while its pool still held queued work can leave a
+        worker parked at a boundary; closing the pool would wait for it forever.
+        """
+        self._crash = True
+        for _ in range(8):
+            self._go.release()
+
     def _wait(self) -> None:
         if not self._parked.acquire(timeout=STEP_TIMEOUT):
             raise HungError(

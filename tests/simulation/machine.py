@@ -122,9 +122,9 @@ TABLES = sim_tables()
 def _price(event: UsageEvent, context: Any) -> Any:
     """0.001 per unit to the account, and a flat 0.0001 fee to the next account."""
     fee_to = (int(event.account) + 1) % 10 if isinstance(event.account, int) else 0
-    context.add(context.charge(event, amount=event.quantity * Decimal("0.001")))
     return context.add(
-        context.charge(event, amount=Decimal("0.0001"), account=fee_to, product="fee")
+        context.charge(event, amount=event.quantity * Decimal("0.001")),
+        context.charge(event, amount=Decimal("0.0001"), account=fee_to, product="fee"),
     )
 
 
@@ -281,7 +281,8 @@ class SimMachine(RuleBasedStateMachine):
 
     def _new_part(self, *, edge: bool) -> Part:
         rnd = self.rnd
-        account = rnd.choice(EDGE_ACCOUNTS) if edge and self._chance(50) else rnd.randrange(10)
+        # Edge charges go mostly to the two edge accounts, so that two of them meet on a row.
+        account = rnd.choice(EDGE_ACCOUNTS) if edge and self._chance(80) else rnd.randrange(10)
         amount = rnd.randint(1, 10_000_000)
         quantity = rnd.randint(1, 1000)
         if self.on("out-of-range-values") and self._chance(2):  # rejected with its event
@@ -289,8 +290,8 @@ class SimMachine(RuleBasedStateMachine):
                 account=account, product="sms", amount=2**63 + rnd.randint(0, 99), quantity=quantity
             )
         if edge:  # one such charge fits a row; two may not
-            amount = rnd.randint(2**61, 2**62)
-            quantity = rnd.choice((quantity, rnd.randint(2**61, 2**62)))
+            amount = rnd.randint(2**62, 2**62 + 2**61)
+            quantity = rnd.choice((quantity, rnd.randint(2**62, 2**62 + 2**61)))
         return Part(
             account=account, product=rnd.choice(("sms", "voice")), amount=amount, quantity=quantity
         )
@@ -446,7 +447,9 @@ class SimMachine(RuleBasedStateMachine):
             return
         charges = [charge_of(r.event_id, p, r.time) for r, c in parts for p in c]
         if self.on("repeat-inside-call") and data.draw(st.booleans(), label="repeat"):
-            charges += charges[: data.draw(st.integers(1, len(charges)), label="repeats")]
+            repeats = data.draw(st.integers(1, len(charges)), label="repeats")
+            charges += charges[:repeats]
+            self.log(f"{name}: the next call repeats its first {repeats} charge(s)")
         if self.on("reordering"):
             order = data.draw(st.permutations(range(len(charges))), label="order")
             charges = [charges[i] for i in order]
@@ -532,38 +535,99 @@ class SimMachine(RuleBasedStateMachine):
             self.count("rows read in motion")
         self._maybe_finish("rows", data, atomic=not interleaved, pauses=3)
 
-    def do_read_in_motion(self, data: st.DataObject) -> None:
-        """The adversary reads an account whose slot is moving, interleaved with the move."""
-        actor = self.actors["rows"]
-        if not (self.on("reads") and self.on("routed-reads-during-moves")) or actor.busy:
+    def do_read_in_motion(self, data: st.DataObject) -> None:  # noqa: PLR0911, PLR0912 - per read kind
+        """The adversary reads where slots move, interleaving the read with the move."""
+        if not self.on("reads"):
             return
-        movers = [r.owner for r in self.reshards if self.actors[r.owner].busy]
-        if not movers or any(r.target.epoch != self.store.epoch() for r in self.reshards):
+        kinds = []
+        if self.on("routed-reads-during-moves"):
+            kinds.append("rows")
+        if self.on("old-map-reads-during-moves"):
+            kinds.append("rows, older map")
+        if self.on("fan-out-reads-during-moves"):
+            kinds.append("totals")
+        movers = [r for r in self.reshards if self.actors[r.owner].busy]
+        if not kinds:
             return
+        kind = data.draw(st.sampled_from(kinds), label="read")
+        if not movers and kind != "rows":
+            # the read starts before the fence; for totals(), slots move to the shard it
+            # reads last
+            movers = self._begin_reshard(data, heavy_last=kind == "totals")
+        if not movers:
+            return
+        name = "totals" if kind == "totals" else "rows"
+        if self.actors[name].busy:
+            return
+        reshard = movers[0]
         current = self.store.load()
-        moving = self._fenced_slots()
+        if kind == "rows":
+            # exact with the current map, once that is the move's target (issue 14 item 5)
+            if any(r.target.epoch != self.store.epoch() for r in self.reshards):
+                return
+            moving = self._fenced_slots()
+            shard_map = current
+        else:
+            moving = {m.slot for m in reshard.source.plan_to(reshard.target).moves}
+            shard_map = reshard.source
         accounts = [a for a in (*range(10), *EDGE_ACCOUNTS) if current.slot_for(a) in moving]
-        if not accounts:
+        if not accounts and name == "rows":
             return
-        account = data.draw(st.sampled_from(accounts), label="account")
-        reader = self._reader("rows", current)
         low, _ = self.model.account_bounds()
-        self.count("rows read in motion")
-        self._start(
-            "rows",
-            Pending(kind="rows", account=account, low=low),
-            lambda: reader.rows("sim_usage", account),
-        )
-        mover = movers[0]
-        for _ in range(12):
-            if not actor.busy:
+        self.count(f"read in motion: {kind}")
+        if name == "rows":
+            account = data.draw(st.sampled_from(accounts), label="account")
+            reader = self._reader("rows", shard_map)
+            self._start(
+                "rows",
+                Pending(kind="rows", account=account, low=low),
+                lambda: reader.rows("sim_usage", account),
+            )
+        else:
+            read_map = self._read_map()
+            reader = self._reader("totals", read_map)
+            self._start(
+                "totals",
+                Pending(kind="totals", low=low),
+                lambda: reader.totals("sim_balance", group_by=["account_id"]),
+            )
+            if data.draw(st.booleans(), label="park before the last snapshot"):
+                # phase 1 reads every shard, then phase 2 snapshots them in order: park the
+                # read before its second visit to the last shard, and let the move run
+                last = f"transaction on {sorted(read_map.shards)[-1]}"
+                op, visits = self.actors["totals"].op, 0
+                while op is not None and not op.done and visits < 2:
+                    self._step("totals")
+                    visits += op.where == last
+                for _ in range(data.draw(st.sampled_from((12, 40, 100)), label="move steps")):
+                    self._step(reshard.owner)
+        for _ in range(16):
+            if not self.actors[name].busy:
                 return
             if data.draw(st.booleans(), label="reader steps"):
-                self._step("rows")
+                self._step(name)
                 continue
-            for _ in range(data.draw(st.sampled_from((1, 3, 6, 12)), label="move steps")):
-                self._step(mover)
-        self._run_out("rows")
+            for _ in range(data.draw(st.sampled_from((1, 3, 6, 12, 40, 100)), label="move steps")):
+                self._step(reshard.owner)
+        self._run_out(name)
+
+    def _begin_reshard(self, data: st.DataObject, *, heavy_last: bool = False) -> list[Reshard]:
+        """Start a new re-weighting (source and target both in the map the read starts
+        with), left at its first boundary: nothing is fenced yet."""
+        idle = [x for x in RESHARDERS if not self.actors[x].busy]
+        if self.reshards or not idle or not self.on("resharding"):
+            return []
+        source = self.store.load()
+        target = self._target(source, data, reweight=True, heavy_last=heavy_last)
+        if target is None:
+            return []
+        reshard = Reshard(source=source, target=target, owner=idle[0])
+        self.reshards.append(reshard)
+        self.schema_shards |= set(target.shards)
+        self._build(idle[0])
+        resharder = self.objects[idle[0]]
+        self._start(idle[0], Pending(kind="reshard", target=target), lambda: resharder.run(target))
+        return [reshard] if self.actors[idle[0]].busy else []
 
     def do_read_totals(self, data: st.DataObject) -> None:
         """A fan-out read of every account's totals."""
@@ -608,7 +672,7 @@ class SimMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules: resharding
 
-    def do_reshard(self, data: st.DataObject) -> None:
+    def do_reshard(self, data: st.DataObject) -> None:  # noqa: PLR0912 - one branch per plan choice
         """A resharder starts (or resumes) a move: add, remove or re-weight a shard."""
         if not self.on("resharding"):
             return
@@ -629,8 +693,15 @@ class SimMachine(RuleBasedStateMachine):
                 return
             if data.draw(st.sampled_from(options), label="plan") == "resume":
                 reshard = self.reshards[0]
+                other = reshard.owner
                 reshard.owner = name
                 self._run_reshard(name, reshard, data)
+                if self.actors[other].busy and self.actors[name].busy:
+                    # two live resharders on one plan (issue 14 item 3): interleave them
+                    for _ in range(40):
+                        who = data.draw(st.sampled_from([other, name]), label="resharder")
+                        for _ in range(data.draw(st.sampled_from((1, 2, 3)), label="steps")):
+                            self._step(who)
                 return
             source = self.reshards[0].source
         else:
@@ -646,13 +717,20 @@ class SimMachine(RuleBasedStateMachine):
         self.schema_shards |= set(target.shards)
         self._run_reshard(name, reshard, data)
 
-    def _target(self, source: ShardMap, data: st.DataObject) -> ShardMap | None:
+    def _target(
+        self,
+        source: ShardMap,
+        data: st.DataObject,
+        *,
+        reweight: bool = False,
+        heavy_last: bool = False,
+    ) -> ShardMap | None:
         shards = sorted(source.shards)
         unused = [s for s in SHARD_NAMES if s not in shards]
         kinds = []
-        if unused and len(shards) < 4:
+        if unused and len(shards) < 4 and not reweight:
             kinds.append("add")
-        if len(shards) > 2 and self.on("shard-removal"):
+        if len(shards) > 2 and self.on("shard-removal") and not reweight:
             kinds.append("remove")
         kinds.append("reweight")
         kind = data.draw(st.sampled_from(kinds), label="reshard kind")
@@ -660,8 +738,10 @@ class SimMachine(RuleBasedStateMachine):
             return source.add_shard(data.draw(st.sampled_from(unused), label="new shard"))
         if kind == "remove":
             return source.remove_shard(data.draw(st.sampled_from(shards), label="removed"))
-        heavy = data.draw(st.sampled_from(shards), label="heavier")
+        heavy = shards[-1] if heavy_last else data.draw(st.sampled_from(shards), label="heavier")
         weights = {s: (2 if s == heavy else 1) for s in shards}
+        if heavy_last and weights == dict(source.shards):
+            weights[heavy] = 3
         if weights == dict(source.shards):
             weights = dict.fromkeys(shards, 1)
         if weights == dict(source.shards):
@@ -689,6 +769,17 @@ class SimMachine(RuleBasedStateMachine):
         resharder = self.objects[name]
         target = reshard.target
         self._start(name, Pending(kind="reshard", target=target), lambda: resharder.run(target))
+        if self.on("replan-after-crash") and data.draw(st.booleans(), label="die at publish"):
+            # killed between the fence and the publish (issue 14 item 2)
+            op = self.actors[name].op
+            while op is not None and not op.done and op.where != "step publish":
+                self._step(name)
+            if op is not None and not op.done:
+                self.log(f"{name}: killed at {op.where}")
+                op.crash()
+                self._finished(name)
+                self._build(name)
+                return
         if data.draw(st.booleans(), label="to the first slot"):
             # fenced and published: the slots are in motion from here on
             op = self.actors[name].op
@@ -710,6 +801,9 @@ class SimMachine(RuleBasedStateMachine):
             call: Callable[[], object] = writer.prune
             cutoff = max(cutoff, dt.datetime.now(dt.UTC).timestamp() - HORIZON)
         else:
+            in_flight = [r for p in self.pending.values() for r, _ in p.deliveries]
+            if any((r.first_sent or now) < cutoff + 86_400 for r in in_flight):
+                return  # a paused call's events would lose their ledger rows (issue 13 item 6)
             call = lambda: writer.prune(now=now)  # noqa: E731
         self._start("prune", Pending(kind="prune", cutoff=cutoff), call)
         self._maybe_finish("prune", data)
@@ -855,6 +949,7 @@ class SimMachine(RuleBasedStateMachine):
         error = op.error
         crashed = isinstance(error, SimulatedCrash)
         if error is not None and name in self.objects:
+            op.release_orphans()
             self._build(name)  # closing waits for work its pool still held (it stops at once)
         if pending.kind == "write":
             self._finished_write(name, pending, op.value, error)
