@@ -200,6 +200,8 @@ class Model:
         """
         if invalid(content):  # a charge out of range rejects its whole event, nothing else
             return {Outcome.REJECTED}
+        if record.split and content != record.base:
+            return {Outcome.REJECTED}  # half an event: incomplete, refused before any SQL
         applied = set() if record.applied_reported else {Outcome.APPLIED}
         if record.acked is not None:
             allowed = (
@@ -220,6 +222,8 @@ class Model:
 
     def send(self, record: EventRecord, content: Content) -> None:
         """A call carrying ``content`` starts: until it ends, the content may land."""
+        if record.split and content != record.base:
+            return  # half an event is refused whole
         if record.acked is None and not invalid(content):
             record.candidates.append(content)
 
@@ -240,7 +244,12 @@ class Model:
             if record.acked is None and len(record.candidates) == 1:
                 record.acked = record.candidates[0]
                 record.candidates.clear()
-        elif outcome in (Outcome.FAILED, None) and record.acked is None and not invalid(content):
+        elif (
+            outcome in (Outcome.FAILED, None)
+            and record.acked is None
+            and not invalid(content)
+            and not (record.split and content != record.base)
+        ):
             # one entry per uncertain delivery: a call still in flight with the same
             # content removes only its own entry when it ends
             record.candidates.append(content)

@@ -1,8 +1,8 @@
 """The ONE place where the simulation reads a write's result.
 
-The writer's result model is changing (issue 13 asks for applied /
-duplicate / conflict / rejected / failed per event, with ``done`` and
-``retry`` sets). Everything else in the simulation sees only
+The writer reports one :class:`~shardbill.writer.EventState` per event
+(``WriteResult.events``); the pipeline adds its pricing rejections and
+conflicting repeats. Everything else in the simulation sees only
 :func:`outcomes`: event id -> :class:`Outcome`. Adapting the simulation to
 a new result type means changing this function, nothing else.
 """
@@ -51,11 +51,8 @@ def outcomes(
     if isinstance(result, PipelineResult):
         put({r.event_id for r in result.pricing_rejected}, Outcome.REJECTED)
         put(result.conflicting_repeats, Outcome.REJECTED)
-    put({r.event_id for r in write.rejected}, Outcome.REJECTED)
-    put(write.failed_events, Outcome.FAILED)
-    put(write.conflict_events - write.failed_events, Outcome.CONFLICT)
-    put(write.applied_events, Outcome.APPLIED)
-    put(write.duplicate_events, Outcome.DUPLICATE)
+    for event_id, state in write.events.items():  # one state per event (issue 13)
+        put([event_id], Outcome(state.value))
     wanted = set(sent)
     problems = [
         f"{event_id}: reported as {', '.join(o.value for o in found)}"
