@@ -83,7 +83,10 @@ def run(
         ),
     )
     # The library logs every conflict and retry it meets; the trace says what matters.
-    logging.getLogger("shardbill").setLevel(logging.CRITICAL)
+    # The level is restored afterwards: other tests in the process capture those logs.
+    library = logging.getLogger("shardbill")
+    level = library.level
+    library.setLevel(logging.CRITICAL)
     started = time.monotonic()
     failure = None
     try:
@@ -92,6 +95,8 @@ def run(
         failure = (
             f"{type(exc).__name__}: {exc}\nreplay: {replay_command(seed_value, steps, config)}"
         )
+    finally:
+        library.setLevel(level)
     return RunReport(
         seed=seed_value,
         steps=machine.total_steps,
