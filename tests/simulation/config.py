@@ -14,6 +14,10 @@ import attrs
 
 #: feature name -> the known bug it triggers (remove the line when the fix is merged).
 KNOWN_OPEN: dict[str, str] = {
+    "split-event": (
+        "issue 15: the model's expectations for an event split over two calls are not yet "
+        "those of numbered parts (each half is now refused as incomplete); off until adapted"
+    ),
     "overlapping-multi-slot-delivery": (
         "issue 13 (reporting, not money): two overlapping calls delivering one event with "
         "charges on several shards can both report it applied, each having applied a part"
@@ -44,7 +48,6 @@ SAFE_FEATURES: tuple[str, ...] = (
     # Each of these found a bug of issues 13 or 14 on 46f417f; on since the fixes landed.
     "repeat-inside-call",
     "same-id-other-account",
-    "split-event",
     "bigint-row-overflow",
     "hostile-decimal-context",
     "prune-horizon",
