@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import itertools
 import operator
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import attrs
@@ -65,6 +66,7 @@ __all__ = [
     "RowExtractor",
     "ShardWork",
     "Unit",
+    "by_event",
     "classify",
     "coalesce",
     "deltas_fit",
@@ -491,6 +493,12 @@ class Classified:
     tokens: dict[Unit, str | None]
 
 
+def by_event(units: Sequence[Unit]) -> Iterator[tuple[str, list[Unit]]]:
+    """``units`` (sorted by event id) as (event id, that event's units) groups, in order."""
+    for event_id, group in itertools.groupby(units, key=operator.attrgetter("event_id")):
+        yield event_id, list(group)
+
+
 def classify(
     units: Sequence[Unit],
     known: dict[tuple[str, int], tuple[str, str | None]],
@@ -519,15 +527,7 @@ def classify(
     withheld: dict[str, Rejection] = {}
     deferred: list[Unit] = []
     tokens: dict[Unit, str | None] = {}
-    start = 0
-    total = len(units)
-    while start < total:
-        event_id = units[start].event_id
-        end = start + 1
-        while end < total and units[end].event_id == event_id:
-            end += 1
-        group = units[start:end]
-        start = end
+    for event_id, group in by_event(units):
         if claimed is not None and event_id not in claimed and not any(u.home for u in group):
             deferred.extend(group)
             continue
@@ -594,15 +594,7 @@ def find_overflows(
     merges = [tuple(m.merge for m in t.measures) for t in tables]
     kept: list[Unit] = []
     refused: dict[str, Rejection] = {}
-    start = 0
-    total = len(units)
-    while start < total:
-        event_id = units[start].event_id
-        end = start + 1
-        while end < total and units[end].event_id == event_id:
-            end += 1
-        group = units[start:end]
-        start = end
+    for event_id, group in by_event(units):
         own: dict[tuple[int, tuple[KeyValue, ...]], tuple[int, ...]] = {}
         for unit in group:
             for t, key, deltas in unit.rows:

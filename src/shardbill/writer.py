@@ -72,6 +72,7 @@ from shardbill.batching import (
     RowExtractor,
     ShardWork,
     Unit,
+    by_event,
     classify,
     coalesce,
     deltas_fit,
@@ -938,7 +939,7 @@ class AggregationWriter:
                         if not careful:
                             raise _NeedsCareError
                         # Each event fits on its own (find_overflows checked): apply one by one.
-                        groups = [coalesce(g, self._tables) for g in _by_event(new)]
+                        groups = [coalesce(g, self._tables) for _, g in by_event(new)]
                     statements += self._ledger_insert(cursor, dialect, new, token)
                     for group in groups:
                         for spec, make_row, table_rows in zip(
@@ -1239,16 +1240,6 @@ def _as_shardbill_error(exc: BaseException, shard: str) -> ShardbillError | None
 
 def _event_ids(units: Iterable[Unit]) -> tuple[str, ...]:
     return tuple(sorted({u.event_id for u in units}))
-
-
-def _by_event(units: Sequence[Unit]) -> list[list[Unit]]:
-    groups: list[list[Unit]] = []
-    for unit in units:
-        if groups and groups[-1][0].event_id == unit.event_id:
-            groups[-1].append(unit)
-        else:
-            groups.append([unit])
-    return groups
 
 
 def _merge(first: ShardResult | None, second: ShardResult) -> ShardResult:
