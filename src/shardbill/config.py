@@ -103,6 +103,7 @@ from shardbill.errors import (
     ConfigurationError,
     InvalidInputError,
     InvalidURLError,
+    PicklableError,
     ShardbillError,
 )
 from shardbill.providers.pooled import PooledProvider
@@ -137,7 +138,7 @@ _TOP_KEYS = frozenset(
 )
 
 
-class _KeyProblemError(Exception):
+class _KeyProblemError(PicklableError):
     """A problem at one key, turned into a ConfigurationError naming the file by the caller."""
 
     def __init__(self, key: str, message: str) -> None:

@@ -45,6 +45,7 @@ a password.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "CannotConnectError",
@@ -83,7 +84,29 @@ __all__ = [
 ]
 
 
-class ShardbillError(Exception):
+def _rebuild_error(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+) -> BaseException:
+    """Unpickle an error without its ``__init__``, whose keyword-only fields pickle cannot pass."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class PicklableError(Exception):
+    """An exception that survives pickling whatever its ``__init__`` signature.
+
+    Python's default reduces an exception to ``cls(*args)``, which fails for
+    errors whose fields are keyword-only; these cross process pools (a
+    ``WriteResult`` carries them), so every shardbill error derives from this.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_error, (type(self), self.args, dict(self.__dict__)))
+
+
+class ShardbillError(PicklableError):
     """Base class of every error shardbill raises on purpose."""
 
 
