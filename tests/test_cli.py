@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from shardbill import resharding
+from shardbill.cli import EXIT_BROKEN_PIPE
 from shardbill.rules import comms
 from shardbill.synthetic import Traffic
 from tests.support.clock import recent_start
@@ -434,3 +435,29 @@ def test_comms_prices_the_synthetic_day_completely() -> None:
     """The demo's traffic is fully priced by the example rules (no rejected events)."""
     priced = comms.engine().price_batch(Traffic(model="skewed", events=500, seed=7).distinct())
     assert priced.rejected == ()
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``shardbill map plan ... | head -3``: a reader that went away is no error message.
+
+    The read end of the pipe is closed before the command writes, so its first
+    write fails with EPIPE every time (the race of a real ``head`` made certain).
+    """
+    config = str(_config(tmp_path / "deploy"))
+    assert run("init", "--config", config, cwd=tmp_path).returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "shardbill", "map", "plan", "--add", "s3", "--config", config],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            check=False,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == EXIT_BROKEN_PIPE

@@ -40,6 +40,7 @@ Exit codes:
      retrying cannot change (access denied, TLS verification, a grant)
 3    a database stayed unreachable or kept failing past the retry budget
 130  interrupted (Ctrl-C)
+141  standard output closed by its reader (``... | head``): stops quietly
 ===  ======================================================================
 
 Interrupting is safe: every batch is one transaction per shard (its ledger
@@ -62,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -86,7 +88,14 @@ from shardbill.errors import (
     ShardbillError,
 )
 
-__all__ = ["EXIT_DATABASE", "EXIT_INTERRUPTED", "EXIT_PROBLEM", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_BROKEN_PIPE",
+    "EXIT_DATABASE",
+    "EXIT_INTERRUPTED",
+    "EXIT_PROBLEM",
+    "EXIT_USAGE",
+    "main",
+]
 
 EXIT_PROBLEM = cli_common.EXIT_PROBLEM
 """The job ran and found a problem (an audit difference, rejected lines)."""
@@ -96,6 +105,9 @@ EXIT_DATABASE = 3
 """A database stayed unreachable or kept failing; nothing is half-written: run again."""
 EXIT_INTERRUPTED = 130
 """Interrupted (Ctrl-C)."""
+EXIT_BROKEN_PIPE = 141
+"""Standard output was closed by its reader (``shardbill map plan | head -3``); 128 + SIGPIPE,
+as a shell reports for a command a closed pipe stopped. Nothing is printed."""
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -106,7 +118,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "  shardbill demo                 the main job on SQLite files, no server needed\n"
         "  shardbill demo --help          the options of one command\n\n"
         "exit codes: 0 ok, 1 audit difference or rejected lines, 2 usage or configuration\n"
-        "error, 3 database unavailable, 130 interrupted",
+        "error, 3 database unavailable, 130 interrupted, 141 output pipe closed",
         formatter_class=Formatter,
     )
     parser.add_argument("--version", action="version", version=f"shardbill {__version__}")
@@ -144,8 +156,27 @@ def _error(message: object) -> None:
     print(f"shardbill: error: {message}", file=sys.stderr)
 
 
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so the interpreter's final flush cannot fail again.
+
+    The way the Python documentation gives for a reader that closed the pipe
+    (``signal`` in the library docs, "Note on SIGPIPE").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code (see the module docstring)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (argparse printed it)
@@ -156,7 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # inside the try: a closed pipe must fail here, not at exit
+        return code
     except KeyboardInterrupt:
         _error(
             "interrupted; every batch either committed whole or not at all: run the same "
@@ -174,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShardbillError as exc:  # DatabaseError and what resharding raises
         _error(f"{type(exc).__name__}: {exc}")
         return EXIT_DATABASE
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
     except OSError as exc:
         _error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         return EXIT_USAGE
