@@ -461,3 +461,16 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
         os.close(write_end)
     assert result.stderr == ""
     assert result.returncode == EXIT_BROKEN_PIPE
+
+
+@pytest.mark.parametrize("command", [("map", "plan"), ("reshard", "plan")])
+def test_adding_a_shard_already_in_the_map_names_the_option(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """``--add s0`` when s0 is in the map: the fix named is ``--reweight s0=W``, not an API."""
+    config = str(_config(tmp_path / "deploy"))
+    assert run("init", "--config", config, cwd=tmp_path).returncode == 0
+    result = run(*command, "--add", "s0", "--config", config, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--reweight s0=" in result.stderr
+    assert "reweight()" not in result.stderr

@@ -328,3 +328,16 @@ def table(rows: Sequence[Sequence[str]]) -> str:
         cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def refuse_present_shard(current: ShardMap, flag: str, name: str) -> None:
+    """Raise :class:`ConfigurationError` when ``--add NAME`` names a shard already in the map.
+
+    The map's own error speaks of its API (``reweight()``); on the command line
+    the fix is the ``--reweight`` option, so name that.
+    """
+    if name in current.shards:
+        raise ConfigurationError(
+            f"{flag} {name}: shard {name!r} is already in the map (weight "
+            f"{current.shards[name]}); to change its weight use --reweight {name}=WEIGHT"
+        )

@@ -21,6 +21,7 @@ from shardbill.cli_common import (
     live_map,
     load_config,
     print_json,
+    refuse_present_shard,
     table,
 )
 from shardbill.errors import ConfigurationError
@@ -121,6 +122,7 @@ def _map_show(args: argparse.Namespace, config: Config, current: ShardMap) -> in
 def _map_plan(args: argparse.Namespace, config: Config, current: ShardMap) -> int:
     if args.add:
         name, _, weight = args.add.partition(":")
+        refuse_present_shard(current, "--add", name)
         target = current.add_shard(name, int(weight) if weight.isdigit() else _weight(weight))
     elif args.remove:
         target = current.remove_shard(args.remove)

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from shardbill.cli_common import refuse_present_shard
 from shardbill.config import Config, find_config
 from shardbill.errors import ConfigurationError, ReshardStoppedError
 from shardbill.progress import interactive
@@ -176,6 +177,7 @@ def _target(args: argparse.Namespace, current: ShardMap) -> ShardMap:
         name, _, weight = args.add.partition(":")
         if weight and not weight.isdigit():
             raise ConfigurationError(f"--add {args.add!r}: give NAME or NAME:WEIGHT, e.g. s4:2")
+        refuse_present_shard(current, "--add", name)
         return current.add_shard(name, int(weight) if weight else 1)
     if args.remove:
         return current.remove_shard(args.remove)
