@@ -67,6 +67,7 @@ __all__ = [
     "MapNotPublishedError",
     "MoneyTypeError",
     "ParameterTypeError",
+    "PicklableError",
     "PoolTimeoutError",
     "PriceBookError",
     "QueryInterruptedError",
