@@ -67,7 +67,6 @@ __all__ = [
     "MapNotPublishedError",
     "MoneyTypeError",
     "ParameterTypeError",
-    "PicklableError",
     "PoolTimeoutError",
     "PriceBookError",
     "QueryInterruptedError",
