@@ -8,8 +8,17 @@ from decimal import Decimal
 import xxhash
 
 from shardbill import ShardMap
-from shardbill.aggregates import Account
-from shardbill.batching import Plan, Unit, coalesce, fingerprint, plan_batch
+from shardbill.aggregates import BIGINT_MAX, Account
+from shardbill.batching import (
+    Plan,
+    Rejection,
+    Unit,
+    coalesce,
+    fingerprint,
+    plan_batch,
+    refusals_ahead,
+    spread_events,
+)
 from shardbill.catalog import billing_tables
 from shardbill.rules import Charge
 from tests.test_aggregates import charge
@@ -181,3 +190,94 @@ def test_an_event_before_the_horizon_is_rejected_as_too_late() -> None:
     assert [r.event_id for r in planned.rejected] == ["e-old"]
     assert "horizon" in planned.rejected[0].reason
     assert {u.event_id for u in planned.units} == {"e-new"}
+
+
+def _spread_plan() -> tuple[Plan, frozenset[str]]:
+    """One event billed to account 7 and to an account on another shard, and one plain event."""
+    other = next(a for a in range(1000, 2000) if _locate(a)[1] != _locate(7)[1])
+    planned = plan(
+        [
+            charge(event_id="s-1", account=7, part=0, parts=2),
+            charge(event_id="s-1", account=other, part=1, parts=2),
+            charge(event_id="p-1", account=7),
+        ]
+    )
+    return planned, spread_events(planned.units, MAP.owner)
+
+
+def _after(planned: Plan) -> int:
+    """A dedup watermark just after every event of ``planned``."""
+    return max(u.time for u in planned.units) + 60
+
+
+def _judge(
+    planned: Plan, spread: frozenset[str], **kw: object
+) -> tuple[frozenset[str], dict[str, Rejection]]:
+    """refusals_ahead over account 7's shard, with the given reads (defaults: a clean shard)."""
+    shard = _locate(7)[1]
+    units = [u for u in planned.units if MAP.owner(u.slot) == shard]
+    args: dict[str, object] = {
+        "known": {},
+        "owned": frozenset(u.slot for u in units),
+        "watermarks": {},
+        "stored": [{} for _ in TABLES],
+        "tables": TABLES,
+    }
+    args.update(kw)
+    return refusals_ahead(units, spread, **args)  # type: ignore[arg-type]
+
+
+def test_spread_events_are_those_whose_money_lands_on_two_shards() -> None:
+    _, spread = _spread_plan()
+    assert spread == {"s-1"}
+
+
+def test_a_clean_shard_refuses_nothing_ahead() -> None:
+    planned, spread = _spread_plan()
+    assert _judge(planned, spread) == (frozenset(), {})
+
+
+def test_a_row_without_headroom_refuses_the_spread_event_ahead() -> None:
+    planned, spread = _spread_plan()
+    full = {
+        key: (BIGINT_MAX,) * len(TABLES[t].measures)
+        for u in planned.units
+        for (t, key, _) in u.rows
+        for _ in [0]
+        if t == 0
+    }
+    stored = [full if t == 0 else {} for t in range(len(TABLES))]
+    blocked, refused = _judge(planned, spread, stored=stored)
+    assert blocked == frozenset()
+    assert set(refused) == {"s-1"}  # the plain event is the normal path's to judge
+    assert refused["s-1"].error == "RowOverflowError"
+
+
+def test_a_slot_past_its_watermark_refuses_the_spread_event_ahead() -> None:
+    planned, spread = _spread_plan()
+    _, refused = _judge(planned, spread, watermarks={MAP.slot_for(7): _after(planned)})
+    assert set(refused) == {"s-1"}
+    assert "horizon" in refused["s-1"].reason
+
+
+def test_an_event_with_a_part_in_the_ledger_is_never_refused_ahead() -> None:
+    """Part of it may be applied already: rejecting it then would strand that part."""
+    planned, spread = _spread_plan()
+    unit = next(
+        u for u in planned.units if u.event_id == "s-1" and MAP.owner(u.slot) == _locate(7)[1]
+    )
+    known = {(unit.event_id, unit.slot): (unit.fingerprint, "t")}
+    assert _judge(planned, spread, known=known, watermarks={MAP.slot_for(7): _after(planned)}) == (
+        frozenset({"s-1"}),
+        {},
+    )
+
+
+def test_an_event_on_a_slot_in_motion_is_left_to_the_transactions() -> None:
+    """Its ledger rows may be on the move's other shard: only the fenced path can judge."""
+    planned, spread = _spread_plan()
+    blocked, refused = _judge(
+        planned, spread, owned=frozenset(), watermarks={MAP.slot_for(7): _after(planned)}
+    )
+    assert blocked == {"s-1"}
+    assert refused == {}

@@ -559,3 +559,49 @@ def test_a_moved_slot_keeps_its_dedup_watermark_on_the_new_owner(backend: Backen
         result = behind.write([c])
     assert result.rejected_events == {"wm-1"}
     assert balance(backend) == {account: (1_250_000, 1)}
+
+
+def test_an_event_that_overflows_on_one_shard_is_rejected_whole(backend: Backend) -> None:
+    """A two-shard event whose part on one shard would overflow: rejected, never failed.
+
+    Found by the simulation (seed 15): the event came back ``failed`` (retry it),
+    which no retry can ever make true, and its redelivery was then a conflict.
+    """
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    other = other_shard_account(shard_map, 90)
+    with _big_writer(backend, shard_map) as writer:
+        assert writer.write([charge("fill", 90, str(HALF))]).applied_events == {"fill"}
+        event = PricedEvent(
+            event_id="wide",
+            time=NOW,
+            charges=(charge("wide", other, "7"), charge("wide", 90, str(HALF))),
+        )
+        first = writer.write([event])
+        again = writer.write([event])
+    for result in (first, again):
+        assert result.rejected_events == {"wide"}, result
+        assert "big_totals.amount" in result.rejection("wide").reason
+        assert not result.retry
+    assert _big_rows(backend) == {90: (HALF, 1)}
+
+
+def test_an_event_too_late_for_one_shards_watermark_is_rejected_whole(backend: Backend) -> None:
+    """A two-shard event older than one slot's dedup watermark: nothing of it is applied."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    other = other_shard_account(shard_map, 91)
+    with make_writer(backend, shard_map) as writer:
+        slot, shard = writer.locate(91)
+        mark = int(NOW.timestamp()) + 60  # as a pruner whose clock is ahead would leave it
+        backend.execute(
+            shard, f"UPDATE shardbill_slots SET pruned_below = {mark} WHERE sb_slot = {slot}"
+        )
+        event = PricedEvent(
+            event_id="late-spread",
+            time=NOW,
+            charges=(charge("late-spread", other), charge("late-spread", 91)),
+        )
+        result = writer.write([event, charge("fine", other)])
+    assert result.rejected_events == {"late-spread"}
+    assert "horizon" in result.rejection("late-spread").reason
+    assert result.applied_events == {"fine"}
+    assert balance(backend) == {other: (1_250_000, 1)}

@@ -38,7 +38,7 @@ import enum
 import itertools
 import operator
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import attrs
@@ -531,18 +531,9 @@ def classify(
         if claimed is not None and event_id not in claimed and not any(u.home for u in group):
             deferred.extend(group)
             continue
-        late = [u.slot for u in group if u.time < watermarks.get(u.slot, 0)]
-        if late:
-            withheld[event_id] = Rejection(
-                event_id=event_id,
-                reason=(
-                    f"event {event_id!r} happened at {_iso(group[0].time)}, before the dedup "
-                    f"horizon of slot {late[0]} (pruned below {_iso(watermarks[late[0]])}): its "
-                    "ledger rows may be gone, so it cannot be applied exactly once; book it as "
-                    "a correction in a current period instead"
-                ),
-                error="InvalidInputError",
-            )
+        late = _too_late(event_id, group, watermarks)
+        if late is not None:
+            withheld[event_id] = late
             continue
         clashes = []
         for unit in group:
@@ -567,6 +558,95 @@ def classify(
         deferred=tuple(deferred),
         tokens=tokens,
     )
+
+
+def _too_late(
+    event_id: str, group: Sequence[Unit], watermarks: Mapping[int, int]
+) -> Rejection | None:
+    """The refusal of an event older than a slot's dedup watermark, or None."""
+    late = [u.slot for u in group if u.time < watermarks.get(u.slot, 0)]
+    if not late:
+        return None
+    return Rejection(
+        event_id=event_id,
+        reason=(
+            f"event {event_id!r} happened at {_iso(group[0].time)}, before the dedup "
+            f"horizon of slot {late[0]} (pruned below {_iso(watermarks[late[0]])}): its "
+            "ledger rows may be gone, so it cannot be applied exactly once; book it as "
+            "a correction in a current period instead"
+        ),
+        error="InvalidInputError",
+    )
+
+
+def spread_events(units: Iterable[Unit], route: Callable[[int], str]) -> frozenset[str]:
+    """The events whose money lands on more than one shard (their parts commit apart)."""
+    first: dict[str, str] = {}
+    spread: set[str] = set()
+    for unit in units:
+        if not unit.rows:
+            continue
+        shard = route(unit.slot)
+        seen = first.setdefault(unit.event_id, shard)
+        if seen != shard:
+            spread.add(unit.event_id)
+    return frozenset(spread)
+
+
+def refusals_ahead(
+    units: Sequence[Unit],
+    spread: frozenset[str],
+    *,
+    known: Mapping[tuple[str, int], tuple[str, str | None]],
+    owned: frozenset[int],
+    watermarks: Mapping[int, int],
+    stored: Sequence[dict[tuple[KeyValue, ...], tuple[int, ...]]],
+    tables: Sequence[AggregateTable],
+) -> tuple[frozenset[str], dict[str, Rejection]]:
+    """What one shard would refuse of the ``spread`` events, judged before anything is written.
+
+    A spread event's parts commit in separate transactions on separate shards;
+    a refusal that depends on a shard's state (a row's headroom, a slot's dedup
+    watermark) found in one of them after another committed would leave the
+    event half applied. The writer asks every shard first, with this
+    function over what it read there (pure), and rejects such an event whole.
+
+    Args:
+        units: this shard's units of the call, sorted by (event id, slot).
+        spread: the events to judge.
+        known: the ledger rows of ``units`` here, as :func:`classify` takes them.
+        owned: the slots this shard owns now (others are in motion or gone).
+        watermarks: slot -> dedup watermark.
+        stored: per table, the stored measures of the rows the spread events touch.
+        tables: the aggregate tables.
+
+    Returns:
+        The spread events this shard cannot judge (a unit in the ledger
+        already, with any content, or on a slot it does not own: the normal
+        path decides them), and the refusals of the others.
+    """
+    blocked: set[str] = set()
+    refused: dict[str, Rejection] = {}
+    fresh: list[Unit] = []
+    for event_id, group in by_event(units):
+        if any((event_id, u.slot) in known for u in group):
+            if event_id in spread:
+                blocked.add(event_id)
+            continue  # applied before (or conflicting): adds nothing to the rows here
+        if event_id not in spread:
+            fresh.extend(group)
+            continue
+        if any(u.slot not in owned for u in group):
+            blocked.add(event_id)
+            continue
+        late = _too_late(event_id, group, watermarks)
+        if late is not None:
+            refused[event_id] = late
+            continue
+        fresh.extend(group)
+    _, overflowing = find_overflows(fresh, stored, tables)
+    refused.update({e: r for e, r in overflowing.items() if e in spread})
+    return frozenset(blocked), refused
 
 
 def find_overflows(

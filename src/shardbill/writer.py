@@ -78,6 +78,8 @@ from shardbill.batching import (
     deltas_fit,
     find_overflows,
     plan_batch,
+    refusals_ahead,
+    spread_events,
 )
 from shardbill.dialects.base import Dialect, UpsertSpec
 from shardbill.dialects.ddl import (
@@ -624,6 +626,7 @@ class AggregationWriter:
     # ------------------------------------------------------------------ running
 
     def _execute(self, plan: Plan) -> WriteResult:
+        plan = self._look_ahead(plan)
         tally = EventTally(plan)
         runs: list[_ShardRun] = []
         if self._settings.id_scope is IdScope.PER_ACCOUNT:
@@ -643,6 +646,91 @@ class AggregationWriter:
             if second:
                 runs += self._write_round(second, confirmed, tally)
         return tally.result(_shard_results(runs), plan.folded)
+
+    def _look_ahead(self, plan: Plan) -> Plan:
+        """Reject whole, before anything is written, the spread events a shard would refuse.
+
+        An event whose money lands on several shards commits there in
+        separate transactions. If one shard then refused its part (a row
+        without headroom, a slot's dedup watermark) after another shard had
+        committed its own, the event would be half applied, and could only
+        be completed, never undone (a MAX or REPLACE measure has no inverse).
+        So when a call holds such events, every shard they touch is read
+        first (ledger, slot states, the rows they add to; no locks) and an
+        event some shard would refuse is rejected alone, with the reason.
+        The transactions still check everything: a concurrent writer that
+        takes the headroom between this read and the commit leaves the event
+        failed, to be completed (see the exactly-once explanation). A read
+        that fails judges nothing; the write goes on as without it.
+        """
+        spread = spread_events(plan.units, self._route)
+        if not spread:
+            return plan
+        work = self._group(u for u in plan.units if u.rows or u.event_id in spread)
+        work = {s: w for s, w in work.items() if any(u.event_id in spread for u in w.units)}
+        if len(work) == 1:
+            verdicts = [self._judge(next(iter(work.values())), spread)]
+        else:
+            verdicts = [
+                f.result()
+                for f in [self._pool.submit(self._judge, w, spread) for w in work.values()]
+            ]
+        blocked: set[str] = set()
+        refused: dict[str, Rejection] = {}
+        for shard_blocked, shard_refused in verdicts:
+            blocked |= shard_blocked
+            for event_id, rejection in shard_refused.items():
+                refused.setdefault(event_id, rejection)
+        for event_id in blocked:
+            refused.pop(event_id, None)
+        if not refused:
+            return plan
+        for rejection in refused.values():
+            log.warning("rejected event %s: %s", rejection.event_id, rejection.reason)
+        self._emit(Rejected(count=len(refused)))
+        return attrs.evolve(
+            plan,
+            units=tuple(u for u in plan.units if u.event_id not in refused),
+            rejected=(*plan.rejected, *refused.values()),
+        )
+
+    def _judge(
+        self, work: ShardWork, spread: frozenset[str]
+    ) -> tuple[frozenset[str], dict[str, Rejection]]:
+        """One shard's verdict on the spread events, from one read (see :meth:`_look_ahead`)."""
+        mine = frozenset(u.event_id for u in work.units if u.event_id in spread)
+        try:
+            readonly = self.dialect(work.shard).name == "sqlite"  # never a replica for MySQL
+            with self._provider.connection(work.shard, readonly=readonly) as conn:
+                dialect = self.dialect(work.shard, conn)
+                with self._cursor(conn) as cursor:
+                    if not readonly:
+                        self._prepare(conn, dialect, cursor)
+                    table = dialect.quote(self._settings.system_tables.slots)
+                    literal = ", ".join(str(s) for s in work.slots)  # validated ints
+                    cursor.execute(
+                        f"SELECT {SLOT_COLUMN}, state, pruned_below FROM {table} "
+                        f"WHERE {SLOT_COLUMN} IN ({literal})",
+                        (),
+                    )
+                    states = {int(s): (str(st), int(m)) for s, st, m in cursor.fetchall()}
+                    known = self._ledger_lookup(cursor, dialect, work.units)
+                    touched = [u for u in work.units if u.event_id in spread]
+                    stored = self._stored_rows(cursor, dialect, touched, lock=False)
+        except Exception as exc:  # a look-ahead that cannot read judges nothing
+            log.info("look-ahead on shard %s skipped: %s", work.shard, describe(exc))
+            return mine, {}
+        owned = frozenset(s for s, (st, _) in states.items() if st == SlotState.OWNED)
+        marks = {s: m for s, (_, m) in states.items()}
+        return refusals_ahead(
+            work.units,
+            mine,
+            known=known,
+            owned=owned,
+            watermarks=marks,
+            stored=stored,
+            tables=self._tables,
+        )
 
     def _route(self, slot: int) -> str:
         return self._forward.get(slot) or self._map.owner(slot)
@@ -1086,11 +1174,11 @@ class AggregationWriter:
         return found, marks
 
     def _stored_rows(
-        self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit]
+        self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit], *, lock: bool = True
     ) -> list[dict[tuple[Any, ...], tuple[int, ...]]]:
         """The stored measures of every row ``units`` touch, locked for update (careful mode)."""
         out: list[dict[tuple[Any, ...], tuple[int, ...]]] = []
-        lock = exclusive_lock_clause(dialect)
+        lock_clause = exclusive_lock_clause(dialect) if lock else ""
         for t, table in enumerate(self._tables):
             keys = sorted({key for u in units for (ti, key, _) in u.rows if ti == t})
             found: dict[tuple[Any, ...], tuple[int, ...]] = {}
@@ -1106,7 +1194,7 @@ class AggregationWriter:
             for start in range(0, len(sql_keys), 100):
                 chunk = sql_keys[start : start + 100]
                 cursor.execute(
-                    select + " OR ".join([one] * len(chunk)) + lock,
+                    select + " OR ".join([one] * len(chunk)) + lock_clause,
                     [v for key in chunk for v in key],
                 )
                 width = len(names)
