@@ -281,3 +281,27 @@ def test_an_event_on_a_slot_in_motion_is_left_to_the_transactions() -> None:
     )
     assert blocked == {"s-1"}
     assert refused == {}
+
+
+def test_an_event_whose_own_charges_sum_past_bigint_on_one_row_is_rejected_when_planned() -> None:
+    """No row state can make it fit: it is refused before any SQL, never left half applied.
+
+    Found by the simulation (seed 23): split over two shards, its other part
+    committed and the event stayed failed for good.
+    """
+    other = next(a for a in range(1000, 2000) if _locate(a)[1] != _locate(7)[1])
+    big = Decimal("5000000000000")  # 5e18 micro-units: one fits a BIGINT, two do not
+    planned = plan(
+        [
+            charge(event_id="big", account=7, amount=big, part=0, parts=3),
+            charge(event_id="big", account=7, amount=big, part=1, parts=3),
+            charge(event_id="big", account=other, part=2, parts=3),
+            charge(event_id="fine", account=7, amount=big),
+        ]
+    )
+    assert [r.event_id for r in planned.rejected] == ["big"]
+    rejection = planned.rejected[0]
+    assert rejection.error == "RowOverflowError"
+    assert "amount" in rejection.reason
+    assert "split" in rejection.reason
+    assert {u.event_id for u in planned.units} == {"fine"}

@@ -368,6 +368,11 @@ class _Collector:
                     "period instead",
                 )
                 continue
+            if event.count > 1:
+                problem = _own_overflow(event_id, event, self.extractor.tables)
+                if problem is not None:
+                    self.reject(event_id, problem, "RowOverflowError")
+                    continue
             units.extend(_units_of(event_id, event, self.extractor.tables, home_slot))
         rejected = self.rejected
         return Plan(
@@ -376,6 +381,32 @@ class _Collector:
             events=tuple(sorted({*self.events, *rejected})),
             folded=self.folded,
         )
+
+
+def _own_overflow(event_id: str, event: _Event, tables: Sequence[AggregateTable]) -> str | None:
+    """Why an event's own charges, merged per row, leave BIGINT (None: they fit).
+
+    Each charge was range-checked alone; several charges of one event on one
+    row can still sum past the edge, and no stored value can make that fit,
+    so the event is refused when planned rather than by a shard that another
+    shard's committed part cannot wait for.
+    """
+    merges = [tuple(m.merge for m in t.measures) for t in tables]
+    own: dict[tuple[int, tuple[KeyValue, ...]], tuple[int, ...]] = {}
+    for number in sorted(event.parts):
+        for t, key, deltas in event.parts[number].rows:
+            before = own.get((t, key))
+            own[(t, key)] = deltas if before is None else merge_values(merges[t], before, deltas)
+    for (t, key), deltas in own.items():
+        for m, value in enumerate(deltas):
+            if not BIGINT_MIN <= value <= BIGINT_MAX:
+                return (
+                    f"event {event_id!r}: its charges on row {key!r} add {value:+d} to "
+                    f"{tables[t].name}.{tables[t].measures[m].name}, past the BIGINT "
+                    f"{'maximum' if value > 0 else 'minimum'} whatever the row holds; split "
+                    "it into several events, or give the measure a coarser scale"
+                )
+    return None
 
 
 def _iso(seconds: int) -> str:

@@ -18,6 +18,11 @@ KNOWN_OPEN: dict[str, str] = {
         "issue 15: the model's expectations for an event split over two calls are not yet "
         "those of numbered parts (each half is now refused as incomplete); off until adapted"
     ),
+    "spread-headroom-race": (
+        "issue 13 (known open race): an event whose charges land on two shards is judged by "
+        "the writer's look-ahead before it writes; a concurrent call that takes the last "
+        "headroom of one of its rows in between leaves it half applied and failed"
+    ),
     "overlapping-multi-slot-delivery": (
         "issue 13 (reporting, not money): two overlapping calls delivering one event with "
         "charges on several shards can both report it applied, each having applied a part"

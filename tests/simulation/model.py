@@ -190,7 +190,13 @@ class Model:
     # ------------------------------------------------------------------ outcomes
 
     def allowed(
-        self, record: EventRecord, content: Content, *, too_late: bool, overflow: bool
+        self,
+        record: EventRecord,
+        content: Content,
+        *,
+        too_late: bool,
+        overflow: bool,
+        maybe_late: bool = False,
     ) -> set[Outcome]:
         """The outcomes a correct system may report for this delivery of ``record``.
 
@@ -215,6 +221,8 @@ class Model:
             allowed = {Outcome.APPLIED}
         if too_late:  # refused as too late (a duplicate is harmless too)
             allowed = (allowed & {Outcome.DUPLICATE}) | {Outcome.REJECTED}
+        elif maybe_late:  # a slot's dedup watermark may refuse it, or may not be raised yet
+            allowed.add(Outcome.REJECTED)
         if overflow:  # an event that would overflow a row is refused alone
             allowed.add(Outcome.REJECTED)
         allowed.add(Outcome.FAILED)  # a transient failure past the retry budget: retry it

@@ -18,10 +18,11 @@ import attrs
 import pytest
 
 import shardbill.extraction
-from shardbill import AggregateRow, AggregationWriter, Pipeline, PipelineResult, Reader
+from shardbill import AggregateRow, AggregationWriter, Reader, WriterSettings
+from shardbill.batching import IdScope
 from shardbill.errors import FencedError
 from shardbill.resharding import Resharder
-from shardbill.rules import UsageEvent
+from shardbill.rules import Charge
 
 
 @attrs.frozen
@@ -40,7 +41,7 @@ def _skip_fence_check(mp: pytest.MonkeyPatch) -> None:
         try:
             return original(self, cursor, dialect, shard, slots)
         except FencedError:
-            return {}  # write on, whoever owns the slot now
+            return {}, {}  # write on, whoever owns the slot now
 
     mp.setattr(AggregationWriter, "_fence", no_fence)
 
@@ -50,11 +51,11 @@ def _skip_ledger_copy(mp: pytest.MonkeyPatch) -> None:
 
 
 def _skip_peer_check(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(AggregationWriter, "_peer_ledger", lambda self, units, incoming: {})
+    mp.setattr(AggregationWriter, "_peer_ledger", lambda self, units, incoming: ({}, {}))
 
 
-def _source_after_target(mp: pytest.MonkeyPatch) -> None:
-    """Reader.rows() with its two reads swapped: the target's snapshot, then the source."""
+def _unchecked_read(mp: pytest.MonkeyPatch) -> None:
+    """Reader.rows() without its re-check: a move step during the read goes unseen."""
     from shardbill import reader as module
 
     def rows(
@@ -68,20 +69,18 @@ def _source_after_target(mp: pytest.MonkeyPatch) -> None:
         spec = self._table(table)
         filters = {self._shard_key_column(spec): account, **(where or {})}
         self._check_filters(spec, filters)
-        slot = self.shard_map.slot_for(account)
-        shard = self.shard_map.owner(slot)
-        for _ in range(4):
-            state, peer = self._slot_state(shard, slot, replica=replica)
-            if state == module.SlotState.GONE and peer:
-                shard = peer
-                continue
-            break
-        with self._snapshot(shard, replica=replica) as (cursor, dialect):
-            progress = self._progress(cursor, dialect, spec.name, (slot,))
-            own = self._raw_rows_in(cursor, dialect, spec, filters, slots=None)
+        shard_map = self.shard_map
+        slot = shard_map.slot_for(account)
+        shard, state, peer, _ = self._locate(shard_map.owner(slot), slot, spec, replica)
+        self._gap("rows:located")
         source_rows: dict[Any, list[int]] = {}
         if state == module.SlotState.INCOMING and peer:
             source_rows = self._raw_rows(peer, spec, filters, slots=(slot,), replica=replica)[slot]
+        self._gap("rows:source")
+        with self._snapshot(shard, replica=replica) as (cursor, dialect):
+            progress = self._progress(cursor, dialect, spec.name, (slot,))
+            own = self._raw_rows_in(cursor, dialect, spec, filters, slots=None)
+        self._gap("rows:target")
         merged: dict[Any, list[int]] = {}
         for found in own.values():
             module._merge_into(merged, found, spec)
@@ -98,25 +97,47 @@ def _source_after_target(mp: pytest.MonkeyPatch) -> None:
 
 
 def _drop_overflow_check(mp: pytest.MonkeyPatch) -> None:
+    """No range check in Python at all: of a charge, of an event's own sum, of a row's sum."""
+    from shardbill import batching, writer
+
     # The compiled fast path refuses out-of-range values and hands them to the
     # reference path, whose range check reads these module names.
     mp.setattr(shardbill.extraction, "BIGINT_MAX", 2**80)
     mp.setattr(shardbill.extraction, "BIGINT_MIN", -(2**80))
+    mp.setattr(batching, "_own_overflow", lambda event_id, event, tables: None)
+    mp.setattr(batching, "find_overflows", lambda units, current, tables: (list(units), {}))
+    mp.setattr(writer, "find_overflows", lambda units, current, tables: (list(units), {}))
 
 
 def _fold_nothing(mp: pytest.MonkeyPatch) -> None:
-    def process(self: Any, events: Iterable[UsageEvent]) -> PipelineResult:
-        batch = list(events)
-        pricing = self._engine.price_batch(batch)
-        return PipelineResult(
-            events=len(batch),
-            repeats=0,
-            conflicting_repeats=(),
-            pricing_rejected=pricing.rejected,
-            write=self._writer.write(pricing.charges),
-        )
+    """The writer takes every charge of a call as one more part of its event (no folding)."""
+    from shardbill import writer as module
 
-    mp.setattr(Pipeline, "process", process)
+    original = module.plan_batch
+
+    def plan_batch(items: Iterable[Any], **kw: Any) -> Any:
+        batch = list(items)
+        by_event: dict[str, list[int]] = {}
+        for i, item in enumerate(batch):
+            if isinstance(item, Charge):
+                by_event.setdefault(item.event_id, []).append(i)
+        for indexes in by_event.values():
+            for part, i in enumerate(indexes):
+                batch[i] = attrs.evolve(batch[i], part=part, parts=len(indexes))
+        return original(batch, **kw)
+
+    mp.setattr(module, "plan_batch", plan_batch)
+
+
+def _skip_identity_claim(mp: pytest.MonkeyPatch) -> None:
+    """Every writer compares fingerprints per slot only (the old, per-account scope)."""
+    original = AggregationWriter.__init__
+
+    def init(self: Any, *args: Any, settings: WriterSettings | None = None, **kw: Any) -> None:
+        settings = attrs.evolve(settings or WriterSettings(), id_scope=IdScope.PER_ACCOUNT)
+        original(self, *args, settings=settings, **kw)
+
+    mp.setattr(AggregationWriter, "__init__", init)
 
 
 MUTATIONS: tuple[Mutation, ...] = (
@@ -136,18 +157,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         apply=_skip_peer_check,
     ),
     Mutation(
-        name="source-after-target",
-        removes="Reader.rows() reading a moving slot's source before the target's snapshot",
-        apply=_source_after_target,
+        name="unchecked-read",
+        removes="Reader.rows() re-checking slot states and merge progress after its reads",
+        apply=_unchecked_read,
     ),
     Mutation(
         name="drop-overflow-check",
-        removes="the BIGINT range check of every charge's measures",
+        removes="the BIGINT range checks of charges, of events and of row sums",
         apply=_drop_overflow_check,
     ),
     Mutation(
         name="fold-nothing",
-        removes="the pipeline's folding of repeats inside one batch",
+        removes="the writer's folding of exact repeats inside one call",
         apply=_fold_nothing,
+    ),
+    Mutation(
+        name="skip-identity-claim",
+        removes="the identity claim that makes an event id name one event across slots",
+        apply=_skip_identity_claim,
     ),
 )

@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 
 import attrs
 from hypothesis import HealthCheck, Phase, Verbosity, seed, settings
 from hypothesis.stateful import get_state_machine_test
 
 from tests.simulation.config import ALL_FEATURES, SAFE_FEATURES, SimConfig
-from tests.simulation.machine import SimMachine
+from tests.simulation.machine import SimMachine, Violation
 
 #: Rules per example: long enough for a reshard to interleave with writes and faults.
 LENGTH = 40
@@ -92,8 +93,12 @@ def run(
     try:
         seed(seed_value)(test)()
     except Exception as exc:
+        where = ""
+        if not isinstance(exc, Violation):  # the harness or the library raised: say where
+            where = "".join(traceback.format_exception(exc)[-12:])
         failure = (
-            f"{type(exc).__name__}: {exc}\nreplay: {replay_command(seed_value, steps, config)}"
+            f"{type(exc).__name__}: {exc}\n{where}"
+            f"replay: {replay_command(seed_value, steps, config)}"
         )
     finally:
         library.setLevel(level)

@@ -13,14 +13,6 @@ from tests.simulation.config import ALL_FEATURES, KNOWN_OPEN, SAFE_FEATURES, Sim
 from tests.simulation.mutations import MUTATIONS, Mutation
 from tests.simulation.runner import run
 
-#: The simulation was built against the code before issue 13's writer (claims, numbered
-#: parts, one state per event); its model is being adapted to it (issue 15 stays open):
-#: until then its runs are not part of CI. ``python -m tests.simulation`` runs them.
-ADAPTING = pytest.mark.skip(
-    reason="issue 15: the simulation's model is being adapted to the issue 13 writer "
-    "(identity claims, numbered parts); run it with `python -m tests.simulation`"
-)
-
 #: CI budget: seeds x steps for the clean run, and the most a mutation may take to be caught.
 CI_SEEDS = range(6)
 CI_STEPS = 400
@@ -38,7 +30,6 @@ def test_the_feature_flags_are_one_consistent_list() -> None:
         SimConfig(features=frozenset({"no-such-feature"}))
 
 
-@ADAPTING
 @pytest.mark.parametrize("seed", CI_SEEDS)
 def test_no_invariant_breaks_with_the_safe_features(
     seed: int, capsys: pytest.CaptureFixture[str]
@@ -56,7 +47,6 @@ def test_no_invariant_breaks_with_the_safe_features(
     assert report.failure is None, report.failure
 
 
-@ADAPTING
 @pytest.mark.mysql
 @pytest.mark.parametrize("seed", MARIADB_SEEDS)
 def test_no_invariant_breaks_on_mariadb(seed: int, mysql_server: object) -> None:
@@ -67,7 +57,6 @@ def test_no_invariant_breaks_on_mariadb(seed: int, mysql_server: object) -> None
     assert report.failure is None, report.failure
 
 
-@ADAPTING
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
 def test_the_simulation_catches_the_mutation(mutation: Mutation) -> None:
     """With one safeguard removed, some seed of the CI budget finds a violation."""
