@@ -1,0 +1,225 @@
+"""Reads on real binlog replicas (issue 17): failover, one server per call, lag, read-your-writes.
+
+Every test runs private MariaDB servers: a primary with GTID replicas
+(``tests/support/replication.py``), read as a SELECT-only ``reader`` user.
+Failures are real: a replica SIGSTOPped (frozen: it accepts TCP and says
+nothing), SIGKILLed (refused, 2003) or killed between two queries of a call
+(dropped, 2013/2006); lag is a stopped SQL thread.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from shardbill import Reader, ShardMap
+from shardbill.catalog import billing_tables
+from shardbill.errors import NoReplicaAvailableError, RetryableError
+from shardbill.observe import ReadEvent, ReadFellBack, ReplicaDown
+from shardbill.providers import PooledProvider
+from shardbill.rules import Charge
+from shardbill.writer import AggregationWriter
+from tests.support.oracle import expected_rows
+from tests.support.replication import Topology, start_replication
+from tests.support.server_fixtures import ServerFactory
+from tests.test_writer import make_charges
+
+SLOTS = 64
+DRIVERS = ["pymysql", "mysqldb"]
+FAST = {"connect_timeout": 1, "read_timeout": 1}  # a failed replica costs a test 1 s, not 10
+
+
+def _grand(charges: list[Charge]) -> Decimal:
+    balance = expected_rows(charges)["account_balance"]
+    return Decimal(sum(v[0] for v in balance.values())).scaleb(-6)
+
+
+@pytest.fixture
+def topology(private_servers: ServerFactory) -> Topology:
+    """A primary and two GTID replicas, replicating database ``billing``."""
+    return start_replication(private_servers, replicas=2)
+
+
+def _write(topology: Topology, charges: list[Charge], driver: str = "pymysql") -> None:
+    """Write ``charges`` to the primary (shard s0) and wait until both replicas have them."""
+    with (
+        PooledProvider.from_urls({"s0": topology.url(topology.primary, driver)}) as provider,
+        AggregationWriter(
+            shard_map=ShardMap.create(["s0"], slots=SLOTS),
+            provider=provider,
+            tables=billing_tables(),
+        ) as writer,
+    ):
+        writer.ensure_schema()
+        assert writer.write(charges).ok
+    topology.sync()
+
+
+def _provider(topology: Topology, driver: str = "pymysql", **kw: Any) -> PooledProvider:
+    return PooledProvider.from_urls(
+        {"s0": topology.url(topology.primary, driver)},
+        replicas={"s0": topology.replica_urls(driver, **FAST)},
+        **kw,
+    )
+
+
+def _reader(provider: PooledProvider, **kw: Any) -> Reader:
+    return Reader(
+        shard_map=ShardMap.create(["s0"], slots=SLOTS),
+        provider=provider,
+        tables=billing_tables(),
+        **kw,
+    )
+
+
+def _total(reader: Reader, **kw: Any) -> Decimal:
+    found = reader.totals("account_balance", group_by=[], replica=True, **kw)[()]["amount"]
+    assert isinstance(found, Decimal)
+    return found
+
+
+def _loans(provider: PooledProvider) -> list[int]:
+    """Loans served so far by the primary, then by each replica."""
+    return [provider.stats("s0").loans] + [provider.stats("s0", replica=i).loans for i in range(2)]
+
+
+def test_replica_reads_are_served_by_the_replicas(topology: Topology) -> None:
+    """The harness replicates: replica totals equal the oracle, the heavy queries all go to
+    replicas, and the primary serves only the one light move-state check per call."""
+    charges = make_charges(171, 120)
+    _write(topology, charges)
+    with _provider(topology) as provider:
+        reader = _reader(provider)
+        for _ in range(4):
+            assert _total(reader) == _grand(charges)
+        primary, *replicas = _loans(provider)
+    assert primary == 4
+    assert min(replicas) > 0
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("failure", ["frozen", "killed"])
+def test_a_failed_replica_is_skipped_and_every_read_succeeds(
+    topology: Topology, driver: str, failure: str
+) -> None:
+    """Findings 1 and 3: a frozen replica (accepts TCP, never answers: a read timeout) or a
+    killed one (refused, 2003) fails the read that meets it over to the other replica; the
+    first read after the failure succeeds too, and the failed one is skipped from then on."""
+    charges = make_charges(172, 120)
+    _write(topology, charges, driver)
+    events: list[ReadEvent] = []
+    with _provider(topology, driver, observer=events.append) as provider:
+        reader = _reader(provider)
+        assert _total(reader) == _grand(charges)  # both replicas have a pooled connection now
+        assert _total(reader) == _grand(charges)
+        broken = topology.replicas[0]
+        if failure == "frozen":
+            broken.pause()
+        else:
+            broken.kill()
+        try:
+            for _ in range(4):
+                assert _total(reader) == _grand(charges)
+        finally:
+            if failure == "frozen":
+                broken.resume()
+    downs = [e for e in events if isinstance(e, ReplicaDown)]
+    assert [e.server for e in downs] == [f"{broken.host}:{broken.port}"]  # once, then skipped
+
+
+def test_a_replica_that_dies_between_two_queries_of_a_call_fails_over(
+    topology: Topology,
+) -> None:
+    """Finding 1 (2013 mid-call): the replica serving a call is killed after the call read
+    its move state; the call restarts on the other replica and returns the exact total."""
+    charges = make_charges(173, 120)
+    _write(topology, charges)
+    with _provider(topology) as provider:
+        killed: list[int] = []
+
+        def kill_the_serving_replica(gap: str) -> None:
+            if gap == "totals:views" and not killed:
+                serving = [i for i in range(2) if provider.stats("s0", replica=i).loans]
+                killed.append(serving[0])
+                topology.replicas[serving[0]].kill()
+
+        reader = _reader(provider, at_gap=kill_the_serving_replica)
+        assert _total(reader) == _grand(charges)
+        assert killed
+        other = 1 - killed[0]
+        assert provider.stats("s0", replica=other).loans > 0
+
+
+def test_every_replica_down_falls_back_to_the_primary(topology: Topology) -> None:
+    """Finding 3: with every replica of a shard down, the read goes to the primary (the
+    documented default), and the observer hears why."""
+    charges = make_charges(174, 120)
+    _write(topology, charges)
+    for replica in topology.replicas:
+        replica.kill()
+    events: list[ReadEvent] = []
+    with _provider(topology, observer=events.append) as provider:
+        assert _total(_reader(provider)) == _grand(charges)
+    assert sorted(type(e).__name__ for e in events) == [
+        "ReadFellBack",
+        "ReplicaDown",
+        "ReplicaDown",
+    ]
+    assert [e.reason for e in events if isinstance(e, ReadFellBack)] == ["down"]
+
+
+def test_every_replica_down_without_fallback_raises_a_retryable_error(
+    topology: Topology,
+) -> None:
+    """With ``fallback_to_primary=False`` a shard with no healthy replica raises a retryable
+    error that names each replica and what is wrong with it."""
+    _write(topology, make_charges(175, 40))
+    for replica in topology.replicas:
+        replica.kill()
+    with _provider(topology, fallback_to_primary=False) as provider:
+        reader = _reader(provider)
+        with pytest.raises(NoReplicaAvailableError) as caught:
+            _total(reader)
+    assert isinstance(caught.value, RetryableError)
+    for replica in topology.replicas:
+        assert f"{replica.host}:{replica.port}" in str(caught.value)
+    assert "fallback_to_primary" in str(caught.value)
+
+
+def test_each_call_reads_a_shard_from_one_replica_and_calls_take_turns(
+    topology: Topology,
+) -> None:
+    """Finding 4: every query of one call goes to the same replica (one snapshot source),
+    and successive calls alternate between the two replicas, so load spreads evenly."""
+    _write(topology, make_charges(176, 60))
+    with _provider(topology) as provider:
+        reader = _reader(provider)
+        served: list[int] = []
+        for _ in range(6):
+            before = _loans(provider)
+            _total(reader)
+            after = _loans(provider)
+            changed = [i for i in (1, 2) if after[i] != before[i]]
+            assert len(changed) == 1, (before, after)
+            served.append(changed[0])
+        assert served in ([1, 2] * 3, [2, 1] * 3)
+
+
+def test_point_reads_fail_over_too(topology: Topology) -> None:
+    """``rows(replica=True)`` of one account survives a killed replica like ``totals``."""
+    charges = make_charges(177, 120)
+    _write(topology, charges)
+    account = charges[0].account
+    with _provider(topology) as provider:
+        reader = _reader(provider)
+        expected = reader.rows("account_balance", account)
+        topology.replicas[0].kill()
+        for _ in range(3):
+            assert reader.rows("account_balance", account, replica=True) == expected
+
+
+def _gauge(registry: Any, name: str, **labels: str) -> float | None:
+    value = registry.get_sample_value(name, labels)
+    return None if value is None else float(value)
