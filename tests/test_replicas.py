@@ -9,6 +9,7 @@ nothing), SIGKILLed (refused, 2003) or killed between two queries of a call
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -223,3 +224,99 @@ def test_point_reads_fail_over_too(topology: Topology) -> None:
 def _gauge(registry: Any, name: str, **labels: str) -> float | None:
     value = registry.get_sample_value(name, labels)
     return None if value is None else float(value)
+
+
+def _lagging(topology: Topology) -> tuple[list[Charge], list[Charge]]:
+    """Replica 0 stops applying; a second batch reaches the primary and replica 1 only."""
+    first, second = make_charges(181, 80), make_charges(182, 80)
+    _write(topology, first)
+    topology.stop_applier(0)
+    with (
+        PooledProvider.from_urls({"s0": topology.url(topology.primary)}) as provider,
+        AggregationWriter(
+            shard_map=ShardMap.create(["s0"], slots=SLOTS),
+            provider=provider,
+            tables=billing_tables(),
+        ) as writer,
+    ):
+        assert writer.write(second).ok
+    topology.sync([1])
+    return first, second
+
+
+def test_without_max_lag_a_stopped_replica_serves_stale_totals(topology: Topology) -> None:
+    """Finding 5, as documented: with no ``max_lag`` a healthy but stopped replica is read
+    (turns alternate), so one of two calls is stale. This is what ``max_lag`` is for."""
+    first, second = _lagging(topology)
+    with _provider(topology) as provider:
+        reader = _reader(provider)
+        found = {_total(reader), _total(reader)}
+    assert found == {_grand(first), _grand(first + second)}
+
+
+def test_max_lag_skips_a_replica_whose_lag_is_unknown(topology: Topology) -> None:
+    """Finding 5: a replica with a stopped SQL thread reports Seconds_Behind_Master NULL;
+    ``max_lag`` takes that as unknown, not zero, and skips it: every read is current."""
+    first, second = _lagging(topology)
+    with _provider(topology) as provider:
+        reader = _reader(provider, max_lag=30)
+        for _ in range(4):
+            assert _total(reader) == _grand(first + second)
+        assert provider.stats("s0", replica=1).loans > provider.stats("s0", replica=0).loans
+
+
+def test_max_lag_with_every_replica_behind_reads_the_primary(topology: Topology) -> None:
+    """With every replica's applier stopped, a ``max_lag`` read falls back to the primary
+    (reason ``lag``) and is current."""
+    first, second = _lagging(topology)
+    topology.stop_applier(1)
+    events: list[ReadEvent] = []
+    with _provider(topology, observer=events.append) as provider:
+        assert _total(_reader(provider, max_lag=30)) == _grand(first + second)
+    assert [e.reason for e in events if isinstance(e, ReadFellBack)] == ["lag"]
+
+
+def test_the_lag_gauge_shows_each_replica_and_unknown_as_nan(topology: Topology) -> None:
+    """The operator reads each replica's health and lag from ``provider.replicas(shard)``
+    and from the Prometheus gauge ``shardbill_replica_lag_seconds`` (NaN when unknown)."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from shardbill.metrics import PrometheusObserver
+
+    _lagging(topology)
+    registry = prometheus_client.CollectorRegistry()
+    observer = PrometheusObserver(registry=registry)
+    with _provider(topology, observer=observer) as provider:
+        statuses = provider.replicas("s0")
+    labels = [f"{r.host}:{r.port}" for r in topology.replicas]
+    assert [s.server for s in statuses] == labels
+    assert [s.healthy for s in statuses] == [True, True]
+    assert statuses[0].lag is None
+    assert statuses[1].lag is not None
+    assert statuses[1].lag >= 0
+    stopped = _gauge(registry, "shardbill_replica_lag_seconds", shard="s0", server=labels[0])
+    running = _gauge(registry, "shardbill_replica_lag_seconds", shard="s0", server=labels[1])
+    assert stopped is not None
+    assert math.isnan(stopped)
+    assert running == statuses[1].lag
+
+
+def test_a_replica_user_without_replica_monitor_gets_a_message_naming_the_grant(
+    topology: Topology,
+) -> None:
+    """``max_lag`` needs SHOW REPLICA STATUS; a SELECT-only user gets an error that names
+    the grant to add, not a silent fallback."""
+    from shardbill.errors import FatalDatabaseError
+
+    _write(topology, make_charges(183, 20))
+    topology.primary.execute("CREATE USER 'plain'@'%' IDENTIFIED BY 'plain-pw'")
+    topology.primary.execute(f"GRANT SELECT ON `{topology.database}`.* TO 'plain'@'%'")
+    topology.sync()
+    replica = topology.replicas[0]
+    url = replica.url(topology.database, user="plain", password="plain-pw")
+    with (
+        PooledProvider.from_urls(
+            {"s0": topology.url(topology.primary)}, replicas={"s0": [url]}
+        ) as provider,
+        pytest.raises(FatalDatabaseError, match="GRANT REPLICA MONITOR"),
+    ):
+        _total(_reader(provider, max_lag=30))
