@@ -17,11 +17,11 @@ import pytest
 
 from shardbill import Reader, ShardMap
 from shardbill.catalog import billing_tables
-from shardbill.errors import NoReplicaAvailableError, RetryableError
+from shardbill.errors import InvalidInputError, NoReplicaAvailableError, RetryableError
 from shardbill.observe import ReadEvent, ReadFellBack, ReplicaDown
 from shardbill.providers import PooledProvider
 from shardbill.rules import Charge
-from shardbill.writer import AggregationWriter
+from shardbill.writer import AggregationWriter, WriteResult, WriterSettings
 from tests.support.oracle import expected_rows
 from tests.support.replication import Topology, start_replication
 from tests.support.server_fixtures import ServerFactory
@@ -320,3 +320,87 @@ def test_a_replica_user_without_replica_monitor_gets_a_message_naming_the_grant(
         pytest.raises(FatalDatabaseError, match="GRANT REPLICA MONITOR"),
     ):
         _total(_reader(provider, max_lag=30))
+
+
+def _tracked_write(topology: Topology, charges: list[Charge]) -> WriteResult:
+    with (
+        PooledProvider.from_urls({"s0": topology.url(topology.primary)}) as provider,
+        AggregationWriter(
+            shard_map=ShardMap.create(["s0"], slots=SLOTS),
+            provider=provider,
+            tables=billing_tables(),
+            settings=WriterSettings(track_positions=True),
+        ) as writer,
+    ):
+        result = writer.write(charges)
+    assert result.ok
+    return result
+
+
+def test_a_tracked_write_reports_the_gtid_a_replica_must_reach(topology: Topology) -> None:
+    """With ``track_positions`` a write's result holds, per shard, the primary's GTID of its
+    commit (``@@last_gtid``); a write of duplicates only holds the binlog position, which
+    covers the earlier commit of those events whoever made it."""
+    _write(topology, make_charges(191, 20))
+    charges = make_charges(192, 30)
+    first = _tracked_write(topology, charges)
+    assert first.positions == {"s0": topology.position()}
+    again = _tracked_write(topology, charges)
+    assert again.duplicate_events == first.applied_events
+    assert again.positions == {"s0": topology.position()}
+
+
+def test_read_your_writes_waits_for_a_replica_that_has_the_write(topology: Topology) -> None:
+    """Read-your-writes: with replica 0 stopped, ``after=result`` reads only from a replica
+    that applied the write (replica 1) or the primary: every read shows the write, and the
+    replica that has it serves some of them."""
+    first = make_charges(193, 60)
+    _write(topology, first)
+    topology.stop_applier(0)
+    second = make_charges(194, 60)
+    result = _tracked_write(topology, second)
+    with _provider(topology) as provider:
+        reader = _reader(provider, wait_for_position=2)
+        for _ in range(4):
+            assert _total(reader, after=result) == _grand(first + second)
+        assert provider.stats("s0", replica=1).loans > 0
+        account = second[0].account
+        expected = reader.rows("account_balance", account)
+        assert reader.rows("account_balance", account, replica=True, after=result) == expected
+
+
+def test_read_your_writes_with_no_replica_at_the_write_reads_the_primary(
+    topology: Topology,
+) -> None:
+    """When no replica reaches the write within ``wait_for_position``, the read goes to the
+    primary (reason ``position``) and shows the write."""
+    first = make_charges(195, 40)
+    _write(topology, first)
+    topology.stop_applier(0)
+    topology.stop_applier(1)
+    second = make_charges(196, 40)
+    result = _tracked_write(topology, second)
+    events: list[ReadEvent] = []
+    with _provider(topology, observer=events.append) as provider:
+        reader = _reader(provider, wait_for_position=0.5)
+        assert _total(reader, after=result) == _grand(first + second)
+    assert [e.reason for e in events if isinstance(e, ReadFellBack)] == ["position"]
+
+
+def test_after_a_write_without_tracked_positions_is_refused(topology: Topology) -> None:
+    """Passing the result of a writer that does not track positions is an error that says
+    how to turn tracking on, never a silent read without the guarantee."""
+    charges = make_charges(197, 10)
+    with (
+        PooledProvider.from_urls({"s0": topology.url(topology.primary)}) as provider,
+        AggregationWriter(
+            shard_map=ShardMap.create(["s0"], slots=SLOTS),
+            provider=provider,
+            tables=billing_tables(),
+        ) as writer,
+    ):
+        writer.ensure_schema()
+        result = writer.write(charges)
+        reader = _reader(provider)
+        with pytest.raises(InvalidInputError, match="track_positions=True"):
+            reader.totals("account_balance", group_by=[], replica=True, after=result)

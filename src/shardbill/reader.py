@@ -174,10 +174,22 @@ def _positions(
 ) -> Mapping[str, str | None] | None:
     if after is None:
         return None
-    found = getattr(after, "positions", after)
-    if not isinstance(found, Mapping):
+    if isinstance(after, Mapping):
+        found: object = after
+    elif hasattr(after, "positions"):
+        found = after.positions
+        if found is None:
+            raise InvalidInputError(
+                "'after' is a WriteResult without positions: its writer did not track them; "
+                "build the writer with WriterSettings(track_positions=True)"
+            )
+    else:
+        found = None
+    if not isinstance(found, Mapping) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in found.items()
+    ):
         raise InvalidInputError(
-            f"'after' must be a WriteResult or its positions (shard -> GTID): got "
+            f"'after' must be a WriteResult or its positions (shard -> GTID or None): got "
             f"{type(after).__name__}; e.g. reader.totals(..., replica=True, after=result)"
         )
     return found

@@ -23,7 +23,7 @@ from shardbill.dialects.base import Dialect
 from shardbill.errors import FatalDatabaseError
 from shardbill.providers.base import DBAPICursor
 
-__all__ = ["last_position", "replica_lag", "wait_for_position"]
+__all__ = ["last_position", "replica_lag", "wait_for_position", "write_position"]
 
 _LAG_COLUMNS = ("Seconds_Behind_Master", "Seconds_Behind_Source")
 _RUNNING = (
@@ -77,7 +77,7 @@ def last_position(cursor: DBAPICursor, dialect: Dialect) -> str | None:
     MariaDB: then no replica can be waited for and a read-your-writes read
     goes to the primary.
     """
-    if dialect.name != "mysql" or getattr(dialect, "flavor", None) != "mariadb":
+    if dialect.name != "mariadb":
         return None
     cursor.execute("SELECT @@SESSION.last_gtid", ())
     row = cursor.fetchone()
@@ -87,6 +87,26 @@ def last_position(cursor: DBAPICursor, dialect: Dialect) -> str | None:
     return str(value) if value else None
 
 
+def write_position(cursor: DBAPICursor, dialect: Dialect, *, wrote: bool) -> str | None:
+    """The position a replica must reach to show what the session just committed.
+
+    After a transaction that wrote, its own GTID (``@@last_gtid``). After one
+    that wrote nothing (every event a duplicate, applied earlier by whichever
+    writer), the primary's whole binlog position (``@@gtid_binlog_pos``): it
+    covers that earlier commit, whoever made it. ``None`` when there is none.
+    """
+    if not wrote:
+        if dialect.name != "mariadb":
+            return None
+        cursor.execute("SELECT @@GLOBAL.gtid_binlog_pos", ())
+        row = cursor.fetchone()
+        value = None if row is None else row[0]
+        if isinstance(value, bytes):
+            value = value.decode("ascii")
+        return str(value) if value else None
+    return last_position(cursor, dialect)
+
+
 def wait_for_position(cursor: DBAPICursor, dialect: Dialect, position: str, timeout: float) -> bool:
     """Wait at most ``timeout`` seconds until this replica applied ``position``; True if it did.
 
@@ -94,7 +114,7 @@ def wait_for_position(cursor: DBAPICursor, dialect: Dialect, position: str, time
     GTID in every domain named, -1 on timeout. A server that is not MariaDB
     answers False (its position cannot be compared).
     """
-    if dialect.name != "mysql" or getattr(dialect, "flavor", None) != "mariadb":
+    if dialect.name != "mariadb":
         return False
     cursor.execute(
         f"SELECT MASTER_GTID_WAIT({dialect.placeholder}, {dialect.placeholder})",
