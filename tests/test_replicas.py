@@ -404,3 +404,65 @@ def test_after_a_write_without_tracked_positions_is_refused(topology: Topology) 
         reader = _reader(provider)
         with pytest.raises(InvalidInputError, match="track_positions=True"):
             reader.totals("account_balance", group_by=[], replica=True, after=result)
+
+
+def test_replica_reads_stay_exact_when_a_replica_is_behind_a_reshard(
+    private_servers: ServerFactory,
+) -> None:
+    """Reads on replicas during a reshard: slots move from s0 to a new shard s2 while s2's
+    replica applies nothing (its primary is ahead); s0's replica is current, so it shows the
+    slots handed over and their rows deleted. The replica views differ from the primaries',
+    so the reader reads that call from the primaries: totals and point reads stay exact
+    (on the replicas alone the moved rows would be missing)."""
+    from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
+    from shardbill.schema import apply_schema
+    from tests.support.replication import READER_PASSWORD
+
+    first = start_replication(private_servers, replicas=1)
+    second = start_replication(private_servers, replicas=1)
+    second.primary.execute("CREATE DATABASE billing2 CHARACTER SET utf8mb4")
+    second.primary.execute("GRANT SELECT ON billing2.* TO 'reader'@'%'")
+    primaries = {
+        "s0": first.url(first.primary),
+        "s1": second.url(second.primary),
+        "s2": second.primary.url("billing2"),
+    }
+    (r0,), (r1,) = first.replicas, second.replicas
+    replicas = {
+        "s0": [first.url(r0, **FAST)],
+        "s1": [second.url(r1, **FAST)],
+        "s2": [r1.url("billing2", user="reader", password=READER_PASSWORD) + "?read_timeout=1"],
+    }
+    charges = make_charges(201, 160, accounts=40)
+    store = MemoryMapStore(ShardMap.create(["s0", "s1"], slots=SLOTS))
+    with PooledProvider.from_urls(primaries) as writing:
+        with AggregationWriter(
+            shard_map=store, provider=writing, tables=billing_tables()
+        ) as writer:
+            writer.ensure_schema()
+            apply_schema(
+                writing, store.load(), billing_tables(), shards=["s2"], record_ownership=False
+            )
+            assert writer.write(charges).ok
+        first.sync()
+        second.sync()
+        second.stop_applier(0)  # s1 and s2's replica stays before the reshard
+        target = store.load().add_shard("s2")
+        Resharder(
+            store=store,
+            provider=writing,
+            tables=billing_tables(),
+            settings=ReshardSettings(chunk_rows=5, parallel_slots=1, lease_wait=0),
+        ).run(target)
+    first.sync()  # s0's replica shows the handed-over slots, their rows deleted
+    moved = [m.slot for m in ShardMap.create(["s0", "s1"], slots=SLOTS).plan_to(target).moves]
+    account = next(c.account for c in charges if target.slot_for(c.account) in moved)
+    events: list[ReadEvent] = []
+    with PooledProvider.from_urls(primaries, replicas=replicas, observer=events.append) as provider:
+        reader = Reader(shard_map=store, provider=provider, tables=billing_tables())
+        assert _total(reader) == _grand(charges)
+        expected = reader.rows("account_balance", account)
+        assert expected
+        assert reader.rows("account_balance", account, replica=True) == expected
+    fallbacks = {(e.shard, e.reason) for e in events if isinstance(e, ReadFellBack)}
+    assert ("s2", "moving") in fallbacks

@@ -70,7 +70,7 @@ class _Router(Protocol):
         self, shard: str, *, max_lag: float | None, position: str | None, wait: float
     ) -> ReadRoute: ...
 
-    def primary_route(self, shard: str) -> ReadRoute: ...
+    def primary_route(self, shard: str, *, reason: str | None = None) -> ReadRoute: ...
 
 
 class _BehindAMove(Exception):  # noqa: N818 - internal signal, never escapes the Reader
@@ -98,6 +98,7 @@ class _Routes:
         positions: Mapping[str, str | None] | None = None,
         wait: float = 0.0,
         force_primary: bool = False,
+        reason: str | None = None,
     ) -> None:
         self._provider = provider
         router = provider if callable(getattr(provider, "route", None)) else None
@@ -107,13 +108,15 @@ class _Routes:
         self._positions = dict(positions or {})
         self._wait = wait
         self._force_primary = force_primary
+        self._reason = reason
         self._lock = threading.Lock()
         self._chosen: dict[str, ReadRoute] = {}
         self.failed = False
 
-    def primaries(self) -> _Routes:
-        """Routes of the same call that read every shard from its primary."""
-        return _Routes(self._provider, replica=self.replica, force_primary=True)
+    def primaries(self, reason: str | None = None) -> _Routes:
+        """Routes of the same call that read every shard from its primary (``reason``: why,
+        reported to the provider's observer; ``None`` for a check that reports nothing)."""
+        return _Routes(self._provider, replica=self.replica, force_primary=True, reason=reason)
 
     def _unpinned(self) -> bool:
         # A provider that cannot pin: its readonly loans may have gone to any replica.
@@ -139,8 +142,10 @@ class _Routes:
             route = self._chosen.get(shard)
         if route is not None:
             return route
-        if self._force_primary or (shard in self._positions and not self._positions[shard]):
-            route = router.primary_route(shard)  # a write without a known position
+        if self._force_primary:
+            route = router.primary_route(shard, reason=self._reason)
+        elif shard in self._positions and not self._positions[shard]:
+            route = router.primary_route(shard, reason="position")  # no GTID to wait for
         else:
             route = router.route(
                 shard,
@@ -356,7 +361,7 @@ class Reader:
                         shard=behind.shard,
                     ) from None
                 log.info("replica of %r is behind a reshard step: reading primaries", behind.shard)
-                return call(routes.primaries())
+                return call(routes.primaries(reason="moving"))
         assert error is not None  # noqa: S101 - the loop ran at least once
         raise error
 

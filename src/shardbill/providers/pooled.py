@@ -468,9 +468,18 @@ class PooledProvider:
         self._emit(ReadFellBack(shard=shard, reason=reason))
         return ReadRoute(self, shard, primary, None)
 
-    def primary_route(self, shard: str) -> ReadRoute:
-        """The route to ``shard``'s primary (always current: reads there never lag)."""
-        return ReadRoute(self, shard, self._primary(shard), None)
+    def primary_route(self, shard: str, *, reason: str | None = None) -> ReadRoute:
+        """The route to ``shard``'s primary (always current: reads there never lag).
+
+        Args:
+            shard: the shard.
+            reason: why a replica read goes to the primary instead (reported as
+                :class:`~shardbill.observe.ReadFellBack`); ``None`` reports nothing.
+        """
+        route = ReadRoute(self, shard, self._primary(shard), None)
+        if reason is not None and shard in self._replicas:
+            self._emit(ReadFellBack(shard=shard, reason=reason))
+        return route
 
     def replicas(self, shard: str) -> list[ReplicaStatus]:
         """Each replica of ``shard`` with its health and its lag measured now (the lag gauge).
