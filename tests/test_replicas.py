@@ -466,3 +466,40 @@ def test_replica_reads_stay_exact_when_a_replica_is_behind_a_reshard(
         assert reader.rows("account_balance", account, replica=True) == expected
     fallbacks = {(e.shard, e.reason) for e in events if isinstance(e, ReadFellBack)}
     assert ("s2", "moving") in fallbacks
+
+
+def test_the_replicas_howto_runs(topology: Topology) -> None:
+    """The Python blocks of docs/howto/read-replicas.md run against a primary with two
+    replicas, and what they read is the oracle's number."""
+    import re
+    from pathlib import Path
+
+    howto = Path(__file__).parent.parent / "docs" / "howto" / "read-replicas.md"
+    blocks = re.findall(r"```python\n(.*?)```", howto.read_text(encoding="utf-8"), re.DOTALL)
+    assert len(blocks) == 3
+    first, charges = make_charges(211, 60), make_charges(212, 60)
+    _write(topology, first)
+    shard_map = ShardMap.create(["s0"], slots=SLOTS)
+    namespace: dict[str, object] = {
+        "primary_url": topology.url(topology.primary),
+        "replica_urls": topology.replica_urls(),
+        "shard_map": shard_map,
+        "charges": charges,
+    }
+    for block in blocks:
+        exec(compile(block, str(howto), "exec"), namespace)  # noqa: S102 - our own docs
+    provider = namespace["provider"]
+    assert isinstance(provider, PooledProvider)
+    provider.close()
+    assert namespace["fresh"] == {(): expected_totals(first + charges)}
+    assert namespace["balances"] == {("USD",): expected_totals(first)}
+
+
+def expected_totals(charges: list[Charge]) -> dict[str, object]:
+    """The oracle's grand account_balance measures, as the reader returns them."""
+    balance = expected_rows(charges)["account_balance"].values()
+    return {
+        "amount": Decimal(sum(v[0] for v in balance)).scaleb(-6),
+        "charges": sum(v[1] for v in balance),
+        "largest_charge": Decimal(max(v[2] for v in balance)).scaleb(-6),
+    }

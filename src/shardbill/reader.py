@@ -13,6 +13,16 @@ source row the progress covers was merged into the target already and is
 dropped, every other one is added. A shard that handed a slot over names
 where it went, so a reader holding an older map follows it.
 
+With ``replica=True`` each shard is read from one server for the whole call
+(a healthy replica, chosen in turn by the provider's
+:meth:`~shardbill.providers.PooledProvider.route`, or the primary); a
+replica that fails during the call is marked down and the call runs again
+elsewhere. ``Reader(max_lag=...)`` skips replicas further behind (or whose
+lag is unknown), ``after=write_result`` reads only replicas that applied that
+write, and a replica behind a reshard step makes the call read the
+primaries, so replica reads are exact during moves too (docs: "Read from
+replicas").
+
 Measures come back as :class:`~decimal.Decimal` at their declared scale
 (``Amount(scale=6)`` units 7500 -> ``Decimal("0.007500")``); counts as
 ``int``. Key values come back as declared: ``int``, ``str`` or
@@ -47,12 +57,12 @@ from shardbill.errors import (
     SlotsMovedDuringReadError,
 )
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
+from shardbill.results import WriteResult
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SlotState, SystemTables
 
 if TYPE_CHECKING:
     from shardbill.providers.pooled import ReadRoute
-    from shardbill.results import WriteResult
 
 __all__ = ["AggregateRow", "MapSource", "Reader"]
 
