@@ -121,6 +121,7 @@ class _Routes:
         self._reason = reason
         self._lock = threading.Lock()
         self._chosen: dict[str, ReadRoute] = {}
+        self._choosing: dict[str, threading.Lock] = {}
         self.failed = False
 
     def primaries(self, reason: str | None = None) -> _Routes:
@@ -150,21 +151,28 @@ class _Routes:
             return None
         with self._lock:
             route = self._chosen.get(shard)
-        if route is not None:
+            if route is not None:
+                return route
+            choosing = self._choosing.setdefault(shard, threading.Lock())
+        with choosing:  # one choice per shard (a turn taken once); shards choose in parallel
+            with self._lock:
+                route = self._chosen.get(shard)
+            if route is not None:
+                return route
+            if self._force_primary:
+                route = router.primary_route(shard, reason=self._reason)
+            elif shard in self._positions and not self._positions[shard]:
+                route = router.primary_route(shard, reason="position")  # no GTID to wait for
+            else:
+                route = router.route(
+                    shard,
+                    max_lag=self._max_lag,
+                    position=self._positions.get(shard),
+                    wait=self._wait,
+                )
+            with self._lock:
+                self._chosen[shard] = route
             return route
-        if self._force_primary:
-            route = router.primary_route(shard, reason=self._reason)
-        elif shard in self._positions and not self._positions[shard]:
-            route = router.primary_route(shard, reason="position")  # no GTID to wait for
-        else:
-            route = router.route(
-                shard,
-                max_lag=self._max_lag,
-                position=self._positions.get(shard),
-                wait=self._wait,
-            )
-        with self._lock:
-            return self._chosen.setdefault(shard, route)
 
     @contextlib.contextmanager
     def connection(self, shard: str) -> Iterator[DBAPIConnection]:
