@@ -209,13 +209,16 @@ def test_each_call_reads_a_shard_from_one_replica_and_calls_take_turns(
 
 
 def test_point_reads_fail_over_too(topology: Topology) -> None:
-    """``rows(replica=True)`` of one account survives a killed replica like ``totals``."""
+    """``rows(replica=True)`` of one account survives a killed replica like ``totals``,
+    also when the pool holds a connection to it from an earlier read."""
     charges = make_charges(177, 120)
     _write(topology, charges)
     account = charges[0].account
     with _provider(topology) as provider:
         reader = _reader(provider)
         expected = reader.rows("account_balance", account)
+        for _ in range(2):  # both replicas now have a pooled connection
+            assert reader.rows("account_balance", account, replica=True) == expected
         topology.replicas[0].kill()
         for _ in range(3):
             assert reader.rows("account_balance", account, replica=True) == expected
