@@ -409,8 +409,9 @@ def test_after_a_write_without_tracked_positions_is_refused(topology: Topology) 
             reader.totals("account_balance", group_by=[], replica=True, after=result)
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_replica_reads_stay_exact_when_a_replica_is_behind_a_reshard(
-    private_servers: ServerFactory,
+    private_servers: ServerFactory, driver: str
 ) -> None:
     """Reads on replicas during a reshard: slots move from s0 to a new shard s2 while s2's
     replica applies nothing (its primary is ahead); s0's replica is current, so it shows the
@@ -426,15 +427,16 @@ def test_replica_reads_stay_exact_when_a_replica_is_behind_a_reshard(
     second.primary.execute("CREATE DATABASE billing2 CHARACTER SET utf8mb4")
     second.primary.execute("GRANT SELECT ON billing2.* TO 'reader'@'%'")
     primaries = {
-        "s0": first.url(first.primary),
-        "s1": second.url(second.primary),
-        "s2": second.primary.url("billing2"),
+        "s0": first.url(first.primary, driver),
+        "s1": second.url(second.primary, driver),
+        "s2": second.primary.url("billing2", driver),
     }
     (r0,), (r1,) = first.replicas, second.replicas
+    r1_billing2 = r1.url("billing2", driver, user="reader", password=READER_PASSWORD)
     replicas = {
-        "s0": [first.url(r0, **FAST)],
-        "s1": [second.url(r1, **FAST)],
-        "s2": [r1.url("billing2", user="reader", password=READER_PASSWORD) + "?read_timeout=1"],
+        "s0": [first.url(r0, driver, **FAST)],
+        "s1": [second.url(r1, driver, **FAST)],
+        "s2": [r1_billing2 + "?read_timeout=1"],
     }
     charges = make_charges(201, 160, accounts=40)
     store = MemoryMapStore(ShardMap.create(["s0", "s1"], slots=SLOTS))

@@ -484,6 +484,8 @@ class PooledProvider:
     def replicas(self, shard: str) -> list[ReplicaStatus]:
         """Each replica of ``shard`` with its health and its lag measured now (the lag gauge).
 
+        A replica backing off after a failure is not asked (its lag shows as ``None``).
+
         Example:
             >>> [(r.server, r.healthy, r.lag) for r in provider.replicas("s0")]  # doctest: +SKIP
             [('10.0.0.7:3306', True, 0.0), ('10.0.0.8:3306', True, None)]
@@ -493,8 +495,11 @@ class PooledProvider:
         for server in self._replicas.get(shard, ()):
             lag: float | None = None
             error: str | None = None
+            with server.lock:
+                backing_off = server.down_until > time.monotonic()
             try:
-                lag = self._lag(shard, server, refresh=True)
+                if not backing_off:  # (a frozen replica would cost its read timeout again)
+                    lag = self._lag(shard, server, refresh=True)
             except _FAILED as exc:
                 if not isinstance(exc, PoolTimeoutError):
                     self._mark_down(shard, server, exc)
