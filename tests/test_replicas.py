@@ -508,3 +508,54 @@ def expected_totals(charges: list[Charge]) -> dict[str, object]:
         "charges": sum(v[1] for v in balance),
         "largest_charge": Decimal(max(v[2] for v in balance)).scaleb(-6),
     }
+
+
+def test_a_shard_with_no_server_left_raises_a_retryable_error(topology: Topology) -> None:
+    """With every replica and the primary down, a replica read raises a retryable
+    ``CannotConnectError`` (after falling back), never hangs or returns a partial answer."""
+    from shardbill.errors import CannotConnectError
+
+    _write(topology, make_charges(221, 20))
+    for server in (*topology.replicas, topology.primary):
+        server.kill()
+    with _provider(topology) as provider:
+        reader = _reader(provider)
+        with pytest.raises(CannotConnectError) as caught:
+            _total(reader)
+    assert isinstance(caught.value, RetryableError)
+    assert caught.value.shard == "s0"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_replica_connection_cut_during_the_heavy_query_fails_over(
+    topology: Topology, driver: str
+) -> None:
+    """Finding 1 (2013 mid-query): a proxy in front of replica 0 lets the grouped query run
+    there and drops its answer; the call restarts on replica 1 and is exact, and replica 0
+    is skipped from then on."""
+    from tests.support.proxy import FaultProxy
+    from tests.support.replication import READER_PASSWORD
+
+    charges = make_charges(231, 120)
+    _write(topology, charges, driver)
+    r0 = topology.replicas[0]
+    with FaultProxy(r0.host, r0.port) as proxy:
+        proxied = (
+            f"mysql+{driver}://reader:{READER_PASSWORD}@{proxy.host}:{proxy.port}/"
+            f"{topology.database}?read_timeout=5"
+        )
+        events: list[ReadEvent] = []
+        with PooledProvider.from_urls(
+            {"s0": topology.url(topology.primary, driver)},
+            replicas={"s0": [proxied, topology.url(topology.replicas[1], driver, **FAST)]},
+            observer=events.append,
+        ) as provider:
+            reader = _reader(provider)
+            proxy.cut_when(lambda sql: "SUM(" in sql, before=False)
+            for _ in range(4):
+                assert _total(reader) == _grand(charges)
+            assert proxy.pending_cuts == 0  # the cut fired: a heavy query was dropped
+    downs = [e for e in events if isinstance(e, ReplicaDown)]
+    assert [(e.server, e.error) for e in downs] == [
+        (f"{proxy.host}:{proxy.port}", "ConnectionLostError")
+    ]
