@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shardbill import Reader, ShardMap
 from shardbill.catalog import billing_tables
-from shardbill.errors import InvalidInputError, NoReplicaAvailableError, RetryableError
+from shardbill.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    NoReplicaAvailableError,
+    RetryableError,
+)
 from shardbill.observe import ReadEvent, ReadFellBack, ReplicaDown
 from shardbill.providers import PooledProvider
 from shardbill.rules import Charge
@@ -559,3 +565,47 @@ def test_a_replica_connection_cut_during_the_heavy_query_fails_over(
     assert [(e.server, e.error) for e in downs] == [
         (f"{proxy.host}:{proxy.port}", "ConnectionLostError")
     ]
+
+
+def _sqlite_provider(tmp_path: Path, **kw: Any) -> PooledProvider:
+    """A SQLite shard with a SQLite "replica" file (a stand-in: nothing replicates)."""
+    return PooledProvider.from_urls(
+        {"s0": f"sqlite:///{tmp_path / 's0.db'}"},
+        replicas={"s0": [f"sqlite:///{tmp_path / 's0-copy.db'}"]},
+        **kw,
+    )
+
+
+def test_bad_replica_options_are_refused_naming_the_option(tmp_path: Path) -> None:
+    """max_lag, wait_for_position, replica_backoff and lag_refresh must be seconds >= 0;
+    ``after`` must be a WriteResult or its positions: each error names the option."""
+    with pytest.raises(ConfigurationError, match="'replica_backoff' must be a number"):
+        _sqlite_provider(tmp_path, replica_backoff=-1)
+    with pytest.raises(ConfigurationError, match="'lag_refresh' must be a number"):
+        _sqlite_provider(tmp_path, lag_refresh="1")
+    with _sqlite_provider(tmp_path) as provider:
+        with pytest.raises(ConfigurationError, match="'max_lag' must be a number"):
+            _reader(provider, max_lag=-0.5)
+        with pytest.raises(ConfigurationError, match="'wait_for_position' must be a number"):
+            _reader(provider, wait_for_position=True)
+        reader = _reader(provider)
+        with pytest.raises(InvalidInputError, match="'after' must be a WriteResult"):
+            reader.totals("account_balance", group_by=[], replica=True, after=["0-1-2"])  # type: ignore[arg-type]
+
+
+def test_max_lag_with_a_replica_of_unknown_lag_reads_the_primary(tmp_path: Path) -> None:
+    """A replica whose lag cannot be known (here a SQLite copy) is skipped under max_lag:
+    the read goes to the primary and says so (reason ``lag``)."""
+    charges = make_charges(241, 40)
+    events: list[ReadEvent] = []
+    with _sqlite_provider(tmp_path, observer=events.append) as provider:
+        with AggregationWriter(
+            shard_map=ShardMap.create(["s0"], slots=SLOTS),
+            provider=provider,
+            tables=billing_tables(),
+        ) as writer:
+            writer.ensure_schema()
+            assert writer.write(charges).ok
+        assert _total(_reader(provider, max_lag=5)) == _grand(charges)
+        assert provider.stats("s0", replica=0).loans == 1  # the one lag check, no read
+    assert [e.reason for e in events if isinstance(e, ReadFellBack)] == ["lag"]

@@ -531,7 +531,8 @@ class PooledProvider:
         with server.pool.connection(shard, readonly=True) as conn:
             cursor = conn.cursor()
             try:
-                lag = replica_lag(cursor, shard=shard)
+                # A SQLite "replica" is a file copy: nothing says how current it is.
+                lag = None if conn.dialect.name == "sqlite" else replica_lag(cursor, shard=shard)
             finally:
                 cursor.close()
         with server.lock:
