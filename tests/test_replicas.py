@@ -331,9 +331,11 @@ def test_a_replica_user_without_replica_monitor_gets_a_message_naming_the_grant(
         _total(_reader(provider, max_lag=30))
 
 
-def _tracked_write(topology: Topology, charges: list[Charge]) -> WriteResult:
+def _tracked_write(
+    topology: Topology, charges: list[Charge], driver: str = "pymysql"
+) -> WriteResult:
     with (
-        PooledProvider.from_urls({"s0": topology.url(topology.primary)}) as provider,
+        PooledProvider.from_urls({"s0": topology.url(topology.primary, driver)}) as provider,
         AggregationWriter(
             shard_map=ShardMap.create(["s0"], slots=SLOTS),
             provider=provider,
@@ -359,16 +361,20 @@ def test_a_tracked_write_reports_the_gtid_a_replica_must_reach(topology: Topolog
     assert again.positions == {"s0": topology.position()}
 
 
-def test_read_your_writes_waits_for_a_replica_that_has_the_write(topology: Topology) -> None:
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_read_your_writes_waits_for_a_replica_that_has_the_write(
+    topology: Topology, driver: str
+) -> None:
     """Read-your-writes: with replica 0 stopped, ``after=result`` reads only from a replica
     that applied the write (replica 1) or the primary: every read shows the write, and the
     replica that has it serves some of them."""
     first = make_charges(193, 60)
-    _write(topology, first)
+    _write(topology, first, driver)
     topology.stop_applier(0)
     second = make_charges(194, 60)
-    result = _tracked_write(topology, second)
-    with _provider(topology) as provider:
+    result = _tracked_write(topology, second, driver)
+    assert result.positions == {"s0": topology.position()}
+    with _provider(topology, driver) as provider:
         reader = _reader(provider, wait_for_position=2)
         for _ in range(4):
             assert _total(reader, after=result) == _grand(first + second)
