@@ -615,3 +615,17 @@ def test_max_lag_with_a_replica_of_unknown_lag_reads_the_primary(tmp_path: Path)
         assert _total(_reader(provider, max_lag=5)) == _grand(charges)
         assert provider.stats("s0", replica=0).loans == 1  # the one lag check, no read
     assert [e.reason for e in events if isinstance(e, ReadFellBack)] == ["lag"]
+
+
+def test_replicas_that_keep_failing_leave_the_call_to_the_primary(topology: Topology) -> None:
+    """With no back-off (``replica_backoff=0``) dead replicas are offered again and again;
+    after a bounded number of restarts the call reads the primary instead of failing."""
+    charges = make_charges(251, 40)
+    _write(topology, charges)
+    for replica in topology.replicas:
+        replica.kill()
+    events: list[ReadEvent] = []
+    with _provider(topology, replica_backoff=0, observer=events.append) as provider:
+        assert _total(_reader(provider)) == _grand(charges)
+    assert len([e for e in events if isinstance(e, ReplicaDown)]) >= 4
+    assert [e.reason for e in events if isinstance(e, ReadFellBack)] == ["down"]

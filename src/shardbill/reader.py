@@ -381,7 +381,10 @@ class Reader:
                 log.info("replica of %r is behind a reshard step: reading primaries", behind.shard)
                 return call(routes.primaries(reason="moving"))
         assert error is not None  # noqa: S101 - the loop ran at least once
-        raise error
+        if not getattr(self._provider, "fallback_to_primary", True):
+            raise error
+        # Replicas kept failing under this call (more of them than attempts): the primaries.
+        return call(_Routes(self._provider, replica=True, force_primary=True, reason="down"))
 
     def _behind(
         self, pool: ThreadPoolExecutor, views: Mapping[str, _View], table: str, routes: _Routes
