@@ -121,7 +121,9 @@ def run_writer(
     latest = max(c.time for c in charges).timestamp()  # the traffic is dated: so is the clock
     writer = AggregationWriter(
         shard_map=shard_map, provider=provider, tables=billing_tables(), observer=stats,
-        settings=WriterSettings(max_workers=args.workers, id_scope=id_scope),
+        settings=WriterSettings(
+            max_workers=args.workers, id_scope=id_scope, track_positions=args.track_positions
+        ),
         clock=lambda: latest,
     )  # fmt: skip
     writer.ensure_schema()
@@ -388,6 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--prefill-ledger", type=int, default=0, metavar="ROWS",
         help="ledger rows of earlier events to load into the shards before each way",
+    )  # fmt: skip
+    parser.add_argument(
+        "--track-positions", action="store_true",
+        help="WriterSettings(track_positions=True): ask each commit's GTID (read your writes)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

@@ -364,3 +364,30 @@ def test_a_password_without_at_host_is_not_shown_as_a_port() -> None:
     assert "part1" not in str(caught.value)
     assert "part2" not in str(caught.value)
     assert "@HOST" in str(caught.value)
+
+
+@pytest.mark.parametrize("driver", ["pymysql", "mysqldb"])
+def test_every_mysql_connection_has_bounded_read_and_write_timeouts(driver: str) -> None:
+    """Finding 2: a URL without timeouts still bounds reads and writes on both drivers
+    (60 s, longer than InnoDB's 50 s lock wait), and a replica URL without read_timeout
+    waits at most 10 s for an answer, so a frozen replica cannot hang a read."""
+    module = pymysql_provider if driver == "pymysql" else mysqldb_provider
+    url = ConnectionURL.parse(f"mysql+{driver}://app@db/billing")
+    kwargs = module.connect_kwargs(url)
+    assert (kwargs["connect_timeout"], kwargs["read_timeout"], kwargs["write_timeout"]) == (
+        10,
+        60,
+        60,
+    )
+    provider = PooledProvider.from_urls(
+        {"s0": url},
+        replicas={
+            "s0": [
+                f"mysql+{driver}://ro@db-r1/billing",
+                f"mysql+{driver}://ro@db-r2/billing?read_timeout=3",
+            ]
+        },
+    )
+    replicas = provider.replica_urls("s0")
+    assert [module.connect_kwargs(u)["read_timeout"] for u in replicas] == [10, 3]
+    assert provider.url("s0").read_timeout is None  # the primary keeps the 60 s default

@@ -29,7 +29,8 @@
         │   ├── ConnectionLostError           2006/2013/2055/2014/1927/4031/1053: connection gone
         │   │   └── CommitOutcomeUnknownError lost during COMMIT: resolve through the ledger
         │   ├── CannotConnectError            2002/2003/2005/1040/1203/1226: down or full; back off
-        │   │   └── PoolTimeoutError          no pooled connection came free in time
+        │   │   ├── PoolTimeoutError          no pooled connection came free in time
+    │   │   └── NoReplicaAvailableError   no replica can serve a read, primary fallback off
         │   ├── QueryInterruptedError         1317/3024/1969: the statement was killed; retry
         │   └── SlotsMovedDuringReadError     a read kept racing a reshard; read again
         ├── DuplicateKeyError                 1062/1586, SQLITE_CONSTRAINT_PRIMARYKEY/UNIQUE
@@ -66,6 +67,7 @@ __all__ = [
     "LockWaitTimeoutError",
     "MapNotPublishedError",
     "MoneyTypeError",
+    "NoReplicaAvailableError",
     "ParameterTypeError",
     "PoolTimeoutError",
     "PriceBookError",
@@ -252,6 +254,16 @@ class PoolTimeoutError(CannotConnectError):
     Raised by the pooled providers (``errno`` is ``None``). Seen often, it means
     the pool is too small for the number of threads writing to one server
     (raise ``pool_size``), or a with-block holds its connection too long.
+    """
+
+
+class NoReplicaAvailableError(CannotConnectError):
+    """No replica of a shard can serve a read and the provider may not fall back to the primary.
+
+    Raised by :class:`~shardbill.providers.PooledProvider` built with
+    ``fallback_to_primary=False`` (``errno`` is ``None``); the message says what
+    each replica's problem was (down and backing off, lagging, not at the
+    position asked for). Back off and retry, or allow the fallback.
     """
 
 

@@ -21,10 +21,19 @@ metric                                     type       labels
 ``shardbill_failures_total``               counter    shard, error
 ``shardbill_events_rejected_total``        counter
 ``shardbill_map_reloads_total``            counter    shard
+``shardbill_replica_lag_seconds``          gauge      shard, server
+``shardbill_replica_failures_total``       counter    shard, server, error
+``shardbill_read_fallbacks_total``         counter    shard, reason
 =========================================  =========  ==============================
 
-Labels are shard names and error class names only: bounded, and never an
-event payload or a secret.
+The replica metrics come from the read path: give the same observer to the
+provider, ``PooledProvider.from_urls(..., observer=observer)``. The lag gauge
+is NaN while a replica's lag is unknown (a replication thread stopped), and
+is updated whenever the provider measures it (each ``max_lag`` check, at most
+once per ``lag_refresh`` seconds, and each ``provider.replicas(shard)``).
+
+Labels are shard names, ``host:port`` of replicas and error class names
+only: bounded, and never an event payload or a secret.
 """
 
 from __future__ import annotations
@@ -32,7 +41,18 @@ from __future__ import annotations
 from typing import Any
 
 from shardbill.errors import DriverNotInstalledError
-from shardbill.observe import Committed, Failed, MapReloaded, Rejected, Retried, WriteEvent
+from shardbill.observe import (
+    Committed,
+    Failed,
+    MapReloaded,
+    ReadEvent,
+    ReadFellBack,
+    Rejected,
+    ReplicaDown,
+    ReplicaLag,
+    Retried,
+    WriteEvent,
+)
 
 __all__ = ["PrometheusObserver"]
 
@@ -41,7 +61,7 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 
 class PrometheusObserver:
-    """Counts and times the writer's events into Prometheus metrics.
+    """Counts and times the writer's (and the read path's) events into Prometheus metrics.
 
     Args:
         registry: the ``prometheus_client`` registry (default: the global one).
@@ -85,9 +105,21 @@ class PrometheusObserver:
         self._reloads = prom.Counter(
             "map_reloads", "Shard map reloads after a fence", ["shard"], **kw
         )
+        self._lag = prom.Gauge(
+            "replica_lag_seconds",
+            "Replica lag behind its primary (NaN: unknown)",
+            ["shard", "server"],
+            **kw,
+        )
+        self._replica_failures = prom.Counter(
+            "replica_failures", "Replicas marked down", ["shard", "server", "error"], **kw
+        )
+        self._fallbacks = prom.Counter(
+            "read_fallbacks", "Replica reads served by the primary", ["shard", "reason"], **kw
+        )
 
-    def __call__(self, event: WriteEvent) -> None:
-        """Record one writer event."""
+    def __call__(self, event: WriteEvent | ReadEvent) -> None:
+        """Record one writer or read-path event."""
         if isinstance(event, Committed):
             self._commits.labels(event.shard).inc()
             self._latency.labels(event.shard).observe(event.seconds)
@@ -103,3 +135,11 @@ class PrometheusObserver:
             self._rejected.inc(event.count)
         elif isinstance(event, MapReloaded):
             self._reloads.labels(event.shard).inc()
+        elif isinstance(event, ReplicaLag):
+            lag = float("nan") if event.seconds is None else event.seconds
+            self._lag.labels(event.shard, event.server).set(lag)
+        elif isinstance(event, ReplicaDown):
+            self._replica_failures.labels(event.shard, event.server, event.error).inc()
+            self._lag.labels(event.shard, event.server).set(float("nan"))
+        elif isinstance(event, ReadFellBack):
+            self._fallbacks.labels(event.shard, event.reason).inc()

@@ -17,6 +17,19 @@ event                 when
 
 :class:`Stats` is a ready observer that keeps totals and latencies in memory;
 :mod:`shardbill.metrics` adapts the same events to Prometheus.
+
+The read path reports through the same kind of callable, given to
+:class:`~shardbill.providers.PooledProvider` (``observer=``), with its own
+events (:data:`ReadEvent`):
+
+=======================  ========================================================
+event                    when
+=======================  ========================================================
+:class:`ReplicaDown`     a replica failed (down, refused, dropped, timed out) and
+                         is skipped for ``seconds``
+:class:`ReplicaLag`      a replica's lag was measured (``None``: unknown)
+:class:`ReadFellBack`    a read went to the primary: no replica could serve it
+=======================  ========================================================
 """
 
 from __future__ import annotations
@@ -32,7 +45,12 @@ __all__ = [
     "Failed",
     "MapReloaded",
     "Observer",
+    "ReadEvent",
+    "ReadFellBack",
+    "ReadObserver",
     "Rejected",
+    "ReplicaDown",
+    "ReplicaLag",
     "Retried",
     "Stats",
     "WriteEvent",
@@ -89,6 +107,46 @@ class MapReloaded:
 
 WriteEvent = Committed | Retried | Failed | Rejected | MapReloaded
 Observer = Callable[[WriteEvent], None]
+
+
+@attrs.frozen(kw_only=True)
+class ReplicaDown:
+    """A replica of ``shard`` failed (``error`` is the error class name); skipped ``seconds``.
+
+    ``server`` is ``host:port``: bounded, and never a user name or password.
+    """
+
+    shard: str
+    server: str
+    error: str
+    seconds: float
+
+
+@attrs.frozen(kw_only=True)
+class ReplicaLag:
+    """A replica's lag behind its primary, in seconds; ``None`` when unknown (not zero)."""
+
+    shard: str
+    server: str
+    seconds: float | None
+
+
+@attrs.frozen(kw_only=True)
+class ReadFellBack:
+    """A read of ``shard`` went to its primary because no replica could serve it.
+
+    ``reason`` is one of ``down`` (every replica failed or is backing off),
+    ``lag`` (every replica lags more than the reader's ``max_lag``, or its lag
+    is unknown), ``position`` (no replica reached the write to read after in
+    time) and ``moving`` (a reshard step the replicas had not applied yet).
+    """
+
+    shard: str
+    reason: str
+
+
+ReadEvent = ReplicaDown | ReplicaLag | ReadFellBack
+ReadObserver = Callable[[ReadEvent], None]
 
 
 class Stats:

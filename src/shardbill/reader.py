@@ -13,6 +13,16 @@ source row the progress covers was merged into the target already and is
 dropped, every other one is added. A shard that handed a slot over names
 where it went, so a reader holding an older map follows it.
 
+With ``replica=True`` each shard is read from one server for the whole call
+(a healthy replica, chosen in turn by the provider's
+:meth:`~shardbill.providers.PooledProvider.route`, or the primary); a
+replica that fails during the call is marked down and the call runs again
+elsewhere. ``Reader(max_lag=...)`` skips replicas further behind (or whose
+lag is unknown), ``after=write_result`` reads only replicas that applied that
+write, and a replica behind a reshard step makes the call read the
+primaries, so replica reads are exact during moves too (docs: "Read from
+replicas").
+
 Measures come back as :class:`~decimal.Decimal` at their declared scale
 (``Amount(scale=6)`` units 7500 -> ``Decimal("0.007500")``); counts as
 ``int``. Key values come back as declared: ``int``, ``str`` or
@@ -25,11 +35,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
 
@@ -37,14 +48,174 @@ from shardbill import money
 from shardbill.aggregates import SLOT_COLUMN, Account, AggregateTable, Date, KeyValue, Projection
 from shardbill.dialects.base import Dialect, MergeKind
 from shardbill.dialects.detect import dialect_for
-from shardbill.errors import ConfigurationError, InvalidInputError, SlotsMovedDuringReadError
-from shardbill.providers.base import ConnectionProvider, DBAPICursor
+from shardbill.errors import (
+    CannotConnectError,
+    ConfigurationError,
+    ConnectionLostError,
+    InvalidInputError,
+    NoReplicaAvailableError,
+    SlotsMovedDuringReadError,
+)
+from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
+from shardbill.results import WriteResult
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SlotState, SystemTables
+
+if TYPE_CHECKING:
+    from shardbill.providers.pooled import ReadRoute
 
 __all__ = ["AggregateRow", "MapSource", "Reader"]
 
 Measure = Decimal | int
+_T = TypeVar("_T")
+log = logging.getLogger("shardbill.reader")
+_FAILED = (CannotConnectError, ConnectionLostError)
+_FAILOVERS = 4  # calls restarted on other servers after a replica failed, at most
+
+
+class _Router(Protocol):
+    """What a provider offers to pin reads to one server (``PooledProvider`` does)."""
+
+    def route(
+        self, shard: str, *, max_lag: float | None, position: str | None, wait: float
+    ) -> ReadRoute: ...
+
+    def primary_route(self, shard: str, *, reason: str | None = None) -> ReadRoute: ...
+
+
+class _BehindAMove(Exception):  # noqa: N818 - internal signal, never escapes the Reader
+    """A replica read saw a move state its primary has left: read the call from primaries."""
+
+    def __init__(self, shard: str) -> None:
+        super().__init__(shard)
+        self.shard = shard
+
+
+class _Routes:
+    """The server each shard is read from during one call, chosen once on first use.
+
+    Without replicas (``replica=False``) every loan goes to the primary. With a
+    provider that cannot pin a server (a user's own), ``readonly=True`` loans
+    go wherever the provider sends them.
+    """
+
+    def __init__(
+        self,
+        provider: ConnectionProvider,
+        *,
+        replica: bool,
+        max_lag: float | None = None,
+        positions: Mapping[str, str | None] | None = None,
+        wait: float = 0.0,
+        force_primary: bool = False,
+        reason: str | None = None,
+    ) -> None:
+        self._provider = provider
+        router = provider if callable(getattr(provider, "route", None)) else None
+        self._router: _Router | None = router  # type: ignore[assignment]
+        self.replica = replica
+        self._max_lag = max_lag
+        self._positions = dict(positions or {})
+        self._wait = wait
+        self._force_primary = force_primary
+        self._reason = reason
+        self._lock = threading.Lock()
+        self._chosen: dict[str, ReadRoute] = {}
+        self._choosing: dict[str, threading.Lock] = {}
+        self.failed = False
+
+    def primaries(self, reason: str | None = None) -> _Routes:
+        """Routes of the same call that read every shard from its primary (``reason``: why,
+        reported to the provider's observer; ``None`` for a check that reports nothing)."""
+        return _Routes(self._provider, replica=self.replica, force_primary=True, reason=reason)
+
+    def _unpinned(self) -> bool:
+        # A provider that cannot pin: its readonly loans may have gone to any replica.
+        return self._router is None and self.replica and not self._force_primary
+
+    def on_replicas(self) -> bool:
+        """True when some shard of this call may have been read from a replica."""
+        with self._lock:
+            return self._unpinned() or any(r.replica for r in self._chosen.values())
+
+    def replica_shards(self, shards: Sequence[str]) -> list[str]:
+        """Those of ``shards`` this call (may have) read from replicas."""
+        with self._lock:
+            if self._unpinned():
+                return list(shards)
+            return [s for s in shards if s in self._chosen and self._chosen[s].replica]
+
+    def _route(self, shard: str) -> ReadRoute | None:
+        router = self._router
+        if not self.replica or router is None:
+            return None
+        with self._lock:
+            route = self._chosen.get(shard)
+            if route is not None:
+                return route
+            choosing = self._choosing.setdefault(shard, threading.Lock())
+        with choosing:  # one choice per shard (a turn taken once); shards choose in parallel
+            with self._lock:
+                route = self._chosen.get(shard)
+            if route is not None:
+                return route
+            if self._force_primary:
+                route = router.primary_route(shard, reason=self._reason)
+            elif shard in self._positions and not self._positions[shard]:
+                route = router.primary_route(shard, reason="position")  # no GTID to wait for
+            else:
+                route = router.route(
+                    shard,
+                    max_lag=self._max_lag,
+                    position=self._positions.get(shard),
+                    wait=self._wait,
+                )
+            with self._lock:
+                self._chosen[shard] = route
+            return route
+
+    @contextlib.contextmanager
+    def connection(self, shard: str) -> Iterator[DBAPIConnection]:
+        """Lend a connection to the server this call reads ``shard`` from."""
+        route = self._route(shard)
+        if route is None:
+            readonly = self.replica and not self._force_primary
+            with self._provider.connection(shard, readonly=readonly) as conn:
+                yield conn
+            return
+        try:
+            with route.connection() as conn:
+                yield conn
+        except _FAILED:
+            if route.replica:
+                self.failed = True  # the route marked it down; the call restarts elsewhere
+            raise
+
+
+def _positions(
+    after: WriteResult | Mapping[str, str | None] | None,
+) -> Mapping[str, str | None] | None:
+    if after is None:
+        return None
+    if isinstance(after, Mapping):
+        found: object = after
+    elif hasattr(after, "positions"):
+        found = after.positions
+        if found is None:
+            raise InvalidInputError(
+                "'after' is a WriteResult without positions: its writer did not track them; "
+                "build the writer with WriterSettings(track_positions=True)"
+            )
+    else:
+        found = None
+    if not isinstance(found, Mapping) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in found.items()
+    ):
+        raise InvalidInputError(
+            f"'after' must be a WriteResult or its positions (shard -> GTID or None): got "
+            f"{type(after).__name__}; e.g. reader.totals(..., replica=True, after=result)"
+        )
+    return found
 
 
 @attrs.frozen(kw_only=True)
@@ -114,6 +285,11 @@ class Reader:
         max_workers: shards read in parallel by :meth:`totals`.
         system_tables: the ownership and move-ledger table names.
         max_attempts: reads of one call before it gives up while slots keep moving.
+        max_lag: with ``replica=True``, skip a replica more than this many
+            seconds behind its primary, or whose lag is unknown (a replication
+            thread stopped); ``None`` (default): any healthy replica serves.
+        wait_for_position: with ``after=``, seconds a read waits in all for a
+            replica to apply the write before it reads the primary instead.
         at_gap: called with a name at each gap between a read's steps
             (``rows:located``, ``rows:source``, ``rows:target``,
             ``totals:views``, ``totals:sources``, ``totals:part:SHARD``), for
@@ -130,6 +306,8 @@ class Reader:
         max_workers: int = 8,
         system_tables: SystemTables | None = None,
         max_attempts: int = 5,
+        max_lag: float | None = None,
+        wait_for_position: float = 1.0,
         at_gap: Callable[[str], None] | None = None,
     ) -> None:
         if isinstance(shard_map, ShardMap):
@@ -143,6 +321,15 @@ class Reader:
             )
         if max_attempts < 1:
             raise ConfigurationError(f"'max_attempts' must be >= 1: {max_attempts!r}")
+        for name, value in (("max_lag", max_lag), ("wait_for_position", wait_for_position)):
+            if value is None and name == "max_lag":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigurationError(
+                    f"'{name}' must be a number of seconds >= 0: {value!r}; e.g. {name}=5"
+                )
+        self._max_lag = max_lag
+        self._wait = float(wait_for_position)
         self._provider = provider
         self._tables = {t.name: t for t in tables}
         self._shard_key = tuple(shard_key)
@@ -159,6 +346,56 @@ class Reader:
     def use_map(self, shard_map: ShardMap) -> None:
         """Route with ``shard_map`` from now on (e.g. after a reshard finished)."""
         self._holder.map = shard_map
+
+    def _failover(
+        self,
+        call: Callable[[_Routes], _T],
+        replica: bool,
+        positions: Mapping[str, str | None] | None,
+    ) -> _T:
+        """Run ``call`` with one server per shard; on a replica's failure, again elsewhere."""
+        if not replica:
+            return call(_Routes(self._provider, replica=False))
+        error: Exception | None = None
+        for _ in range(_FAILOVERS):
+            routes = _Routes(
+                self._provider,
+                replica=True,
+                max_lag=self._max_lag,
+                positions=positions,
+                wait=self._wait,
+            )
+            try:
+                return call(routes)
+            except _FAILED as exc:
+                if not routes.failed:
+                    raise  # the primary failed: nothing to fail over to
+                error = exc
+            except _BehindAMove as behind:
+                if not getattr(self._provider, "fallback_to_primary", True):
+                    raise NoReplicaAvailableError(
+                        f"shard {behind.shard!r}: its replica has not applied a reshard step "
+                        "its primary made, and fallback_to_primary is off; read again later",
+                        shard=behind.shard,
+                    ) from None
+                log.info("replica of %r is behind a reshard step: reading primaries", behind.shard)
+                return call(routes.primaries(reason="moving"))
+        assert error is not None  # noqa: S101 - the loop ran at least once
+        if not getattr(self._provider, "fallback_to_primary", True):
+            raise error
+        # Replicas kept failing under this call (more of them than attempts): the primaries.
+        return call(_Routes(self._provider, replica=True, force_primary=True, reason="down"))
+
+    def _behind(
+        self, pool: ThreadPoolExecutor, views: Mapping[str, _View], table: str, routes: _Routes
+    ) -> list[str]:
+        """The shards read from a replica whose move state differs from their primary's now."""
+        shards = routes.replica_shards(sorted(views))
+        if not shards:
+            return []
+        primary = routes.primaries()
+        futures = {s: pool.submit(self._view, s, table, primary) for s in shards}
+        return [s for s, f in futures.items() if f.result() != views[s]]
 
     def _gap(self, name: str) -> None:
         if self._at_gap is not None:
@@ -193,6 +430,7 @@ class Reader:
         *,
         where: Mapping[str, KeyValue] | None = None,
         replica: bool = False,
+        after: WriteResult | Mapping[str, str | None] | None = None,
     ) -> list[AggregateRow]:
         """An account's rows of ``table`` (optionally filtered), from the shard that owns it.
 
@@ -200,10 +438,18 @@ class Reader:
             table: the table name.
             account: the shard key value (the account id).
             where: more key columns to filter on, ``column -> value``.
-            replica: read from a replica if the provider has one (may lag).
+            replica: read from a replica if the provider has one (see the class
+                docstring: one server per shard per call, ``max_lag``, failover).
+            after: read your writes: a :class:`~shardbill.writer.WriteResult`
+                (of a writer with ``track_positions=True``) or its
+                ``positions``; each shard it wrote is read from a replica that
+                has applied the write (waiting up to ``wait_for_position``
+                seconds), else from the primary.
 
         Raises:
             SlotsMovedDuringReadError: the account's slot kept moving during every attempt.
+            NoReplicaAvailableError: ``replica=True``, no replica could serve and
+                the provider may not fall back to the primary.
 
         Example:
             >>> reader.rows("usage_monthly", 42, where={"month": nov})  # doctest: +SKIP
@@ -211,25 +457,42 @@ class Reader:
         spec = self._table(table)
         filters = {self._shard_key_column(spec): account, **(where or {})}
         self._check_filters(spec, filters)
+        positions = _positions(after)
+        return self._failover(
+            lambda routes: self._rows_once(spec, account, filters, routes), replica, positions
+        )
+
+    def _rows_once(
+        self,
+        spec: AggregateTable,
+        account: KeyValue,
+        filters: Mapping[str, KeyValue],
+        routes: _Routes,
+    ) -> list[AggregateRow]:
+        table = spec.name
         for _ in range(self._attempts):
             shard_map = self.shard_map
             slot = shard_map.slot_for(account)  # type: ignore[arg-type]
-            shard, state, peer, seen = self._locate(shard_map.owner(slot), slot, spec, replica)
+            shard, state, peer, seen = self._locate(shard_map.owner(slot), slot, spec, routes)
             self._gap("rows:located")
             source_rows: dict[tuple[KeyValue, ...], list[int]] = {}
             if state == SlotState.INCOMING and peer:
-                source_rows = self._raw_rows(peer, spec, filters, slots=(slot,), replica=replica)[
+                source_rows = self._raw_rows(peer, spec, filters, slots=(slot,), routes=routes)[
                     slot
                 ]
             self._gap("rows:source")
-            with self._snapshot(shard, replica=replica) as (cursor, dialect):
+            with self._snapshot(shard, routes) as (cursor, dialect):
                 progress = self._progress(cursor, dialect, spec.name, (slot,))
                 own = self._raw_rows_in(cursor, dialect, spec, filters, slots=None)
             self._gap("rows:target")
             if len(seen) > 1:  # the map sent the read to a shard that handed the slot over
                 self._holder.refresh(shard_map.epoch)
-            if self._locate(shard_map.owner(slot), slot, spec, replica)[3] != seen:
+            if self._locate(shard_map.owner(slot), slot, spec, routes)[3] != seen:
                 continue  # the slot moved on during the read
+            if routes.on_replicas() and (
+                self._locate(shard_map.owner(slot), slot, spec, routes.primaries())[3] != seen
+            ):
+                raise _BehindAMove(shard)  # a replica has not applied a move step yet
             merged: dict[tuple[KeyValue, ...], list[int]] = {}
             for rows in own.values():
                 _merge_into(merged, rows, spec)
@@ -244,7 +507,7 @@ class Reader:
         raise self._interrupted(f"rows of {table!r} for account {account!r}")
 
     def _locate(
-        self, shard: str, slot: int, spec: AggregateTable, replica: bool
+        self, shard: str, slot: int, spec: AggregateTable, routes: _Routes
     ) -> tuple[str, str, str | None, tuple[object, ...]]:
         """Follow ``slot``'s forwarding addresses from ``shard`` to where it lives now.
 
@@ -254,7 +517,7 @@ class Reader:
         """
         seen: list[object] = []
         for _ in range(8):
-            with self._snapshot(shard, replica=replica) as (cursor, dialect):
+            with self._snapshot(shard, routes) as (cursor, dialect):
                 cursor.execute(
                     f"SELECT state, peer, epoch FROM {dialect.quote(self._system.slots)} "
                     f"WHERE {SLOT_COLUMN} = {int(slot)}",
@@ -285,6 +548,7 @@ class Reader:
         group_by: Sequence[str],
         where: Mapping[str, KeyValue] | None = None,
         replica: bool = False,
+        after: WriteResult | Mapping[str, str | None] | None = None,
     ) -> dict[tuple[KeyValue, ...], dict[str, Measure]]:
         """Totals over every shard, grouped by key columns, merged per measure kind.
 
@@ -292,8 +556,16 @@ class Reader:
         incoming slot) joins the read, so a removed shard's rows are counted
         until they are merged, whichever map the reader holds.
 
+        Args:
+            table: the table name.
+            group_by: key columns to group by (empty: one grand total).
+            where: key columns to filter on, ``column -> value``.
+            replica: read each shard from one of its replicas (see :meth:`rows`).
+            after: read your writes (see :meth:`rows`).
+
         Raises:
             SlotsMovedDuringReadError: slots kept moving during every attempt.
+            NoReplicaAvailableError: see :meth:`rows`.
 
         Example:
             >>> reader.totals("usage_monthly", group_by=["product"],
@@ -310,6 +582,21 @@ class Reader:
                 )
         filters = dict(where or {})
         self._check_filters(spec, filters)
+        written = _positions(after)
+        return self._failover(
+            lambda routes: self._totals_once(spec, list(group_by), filters, routes),
+            replica,
+            written,
+        )
+
+    def _totals_once(
+        self,
+        spec: AggregateTable,
+        group_by: list[str],
+        filters: Mapping[str, KeyValue],
+        routes: _Routes,
+    ) -> dict[tuple[KeyValue, ...], dict[str, Measure]]:
+        table = spec.name
         positions = [spec.key_names.index(c) for c in group_by]
         workers = max(1, min(self._max_workers, len(self.shard_map.shards)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -322,12 +609,12 @@ class Reader:
                     filters,
                     group_by=list(group_by),
                     gone=set(views[shard].slots_in(SlotState.GONE)),
-                    replica=replica,
+                    routes=routes,
                 )
 
             for _ in range(self._attempts):
                 epoch = self.shard_map.epoch
-                views = self._views(pool, sorted(self.shard_map.shards), spec.name, replica)
+                views = self._views(pool, sorted(self.shard_map.shards), spec.name, routes)
                 shards = sorted(views)
                 self._gap("totals:views")
                 # The rows of slots handed over, still on their sources.
@@ -335,7 +622,7 @@ class Reader:
                     (
                         s,
                         pool.submit(
-                            self._raw_rows, s, spec, filters, slots=tuple(gone), replica=replica
+                            self._raw_rows, s, spec, filters, slots=tuple(gone), routes=routes
                         ),
                     )
                     for s in shards
@@ -359,8 +646,11 @@ class Reader:
                     for slot in views[s].slots_in(SlotState.GONE)
                 ):  # the map gives a shard a slot it handed over: a newer map exists
                     self._holder.refresh(epoch)
-                if self._views(pool, shards, spec.name, replica) != views:
+                if self._views(pool, shards, spec.name, routes) != views:
                     continue  # a slot was fenced, merged or finished during the read
+                behind = self._behind(pool, views, spec.name, routes)
+                if behind:
+                    raise _BehindAMove(behind[0])  # a replica has not applied a move step yet
                 break
             else:
                 raise self._interrupted(f"totals of {table!r}")
@@ -378,20 +668,20 @@ class Reader:
         return {key: self._measures(spec, values) for key, values in sorted(merged.items())}
 
     def _views(
-        self, pool: ThreadPoolExecutor, shards: Sequence[str], table: str, replica: bool
+        self, pool: ThreadPoolExecutor, shards: Sequence[str], table: str, routes: _Routes
     ) -> dict[str, _View]:
         """Each shard's :class:`_View`, with every shard a view names as a peer joining."""
         views: dict[str, _View] = {}
         pending = list(shards)
         while pending:
-            futures = {s: pool.submit(self._view, s, table, replica) for s in pending}
+            futures = {s: pool.submit(self._view, s, table, routes) for s in pending}
             views.update({s: f.result() for s, f in futures.items()})
             peers = {peer for v in views.values() for _, peer, _ in v.states.values() if peer}
             pending = sorted(peers - set(views))
         return views
 
-    def _view(self, shard: str, table: str, replica: bool) -> _View:
-        with self._snapshot(shard, replica=replica) as (cursor, dialect):
+    def _view(self, shard: str, table: str, routes: _Routes) -> _View:
+        with self._snapshot(shard, routes) as (cursor, dialect):
             cursor.execute(
                 f"SELECT {SLOT_COLUMN}, state, peer, epoch FROM "
                 f"{dialect.quote(self._system.slots)} WHERE state <> {dialect.placeholder}",
@@ -440,9 +730,9 @@ class Reader:
         return [f"{quote(c)} = {placeholder}" for c in filters]
 
     @contextlib.contextmanager
-    def _snapshot(self, shard: str, *, replica: bool) -> Iterator[tuple[DBAPICursor, Dialect]]:
-        """One transaction whose reads all see the same committed state."""
-        with self._provider.connection(shard, readonly=replica) as conn:
+    def _snapshot(self, shard: str, routes: _Routes) -> Iterator[tuple[DBAPICursor, Dialect]]:
+        """One transaction whose reads all see the same committed state (on the call's server)."""
+        with routes.connection(shard) as conn:
             dialect = dialect_for(conn)
             cursor = conn.cursor()
             try:
@@ -476,9 +766,9 @@ class Reader:
         filters: Mapping[str, KeyValue],
         *,
         slots: tuple[int, ...],
-        replica: bool,
+        routes: _Routes,
     ) -> dict[int, dict[tuple[KeyValue, ...], list[int]]]:
-        with self._snapshot(shard, replica=replica) as (cursor, dialect):
+        with self._snapshot(shard, routes) as (cursor, dialect):
             found = self._raw_rows_in(cursor, dialect, spec, filters, slots=slots)
         return {slot: found.get(slot, {}) for slot in slots}
 
@@ -515,9 +805,9 @@ class Reader:
         *,
         group_by: list[str],
         gone: set[int],
-        replica: bool,
+        routes: _Routes,
     ) -> dict[tuple[KeyValue, ...], list[int]]:
-        with self._snapshot(shard, replica=replica) as (cursor, dialect):
+        with self._snapshot(shard, routes) as (cursor, dialect):
             q = dialect.quote
             aggregates = ", ".join(f"{m.merge.value.upper()}({q(m.name)})" for m in spec.measures)
             head = ", ".join(q(c) for c in group_by)

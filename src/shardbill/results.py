@@ -88,6 +88,7 @@ class ShardResult:
     error: ShardbillError | None = None
     attempts: int = 0  # the most attempts one of its transactions took
     commits: int = 0  # transactions committed (a call may run one per round)
+    position: str | None = None  # the primary's GTID after its last commit (when tracked)
 
     @property
     def ok(self) -> bool:
@@ -110,6 +111,11 @@ class WriteResult:
         conflicts: the conflicting units found (one or more per conflicting event).
         failures: failed event id -> the error that made it fail.
         folded: exact repeats inside the call folded into their first copy.
+        positions: with ``WriterSettings(track_positions=True)``: per shard
+            that committed, the position a replica must reach to show this
+            call's writes (a MariaDB GTID), or ``None`` when the server gives
+            none (SQLite, MySQL, no binary log). ``None`` when not tracked.
+            Pass the result as ``Reader.totals(..., replica=True, after=result)``.
     """
 
     events: Mapping[str, EventState] = attrs.field(factory=dict, converter=_frozen_states)
@@ -118,6 +124,7 @@ class WriteResult:
     conflicts: tuple[Conflict, ...] = ()
     failures: Mapping[str, ShardbillError] = attrs.field(factory=dict)
     folded: int = 0
+    positions: Mapping[str, str | None] | None = None
 
     def _in(self, state: EventState) -> frozenset[str]:
         return frozenset(e for e, s in self.events.items() if s is state)

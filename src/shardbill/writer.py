@@ -90,6 +90,7 @@ from shardbill.dialects.ddl import (
 )
 from shardbill.dialects.detect import dialect_for
 from shardbill.dialects.errors import is_driver_error, translate
+from shardbill.dialects.replication import write_position
 from shardbill.errors import (
     CommitOutcomeUnknownError,
     ConfigurationError,
@@ -185,6 +186,11 @@ class WriterSettings:
             :class:`~shardbill.batching.IdScope`); the default
             :attr:`~shardbill.batching.IdScope.GLOBAL` makes the same id with
             other content a conflict on any account.
+        track_positions: after each shard transaction, ask the primary for its
+            replication position (MariaDB ``@@last_gtid``; one more round trip
+            per shard transaction) and return it in
+            :attr:`WriteResult.positions`, so a reader can read its writes on a
+            replica (``Reader.totals(..., replica=True, after=result)``).
     """
 
     max_workers: int = attrs.field(default=8, validator=attrs.validators.ge(1))
@@ -195,6 +201,7 @@ class WriterSettings:
     max_map_reloads: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     ledger_retention_days: int = attrs.field(default=35, validator=attrs.validators.ge(1))
     id_scope: IdScope = attrs.field(default=IdScope.GLOBAL, converter=IdScope)
+    track_positions: bool = False
 
 
 @attrs.frozen
@@ -209,6 +216,7 @@ class _Outcome:
     rows: int
     statements: int
     tokens: dict[Unit, str | None]  # the writer token stored with each duplicate
+    position: str | None = None  # the primary's GTID after the commit (when tracked)
 
 
 @attrs.frozen
@@ -645,7 +653,11 @@ class AggregationWriter:
             )
             if second:
                 runs += self._write_round(second, confirmed, tally)
-        return tally.result(_shard_results(runs), plan.folded)
+        result = tally.result(_shard_results(runs), plan.folded)
+        if self._settings.track_positions:
+            positions = {s: r.position for s, r in result.shards.items() if r.commits}
+            result = attrs.evolve(result, positions=positions)
+        return result
 
     def _look_ahead(self, plan: Plan) -> Plan:
         """Reject whole, before anything is written, the spread events a shard would refuse.
@@ -1040,6 +1052,7 @@ class AggregationWriter:
                             for sql, params in self._renderer(dialect, spec).statements(values):
                                 cursor.execute(sql, params)
                                 statements += 1
+                position = self._position(conn, cursor, dialect, wrote=bool(new))
         conflicts = tuple(
             Conflict(
                 event_id=unit.event_id,
@@ -1071,7 +1084,17 @@ class AggregationWriter:
             rows=rows,
             statements=statements,
             tokens=sorted_units.tokens,
+            position=position,
         )
+
+    def _position(
+        self, conn: DBAPIConnection, cursor: DBAPICursor, dialect: Dialect, *, wrote: bool
+    ) -> str | None:
+        """With ``track_positions``: commit now, then the position a replica must reach."""
+        if not self._settings.track_positions or dialect.name == "sqlite":
+            return None
+        conn.commit()  # a lost COMMIT raises here exactly as at the block's end
+        return write_position(cursor, dialect, wrote=wrote)
 
     def _fence(
         self, cursor: DBAPICursor, dialect: Dialect, shard: str, slots: Sequence[int]
@@ -1287,6 +1310,7 @@ def _shard_results(runs: Iterable[_ShardRun]) -> dict[str, ShardResult]:
                 rejected=tuple(out.withheld[e] for e in sorted(out.withheld)),
                 attempts=run.attempts,
                 commits=1,
+                position=out.position,
             )
         else:
             resolved = {*run.lost_applied, *run.lost_duplicates}
@@ -1343,6 +1367,7 @@ def _merge(first: ShardResult | None, second: ShardResult) -> ShardResult:
         error=_worse(first.error, second.error),
         attempts=max(first.attempts, second.attempts),
         commits=first.commits + second.commits,
+        position=second.position or first.position,  # the later commit's
     )
 
 

@@ -5,6 +5,10 @@
 * :class:`PooledProvider` implements it over bounded per-server pools, from
   URLs (:class:`ConnectionURL`): ``mysql+pymysql://``, ``mysql+mysqldb://``,
   ``sqlite:///``.
+  Its :meth:`~PooledProvider.route` picks one server (a healthy, current
+  enough replica, else the primary) for a read: a :class:`ReadRoute`;
+  :meth:`~PooledProvider.replicas` reports each replica's health and lag
+  (:class:`ReplicaStatus`).
 * :func:`transaction` and :func:`check_params` help custom providers.
 
 Importing this package never imports a MySQL driver: PyMySQL or mysqlclient
@@ -22,7 +26,7 @@ from shardbill.providers.base import (
     transaction,
 )
 from shardbill.providers.pool import ConnectionPool, LentConnection, LentCursor, PoolStats
-from shardbill.providers.pooled import PooledProvider
+from shardbill.providers.pooled import PooledProvider, ReadRoute, ReplicaStatus
 from shardbill.providers.url import ConnectionURL, Secret, SSLMode
 
 __all__ = [
@@ -36,6 +40,8 @@ __all__ = [
     "ParameterTypeError",
     "PoolStats",
     "PooledProvider",
+    "ReadRoute",
+    "ReplicaStatus",
     "Row",
     "SQLValue",
     "SSLMode",

@@ -59,10 +59,8 @@ def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
         kwargs["init_command"] = command
     if url.database is not None:
         kwargs["database"] = url.database
-    if url.read_timeout is not None:
-        kwargs["read_timeout"] = _seconds(url.read_timeout)
-    if url.write_timeout is not None:
-        kwargs["write_timeout"] = _seconds(url.write_timeout)
+    kwargs["read_timeout"] = _seconds(url.effective_read_timeout)
+    kwargs["write_timeout"] = _seconds(url.effective_write_timeout)
     if url.unix_socket is not None:
         kwargs["unix_socket"] = url.unix_socket
         # The C client uses the socket only for host "localhost" (127.0.0.1 means TCP);

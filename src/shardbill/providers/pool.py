@@ -213,6 +213,22 @@ class ConnectionPool:
         if idle:
             logger.debug("closed %d idle connections to %s", len(idle), self.url)
 
+    def discard_idle(self) -> int:
+        """Close the idle connections now (the server failed); lent ones are not touched.
+
+        Returns:
+            how many were closed.
+        """
+        with self._cond:
+            idle = list(self._idle)
+            self._idle.clear()
+            self._open -= len(idle)
+            self._discarded += len(idle)
+            self._cond.notify_all()
+        for slot in idle:
+            self._close_quietly(slot.raw)
+        return len(idle)
+
     def dialect(self, lent: LentConnection) -> Dialect:
         """This server's dialect, detected once through ``lent`` and then cached."""
         dialect = self._dialect

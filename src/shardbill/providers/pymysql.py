@@ -76,8 +76,8 @@ def connect_kwargs(url: ConnectionURL) -> dict[str, Any]:
         "local_infile": False,
         "client_flag": 0,  # PyMySQL never adds MULTI_STATEMENTS itself
         "connect_timeout": url.connect_timeout,
-        "read_timeout": url.read_timeout,
-        "write_timeout": url.write_timeout,
+        "read_timeout": url.effective_read_timeout,
+        "write_timeout": url.effective_write_timeout,
         "init_command": init_command(url),
     }
     if url.unix_socket is not None:

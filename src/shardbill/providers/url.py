@@ -115,6 +115,15 @@ class SSLMode(enum.StrEnum):
         return self in (SSLMode.REQUIRED, SSLMode.VERIFY_CA, SSLMode.VERIFY_IDENTITY)
 
 
+DEFAULT_READ_TIMEOUT = 60.0
+"""Seconds a MySQL connection waits for an answer when its URL sets no ``read_timeout``.
+
+Longer than InnoDB's default ``innodb_lock_wait_timeout`` (50 s), so a write
+waiting for a row lock gets the server's lock-wait error, not a client timeout."""
+DEFAULT_WRITE_TIMEOUT = 60.0
+"""Seconds a MySQL connection may take to send a statement when its URL sets none."""
+
+
 def _url_error(field: str, value: object, fix: str) -> InvalidURLError:
     """The error for a bad option value: a number is shown, text never.
 
@@ -197,7 +206,13 @@ class ConnectionURL:
     MySQL options (``mysql+pymysql`` and ``mysql+mysqldb``):
 
     ``connect_timeout``, ``read_timeout``, ``write_timeout``
-        Seconds (default 10, none, none). mysqlclient rounds them up to whole seconds.
+        Seconds. ``connect_timeout`` (default 10) bounds opening the TCP
+        connection; ``read_timeout`` bounds each wait for the server's answer,
+        from the handshake on (default 60 on a primary, 10 on a replica of a
+        :class:`~shardbill.providers.PooledProvider`); ``write_timeout`` bounds
+        each send of a statement (default 60). A timed-out read is a lost
+        connection (2013): the writer retries it through its ledger, a replica
+        read moves to another server. mysqlclient rounds them up to whole seconds.
     ``ssl_mode``
         One of :class:`SSLMode` (default ``PREFERRED``; ``VERIFY_IDENTITY``
         when ``ssl_ca`` is given, ``REQUIRED`` when only a client certificate
@@ -349,6 +364,16 @@ class ConnectionURL:
                 "connection URL has only one of ssl_cert and ssl_key; a client certificate "
                 "needs both"
             )
+
+    @property
+    def effective_read_timeout(self) -> float:
+        """``read_timeout``, or the default for a primary (60 s) when the URL gives none."""
+        return DEFAULT_READ_TIMEOUT if self.read_timeout is None else self.read_timeout
+
+    @property
+    def effective_write_timeout(self) -> float:
+        """``write_timeout``, or the default (60 s) when the URL gives none."""
+        return DEFAULT_WRITE_TIMEOUT if self.write_timeout is None else self.write_timeout
 
     @property
     def scheme(self) -> str:
