@@ -605,3 +605,25 @@ def test_an_event_too_late_for_one_shards_watermark_is_rejected_whole(backend: B
     assert "horizon" in result.rejection("late-spread").reason
     assert result.applied_events == {"fine"}
     assert balance(backend) == {other: (1_250_000, 1)}
+
+
+def test_a_rejected_event_leaves_its_id_free(backend: Backend) -> None:
+    """Refused by its row's shard after its identity claim was written elsewhere: the
+    claim goes too, so the corrected event under the same id applies (not a conflict).
+
+    Found by the simulation (seed 27 with split events).
+    """
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    with _big_writer(backend, shard_map) as writer:
+        account = next(  # an account whose shard is not the one its event id's claim is on
+            a
+            for a in range(200, 400)
+            if writer.locate(a)[1] != shard_map.owner(shard_map.slot_for(f"fix-{a}"))
+        )
+        event_id = f"fix-{account}"
+        writer.write([charge("fill", account, str(HALF))])
+        first = writer.write([charge(event_id, account, str(HALF))])
+        fixed = writer.write([charge(event_id, account, "1")])
+    assert first.rejected_events == {event_id}
+    assert fixed.applied_events == {event_id}, fixed
+    assert _big_rows(backend)[account] == (HALF + 1, 2)

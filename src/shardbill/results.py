@@ -252,6 +252,18 @@ class EventTally:
         for unit in units:
             self._failures.setdefault(unit.event_id, error)
 
+    def released(self) -> frozenset[str]:
+        """Events refused in a transaction with none of their money in, whose claim is in.
+
+        Such an event is rejected, and a rejected event changes nothing: the
+        writer deletes its identity claim, so that the corrected event can be
+        delivered under the same id.
+        """
+        stopped = self._conflicting | self._failures.keys() | self._rejected.keys()
+        return frozenset(
+            e for e in self._late if e in self._home and e not in self._money and e not in stopped
+        )
+
     def confirmed(self) -> frozenset[str]:
         """Events whose identity claim is in and that nothing has stopped so far."""
         stopped = self._conflicting | self._late.keys() | self._failures.keys()

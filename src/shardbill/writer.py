@@ -653,11 +653,46 @@ class AggregationWriter:
             )
             if second:
                 runs += self._write_round(second, confirmed, tally)
+            released = tally.released()
+            if released:
+                self._release_claims([u for u in plan.units if u.home and u.event_id in released])
         result = tally.result(_shard_results(runs), plan.folded)
         if self._settings.track_positions:
             positions = {s: r.position for s, r in result.shards.items() if r.commits}
             result = attrs.evolve(result, positions=positions)
         return result
+
+    def _release_claims(self, claims: Sequence[Unit]) -> None:
+        """Delete the identity claims of events rejected with none of their money in.
+
+        A claim without money can always go (it has no measures to undo); the
+        event is reported rejected either way. If the delete fails, the claim
+        stays and a changed redelivery of the id is a conflict, as it would be
+        for the rejected content itself.
+        """
+        by_shard: dict[str, list[Unit]] = defaultdict(list)
+        for unit in claims:
+            by_shard[self._route(unit.slot)].append(unit)
+        for shard, units in sorted(by_shard.items()):
+            try:
+                with self._provider.connection(shard) as conn:
+                    dialect = self.dialect(shard, conn)
+                    table = dialect.quote(self._settings.system_tables.ledger)
+                    p = dialect.placeholder
+                    with self._cursor(conn) as cursor:
+                        for unit in sorted(units, key=_pk_order):
+                            cursor.execute(
+                                f"DELETE FROM {table} WHERE {SLOT_COLUMN} = {p} "
+                                f"AND event_id = {p} AND fingerprint = {p}",
+                                (unit.slot, unit.event_id, unit.fingerprint),
+                            )
+            except Exception as exc:  # the claim stays: a conflict later, never money
+                log.warning(
+                    "could not release the identity claims of %d rejected event(s) on shard %s: %s",
+                    len(units),
+                    shard,
+                    describe(exc),
+                )
 
     def _look_ahead(self, plan: Plan) -> Plan:
         """Reject whole, before anything is written, the spread events a shard would refuse.
