@@ -11,6 +11,7 @@ with the totals compared with the independent oracle.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,6 +278,85 @@ def test_two_resharders_of_one_plan_never_merge_a_chunk_twice(four: Backend) -> 
     assert taken == [None]
     assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
     assert actual_rows(four, slot_check=_owner_check(target)) == expected_rows(charges)
+
+
+def test_a_resharder_paused_past_its_lease_stops_when_it_resumes(four: Backend) -> None:
+    """Case 3: paused (at a step) while its lease expired, another resharder took the plan
+    over and finished, and a later reshard moved slots on; on resuming it stops with
+    "lost its claim" and changes nothing, whatever real time passed meanwhile.
+
+    Found by the simulation (seed 17): it went on and refused with a misleading
+    "ownership rows do not fit" that sent the operator to repair healthy rows.
+    """
+    charges = make_charges(147, 200, accounts=40)
+    store, writer = _setup(four, ["s0", "s1"], charges)
+    writer.close()
+    target = store.load().add_shard("s2")
+    now = [1_000_000.0]
+    paused: list[str] = []
+
+    def pause(name: str) -> None:
+        if name.startswith("ledger:") and not paused:
+            paused.append(name)
+            now[0] += 120  # the lease (60 s) expires while it is paused
+            _resharder(store, four, owner="other", clock=lambda: now[0]).run(target)
+            later = store.load().reweight({"s0": 1, "s1": 2, "s2": 1})
+            _resharder(store, four, owner="other", clock=lambda: now[0]).run(later)
+
+    stalled = _resharder(
+        store,
+        four,
+        owner="stalled",
+        clock=lambda: now[0],
+        before_step=pause,
+        settings=ReshardSettings(chunk_rows=4, parallel_slots=1, lease_seconds=60, lease_wait=0),
+    )
+    with pytest.raises(ReshardClaimedError, match="lost its claim"):
+        stalled.run(target)
+    assert paused
+    final = store.load()
+    assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
+    assert actual_rows(four, slot_check=_owner_check(final)) == expected_rows(charges)
+
+
+def test_a_stale_resharder_that_misses_its_lost_lease_deletes_no_live_ledger_row(
+    four: Backend,
+) -> None:
+    """Case 3, the data-level fence: as above, but the lease check is defeated (as by a
+    pause right after a renewal). The stale resharder's steps still change nothing that
+    the current map owns: every ledger row stays, so a redelivery applies nothing."""
+    charges = make_charges(148, 200, accounts=40)
+    store, writer = _setup(four, ["s0", "s1"], charges)
+    target = store.load().add_shard("s2")
+    now = [1_000_000.0]
+    paused: list[str] = []
+
+    def pause(name: str) -> None:
+        if name.startswith("ledger:") and not paused:
+            paused.append(name)
+            now[0] += 120
+            _resharder(store, four, owner="other", clock=lambda: now[0]).run(target)
+            later = store.load().reweight({"s0": 1, "s1": 2, "s2": 1})
+            _resharder(store, four, owner="other", clock=lambda: now[0]).run(later)
+
+    stalled = _resharder(
+        store,
+        four,
+        owner="stalled",
+        clock=lambda: now[0],
+        before_step=pause,
+        settings=ReshardSettings(chunk_rows=4, parallel_slots=1, lease_seconds=60, lease_wait=0),
+    )
+    stalled._renew = lambda force=False: None  # type: ignore[method-assign]
+    with contextlib.suppress(ReshardError):
+        stalled.run(target)
+    assert paused
+    final = store.load()
+    again = writer.write(charges)
+    writer.close()
+    assert again.applied_events == frozenset()
+    assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
+    assert actual_rows(four, slot_check=_owner_check(final)) == expected_rows(charges)
 
 
 def test_a_target_that_already_owns_its_slots_stops_the_reshard_before_any_change(

@@ -51,7 +51,7 @@ import xxhash
 
 from shardbill.aggregates import SLOT_COLUMN, AggregateTable, Date
 from shardbill.dialects.base import Dialect, UpsertSpec
-from shardbill.dialects.ddl import describe_table
+from shardbill.dialects.ddl import describe_table, share_lock_clause
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import (
     ClaimConflictError,
@@ -301,6 +301,7 @@ class Resharder:
         self._clock = clock
         self._claim: ReshardClaim | None = None
         self._renewed = 0.0
+        self._renewed_at = 0.0
         self._provider = provider
         self._tables = tuple(tables)
         self._system = system_tables or SystemTables()
@@ -400,6 +401,7 @@ class Resharder:
             with self._lock:
                 self._claim = claim
                 self._renewed = time.monotonic()
+                self._renewed_at = self._clock()
             log.info("claimed %s", claim.describe())
             return claim
         raise ReshardError(  # pragma: no cover - a hundred racing resharders
@@ -412,7 +414,14 @@ class Resharder:
             claim = self._claim
             if claim is None:
                 return
-            if not force and time.monotonic() - self._renewed < self._settings.lease_seconds / 3:
+            # A third of the lease gone by either clock: the monotonic one (immune to
+            # wall-clock steps) or the lease's own clock (what other resharders judge by).
+            third = self._settings.lease_seconds / 3
+            if (
+                not force
+                and time.monotonic() - self._renewed < third
+                and self._clock() - self._renewed_at < third
+            ):
                 return
             self._swap_own(
                 attrs.evolve(
@@ -444,6 +453,7 @@ class Resharder:
             ) from exc
         self._claim = new
         self._renewed = time.monotonic()
+        self._renewed_at = self._clock()
 
     def _release(self, state: ClaimState) -> None:
         """Mark this resharder's claim ``finished`` or ``aborted``; the lease ends."""
@@ -856,9 +866,9 @@ class Resharder:
                 f"the reshard stopped before step {name!r} as asked; every step so far is "
                 "recorded on the shards: run it again to resume"
             )
-        self._renew()
         if self._before_step is not None:
             self._before_step(name)
+        self._renew()  # last before the step's work: a pause above cannot hide a lost lease
 
     @contextlib.contextmanager
     def _cursor(self, shard: str) -> Iterator[tuple[DBAPICursor, Dialect]]:
@@ -1173,12 +1183,14 @@ class Resharder:
             if not rows:
                 return
             with self._cursor(move.target) as (cursor, dialect):
+                self._check_moving(cursor, dialect, move, move.target)
                 # Insert-if-absent: a chunk copied before a crash is copied again harmlessly.
                 renderer = RowStatements(dialect, spec, columns, max_rows=n)
                 for sql, params in renderer.statements(rows):
                     cursor.execute(sql, params)
             self._step(f"ledger-delete:{move.slot}")
             with self._cursor(move.source) as (cursor, dialect):
+                self._check_moving(cursor, dialect, move, move.source)
                 cursor.execute(
                     f"DELETE FROM {dialect.quote(ledger)} WHERE {SLOT_COLUMN} = {move.slot} "
                     f"AND event_id <= {dialect.placeholder}",
@@ -1189,6 +1201,36 @@ class Resharder:
             throttle.after(len(rows))
             if len(rows) < n:  # the last chunk (the fenced slot gets no new rows)
                 return
+
+    def _check_moving(
+        self, cursor: DBAPICursor, dialect: Dialect, move: SlotMove, shard: str
+    ) -> None:
+        """Stop unless ``shard``'s ownership row still says ``move`` is under way (locked).
+
+        The data-level fence of a resharder that missed the loss of its lease
+        (paused right after a renewal, say): once another resharder finished
+        the move, and perhaps moved the slot on, the rows of the current owner
+        are not this resharder's to copy or delete.
+        """
+        want = (
+            (SlotState.GONE.value, move.target)
+            if shard == move.source
+            else (SlotState.INCOMING.value, move.source)
+        )
+        cursor.execute(
+            f"SELECT state, peer FROM {dialect.quote(self._system.slots)} "
+            f"WHERE {SLOT_COLUMN} = {int(move.slot)}{share_lock_clause(dialect)}",
+            (),
+        )
+        row = cursor.fetchone()
+        found = None if row is None else (str(row[0]), None if row[1] is None else str(row[1]))
+        if found != want:
+            raise ReshardError(
+                f"slot {move.slot} is no longer moving from {move.source!r} to {move.target!r} "
+                f"({shard!r} holds {found or 'no row'} where the move needs {want}): another "
+                "resharder finished it, so this one stops without touching it; run `shardbill "
+                "reshard status` to see the reshard that holds the claim"
+            )
 
     def _merge_table(self, move: SlotMove, table: AggregateTable, throttle: _Throttle) -> None:
         # Another resharder of the same plan (one that took over an expired lease while
