@@ -72,6 +72,7 @@ from tests.simulation.model import (
     Part,
     content_of,
     invalid,
+    is_half,
 )
 from tests.simulation.results import ResultError, outcomes
 
@@ -168,7 +169,7 @@ def charges_of(record: EventRecord, content: Content) -> list[Charge]:
     A split event's half is numbered by its place in the whole event, as a
     caller that splits an event would: each half alone is then incomplete.
     """
-    whole = record.base if record.split and content != record.base else content
+    whole = record.base if is_half(record, content) else content
     offset = 0 if tuple(whole[: len(content)]) == tuple(content) else len(whole) - len(content)
     return [
         charge_of(record.event_id, part, record.time, offset + index, len(whole))

@@ -55,6 +55,11 @@ def content_of(parts: Iterable[Part]) -> Content:
     return tuple(sorted(set(parts)))
 
 
+def is_half(record: EventRecord, content: Content) -> bool:
+    """Whether ``content`` is one half of a split event (a proper part of its whole)."""
+    return record.split and set(content) < set(record.base)
+
+
 def invalid(content: Content) -> bool:
     """True when a part's own value does not fit a BIGINT: the event must be rejected."""
     return any(
@@ -206,7 +211,7 @@ class Model:
         """
         if invalid(content):  # a charge out of range rejects its whole event, nothing else
             return {Outcome.REJECTED}
-        if record.split and content != record.base:
+        if is_half(record, content):
             return {Outcome.REJECTED}  # half an event: incomplete, refused before any SQL
         applied = set() if record.applied_reported else {Outcome.APPLIED}
         if record.acked is not None:
@@ -230,7 +235,7 @@ class Model:
 
     def send(self, record: EventRecord, content: Content) -> None:
         """A call carrying ``content`` starts: until it ends, the content may land."""
-        if record.split and content != record.base:
+        if is_half(record, content):
             return  # half an event is refused whole
         if record.acked is None and not invalid(content):
             record.candidates.append(content)
@@ -248,15 +253,14 @@ class Model:
             if record.acked is None:
                 record.acked = content
             record.candidates.clear()
-        elif outcome is Outcome.CONFLICT:
-            if record.acked is None and len(record.candidates) == 1:
-                record.acked = record.candidates[0]
-                record.candidates.clear()
+        # A conflict proves only that another content's identity claim is in, not
+        # that all of that content's money is (its other shards may have failed):
+        # the candidates stay uncertain until their own calls say.
         elif (
             outcome in (Outcome.FAILED, None)
             and record.acked is None
             and not invalid(content)
-            and not (record.split and content != record.base)
+            and not is_half(record, content)
         ):
             # one entry per uncertain delivery: a call still in flight with the same
             # content removes only its own entry when it ends
