@@ -1,0 +1,301 @@
+"""The worker's loop on the in-memory broker and SQLite shards: offsets move only past done work."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shardbill import AggregationWriter, Pipeline, ShardMap
+from shardbill.catalog import billing_tables
+from shardbill.errors import CannotConnectError
+from shardbill.providers.base import DBAPIConnection
+from shardbill.retry import RetryPolicy
+from shardbill.rules import UsageEvent, comms
+from shardbill.synthetic import Traffic
+from shardbill.worker import (
+    JsonlDeadLetters,
+    MemoryBroker,
+    MemoryDeadLetters,
+    MemorySource,
+    Stage,
+    Worker,
+    WorkerSettings,
+)
+from shardbill.writer import WriterSettings
+from tests.support.backends import Backend, make_backend
+from tests.support.oracle import actual_rows, expected_rows
+
+TOPIC = "usage"
+FAST = {"linger": 0.0, "poll_timeout": 0.001, "retry_backoff": 0.001, "exit_when_idle": 0.02}
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """Three SQLite shards."""
+    yield from make_backend("sqlite", 3, tmp_path, request)
+
+
+class _Outage:
+    """A provider whose shards in ``down`` refuse connections (a server that is down)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.down: set[str] = set()
+
+    def connection(
+        self, shard: str, *, readonly: bool = False
+    ) -> contextlib.AbstractContextManager[DBAPIConnection]:
+        if shard in self.down:
+            raise CannotConnectError(f"shard {shard} is down (test outage)", shard=shard)
+        return self._inner.connection(shard, readonly=readonly)  # type: ignore[attr-defined, no-any-return]
+
+    def close(self) -> None:
+        pass
+
+
+def _pipeline(backend: Backend, provider: object | None = None) -> Pipeline:
+    writer = AggregationWriter(
+        shard_map=ShardMap.create(backend.shards, slots=64),
+        provider=provider or backend.provider,  # type: ignore[arg-type]
+        tables=billing_tables(),
+        settings=WriterSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.0)),
+    )
+    writer.ensure_schema()
+    return Pipeline(engine=comms.engine(), writer=writer)
+
+
+def _events(n: int, seed: int = 5) -> list[UsageEvent]:
+    return list(Traffic(model="skewed", events=n, seed=seed, accounts=30).distinct())
+
+
+def _value(event: UsageEvent, **changes: object) -> bytes:
+    data: dict[str, object] = {
+        "event_id": event.event_id,
+        "account": event.account,
+        "time": event.time.isoformat(),
+        "product": event.product,
+        "quantity": str(event.quantity),
+        "dimensions": dict(event.dimensions),
+    }
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+def _publish(broker: MemoryBroker, events: list[UsageEvent], partitions: int = 3) -> None:
+    for event in events:
+        broker.produce(TOPIC, _value(event), partition=hash(event.account) % partitions)
+
+
+def _ends(broker: MemoryBroker) -> dict[tuple[str, int], int]:
+    return {p: broker.end(p) for p in broker.partitions([TOPIC]) if broker.end(p)}
+
+
+def test_every_event_lands_once_and_every_offset_is_committed(sqlite: Backend) -> None:
+    """A stream of good events: exact totals, and each partition committed to its end."""
+    events = _events(400)
+    broker = MemoryBroker({TOPIC: 3})
+    _publish(broker, events)
+    source = MemorySource(broker, topics=[TOPIC], group="g")
+    pipeline = _pipeline(sqlite)
+    with pipeline.writer:
+        summary = Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=64, **FAST),
+        ).run()
+    assert (summary.records, summary.applied, summary.duplicates) == (400, 400, 0)
+    assert summary.uncommitted == 0
+    assert broker.committed("g") == _ends(broker)
+    assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_bad_records_go_to_the_dead_letters_with_reason_and_offset(
+    sqlite: Backend, tmp_path: Path
+) -> None:
+    """Not JSON, no valid event, no rule, a reused id: each a dead letter; the rest applied;
+    the offsets move past the letters once they are stored."""
+    events = _events(60)
+    broker = MemoryBroker({TOPIC: 1})
+    for event in events[:30]:
+        broker.produce(TOPIC, _value(event))
+    broker.produce(TOPIC, b"{not json")  # offset 30
+    broker.produce(TOPIC, b'{"event_id": "x-1", "account": 1}')  # 31: not an event
+    broker.produce(TOPIC, _value(events[0], event_id="fax-1", product="fax"))  # 32: no rule
+    broker.produce(TOPIC, _value(events[1], quantity="999"))  # 33: its id applied with 1 unit
+    for event in events[30:]:
+        broker.produce(TOPIC, _value(event))
+    sink = JsonlDeadLetters(tmp_path / "dead.jsonl")
+    pipeline = _pipeline(sqlite)
+    with pipeline.writer:
+        summary = Worker(
+            source=MemorySource(broker, topics=[TOPIC], group="g"),
+            processor=pipeline,
+            dead_letters=sink,
+            settings=WorkerSettings(batch_size=20, **FAST),
+        ).run()
+    letters = [json.loads(line) for line in Path(sink.path).read_text().splitlines()]
+    assert [(d["offset"], d["stage"]) for d in letters] == [
+        (30, "decode"),
+        (31, "decode"),
+        (32, "rules"),
+        (33, "conflict"),
+    ]
+    assert "not valid JSON" in letters[0]["reason"]
+    assert letters[0]["value"] == "{not json"
+    assert "fax" in letters[2]["reason"]
+    assert letters[3]["event_id"] == events[1].event_id
+    assert summary.dead_letters == {"conflict": 1, "decode": 2, "rules": 1}
+    assert summary.applied == 60
+    assert broker.committed("g") == {(TOPIC, 0): 64}
+    assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_a_failed_shard_pauses_and_holds_the_commit_until_its_events_are_written(
+    sqlite: Backend,
+) -> None:
+    """While a shard is down no offset passes its first unwritten event and nothing new is
+    fetched; once it is back the batch is retried and the commit reaches the end."""
+    events = _events(120)
+    broker = MemoryBroker({TOPIC: 1})
+    for event in events:
+        broker.produce(TOPIC, _value(event))
+    outage = _Outage(sqlite.provider)
+    source = MemorySource(broker, topics=[TOPIC], group="g")
+    pipeline = _pipeline(sqlite, outage)
+    outage.down.add("s1")
+    seen: list[int] = []
+
+    def on_batch(summary: object) -> None:
+        seen.append(len(source.commits))
+        if len(seen) == 4:  # three failed rounds: the shard comes back
+            outage.down.clear()
+
+    with pipeline.writer:
+        worker = Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=50, **FAST),
+            on_batch=on_batch,
+        )
+        summary = worker.run()
+    first_s1 = next(
+        i for i, e in enumerate(events) if pipeline.writer.locate(e.account)[1] == "s1"
+    )  # the offset of the first event on s1
+    held = [c[(TOPIC, 0)] for c in source.commits[: seen[3]]]
+    assert held
+    assert max(held) <= first_s1
+    assert summary.retries >= 3
+    assert summary.records == 120  # paused: the next batch was not fetched while failing
+    assert broker.committed("g") == {(TOPIC, 0): 120}
+    assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_a_rebalance_redelivers_uncommitted_records_as_duplicates(sqlite: Backend) -> None:
+    """Commits refused, then a rebalance: the new owner reads again from the committed
+    offset, and every redelivered event is a duplicate; totals stay exact."""
+    events = _events(200)
+    broker = MemoryBroker({TOPIC: 2})
+    _publish(broker, events, partitions=2)
+    source = MemorySource(broker, topics=[TOPIC], group="g")
+    source.fail_commits = 1_000_000  # nothing is committed...
+    batches = 0
+
+    def on_batch(summary: object) -> None:
+        nonlocal batches
+        batches += 1
+        if batches == 3:  # ... until a rebalance after three batches, whose commit fails too
+            source.fail_commits = 1
+            source.rebalance()
+
+    pipeline = _pipeline(sqlite)
+    with pipeline.writer:
+        summary = Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=40, **FAST),
+            on_batch=on_batch,
+        ).run()
+    assert summary.commit_failures == 4
+    assert summary.rebalances == 2
+    assert summary.applied == 200
+    assert summary.duplicates == 120  # the three batches read again
+    assert summary.records == 320
+    assert broker.committed("g") == _ends(broker)
+    assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_dead_letters_that_cannot_be_stored_hold_their_offsets(sqlite: Backend) -> None:
+    """A sink that fails keeps the bad record's offset uncommitted until a send succeeds."""
+    events = _events(10)
+    broker = MemoryBroker({TOPIC: 1})
+    for event in events[:5]:
+        broker.produce(TOPIC, _value(event))
+    broker.produce(TOPIC, b"oops")  # offset 5
+    for event in events[5:]:
+        broker.produce(TOPIC, _value(event))
+    sink = MemoryDeadLetters()
+    sink.fail_sends = 2
+    source = MemorySource(broker, topics=[TOPIC], group="g")
+    pipeline = _pipeline(sqlite)
+    with pipeline.writer:
+        Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=sink,
+            settings=WorkerSettings(batch_size=100, **FAST),
+        ).run()
+    assert source.commits[0] == {(TOPIC, 0): 5}
+    assert source.commits[-1] == {(TOPIC, 0): 11}
+    assert [(d.record.offset, d.stage) for d in sink.letters] == [(5, Stage.DECODE)]
+
+
+def test_stop_drains_the_pending_batch_and_commits_it(sqlite: Backend) -> None:
+    """A stop request with a batch still lingering: it is written and committed before exit."""
+    events = _events(30)
+    broker = MemoryBroker({TOPIC: 1})
+    for event in events:
+        broker.produce(TOPIC, _value(event))
+    source = MemorySource(broker, topics=[TOPIC], group="g")
+    pipeline = _pipeline(sqlite)
+    worker: Worker
+
+    class _StopAfterFirstPoll(MemorySource):
+        def poll(self, max_records: int, timeout: float) -> list:  # type: ignore[override, type-arg]
+            got = list(super().poll(max_records, timeout))
+            if got:
+                worker.stop()
+            return got
+
+    source = _StopAfterFirstPoll(broker, topics=[TOPIC], group="g")
+    with pipeline.writer:
+        worker = Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=1000, linger=60.0, poll_timeout=0.001),
+        )
+        summary = worker.run()
+    assert (summary.records, summary.applied, summary.uncommitted) == (30, 30, 0)
+    assert broker.committed("g") == {(TOPIC, 0): 30}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, "'batch_size' must be an integer >= 1: 0"),
+        ("linger", -1.0, "'linger' must be >= 0 seconds: -1.0"),
+        ("poll_timeout", 0.0, "'poll_timeout' must be > 0 seconds: 0.0"),
+        ("exit_when_idle", 0, "'exit_when_idle' must be > 0 seconds or None: 0"),
+    ],
+)
+def test_settings_name_the_field_and_the_value(field: str, value: object, message: str) -> None:
+    """A bad setting is refused with its name and value."""
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        WorkerSettings(**{field: value})  # type: ignore[arg-type]
