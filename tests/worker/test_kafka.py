@@ -276,3 +276,64 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_a_summary(
     assert "SIGTERM: finishing the batch" in errors.read_text()
     assert sum(kafka_broker.committed(group, topic, 2).values()) == 150
     assert actual_rows(files) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_a_worker_joining_mid_stream_rebalances_and_every_event_lands_once(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """A second worker joins the group while the first is consuming a steady trickle of
+    events: the first is revoked mid-stream (it commits what it wrote), both then share the
+    partitions, and between them every event is applied exactly once."""
+    config, files = _deployment(tmp_path)
+    topic, group = _names()
+    kafka_broker.create_topic(topic, 4)
+    events = _events(400, seed=34)
+    messages = _messages(events)
+    kafka_broker.produce(topic, messages[:200])
+    command = [
+        sys.executable,
+        "-m",
+        "shardbill",
+        *_worker(config, topic, group, "--bootstrap-servers", kafka_broker.bootstrap),
+        "--dead-letters",
+        str(tmp_path / "dead.jsonl"),
+        "--batch-size",
+        "25",
+        "--exit-when-idle",
+        "8",
+        "--json",
+    ]
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        )
+
+    workers = [start()]
+    outputs = []
+    try:
+        deadline = time.monotonic() + 60
+        while files.ledger() < 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert files.ledger() == 200
+        workers.append(start())
+        for first in range(200, 400, 20):  # a trickle through the rebalance
+            kafka_broker.produce(topic, messages[first : first + 20])
+            time.sleep(0.5)
+        for process in workers:
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+            outputs.append(json.loads(out))
+    finally:
+        for process in workers:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    first_worker, joiner = outputs
+    assert first_worker["rebalances"] >= 2  # assigned, revoked, assigned again
+    assert joiner["applied"] > 0
+    assert first_worker["applied"] + joiner["applied"] == 400
+    assert all(o["uncommitted"] == 0 for o in outputs)
+    assert files.ledger() == 400
+    assert sum(kafka_broker.committed(group, topic, 4).values()) == 400
+    assert actual_rows(files) == expected_rows(comms.engine().price_batch(events).charges)
