@@ -8,7 +8,8 @@ pinned here, starts it on a free port with in-memory storage, and waits for
 the port to open.
 
 Known quirks (measured): the first assignment of a new group takes about 3 s
-and a rebalance about 6 s; the high watermark is wrong for multi-record
+with ``session.timeout.ms=6000`` (about 25 s with librdkafka's default of
+45 s, so the tests set 6 s) and a rebalance about 6 s; the high watermark is wrong for multi-record
 batches (so never assert on lag or start at "latest"; committed offsets are
 right); a new group whose first members close before their first join
 completes never assigns again (so each test uses its own group id and waits
