@@ -24,6 +24,7 @@ from shardbill.worker import (
     Stage,
     Worker,
     WorkerSettings,
+    WorkerSummary,
 )
 from shardbill.writer import WriterSettings
 from tests.support.backends import Backend, make_backend
@@ -169,9 +170,12 @@ def test_a_failed_shard_pauses_and_holds_the_commit_until_its_events_are_written
     pipeline = _pipeline(sqlite, outage)
     outage.down.add("s1")
     seen: list[int] = []
+    held_in_memory: list[int] = []
 
-    def on_batch(summary: object) -> None:
+    def on_batch(summary: WorkerSummary) -> None:
         seen.append(len(source.commits))
+        if outage.down:
+            held_in_memory.append(summary.records)
         if len(seen) == 4:  # three failed rounds: the shard comes back
             outage.down.clear()
 
@@ -191,7 +195,8 @@ def test_a_failed_shard_pauses_and_holds_the_commit_until_its_events_are_written
     assert held
     assert max(held) <= first_s1
     assert summary.retries >= 3
-    assert summary.records == 120  # paused: the next batch was not fetched while failing
+    assert held_in_memory == [50, 50, 50, 50]  # paused: nothing more fetched while failing
+    assert summary.records == 120  # and nothing read twice
     assert broker.committed("g") == {(TOPIC, 0): 120}
     assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
 

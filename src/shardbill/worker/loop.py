@@ -45,18 +45,21 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
 from shardbill.errors import ShardbillError, StreamError
-from shardbill.pipeline import PipelineResult
-from shardbill.rules import UsageEvent
 from shardbill.worker.decoding import json_decoder
 from shardbill.worker.offsets import OffsetTracker
 from shardbill.worker.protocols import DeadLetterSink, Decoder, Processor, Source
 from shardbill.worker.records import DeadLetter, Partition, Record, Stage
 
-__all__ = ["Worker", "WorkerSettings", "WorkerSummary"]
+if TYPE_CHECKING:
+    from shardbill.pipeline import PipelineResult
+    from shardbill.rules import UsageEvent
+
+__all__ = ["Worker", "WorkerSettings", "WorkerSummary", "verdicts"]
 
 _log = logging.getLogger("shardbill.worker")
 
