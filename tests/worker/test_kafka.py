@@ -337,3 +337,64 @@ def test_a_worker_joining_mid_stream_rebalances_and_every_event_lands_once(
     assert files.ledger() == 400
     assert sum(kafka_broker.committed(group, topic, 4).values()) == 400
     assert actual_rows(files) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_a_shard_down_pauses_the_consumer_and_after_it_nothing_is_skipped_or_lost(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """In process, on the real broker: while a shard refuses connections the worker pauses
+    its partitions and retries; once the shard is back every record was received exactly
+    once (pause and resume skip nothing), the totals are exact and the partitions are
+    committed to their ends."""
+    from shardbill import AggregationWriter, Pipeline, ShardMap
+    from shardbill.catalog import billing_tables
+    from shardbill.providers import PooledProvider
+    from shardbill.retry import RetryPolicy
+    from shardbill.worker import MemoryDeadLetters, Worker, WorkerSettings, WorkerSummary
+    from shardbill.worker.kafka import KafkaSource
+    from shardbill.writer import WriterSettings
+    from tests.worker.test_loop import _Outage
+
+    topic, group = _names()
+    kafka_broker.create_topic(topic, 2)
+    events = _events(300, seed=35)
+    kafka_broker.produce(topic, _messages(events))
+    provider = PooledProvider.sqlite_directory(tmp_path, SHARDS)
+    outage = _Outage(provider)
+    writer = AggregationWriter(
+        shard_map=ShardMap.create(SHARDS, slots=64),
+        provider=outage,  # type: ignore[arg-type]
+        tables=billing_tables(),
+        settings=WriterSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.0)),
+    )
+    writer.ensure_schema()
+    outage.down.add("s1")
+    rounds: list[WorkerSummary] = []
+
+    def on_batch(summary: WorkerSummary) -> None:
+        rounds.append(summary)
+        if len(rounds) == 4:
+            outage.down.clear()
+
+    with writer, provider:
+        summary = Worker(
+            source=KafkaSource(
+                bootstrap_servers=kafka_broker.bootstrap,
+                topics=[topic],
+                group=group,
+                options={"session.timeout.ms": "6000"},
+            ),
+            processor=Pipeline(engine=comms.engine(), writer=writer),
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(
+                batch_size=50, linger=0.05, retry_backoff=0.2, exit_when_idle=2.0
+            ),
+            on_batch=on_batch,
+        ).run()
+    assert [r.retries for r in rounds[:4]] == [0, 1, 2, 3]
+    assert summary.records == 300
+    assert (summary.applied, summary.duplicates) == (300, 0)
+    assert sum(kafka_broker.committed(group, topic, 2).values()) == 300
+    assert actual_rows(_Files(tmp_path)) == expected_rows(
+        comms.engine().price_batch(events).charges
+    )

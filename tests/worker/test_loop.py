@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from shardbill.worker import (
     MemoryBroker,
     MemoryDeadLetters,
     MemorySource,
+    Record,
     Stage,
     Worker,
     WorkerSettings,
@@ -304,3 +305,60 @@ def test_settings_name_the_field_and_the_value(field: str, value: object, messag
     """A bad setting is refused with its name and value."""
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         WorkerSettings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_time_spent_retrying_is_not_idle_time(sqlite: Backend) -> None:
+    """``exit_when_idle`` counts from the last work done: a worker that waited out a shard
+    outage longer than its idle limit does not stop when the first poll after resuming
+    comes back empty (Kafka re-fetches after a resume), and reads the rest."""
+    events = _events(100)
+    broker = MemoryBroker({TOPIC: 1})
+    for event in events:
+        broker.produce(TOPIC, _value(event))
+
+    class _SlowResume(MemorySource):
+        def __init__(self) -> None:
+            super().__init__(broker, topics=[TOPIC], group="g")
+            self.empty_polls = 0
+
+        def pause(self, paused: bool) -> None:
+            super().pause(paused)
+            if not paused:
+                self.empty_polls = 3  # like a consumer fetching again after a resume
+
+        def poll(self, max_records: int, timeout: float) -> Sequence[Record]:
+            if self.empty_polls:
+                self.empty_polls -= 1
+                self._sleep(timeout)
+                return []
+            return super().poll(max_records, timeout)
+
+    outage = _Outage(sqlite.provider)
+    pipeline = _pipeline(sqlite, outage)
+    outage.down.add("s1")
+    rounds = 0
+
+    def on_batch(summary: WorkerSummary) -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 3:
+            outage.down.clear()
+
+    source = _SlowResume()
+    with pipeline.writer:
+        summary = Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(
+                batch_size=50,
+                linger=0.0,
+                poll_timeout=0.01,
+                retry_backoff=0.05,
+                exit_when_idle=0.05,
+            ),
+            on_batch=on_batch,
+        ).run()
+    assert summary.retries >= 2
+    assert summary.records == 100
+    assert broker.committed("g") == {(TOPIC, 0): 100}

@@ -446,6 +446,7 @@ class Worker:
         finally:
             self._flushing = False
         self._pending = keep
+        self._last_activity = self._clock()  # idle time counts from the last work done
         if keep or not sent:
             self._set_paused(True)
             step = self._settings.retry_backoff
