@@ -84,3 +84,44 @@ def test_a_setting_the_worker_owns_cannot_be_overridden(
     )
     assert code == 2
     assert "'enable.auto.commit' is set by the worker" in capsys.readouterr().err
+
+
+def test_an_unknown_kafka_setting_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """librdkafka refusing a setting is a usage error (exit 2) naming it, not a broker failure."""
+    config = _config(tmp_path)
+    assert main(["init", "--config", config]) == 0
+    code = main(
+        [
+            "worker",
+            "--topic",
+            "usage",
+            "--group",
+            "g",
+            "--dead-letters",
+            str(tmp_path / "dead.jsonl"),
+            "--kafka-option",
+            "no.such.setting=1",
+            "--config",
+            config,
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no.such.setting" in err
+    assert "--kafka-option" in err
+
+
+def test_a_bad_dead_letter_producer_setting_stops_the_worker_before_it_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dead-letter producer is built at start: a setting it refuses is exit 2 at once."""
+    config = _config(tmp_path)
+    assert main(["init", "--config", config]) == 0
+    code = main(
+        ["worker", "--topic", "usage", "--group", "g", "--kafka-option", "acks=sometimes",
+         "--config", config]
+    )  # fmt: skip
+    assert code == 2
+    assert "dead-letter producer" in capsys.readouterr().err

@@ -62,6 +62,14 @@ def _error(what: str, exc: BaseException) -> StreamError:
     return StreamError(f"Kafka {what} failed: {exc}")
 
 
+def _refused(what: str, exc: Any) -> ConfigurationError:
+    # librdkafka refuses a setting when the client is created: name it, say where it came from.
+    detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+    return ConfigurationError(
+        f"Kafka refused the {what} settings: {detail}; check the --kafka-option values"
+    )
+
+
 class KafkaSource:
     """One consumer of ``topics`` in ``group`` (see the module docstring).
 
@@ -107,14 +115,14 @@ class KafkaSource:
         """Create the consumer and subscribe (the group is joined in the first polls).
 
         Raises:
-            StreamError: the consumer cannot be created (a bad option).
+            ConfigurationError: librdkafka refused a setting (an unknown or bad option).
         """
         kafka = _kafka()
         self._listener = listener
         try:
             consumer = kafka.Consumer(self._config)
         except kafka.KafkaException as exc:
-            raise _error("consumer creation", exc) from None
+            raise _refused("consumer", exc) from None
         consumer.subscribe(
             self._topics,
             on_assign=self._on_assign,
@@ -241,6 +249,10 @@ class KafkaDeadLetters:
         topic: the dead-letter topic (it must exist, or the broker must create it).
         options: more librdkafka producer settings.
         timeout: seconds to wait for the deliveries of one send.
+
+    Raises:
+        ConfigurationError: librdkafka refused a setting.
+        DriverNotInstalledError: confluent-kafka is not installed.
     """
 
     def __init__(
@@ -261,7 +273,11 @@ class KafkaDeadLetters:
             **_check_options(options or {}),
             "bootstrap.servers": bootstrap_servers,
         }
-        self._producer: confluent_kafka.Producer | None = None
+        kafka = _kafka()
+        try:  # now, so that a bad setting stops the worker before it reads anything
+            self._producer: confluent_kafka.Producer | None = kafka.Producer(self._config)
+        except kafka.KafkaException as exc:
+            raise _refused("dead-letter producer", exc) from None
 
     def __repr__(self) -> str:
         return f"KafkaDeadLetters(topic={self._topic!r})"
@@ -279,12 +295,9 @@ class KafkaDeadLetters:
                 again later: the topic may then hold a letter twice).
         """
         kafka = _kafka()
-        if self._producer is None:
-            try:
-                self._producer = kafka.Producer(self._config)
-            except kafka.KafkaException as exc:
-                raise _error("producer creation", exc) from None
         producer = self._producer
+        if producer is None:
+            raise StreamError("the dead-letter producer is closed")
         errors: list[str] = []
 
         def delivered(error: Any, message: Any) -> None:
