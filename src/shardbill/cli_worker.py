@@ -26,6 +26,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+import attrs
+
 from shardbill.cli_common import add_config_and_json, command, live_map, load_config, positive
 from shardbill.errors import ConfigurationError
 
@@ -34,10 +36,13 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from shardbill.cli_common import Subparsers
-    from shardbill.worker import DeadLetterSink, Worker, WorkerSummary
+    from shardbill.config import Config
+    from shardbill.worker import DeadLetterSink, Worker, WorkerSettings, WorkerSummary
 
 __all__ = ["add_parser", "run"]
 
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+"""The brokers when neither the option, the environment nor the file names any."""
 EXIT_UNFINISHED = 3
 """Stopped with records not done (delivered again to the next reader of their partitions)."""
 
@@ -54,6 +59,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _from_env(where: str, value: str) -> str:
+    """``value``, or the environment variable it names as ``env:NAME``."""
+    if not value.startswith("env:"):
+        return value
+    name = value[4:]
+    if name not in os.environ:
+        raise ConfigurationError(f"{where}=env:{name}: the environment variable {name} is not set")
+    return os.environ[name]
+
+
 def _option(text: str) -> tuple[str, str]:
     import argparse
 
@@ -64,14 +79,10 @@ def _option(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(
             f"--kafka-option takes KEY=VALUE (a librdkafka setting), got {key!r} with no '='"
         )
-    if value.startswith("env:"):  # secrets from the environment, not the process list
-        name = value[4:]
-        if name not in os.environ:
-            raise argparse.ArgumentTypeError(
-                f"--kafka-option {key}=env:{name}: the environment variable {name} is not set"
-            )
-        value = os.environ[name]
-    return key, value
+    try:  # secrets from the environment, not the process list
+        return key, _from_env(f"--kafka-option {key}", value)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -95,20 +106,24 @@ def add_parser(sub: Subparsers) -> None:
     worker.add_argument(
         "--topic",
         action="append",
-        required=True,
         metavar="NAME",
-        help="a topic to consume (repeat for several)",
+        help="a topic to consume (repeat for several; default [worker] topics)",
     )
-    worker.add_argument("--group", required=True, metavar="NAME", help="the consumer group id")
+    worker.add_argument(
+        "--group", metavar="NAME", help="the consumer group id (default [worker] group)"
+    )
     worker.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        default=os.environ.get("SHARDBILL_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        help="the Kafka brokers ($SHARDBILL_KAFKA_BOOTSTRAP)",
+        help="the Kafka brokers (default $SHARDBILL_KAFKA_BOOTSTRAP, else [worker] "
+        f"bootstrap_servers, else {DEFAULT_BOOTSTRAP})",
     )
     dead = worker.add_mutually_exclusive_group()
     dead.add_argument(
-        "--dead-letter-topic", metavar="NAME", help="default: the first topic + '.dead-letters'"
+        "--dead-letter-topic",
+        metavar="NAME",
+        help="default: [worker] dead_letter_topic or dead_letters, else the first topic + "
+        "'.dead-letters'",
     )
     dead.add_argument(
         "--dead-letters", metavar="PATH", help="append dead letters to this JSON Lines file"
@@ -123,15 +138,15 @@ def add_parser(sub: Subparsers) -> None:
         "--linger-ms",
         type=positive,
         metavar="MS",
-        default=200,
-        help="how long a batch's first record waits for the batch to fill",
+        help="how long a batch's first record waits for the batch to fill (default "
+        "[worker] linger_ms, else 200)",
     )
     worker.add_argument(
         "--drain-timeout",
         type=_seconds,
         metavar="SECONDS",
-        default=30.0,
-        help="on SIGTERM / Ctrl-C, seconds to finish the pending batch",
+        help="on SIGTERM / Ctrl-C, seconds to finish the pending batch (default [worker] "
+        "drain_timeout_seconds, else 30)",
     )
     worker.add_argument(
         "--exit-when-idle",
@@ -183,42 +198,112 @@ def _line(summary: WorkerSummary) -> str:
     )
 
 
+@attrs.frozen(kw_only=True)
+class _Plan:
+    """What to run: the options, then the ``[worker]`` section, then the defaults."""
+
+    topics: list[str]
+    group: str
+    bootstrap: str
+    options: dict[str, str]
+    settings: WorkerSettings
+    dead_file: str | None
+    dead_topic: str | None
+
+
+def _plan(args: argparse.Namespace, config: Config) -> _Plan:
+    from shardbill.worker import WorkerSettings
+
+    section = config.worker
+    topics: list[str] = args.topic or list(section.topics)
+    group: str | None = args.group or section.group
+    if not topics:
+        raise ConfigurationError(
+            "no topic to consume: give --topic NAME, or topics = [...] under [worker] in "
+            f"{config.source}"
+        )
+    if not group:
+        raise ConfigurationError(
+            "no consumer group: give --group NAME, or group = ... under [worker] in "
+            f"{config.source}"
+        )
+    options = {
+        **{key: _from_env(f"[worker.kafka] {key}", v) for key, v in section.kafka.items()},
+        **dict(args.kafka_option or ()),
+    }
+    linger = args.linger_ms if args.linger_ms is not None else section.linger_ms
+    drain = args.drain_timeout
+    settings = WorkerSettings(
+        batch_size=args.batch_size or section.batch_size or config.writer.batch_size,
+        linger=linger / 1000,
+        drain_timeout=drain if drain is not None else section.drain_timeout_seconds,
+        exit_when_idle=args.exit_when_idle,
+    )
+    dead_file = args.dead_letters or (section.dead_letters if not args.dead_letter_topic else None)
+    dead_topic = None
+    if not dead_file:
+        dead_topic = (
+            args.dead_letter_topic or section.dead_letter_topic or f"{topics[0]}.dead-letters"
+        )
+        if dead_topic in topics:
+            raise ConfigurationError(
+                f"--dead-letter-topic {dead_topic!r} is also a --topic; dead letters would be "
+                "read again: name another topic"
+            )
+    return _Plan(
+        topics=topics,
+        group=group,
+        bootstrap=(
+            args.bootstrap_servers
+            or os.environ.get("SHARDBILL_KAFKA_BOOTSTRAP")
+            or section.bootstrap_servers
+            or DEFAULT_BOOTSTRAP
+        ),
+        options=options,
+        settings=settings,
+        dead_file=str(dead_file) if dead_file else None,
+        dead_topic=dead_topic,
+    )
+
+
+def _report(args: argparse.Namespace, plan: _Plan, summary: WorkerSummary) -> int:
+    code = EXIT_UNFINISHED if summary.uncommitted else 0
+    if args.json:
+        out = summary.to_dict()
+        out["group"] = plan.group
+        out["topics"] = plan.topics
+        out["exit_code"] = code
+        print(json.dumps(out))
+    else:
+        print(f"stopped after {summary.seconds:.1f} s: {_line(summary)}")
+        if summary.uncommitted:
+            print(
+                f"  {summary.uncommitted:,} records not done (a shard stayed down): not "
+                "committed, they are delivered again"
+            )
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``worker``; returns the exit code."""
     from shardbill.pipeline import Pipeline
-    from shardbill.worker import JsonlDeadLetters, Worker, WorkerSettings, json_decoder
+    from shardbill.worker import JsonlDeadLetters, Worker, json_decoder
     from shardbill.worker.kafka import KafkaDeadLetters, KafkaSource
     from shardbill.writer import AggregationWriter
 
-    options = dict(args.kafka_option or ())
     config = load_config(args)
+    plan = _plan(args, config)
     engine = config.engine()
-    settings = WorkerSettings(
-        batch_size=args.batch_size or config.writer.batch_size,
-        linger=args.linger_ms / 1000,
-        drain_timeout=args.drain_timeout,
-        exit_when_idle=args.exit_when_idle,
-    )
     sink: DeadLetterSink
-    if args.dead_letters:
-        sink = JsonlDeadLetters(args.dead_letters)
-        where = args.dead_letters
+    if plan.dead_file:
+        sink = JsonlDeadLetters(plan.dead_file)
     else:
-        topic = args.dead_letter_topic or f"{args.topic[0]}.dead-letters"
-        if topic in args.topic:
-            raise ConfigurationError(
-                f"--dead-letter-topic {topic!r} is also a --topic; dead letters would be read "
-                "again: name another topic"
-            )
+        assert plan.dead_topic is not None  # noqa: S101 - _plan gives one of the two
         sink = KafkaDeadLetters(
-            bootstrap_servers=args.bootstrap_servers, topic=topic, options=options
+            bootstrap_servers=plan.bootstrap, topic=plan.dead_topic, options=plan.options
         )
-        where = f"topic {topic}"
     source = KafkaSource(
-        bootstrap_servers=args.bootstrap_servers,
-        topics=args.topic,
-        group=args.group,
-        options=options,
+        bootstrap_servers=plan.bootstrap, topics=plan.topics, group=plan.group, options=plan.options
     )
     last = [time.monotonic()]
 
@@ -243,14 +328,15 @@ def run(args: argparse.Namespace) -> int:
                 processor=Pipeline(engine=engine, writer=writer),
                 dead_letters=sink,
                 decoder=json_decoder(account_as_int=config.account_as_int),
-                settings=settings,
+                settings=plan.settings,
                 on_batch=progress,
             )
             _install_signals(worker)
             if not args.json:
+                where = plan.dead_file or f"topic {plan.dead_topic}"
                 print(
-                    f"worker: group {args.group} on {', '.join(args.topic)} at "
-                    f"{args.bootstrap_servers}; dead letters to {where}",
+                    f"worker: group {plan.group} on {', '.join(plan.topics)} at "
+                    f"{plan.bootstrap}; dead letters to {where}",
                     flush=True,
                 )
             try:
@@ -258,17 +344,4 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 if isinstance(sink, KafkaDeadLetters):
                     sink.close()
-    if args.json:
-        out = summary.to_dict()
-        out["group"] = args.group
-        out["topics"] = list(args.topic)
-        out["exit_code"] = EXIT_UNFINISHED if summary.uncommitted else 0
-        print(json.dumps(out))
-    else:
-        print(f"stopped after {summary.seconds:.1f} s: {_line(summary)}")
-        if summary.uncommitted:
-            print(
-                f"  {summary.uncommitted:,} records not done (a shard stayed down): not "
-                "committed, they are delivered again"
-            )
-    return EXIT_UNFINISHED if summary.uncommitted else 0
+    return _report(args, plan, summary)

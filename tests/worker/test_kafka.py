@@ -52,10 +52,10 @@ class _Files:
         return len(ids)
 
 
-def _deployment(tmp_path: Path) -> tuple[str, _Files]:
+def _deployment(tmp_path: Path, worker: str = "") -> tuple[str, _Files]:
     config = tmp_path / "shardbill.toml"
     config.write_text(
-        "[shards]\n" + "".join(f'{s} = "sqlite:///{s}.db"\n' for s in SHARDS),
+        "[shards]\n" + "".join(f'{s} = "sqlite:///{s}.db"\n' for s in SHARDS) + worker,
         encoding="utf-8",
     )
     init = _cli("init", "--config", str(config), cwd=tmp_path)
@@ -233,10 +233,16 @@ def test_a_worker_killed_between_its_shard_commits_and_its_offset_commit_loses_a
 def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_a_summary(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
-    """SIGTERM to a running worker: it stops fetching, commits what it wrote, prints its
-    summary and exits 0; nothing is left uncommitted."""
-    config, files = _deployment(tmp_path)
+    """SIGTERM to a running worker configured by its file's ``[worker]`` section alone: it
+    stops fetching, commits what it wrote, prints its summary and exits 0; nothing is left
+    uncommitted."""
     topic, group = _names()
+    config, files = _deployment(
+        tmp_path,
+        f'[worker]\nbootstrap_servers = "{kafka_broker.bootstrap}"\ntopics = ["{topic}"]\n'
+        f'group = "{group}"\ndead_letters = "dead.jsonl"\nlinger_ms = 100\n'
+        '[worker.kafka]\n"session.timeout.ms" = "6000"\n',
+    )
     kafka_broker.create_topic(topic, 2)
     events = _events(150, seed=33)
     kafka_broker.produce(topic, _messages(events))
@@ -247,9 +253,9 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_a_summary(
                 sys.executable,
                 "-m",
                 "shardbill",
-                *_worker(config, topic, group, "--bootstrap-servers", kafka_broker.bootstrap),
-                "--dead-letters",
-                str(tmp_path / "dead.jsonl"),
+                "worker",
+                "--config",
+                config,
                 "--progress",
                 "0.05",
                 "--json",
@@ -273,6 +279,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_a_summary(
     assert process.returncode == 0, errors.read_text()
     summary = json.loads(out)
     assert (summary["applied"], summary["uncommitted"], summary["exit_code"]) == (150, 0, 0)
+    assert (summary["group"], summary["topics"]) == (group, [topic])
     assert "SIGTERM: finishing the batch" in errors.read_text()
     assert sum(kafka_broker.committed(group, topic, 2).values()) == 150
     assert actual_rows(files) == expected_rows(comms.engine().price_batch(events).charges)
