@@ -21,11 +21,19 @@ from typing import Any
 
 import pytest
 
+from shardbill import AggregationWriter, Pipeline, ShardMap
+from shardbill.catalog import billing_tables
+from shardbill.providers import PooledProvider
+from shardbill.retry import RetryPolicy
 from shardbill.rules import UsageEvent, comms
 from shardbill.synthetic import Traffic
+from shardbill.worker import MemoryDeadLetters, Worker, WorkerSettings, WorkerSummary
+from shardbill.worker.kafka import KafkaSource
+from shardbill.writer import WriterSettings
 from tests.support.clock import recent_start
 from tests.support.kafka import KafkaBroker
 from tests.support.oracle import actual_rows, expected_rows
+from tests.support.outage import Outage
 
 pytestmark = pytest.mark.kafka
 
@@ -353,24 +361,15 @@ def test_a_shard_down_pauses_the_consumer_and_after_it_nothing_is_skipped_or_los
     its partitions and retries; once the shard is back every record was received exactly
     once (pause and resume skip nothing), the totals are exact and the partitions are
     committed to their ends."""
-    from shardbill import AggregationWriter, Pipeline, ShardMap
-    from shardbill.catalog import billing_tables
-    from shardbill.providers import PooledProvider
-    from shardbill.retry import RetryPolicy
-    from shardbill.worker import MemoryDeadLetters, Worker, WorkerSettings, WorkerSummary
-    from shardbill.worker.kafka import KafkaSource
-    from shardbill.writer import WriterSettings
-    from tests.worker.test_loop import _Outage
-
     topic, group = _names()
     kafka_broker.create_topic(topic, 2)
     events = _events(300, seed=35)
     kafka_broker.produce(topic, _messages(events))
     provider = PooledProvider.sqlite_directory(tmp_path, SHARDS)
-    outage = _Outage(provider)
+    outage = Outage(provider)
     writer = AggregationWriter(
         shard_map=ShardMap.create(SHARDS, slots=64),
-        provider=outage,  # type: ignore[arg-type]
+        provider=outage,
         tables=billing_tables(),
         settings=WriterSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.0)),
     )

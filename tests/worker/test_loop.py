@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,8 +10,7 @@ import pytest
 
 from shardbill import AggregationWriter, Pipeline, ShardMap
 from shardbill.catalog import billing_tables
-from shardbill.errors import CannotConnectError
-from shardbill.providers.base import DBAPIConnection
+from shardbill.providers import ConnectionProvider
 from shardbill.retry import RetryPolicy
 from shardbill.rules import UsageEvent, comms
 from shardbill.synthetic import Traffic
@@ -30,6 +28,7 @@ from shardbill.worker import (
 from shardbill.writer import WriterSettings
 from tests.support.backends import Backend, make_backend
 from tests.support.oracle import actual_rows, expected_rows
+from tests.support.outage import Outage
 
 TOPIC = "usage"
 FAST = {"linger": 0.0, "poll_timeout": 0.001, "retry_backoff": 0.001, "exit_when_idle": 0.02}
@@ -41,28 +40,10 @@ def sqlite(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Backend]:
     yield from make_backend("sqlite", 3, tmp_path, request)
 
 
-class _Outage:
-    """A provider whose shards in ``down`` refuse connections (a server that is down)."""
-
-    def __init__(self, inner: object) -> None:
-        self._inner = inner
-        self.down: set[str] = set()
-
-    def connection(
-        self, shard: str, *, readonly: bool = False
-    ) -> contextlib.AbstractContextManager[DBAPIConnection]:
-        if shard in self.down:
-            raise CannotConnectError(f"shard {shard} is down (test outage)", shard=shard)
-        return self._inner.connection(shard, readonly=readonly)  # type: ignore[attr-defined, no-any-return]
-
-    def close(self) -> None:
-        pass
-
-
-def _pipeline(backend: Backend, provider: object | None = None) -> Pipeline:
+def _pipeline(backend: Backend, provider: ConnectionProvider | None = None) -> Pipeline:
     writer = AggregationWriter(
         shard_map=ShardMap.create(backend.shards, slots=64),
-        provider=provider or backend.provider,  # type: ignore[arg-type]
+        provider=provider or backend.provider,
         tables=billing_tables(),
         settings=WriterSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.0)),
     )
@@ -166,7 +147,7 @@ def test_a_failed_shard_pauses_and_holds_the_commit_until_its_events_are_written
     broker = MemoryBroker({TOPIC: 1})
     for event in events:
         broker.produce(TOPIC, _value(event))
-    outage = _Outage(sqlite.provider)
+    outage = Outage(sqlite.provider)
     source = MemorySource(broker, topics=[TOPIC], group="g")
     pipeline = _pipeline(sqlite, outage)
     outage.down.add("s1")
@@ -273,8 +254,8 @@ def test_stop_drains_the_pending_batch_and_commits_it(sqlite: Backend) -> None:
     worker: Worker
 
     class _StopAfterFirstPoll(MemorySource):
-        def poll(self, max_records: int, timeout: float) -> list:  # type: ignore[override, type-arg]
-            got = list(super().poll(max_records, timeout))
+        def poll(self, max_records: int, timeout: float) -> Sequence[Record]:
+            got = super().poll(max_records, timeout)
             if got:
                 worker.stop()
             return got
@@ -333,7 +314,7 @@ def test_time_spent_retrying_is_not_idle_time(sqlite: Backend) -> None:
                 return []
             return super().poll(max_records, timeout)
 
-    outage = _Outage(sqlite.provider)
+    outage = Outage(sqlite.provider)
     pipeline = _pipeline(sqlite, outage)
     outage.down.add("s1")
     rounds = 0
