@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from shardbill.cli import main
+from shardbill.cli_worker import _install_signals
+from shardbill.worker import MemoryBroker, MemoryDeadLetters, MemorySource, Worker
 
 
 def _config(tmp_path: Path) -> str:
@@ -125,3 +128,28 @@ def test_a_bad_dead_letter_producer_setting_stops_the_worker_before_it_reads(
     )  # fmt: skip
     assert code == 2
     assert "dead-letter producer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_the_first_signal_asks_the_worker_to_stop_and_the_second_is_left_to_the_system(
+    signum: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM or Ctrl-C: the worker is asked to drain and stop, and the default action is
+    put back, so that a second signal ends the process at once."""
+    worker = Worker(
+        source=MemorySource(MemoryBroker({"t": 1}), topics=["t"], group="g"),
+        processor=None,  # type: ignore[arg-type]  # never called: nothing is polled
+        dead_letters=MemoryDeadLetters(),
+    )
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _install_signals(worker)
+        assert not worker.stopping
+        signal.raise_signal(signum)
+        assert worker.stopping
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+    assert "finishing the batch and committing (again to exit now)" in capsys.readouterr().err

@@ -343,3 +343,47 @@ def test_time_spent_retrying_is_not_idle_time(sqlite: Backend) -> None:
     assert summary.retries >= 2
     assert summary.records == 100
     assert broker.committed("g") == {(TOPIC, 0): 100}
+
+
+def test_a_revoke_while_a_batch_waits_for_a_retry_commits_only_what_is_written(
+    sqlite: Backend,
+) -> None:
+    """Partitions revoked while a shard is down: the waiting batch is tried once more, only
+    offsets below its first unwritten record are committed, the rest is dropped and read
+    again by the next owner (here the same worker), and the totals end exact."""
+    events = _events(80)
+    broker = MemoryBroker({TOPIC: 1})
+    for event in events:
+        broker.produce(TOPIC, _value(event))
+    outage = Outage(sqlite.provider)
+    source = MemorySource(broker, topics=[TOPIC], group="g")
+    pipeline = _pipeline(sqlite, outage)
+    outage.down.add("s1")
+    first_s1 = next(i for i, e in enumerate(events) if pipeline.writer.locate(e.account)[1] == "s1")
+    committed_while_down: list[int] = []
+    rounds = 0
+
+    def on_batch(summary: WorkerSummary) -> None:
+        nonlocal rounds
+        rounds += 1
+        if outage.down:
+            committed_while_down.extend(c[(TOPIC, 0)] for c in source.commits)
+        if rounds == 1:
+            source.rebalance()  # revoked during the retry's backoff
+        if rounds == 4:
+            outage.down.clear()
+
+    with pipeline.writer:
+        summary = Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=100, **FAST),
+            on_batch=on_batch,
+        ).run()
+    assert committed_while_down
+    assert max(committed_while_down) <= first_s1
+    assert summary.rebalances == 2
+    assert summary.records == 80 + (80 - min(committed_while_down))  # the dropped part, again
+    assert broker.committed("g") == {(TOPIC, 0): 80}
+    assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
