@@ -33,10 +33,12 @@ from shardbill.errors import ConfigurationError
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
     from types import FrameType
 
     from shardbill.cli_common import Subparsers
     from shardbill.config import Config
+    from shardbill.observe import Observer
     from shardbill.worker import DeadLetterSink, Worker, WorkerSettings, WorkerSummary
 
 __all__ = ["add_parser", "run"]
@@ -162,6 +164,19 @@ def add_parser(sub: Subparsers) -> None:
         help="print a progress line (stderr) at most this often",
     )
     worker.add_argument(
+        "--metrics-port",
+        type=positive,
+        metavar="PORT",
+        help="serve Prometheus metrics (the worker's and the writer's) on this port "
+        "(needs the metrics extra)",
+    )
+    worker.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="the address --metrics-port listens on (0.0.0.0 for every interface)",
+    )
+    worker.add_argument(
         "--kafka-option",
         type=_option,
         action="append",
@@ -266,6 +281,27 @@ def _plan(args: argparse.Namespace, config: Config) -> _Plan:
     )
 
 
+def _metrics(
+    args: argparse.Namespace,
+) -> tuple[Observer | None, Callable[[WorkerSummary], None] | None]:
+    """With ``--metrics-port``: the writer's observer and the worker's hook, and the server."""
+    if args.metrics_port is None:
+        return None, None
+    from shardbill.metrics import PrometheusObserver
+    from shardbill.worker.prometheus import WorkerMetrics
+
+    observer, metrics = PrometheusObserver(), WorkerMetrics()  # both say which extra is missing
+    import prometheus_client
+
+    try:
+        prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--metrics-port {args.metrics_port} on {args.metrics_address}: {exc.strerror or exc}"
+        ) from None
+    return observer, metrics
+
+
 def _report(args: argparse.Namespace, plan: _Plan, summary: WorkerSummary) -> int:
     code = EXIT_UNFINISHED if summary.uncommitted else 0
     if args.json:
@@ -306,8 +342,11 @@ def run(args: argparse.Namespace) -> int:
         bootstrap_servers=plan.bootstrap, topics=plan.topics, group=plan.group, options=plan.options
     )
     last = [time.monotonic()]
+    observer, metrics = _metrics(args)
 
     def progress(summary: WorkerSummary) -> None:
+        if metrics is not None:
+            metrics(summary)
         now = time.monotonic()
         if now - last[0] < args.progress:
             return
@@ -322,6 +361,7 @@ def run(args: argparse.Namespace) -> int:
             provider=opened.provider,
             tables=config.tables,
             settings=config.writer.settings(),
+            observer=observer,
         ) as writer:
             worker = Worker(
                 source=source,

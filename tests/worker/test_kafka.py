@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -111,6 +113,28 @@ def _value(event: UsageEvent, **changes: object) -> bytes:
 
 def _messages(events: list[UsageEvent]) -> list[tuple[bytes | None, bytes]]:
     return [(str(e.account).encode(), _value(e)) for e in events]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _scrape(port: int, wanted: str, timeout: float = 30) -> str:
+    """The metrics page once it shows ``wanted`` (metrics follow each batch's end)."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+                text = page.read().decode()
+        except OSError:
+            text = ""
+        if wanted in text:
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"{wanted!r} not on the metrics page:\n{text[-2000:]}")
 
 
 def _names() -> tuple[str, str]:
@@ -255,6 +279,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_a_summary(
     events = _events(150, seed=33)
     kafka_broker.produce(topic, _messages(events))
     errors = tmp_path / "worker.err"
+    port = _free_port()
     with open(errors, "w") as err:
         process = subprocess.Popen(
             [
@@ -266,6 +291,8 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_a_summary(
                 config,
                 "--progress",
                 "0.05",
+                "--metrics-port",
+                str(port),
                 "--json",
             ],
             stdout=subprocess.PIPE,
@@ -278,6 +305,9 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_a_summary(
         while files.ledger() < 150 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert files.ledger() == 150
+        metrics = _scrape(port, "shardbill_worker_records_total 150.0")
+        assert "shardbill_worker_events_applied_total 150.0" in metrics
+        assert 'shardbill_commits_total{shard="s0"}' in metrics  # the writer's, same endpoint
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=60)
     finally:

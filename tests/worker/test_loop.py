@@ -387,3 +387,35 @@ def test_a_revoke_while_a_batch_waits_for_a_retry_commits_only_what_is_written(
     assert summary.records == 80 + (80 - min(committed_while_down))  # the dropped part, again
     assert broker.committed("g") == {(TOPIC, 0): 80}
     assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_prometheus_metrics_follow_the_summary(sqlite: Backend) -> None:
+    """The ``on_batch`` adapter counts records, applied events and dead letters by stage."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from shardbill.worker.prometheus import WorkerMetrics
+
+    events = _events(50)
+    broker = MemoryBroker({TOPIC: 1})
+    for event in events:
+        broker.produce(TOPIC, _value(event))
+    broker.produce(TOPIC, b"nope")
+    registry = prometheus_client.CollectorRegistry()
+    pipeline = _pipeline(sqlite)
+    with pipeline.writer:
+        Worker(
+            source=MemorySource(broker, topics=[TOPIC], group="g"),
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=20, **FAST),
+            on_batch=WorkerMetrics(registry=registry),
+        ).run()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)  # type: ignore[no-any-return]
+
+    assert sample("shardbill_worker_records_total") == 51
+    assert sample("shardbill_worker_events_applied_total") == 50
+    assert sample("shardbill_worker_dead_letters_total", stage="decode") == 1
+    assert sample("shardbill_worker_dead_letters_total", stage="rules") == 0
+    assert sample("shardbill_worker_batches_total") == 3
+    assert sample("shardbill_worker_uncommitted_records") == 0
