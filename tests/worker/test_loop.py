@@ -419,3 +419,42 @@ def test_prometheus_metrics_follow_the_summary(sqlite: Backend) -> None:
     assert sample("shardbill_worker_dead_letters_total", stage="rules") == 0
     assert sample("shardbill_worker_batches_total") == 3
     assert sample("shardbill_worker_uncommitted_records") == 0
+
+
+def test_a_shard_down_through_the_drain_leaves_its_records_uncommitted_and_says_so(
+    sqlite: Backend,
+) -> None:
+    """Stopped while a shard is down: the drain gives up after ``drain_timeout``, nothing past
+    the first unwritten record is committed, and the summary counts what was left."""
+    events = _events(40)
+    broker = MemoryBroker({TOPIC: 1})
+    for event in events:
+        broker.produce(TOPIC, _value(event))
+    outage = Outage(sqlite.provider)
+    source = MemorySource(broker, topics=[TOPIC], group="g")
+    pipeline = _pipeline(sqlite, outage)
+    outage.down.add("s1")
+    first_s1 = next(i for i, e in enumerate(events) if pipeline.writer.locate(e.account)[1] == "s1")
+    worker: Worker
+
+    def on_batch(summary: WorkerSummary) -> None:
+        worker.stop()
+
+    with pipeline.writer:
+        worker = Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(
+                batch_size=100,
+                linger=0.0,
+                poll_timeout=0.001,
+                retry_backoff=0.01,
+                drain_timeout=0.05,
+            ),
+            on_batch=on_batch,
+        )
+        summary = worker.run()
+    assert summary.uncommitted > 0
+    assert summary.uncommitted == 40 - summary.applied  # every record not written is left
+    assert broker.committed("g")[(TOPIC, 0)] <= first_s1

@@ -261,6 +261,7 @@ class Worker:
         self._backoff = 0.0
         self._paused = False
         self._started = clock()
+        self._left: int | None = None  # records not done when the worker stopped
         self._counts: Counter[str] = Counter()
         self._dead: Counter[str] = Counter()
 
@@ -289,7 +290,7 @@ class Worker:
             commits=self._counts["commits"],
             commit_failures=self._counts["commit_failures"],
             rebalances=self._counts["rebalances"],
-            uncommitted=self._tracker.open,
+            uncommitted=self._tracker.open if self._left is None else self._left,
             seconds=self._clock() - self._started,
         )
 
@@ -309,6 +310,8 @@ class Worker:
         try:
             self._loop()
             self._drain()
+            # Counted before closing: the close revokes (and forgets) every partition.
+            self._left = self._tracker.open
         finally:
             self._closing = True
             self._source.close()
