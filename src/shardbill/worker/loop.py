@@ -457,7 +457,8 @@ class Worker:
         else:
             self._first_pending = None
             self._backoff = 0.0
-            self._set_paused(False)
+            if not self._draining:  # a drain fetches nothing new
+                self._set_paused(False)
         self._commit()
         if self._on_batch is not None:
             self._on_batch(self.summary())
