@@ -23,6 +23,7 @@ RUN_HERE = ("minimal_service.py", "read_balances.py")
 OWN_TESTS = {
     "custom_provider.py": "tests/test_examples_custom_provider.py",
     "online_reshard.py": "tests/test_example_online_reshard.py",
+    "stream_worker.py": "tests/worker/test_example_stream_worker.py",
 }
 
 

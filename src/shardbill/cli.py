@@ -24,6 +24,10 @@ Commands (``shardbill COMMAND --help`` shows each one's options and examples):
 ``prune``
     delete the ledger rows of events older than the dedup horizon
     (``--dry-run`` counts them).
+``worker``
+    consume usage events from Kafka in a consumer group and write them
+    exactly once, committing offsets only after the ledger has them
+    (:mod:`shardbill.cli_worker`).
 
 The configuration file comes from ``--config FILE``, else ``$SHARDBILL_CONFIG``,
 else ``./shardbill.toml`` (see ``docs/reference/configuration.md``).
@@ -77,6 +81,7 @@ from shardbill import (
     cli_map,
     cli_prune,
     cli_reshard,
+    cli_worker,
 )
 from shardbill._version import __version__
 from shardbill.cli_common import Formatter
@@ -135,6 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
         cli_bench,
         cli_reshard,
         cli_prune,
+        cli_worker,
     ):
         module.add_parser(sub)
     return parser
@@ -149,6 +155,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": cli_bench.run,
     "reshard": cli_reshard.run,
     "prune": cli_prune.run,
+    "worker": cli_worker.run,
 }
 
 

@@ -50,10 +50,23 @@ optional except ``[shards]``::
     ledger_retention_days = 35          # the dedup horizon
     max_rows_per_statement = 1000
 
-Relative paths (``map_store.path``, ``rules.price_book`` and
-``sqlite:///relative.db`` URLs) are resolved against the directory of the
-file. Passwords never belong in the file: put ``password_env=NAME`` in the
-URL and the password in that environment variable. Nothing here prints a
+    [worker]                            # optional: defaults of `shardbill worker`
+    bootstrap_servers = "kafka-1:9092,kafka-2:9092"
+    topics = ["usage"]
+    group = "billing"
+    dead_letter_topic = "usage.dead-letters"   # or dead_letters = "dead.jsonl"
+    linger_ms = 200
+    drain_timeout_seconds = 30
+
+    [worker.kafka]                      # librdkafka settings; secrets only as "env:NAME"
+    "security.protocol" = "SASL_SSL"
+    "sasl.password" = "env:KAFKA_PASSWORD"
+
+Relative paths (``map_store.path``, ``rules.price_book``,
+``worker.dead_letters`` and ``sqlite:///relative.db`` URLs) are resolved
+against the directory of the file. Passwords never belong in the file: put
+``password_env=NAME`` in the URL and the password in that environment
+variable. Nothing here prints a
 password: URLs are shown through :class:`~shardbill.providers.ConnectionURL`,
 whose ``str`` hides it.
 
@@ -120,6 +133,7 @@ __all__ = [
     "MapStoreConfig",
     "Opened",
     "RulesConfig",
+    "WorkerConfig",
     "WriterConfig",
     "find_config",
 ]
@@ -135,6 +149,7 @@ _SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _VARCHAR = re.compile(r"^varchar\((\d+)\)$")
 _TOP_KEYS = frozenset(
     {"slots", "shards", "replicas", "weights", "map_store", "aggregates", "rules", "writer"}
+    | {"worker"}
 )
 
 
@@ -395,6 +410,41 @@ class WriterConfig:
         )
 
 
+_SECRET_WORDS = ("password", "secret", "sasl.oauthbearer.config")
+
+
+def _options(value: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen(kw_only=True)
+class WorkerConfig:
+    """The ``[worker]`` section: defaults of ``shardbill worker`` (its options override them).
+
+    Attributes:
+        bootstrap_servers: the Kafka brokers, ``host:port[,...]``.
+        topics: the topics consumed.
+        group: the consumer group id.
+        dead_letter_topic: where dead letters go (default: the first topic + ``.dead-letters``).
+        dead_letters: instead, a JSON Lines file of dead letters.
+        batch_size: records per batch (default: ``[writer] batch_size``).
+        linger_ms: how long a batch's first record waits for the batch to fill.
+        drain_timeout_seconds: on SIGTERM, how long to finish the pending batch.
+        kafka: librdkafka settings (``[worker.kafka]``); a value ``env:NAME`` is
+            read from the environment when the worker starts (secrets must be).
+    """
+
+    bootstrap_servers: str | None = None
+    topics: tuple[str, ...] = ()
+    group: str | None = None
+    dead_letter_topic: str | None = None
+    dead_letters: Path | None = None
+    batch_size: int | None = None
+    linger_ms: int = 200
+    drain_timeout_seconds: int = 30
+    kafka: Mapping[str, str] = attrs.field(converter=_options, factory=dict)
+
+
 def _urls(value: Mapping[str, ConnectionURL]) -> Mapping[str, ConnectionURL]:
     return MappingProxyType(dict(value))
 
@@ -447,6 +497,7 @@ class Config:
         account_type: the account column type (``BigInt()`` or ``VarChar(n)``).
         rules: how to build the rules engine.
         writer: the writer settings.
+        worker: the defaults of ``shardbill worker``.
 
     Example:
         >>> config = Config.from_toml('[shards]\\ns0 = "sqlite:///s0.db"', source="x.toml",
@@ -467,6 +518,7 @@ class Config:
     account_type: BigInt | VarChar = attrs.field(factory=BigInt)
     rules: RulesConfig = attrs.field(factory=RulesConfig)
     writer: WriterConfig = attrs.field(factory=WriterConfig)
+    worker: WorkerConfig = attrs.field(factory=WorkerConfig)
 
     # ------------------------------------------------------------------ loading
 
@@ -656,6 +708,7 @@ def _parse(data: Mapping[str, object], source: str, base: Path) -> Config:
         account_type=account_type,
         rules=_rules(data.get("rules", {}), base),
         writer=_writer(data.get("writer", {})),
+        worker=_worker(data.get("worker", {}), base),
     )
 
 
@@ -953,3 +1006,59 @@ def _writer(value: object) -> WriterConfig:
         for name, default in fields.items()
     }
     return WriterConfig(**values)
+
+
+_WORKER_TEXT = ("bootstrap_servers", "group", "dead_letter_topic")
+
+
+def _worker(value: object, base: Path) -> WorkerConfig:
+    section = _table(value, "worker")
+    allowed = (*_WORKER_TEXT, "topics", "dead_letters", "batch_size", "linger_ms")
+    _known(section, (*allowed, "drain_timeout_seconds", "kafka"), "worker")
+    if "dead_letter_topic" in section and "dead_letters" in section:
+        raise _KeyProblemError(
+            "worker", "give either dead_letter_topic or dead_letters (a file), not both"
+        )
+    text = {name: _str(section[name], f"worker.{name}") for name in _WORKER_TEXT if name in section}
+    topics = section.get("topics", [])
+    if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
+        raise _KeyProblemError(
+            "worker.topics", f"must be a list of topic names, got {_show(topics)}"
+        )
+    dead = section.get("dead_letters")
+    kafka = _table(section.get("kafka", {}), "worker.kafka")
+    for key, setting in kafka.items():
+        where = f"worker.kafka.{_shown_key(key)}"
+        if not isinstance(setting, str):
+            raise _KeyProblemError(
+                where, f"must be a string (librdkafka reads text), got {_kind(setting)}"
+            )
+        secret = any(word in key.lower() for word in _SECRET_WORDS)
+        if secret and not setting.startswith("env:"):
+            raise _KeyProblemError(
+                where,
+                "a secret never belongs in the file (it was not shown); write "
+                '"env:NAME" and put the value in the environment variable NAME',
+            )
+    return WorkerConfig(
+        bootstrap_servers=text.get("bootstrap_servers"),
+        topics=tuple(topics),
+        group=text.get("group"),
+        dead_letter_topic=text.get("dead_letter_topic"),
+        dead_letters=(base / _str(dead, "worker.dead_letters")).resolve()
+        if dead is not None
+        else None,
+        batch_size=(
+            _int(section["batch_size"], "worker.batch_size", low=1, high=10_000_000)
+            if "batch_size" in section
+            else None
+        ),
+        linger_ms=_int(section.get("linger_ms", 200), "worker.linger_ms", low=0, high=3_600_000),
+        drain_timeout_seconds=_int(
+            section.get("drain_timeout_seconds", 30),
+            "worker.drain_timeout_seconds",
+            low=0,
+            high=86_400,
+        ),
+        kafka={str(k): str(v) for k, v in kafka.items()},
+    )

@@ -16,6 +16,7 @@
     ├── RuleError                             a billing rule raised; its event is rejected
     ├── DriverNotInstalledError (ImportError) a database driver extra is missing
     ├── FencedError                           a shard no longer owns the slot; reload the map
+    ├── StreamError                           the broker (Kafka) failed a poll, commit or send
     ├── ReshardError                          a resharding step cannot proceed
     │   ├── EpochConflictError                a map publish lost its compare-and-set
     │   ├── ReshardClaimedError               another reshard holds the map store's claim
@@ -83,6 +84,7 @@ __all__ = [
     "ShardMapError",
     "ShardbillError",
     "SlotsMovedDuringReadError",
+    "StreamError",
 ]
 
 
@@ -384,3 +386,12 @@ class MapNotPublishedError(ConfigurationError):
     def __init__(self, message: str, *, store: str) -> None:
         super().__init__(message)
         self.store = store
+
+
+class StreamError(ShardbillError):
+    """The message broker failed a poll, an offset commit or a dead-letter send.
+
+    The stream worker (:mod:`shardbill.worker`) never commits an offset past
+    an event that is not done, so such a failure costs a redelivery (a
+    duplicate the ledger skips), never an event.
+    """

@@ -1,0 +1,387 @@
+"""``shardbill worker``: consume usage events from Kafka and write them exactly once.
+
+Runs one :class:`~shardbill.worker.Worker` in a consumer group
+(``--group``) on ``--topic`` (repeatable), with the configuration file's
+shards, tables and rules, like ``ingest``. Records that cannot be applied go
+to a dead-letter topic (default ``TOPIC.dead-letters``) or, with
+``--dead-letters PATH``, to a JSON Lines file. SIGTERM or Ctrl-C stops
+fetching, finishes the pending batch (at most ``--drain-timeout`` seconds),
+commits and exits 0 with a summary; a second signal exits at once (safe:
+nothing uncommitted is lost, it is delivered again). ``--json`` prints the
+summary as one JSON object on standard output and progress lines (every
+``--progress`` seconds) as JSON on standard error.
+
+Exit codes: 0 stopped cleanly; 3 stopped with records not done (a shard
+stayed down while draining: they are delivered again); 2 a usage or
+configuration error (or the ``kafka`` extra missing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import attrs
+
+from shardbill.cli_common import add_config_and_json, command, live_map, load_config, positive
+from shardbill.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from types import FrameType
+
+    from shardbill.cli_common import Subparsers
+    from shardbill.config import Config
+    from shardbill.observe import Observer
+    from shardbill.worker import DeadLetterSink, Worker, WorkerSettings, WorkerSummary
+
+__all__ = ["add_parser", "run"]
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+"""The brokers when neither the option, the environment nor the file names any."""
+EXIT_UNFINISHED = 3
+"""Stopped with records not done (delivered again to the next reader of their partitions)."""
+
+
+def _seconds(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {text!r}")
+    return value
+
+
+def _from_env(where: str, value: str) -> str:
+    """``value``, or the environment variable it names as ``env:NAME``."""
+    if not value.startswith("env:"):
+        return value
+    name = value[4:]
+    if name not in os.environ:
+        raise ConfigurationError(f"{where}=env:{name}: the environment variable {name} is not set")
+    return os.environ[name]
+
+
+def _option(text: str) -> tuple[str, str]:
+    import argparse
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        # Only the key part is shown: the value may be a secret.
+        raise argparse.ArgumentTypeError(
+            f"--kafka-option takes KEY=VALUE (a librdkafka setting), got {key!r} with no '='"
+        )
+    try:  # secrets from the environment, not the process list
+        return key, _from_env(f"--kafka-option {key}", value)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_parser(sub: Subparsers) -> None:
+    """Register ``worker`` on the main parser's subcommands."""
+    worker = command(
+        sub,
+        "worker",
+        "consume usage events from Kafka and write them exactly once",
+        "Join the consumer group GROUP on the topics, price the events with the configured "
+        "rules and write them in batches (by --batch-size and --linger-ms) exactly once; "
+        "commit each partition's offset only after every event before it is done. Records that "
+        "cannot be applied go to the dead letters with their reason. Run more workers with the "
+        "same --group to scale out (up to one per partition). SIGTERM or Ctrl-C: finish the "
+        "batch, commit, exit 0; a second signal exits at once (what is not committed is "
+        "delivered again and the ledger skips what was applied).",
+        "  shardbill worker --topic usage --group billing --bootstrap-servers kafka:9092\n"
+        "  shardbill worker --topic usage --group billing --dead-letters dead.jsonl --json\n"
+        "  shardbill worker --topic usage --group billing --kafka-option "
+        "security.protocol=SSL --config prod.toml",
+    )
+    worker.add_argument(
+        "--topic",
+        action="append",
+        metavar="NAME",
+        help="a topic to consume (repeat for several; default [worker] topics)",
+    )
+    worker.add_argument(
+        "--group", metavar="NAME", help="the consumer group id (default [worker] group)"
+    )
+    worker.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help="the Kafka brokers (default $SHARDBILL_KAFKA_BOOTSTRAP, else [worker] "
+        f"bootstrap_servers, else {DEFAULT_BOOTSTRAP})",
+    )
+    dead = worker.add_mutually_exclusive_group()
+    dead.add_argument(
+        "--dead-letter-topic",
+        metavar="NAME",
+        help="default: [worker] dead_letter_topic or dead_letters, else the first topic + "
+        "'.dead-letters'",
+    )
+    dead.add_argument(
+        "--dead-letters", metavar="PATH", help="append dead letters to this JSON Lines file"
+    )
+    worker.add_argument(
+        "--batch-size",
+        type=positive,
+        metavar="N",
+        help="records per batch (default [writer] batch_size)",
+    )
+    worker.add_argument(
+        "--linger-ms",
+        type=positive,
+        metavar="MS",
+        help="how long a batch's first record waits for the batch to fill (default "
+        "[worker] linger_ms, else 200)",
+    )
+    worker.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="on SIGTERM / Ctrl-C, seconds to finish the pending batch (default [worker] "
+        "drain_timeout_seconds, else 30)",
+    )
+    worker.add_argument(
+        "--exit-when-idle",
+        type=_seconds,
+        metavar="SECONDS",
+        help="stop after this long with nothing to read (default: run until stopped)",
+    )
+    worker.add_argument(
+        "--progress",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="print a progress line (stderr) at most this often",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=positive,
+        metavar="PORT",
+        help="serve Prometheus metrics (the worker's and the writer's) on this port "
+        "(needs the metrics extra)",
+    )
+    worker.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="the address --metrics-port listens on (0.0.0.0 for every interface)",
+    )
+    worker.add_argument(
+        "--kafka-option",
+        type=_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a librdkafka setting for the consumer and producer (repeatable); VALUE env:NAME "
+        "reads the environment variable NAME (for secrets)",
+    )
+    add_config_and_json(worker)
+
+
+def _install_signals(worker: Worker) -> None:
+    def first(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        print(
+            f"shardbill worker: {name}: finishing the batch and committing (again to exit now)",
+            file=sys.stderr,
+            flush=True,
+        )
+        worker.stop()
+        # A second signal kills the process at once: safe, the uncommitted is redelivered.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, first)
+    signal.signal(signal.SIGINT, first)
+
+
+def _line(summary: WorkerSummary) -> str:
+    return (
+        f"{summary.records:,} records: {summary.applied:,} applied, "
+        f"{summary.duplicates:,} duplicates, {summary.free:,} free, "
+        f"{summary.dead_lettered:,} dead letters, {summary.retries:,} retries, "
+        f"{summary.commits:,} commits"
+    )
+
+
+@attrs.frozen(kw_only=True)
+class _Plan:
+    """What to run: the options, then the ``[worker]`` section, then the defaults."""
+
+    topics: list[str]
+    group: str
+    bootstrap: str
+    options: dict[str, str]
+    settings: WorkerSettings
+    dead_file: str | None
+    dead_topic: str | None
+
+
+def _plan(args: argparse.Namespace, config: Config) -> _Plan:
+    from shardbill.worker import WorkerSettings
+
+    section = config.worker
+    topics: list[str] = args.topic or list(section.topics)
+    group: str | None = args.group or section.group
+    if not topics:
+        raise ConfigurationError(
+            "no topic to consume: give --topic NAME, or topics = [...] under [worker] in "
+            f"{config.source}"
+        )
+    if not group:
+        raise ConfigurationError(
+            "no consumer group: give --group NAME, or group = ... under [worker] in "
+            f"{config.source}"
+        )
+    options = {
+        **{key: _from_env(f"[worker.kafka] {key}", v) for key, v in section.kafka.items()},
+        **dict(args.kafka_option or ()),
+    }
+    linger = args.linger_ms if args.linger_ms is not None else section.linger_ms
+    drain = args.drain_timeout
+    settings = WorkerSettings(
+        batch_size=args.batch_size or section.batch_size or config.writer.batch_size,
+        linger=linger / 1000,
+        drain_timeout=drain if drain is not None else section.drain_timeout_seconds,
+        exit_when_idle=args.exit_when_idle,
+    )
+    dead_file = args.dead_letters or (section.dead_letters if not args.dead_letter_topic else None)
+    dead_topic = None
+    if not dead_file:
+        dead_topic = (
+            args.dead_letter_topic or section.dead_letter_topic or f"{topics[0]}.dead-letters"
+        )
+        if dead_topic in topics:
+            raise ConfigurationError(
+                f"--dead-letter-topic {dead_topic!r} is also a --topic; dead letters would be "
+                "read again: name another topic"
+            )
+    return _Plan(
+        topics=topics,
+        group=group,
+        bootstrap=(
+            args.bootstrap_servers
+            or os.environ.get("SHARDBILL_KAFKA_BOOTSTRAP")
+            or section.bootstrap_servers
+            or DEFAULT_BOOTSTRAP
+        ),
+        options=options,
+        settings=settings,
+        dead_file=str(dead_file) if dead_file else None,
+        dead_topic=dead_topic,
+    )
+
+
+def _metrics(
+    args: argparse.Namespace,
+) -> tuple[Observer | None, Callable[[WorkerSummary], None] | None]:
+    """With ``--metrics-port``: the writer's observer and the worker's hook, and the server."""
+    if args.metrics_port is None:
+        return None, None
+    from shardbill.metrics import PrometheusObserver
+    from shardbill.worker.prometheus import WorkerMetrics
+
+    observer, metrics = PrometheusObserver(), WorkerMetrics()  # both say which extra is missing
+    import prometheus_client
+
+    try:
+        prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--metrics-port {args.metrics_port} on {args.metrics_address}: {exc.strerror or exc}"
+        ) from None
+    return observer, metrics
+
+
+def _report(args: argparse.Namespace, plan: _Plan, summary: WorkerSummary) -> int:
+    code = EXIT_UNFINISHED if summary.uncommitted else 0
+    if args.json:
+        out = summary.to_dict()
+        out["group"] = plan.group
+        out["topics"] = plan.topics
+        out["exit_code"] = code
+        print(json.dumps(out))
+    else:
+        print(f"stopped after {summary.seconds:.1f} s: {_line(summary)}")
+        if summary.uncommitted:
+            print(
+                f"  {summary.uncommitted:,} records not done (a shard stayed down): not "
+                "committed, they are delivered again"
+            )
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``worker``; returns the exit code."""
+    from shardbill.pipeline import Pipeline
+    from shardbill.worker import JsonlDeadLetters, Worker, json_decoder
+    from shardbill.worker.kafka import KafkaDeadLetters, KafkaSource
+    from shardbill.writer import AggregationWriter
+
+    config = load_config(args)
+    plan = _plan(args, config)
+    engine = config.engine()
+    sink: DeadLetterSink
+    if plan.dead_file:
+        sink = JsonlDeadLetters(plan.dead_file)
+    else:
+        assert plan.dead_topic is not None  # noqa: S101 - _plan gives one of the two
+        sink = KafkaDeadLetters(
+            bootstrap_servers=plan.bootstrap, topic=plan.dead_topic, options=plan.options
+        )
+    source = KafkaSource(
+        bootstrap_servers=plan.bootstrap, topics=plan.topics, group=plan.group, options=plan.options
+    )
+    last = [time.monotonic()]
+    observer, metrics = _metrics(args)
+
+    def progress(summary: WorkerSummary) -> None:
+        if metrics is not None:
+            metrics(summary)
+        now = time.monotonic()
+        if now - last[0] < args.progress:
+            return
+        last[0] = now
+        text = json.dumps(summary.to_dict()) if args.json else f"  {_line(summary)}"
+        print(text, file=sys.stderr, flush=True)
+
+    with config.open() as opened:
+        live_map(config, opened.map_store)
+        with AggregationWriter(
+            shard_map=opened.map_store,
+            provider=opened.provider,
+            tables=config.tables,
+            settings=config.writer.settings(),
+            observer=observer,
+        ) as writer:
+            worker = Worker(
+                source=source,
+                processor=Pipeline(engine=engine, writer=writer),
+                dead_letters=sink,
+                decoder=json_decoder(account_as_int=config.account_as_int),
+                settings=plan.settings,
+                on_batch=progress,
+            )
+            _install_signals(worker)
+            if not args.json:
+                where = plan.dead_file or f"topic {plan.dead_topic}"
+                print(
+                    f"worker: group {plan.group} on {', '.join(plan.topics)} at "
+                    f"{plan.bootstrap}; dead letters to {where}",
+                    flush=True,
+                )
+            try:
+                summary = worker.run()
+            finally:
+                if isinstance(sink, KafkaDeadLetters):
+                    sink.close()
+    return _report(args, plan, summary)

@@ -1,0 +1,112 @@
+"""What flows through the stream worker: records from a source, dead letters to a sink (pure).
+
+A :class:`Record` is one message as a source delivered it (topic, partition,
+offset, key, value). A :class:`DeadLetter` is a record the worker could not
+apply for a reason in its content, with that reason: it is sent to the
+dead-letter sink before its offset is committed, so nothing is dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+__all__ = ["DeadLetter", "Partition", "Record", "Stage"]
+
+Partition = tuple[str, int]
+"""A topic partition: ``(topic, partition number)``."""
+
+
+class Stage(enum.StrEnum):
+    """Why a record became a dead letter.
+
+    ``decode``: not JSON, or not a valid event; ``rules``: a billing rule
+    refused the event; ``writer``: a charge does not fit the aggregate tables
+    (or is older than the dedup horizon); ``conflict``: its event id was
+    applied before (or is repeated in the batch) with different content.
+    """
+
+    DECODE = "decode"
+    RULES = "rules"
+    WRITER = "writer"
+    CONFLICT = "conflict"
+
+
+@attrs.frozen(kw_only=True)
+class Record:
+    """One message as a source delivered it.
+
+    Attributes:
+        topic: the topic it came from.
+        partition: its partition.
+        offset: its offset in the partition (the committed offset of a
+            partition is the offset of the next record to read).
+        value: the message's bytes (for the JSON decoder, one event object).
+        key: the message key, if any.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+
+    @property
+    def source(self) -> Partition:
+        """``(topic, partition)``."""
+        return (self.topic, self.partition)
+
+
+@attrs.frozen(kw_only=True)
+class DeadLetter:
+    """A record set aside with the reason; its offset may be committed once it is sent.
+
+    Attributes:
+        record: the record as delivered.
+        stage: where it was refused.
+        reason: why, in words that say what to fix.
+        event_id: the event's id, when the record decoded far enough to have one.
+    """
+
+    record: Record
+    stage: Stage
+    reason: str
+    event_id: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The letter's metadata as message headers (``shardbill.*``), for a dead-letter topic."""
+        out = {
+            "shardbill.stage": self.stage.value,
+            "shardbill.reason": self.reason,
+            "shardbill.topic": self.record.topic,
+            "shardbill.partition": str(self.record.partition),
+            "shardbill.offset": str(self.record.offset),
+        }
+        if self.event_id is not None:
+            out["shardbill.event_id"] = self.event_id
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        """The letter as a JSON-ready object (the JSON Lines sink's line).
+
+        Returns:
+            ``topic``, ``partition``, ``offset``, ``event_id``, ``stage``,
+            ``reason``, ``key`` and ``value`` (the bytes as UTF-8 text, invalid
+            bytes replaced).
+        """
+        return {
+            "topic": self.record.topic,
+            "partition": self.record.partition,
+            "offset": self.record.offset,
+            "event_id": self.event_id,
+            "stage": self.stage.value,
+            "reason": self.reason,
+            "key": None if self.record.key is None else _text(self.record.key),
+            "value": _text(self.record.value),
+        }
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")

@@ -1,0 +1,27 @@
+"""The private Kafka-protocol broker of the ``kafka`` tests: one per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.kafka import SKIP_REASON, KafkaBroker, kafka_required, start_broker, stop_broker
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """Tansu on a free port for the whole session; skips (or fails under CI) when it cannot run."""
+    try:
+        import confluent_kafka  # noqa: F401 - the tests' client
+
+        broker = start_broker(tmp_path_factory.mktemp("kafka"))
+    except (ImportError, RuntimeError, OSError) as exc:
+        reason = SKIP_REASON.format(error=f"{type(exc).__name__}: {exc}")
+        if kafka_required():
+            pytest.fail(f"Kafka tests are mandatory here (CI): {reason}", pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield broker
+    finally:
+        stop_broker(broker)
