@@ -862,7 +862,7 @@ def _key_column(item: object, key: str, account_type: BigInt | VarChar) -> KeyCo
 
 def _measure(item: object, key: str, scale: int) -> Measure:
     spec = _table(item, key)
-    _known(spec, ("name", "value", "scale", "merge"), key)
+    _known(spec, ("name", "value", "scale", "merge", "wide"), key)
     name = _str(spec.get("name"), f"{key}.name")
     kind = spec.get("value")
     value: MeasureValue
@@ -880,8 +880,13 @@ def _measure(item: object, key: str, scale: int) -> Measure:
     merge = spec.get("merge", "sum")
     if merge not in ("sum", "min", "max"):
         raise _KeyProblemError(f"{key}.merge", f"must be 'sum', 'min' or 'max', got {_show(merge)}")
+    wide = spec.get("wide", False)
+    if type(wide) is not bool:
+        raise _KeyProblemError(
+            f"{key}.wide", f"must be true or false (DECIMAL(65,0) on MySQL), got {_show(wide)}"
+        )
     try:
-        return Measure(name=name, value=value, merge=MergeKind(merge))
+        return Measure(name=name, value=value, merge=MergeKind(merge), wide=wide)
     except ConfigurationError as exc:
         raise _KeyProblemError(f"{key}.name", str(exc)) from None
 

@@ -313,6 +313,8 @@ class AggregationWriter:
             self._map = shard_map.load()
         self._provider = provider
         self._tables = tuple(tables)
+        # Only a table set with a wide measure checks merged deltas per column range.
+        self._ranges = self._tables if any(t.has_wide for t in self._tables) else None
         self._extractor = RowExtractor(self._tables)
         self._shard_key = tuple(shard_key)
         self._observer = observer
@@ -935,7 +937,7 @@ class AggregationWriter:
                 if new:
                     merged = coalesce(new, self._tables)
                     groups = [merged]
-                    if not deltas_fit(merged):
+                    if not deltas_fit(merged, self._ranges):
                         if not careful:
                             raise _NeedsCareError
                         # Each event fits on its own (find_overflows checked): apply one by one.
