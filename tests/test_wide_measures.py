@@ -11,6 +11,7 @@ narrow measure refuses a sum past 2**63 - 1 as before.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 import textwrap
 from collections.abc import Iterator
@@ -322,3 +323,20 @@ def test_wide_rows_move_exactly_in_a_reshard_and_audit_exact(mysql4: Backend) ->
     mysql4.execute(shard, "UPDATE usage_total SET quantity = quantity + 1 WHERE account_id = 1")
     report = audit(events, engine=engine, tables=wide, provider=mysql4.provider, shard_map=target)
     assert len(report.differences) == 1
+
+
+def test_the_how_to_examples_run(tmp_path: Path) -> None:
+    """The how-to's Python block runs and its TOML block loads as a wide custom table."""
+    page = Path(__file__).parents[1] / "docs" / "howto" / "store-wide-measures.md"
+    blocks = re.findall(r"```(python|toml)\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+    kinds = [kind for kind, _ in blocks]
+    assert kinds == ["python", "toml"]
+    exec(compile(blocks[0][1], str(page), "exec"), {})  # noqa: S102 - the page's own example
+    path = tmp_path / "shardbill.toml"
+    path.write_text(
+        '[shards]\na = "mysql+pymysql://app@db0:3306/billing"\n[aggregates]\ntables = "none"\n'
+        + blocks[1][1],
+        encoding="utf-8",
+    )
+    (table,) = Config.load(path).tables
+    assert [m.wide for m in table.measures] == [True, False]
