@@ -36,6 +36,7 @@ from shardbill.aggregates import (
     VarChar,
 )
 from shardbill.audit import audit
+from shardbill.batching import CoalescedRow, deltas_fit
 from shardbill.config import Config
 from shardbill.dialects.ddl import create_statements
 from shardbill.dialects.mysql import MySQLDialect
@@ -158,6 +159,16 @@ def test_a_value_stored_wide_in_one_table_and_narrow_in_another_takes_the_narrow
     with pytest.raises(InvalidInputError, match=r"'narrow_total'.*outside the BIGINT range"):
         extractor.rows(charge("e1", 7, Decimal(10_000_000_000_000)))
     assert len(extractor.rows(charge("e2", 7, BIG))) == 2
+
+
+def test_merged_deltas_are_checked_against_each_columns_range() -> None:
+    """A merged delta of 2**63 fits a wide column, not a narrow one; past 10**65 - 1 neither."""
+    row = CoalescedRow(key=(7, "sms"), slot=0, deltas=(2**63, 2**63, 1, 1))
+    assert deltas_fit([[row]], tables(wide=True))
+    assert not deltas_fit([[row]], tables(wide=False))
+    assert not deltas_fit([[row]])  # without tables: every column a BIGINT
+    past = row._replace(deltas=(WIDE_MAX + 1, 1, 1, 1))
+    assert not deltas_fit([[past]], tables(wide=True))
 
 
 def test_sqlite_refuses_a_wide_measure_before_creating_anything(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ Each transaction, on one shard:
    claimed the same unit makes it fail with a duplicate key, and the retry
    sees the unit as done);
 4. one multi-row UPSERT per aggregate table with the coalesced deltas of the
-   new units, rows sorted by primary key (a sum that would leave BIGINT makes
+   new units, rows sorted by primary key (a sum that would leave its column's
+   range, BIGINT or a wide measure's DECIMAL(65,0), makes
    the transaction run again, carefully: the rows' stored values are read
    under lock and only the events that would overflow are refused);
 5. commit.
@@ -222,7 +223,7 @@ class _ShardRun:
 
 
 class _NeedsCareError(Exception):
-    """Internal: a merged delta leaves BIGINT; run the transaction in careful mode."""
+    """Internal: a merged delta leaves its column's range; run the transaction carefully."""
 
 
 def _row_maker(table: AggregateTable) -> Callable[[CoalescedRow], tuple[object, ...]]:
