@@ -33,6 +33,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -45,6 +46,7 @@ from hypothesis.stateful import (
 )
 
 from shardbill import ShardMap
+from shardbill.aggregates import BIGINT_MAX, WIDE_MAX, AggregateTable, Amount
 from shardbill.catalog import billing_tables
 from shardbill.rules import Charge, PricedEvent
 from shardbill.writer import AggregationWriter, EventState
@@ -124,13 +126,15 @@ def _items_of(event_id: str, variant: str, shape: str) -> list[Charge | PricedEv
 class ExactlyOnceModel(RuleBasedStateMachine):
     """Deliveries of every shape against a model of what must be applied."""
 
-    def __init__(self, backend: Backend, direct: _Direct) -> None:
+    def __init__(self, backend: Backend, direct: _Direct, *, wide: bool = False) -> None:
         super().__init__()
         self.direct = direct
         direct.empty()
         self.now = START.timestamp()
+        self.wide = wide
+        self.limit = WIDE_MAX if wide else BIGINT_MAX
         self.writer = AggregationWriter(
-            shard_map=MAP, provider=backend.provider, tables=billing_tables(), clock=self._clock
+            shard_map=MAP, provider=backend.provider, tables=_tables(wide=wide), clock=self._clock
         )
         self.writer.ensure_schema()
         self.accepted: dict[str, str] = {}  # event id -> the variant applied
@@ -147,7 +151,7 @@ class ExactlyOnceModel(RuleBasedStateMachine):
 
     def _whales_fit(self, extra: int) -> bool:
         held = sum(1 for e in self.accepted if e in WHALES)
-        return (held + extra) * WHALE_AMOUNT * 10**6 <= 2**63 - 1
+        return (held + extra) * WHALE_AMOUNT * 10**6 <= self.limit
 
     def _refused(self, event_id: str, delivered: set[tuple[str, str]]) -> bool:
         variants = {v for v, _ in delivered}
@@ -234,9 +238,14 @@ class ExactlyOnceModel(RuleBasedStateMachine):
                 shard, "SELECT account_id, amount, charges FROM account_balance"
             ):
                 assert account not in got
-                assert type(amount) is int
                 assert type(count) is int
-                got[account] = [amount, count]
+                if self.wide:  # DECIMAL(65,0) comes back as a Decimal: an integral one
+                    assert type(amount) is Decimal
+                    assert amount == int(amount)
+                    got[account] = [int(amount), count]
+                else:
+                    assert type(amount) is int
+                    got[account] = [amount, count]
         assert got == dict(want)
 
 
@@ -278,6 +287,22 @@ class _Direct:
             conn.close()
 
 
+def _tables(*, wide: bool) -> tuple[AggregateTable, ...]:
+    """The billing tables; with ``wide``, every amount measure a DECIMAL(65,0)."""
+    tables = billing_tables()
+    if not wide:
+        return tables
+    return tuple(
+        attrs.evolve(
+            t,
+            measures=[
+                attrs.evolve(m, wide=True) if isinstance(m.value, Amount) else m for m in t.measures
+            ],
+        )
+        for t in tables
+    )
+
+
 @pytest.fixture(params=KINDS)
 def shards(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Three shards (s0..s2) on SQLite, or on MariaDB through PyMySQL or mysqlclient."""
@@ -295,6 +320,27 @@ def test_deliveries_of_any_shape_leave_the_models_totals(shards: Backend) -> Non
     with closing(_Direct(shards)) as direct:
         run_state_machine_as_test(
             lambda: ExactlyOnceModel(shards, direct),
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=12,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+            ),
+        )
+
+
+@pytest.fixture(params=[k for k in KINDS if k.id != "sqlite"])
+def mysql_shards(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Three shards on MariaDB through PyMySQL or mysqlclient (wide measures need them)."""
+    yield from make_backend(request.param, 3, tmp_path, request)
+
+
+def test_wide_amounts_leave_the_models_totals_past_2_63(mysql_shards: Backend) -> None:
+    """The same model with every amount wide: the whales all fit, sums pass 2**63 exactly."""
+    examples = int(os.environ.get("SHARDBILL_MODEL_EXAMPLES_MYSQL", "25")) // 2 or 1
+    with closing(_Direct(mysql_shards)) as direct:
+        run_state_machine_as_test(
+            lambda: ExactlyOnceModel(mysql_shards, direct, wide=True),
             settings=settings(
                 max_examples=examples,
                 stateful_step_count=12,
