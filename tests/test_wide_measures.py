@@ -11,6 +11,7 @@ narrow measure refuses a sum past 2**63 - 1 as before.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import sqlite3
 import textwrap
@@ -37,6 +38,7 @@ from shardbill.aggregates import (
 )
 from shardbill.audit import audit
 from shardbill.batching import CoalescedRow, deltas_fit
+from shardbill.cli import main
 from shardbill.config import Config
 from shardbill.dialects.ddl import create_statements
 from shardbill.dialects.mysql import MySQLDialect
@@ -351,3 +353,47 @@ def test_the_how_to_examples_run(tmp_path: Path) -> None:
     )
     (table,) = Config.load(path).tables
     assert [m.wide for m in table.measures] == [True, False]
+
+
+def test_the_command_line_ingests_and_audits_wide_rows_exactly(
+    mysql3: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """init, ingest and audit from a configuration file with a wide measure: exact past 2**63."""
+    config = tmp_path / "shardbill.toml"
+    shards = "\n".join(f'{name} = "{url}"' for name, url in mysql3.urls.items())
+    config.write_text(
+        f"slots = {SLOTS}\n[shards]\n{shards}\n[map_store]\npath = 'map.json'\n"
+        "[aggregates]\ntables = 'none'\n[[aggregates.custom]]\nname = 'traffic_total'\n"
+        "keys = [{ name = 'account_id', projection = 'account' }]\n"
+        "measures = [{ name = 'units', value = 'quantity', wide = true },"
+        " { name = 'events', value = 'count' }]\n",
+        encoding="utf-8",
+    )
+    events = tmp_path / "day.jsonl"
+    lines = [
+        json.dumps(
+            {
+                "event_id": f"big-{i}",
+                "account": 7,
+                "time": WHEN.isoformat(),
+                "product": "sms",
+                "quantity": str(BIG + i),
+                "dimensions": {"country": "US"},
+            }
+        )
+        for i in range(4)
+    ]
+    events.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    flags = ["--config", str(config)]
+    assert main(["init", *flags]) == 0
+    assert main(["ingest", str(events), *flags]) == 0
+    capsys.readouterr()
+    assert main(["audit", str(events), "--json", *flags]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["audit"] == "exact"
+    ((units, count),) = [
+        row
+        for shard in mysql3.shards
+        for row in mysql3.rows(shard, "SELECT units, events FROM traffic_total")
+    ]
+    assert (int(units), count) == (4 * 3 * 10**18 + 6 * 10**6, 4)
