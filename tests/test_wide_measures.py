@@ -211,6 +211,25 @@ def test_the_configuration_file_declares_a_wide_measure(tmp_path: Path) -> None:
         Config.load(path)
 
 
+def test_the_configuration_file_refuses_a_wide_measure_on_a_sqlite_shard(tmp_path: Path) -> None:
+    """With a SQLite shard, ``wide = true`` is refused when the file is loaded, by its key."""
+    path = tmp_path / "shardbill.toml"
+    path.write_text(
+        '[shards]\na = "mysql+pymysql://app@db0:3306/billing"\nb = "sqlite:///b.db"\n'
+        '[aggregates]\ntables = "none"\n[[aggregates.custom]]\nname = "t"\n'
+        'keys = [{ name = "acct", projection = "account" }]\n'
+        'measures = [{ name = "n", value = "count" }, '
+        '{ name = "bytes", value = "quantity", wide = true }]\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        Config.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: aggregates.custom[0].measures[1].wide: ")
+    for part in ("'bytes'", "'t'", "SQLite shard 'b'", "MySQL/MariaDB"):
+        assert part in message
+
+
 # --------------------------------------------------------------------------- on the servers
 
 
