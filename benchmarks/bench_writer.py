@@ -11,6 +11,9 @@ written three ways, in one run, into ``--shards`` databases on one server:
 * ``writer_per_account``: the same writer with ``IdScope.PER_ACCOUNT`` (ids
   compared only on their charges' slots): the cost of the identity guarantee
   is ``writer_vs_per_account``;
+* ``writer_wide``: the same writer with every quantity and amount measure
+  wide (``DECIMAL(65,0)``, for sums past 2**63): the cost of wide measures
+  is ``writer_vs_wide`` (narrow events/s over wide events/s);
 * ``per_event`` (baseline a): the straightforward exactly-once code, one
   transaction per event: ledger INSERT, one UPSERT per table, COMMIT;
 * ``floor`` (baseline b): the writer's own pre-aggregated rows written by bare
@@ -18,7 +21,7 @@ written three ways, in one run, into ``--shards`` databases on one server:
 
 Reported per model and way: events/s, UPSERT statements/s, commits/s and
 p50/p99 commit latency (ms), and the ratios writer/per_event,
-writer/floor and writer/writer_per_account. ``--json`` prints one JSON object.
+writer/floor, writer/writer_per_account and writer/writer_wide. ``--json`` prints one JSON object.
 
 ``--repeat N`` runs every model N times and reports medians (the ratios are
 taken within each run, then the median); ``--prefill-ledger ROWS`` loads
@@ -42,9 +45,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import pymysql
 
 from shardbill import ShardMap
+from shardbill.aggregates import AggregateTable, Amount, Quantity
 from shardbill.batching import IdScope, coalesce, plan_batch
 from shardbill.catalog import billing_tables
 from shardbill.observe import Stats
@@ -109,18 +114,34 @@ def _by_event(charges: Sequence[Charge]) -> list[list[Charge]]:
     return list(out.values())
 
 
+def wide_tables() -> tuple[AggregateTable, ...]:
+    """The billing tables with every quantity and amount measure wide (DECIMAL(65,0))."""
+    return tuple(
+        attrs.evolve(
+            t,
+            measures=[
+                attrs.evolve(m, wide=True) if isinstance(m.value, Quantity | Amount) else m
+                for m in t.measures
+            ],
+        )
+        for t in billing_tables()
+    )
+
+
 def run_writer(
     args: argparse.Namespace,
     urls: dict[str, str],
     charges: list[Charge],
     id_scope: IdScope = IdScope.GLOBAL,
+    tables: Sequence[AggregateTable] | None = None,
 ) -> dict[str, Any]:
     shard_map = ShardMap.create(sorted(urls), slots=args.slots)
     provider = PooledProvider.from_urls(urls)
     stats = Stats()
     latest = max(c.time for c in charges).timestamp()  # the traffic is dated: so is the clock
     writer = AggregationWriter(
-        shard_map=shard_map, provider=provider, tables=billing_tables(), observer=stats,
+        shard_map=shard_map, provider=provider, tables=tables or billing_tables(),
+        observer=stats,
         settings=WriterSettings(
             max_workers=args.workers, id_scope=id_scope, track_positions=args.track_positions
         ),
@@ -277,7 +298,7 @@ def run_floor(
     return _rates(len(events), "insert", statements, latencies, elapsed)
 
 
-WAYS = ("writer", "writer_per_account", "per_event", "floor")
+WAYS = ("writer", "writer_per_account", "writer_wide", "per_event", "floor")
 
 
 def _one_run(args: argparse.Namespace, admin: Any, charges: list[Charge]) -> dict[str, Any]:
@@ -297,7 +318,8 @@ def _one_run(args: argparse.Namespace, admin: Any, charges: list[Charge]) -> dic
             # Every way starts from the same empty schema, made by the writer.
             setup = AggregationWriter(
                 shard_map=ShardMap.create(sorted(dbs), slots=args.slots),
-                provider=(p := PooledProvider.from_urls(urls)), tables=billing_tables(),
+                provider=(p := PooledProvider.from_urls(urls)),
+                tables=wide_tables() if way == "writer_wide" else billing_tables(),
             )  # fmt: skip
             setup.ensure_schema()
             setup.close()
@@ -308,6 +330,8 @@ def _one_run(args: argparse.Namespace, admin: Any, charges: list[Charge]) -> dic
                 run[way] = run_writer(args, urls, charges)
             elif way == "writer_per_account":
                 run[way] = run_writer(args, urls, charges, IdScope.PER_ACCOUNT)
+            elif way == "writer_wide":
+                run[way] = run_writer(args, urls, charges, tables=wide_tables())
             elif way == "per_event":
                 run[way] = run_per_event(args, dbs, charges)
             else:
@@ -320,6 +344,7 @@ def _one_run(args: argparse.Namespace, admin: Any, charges: list[Charge]) -> dic
     run["writer_vs_per_event"] = w / run["per_event"]["events_per_s"]
     run["writer_vs_floor"] = w / run["floor"]["events_per_s"]
     run["writer_vs_per_account"] = w / run["writer_per_account"]["events_per_s"]
+    run["writer_vs_wide"] = w / run["writer_wide"]["events_per_s"]
     return run
 
 
@@ -363,7 +388,8 @@ def _print_model(model: str, results: dict[str, Any]) -> None:
     print(
         f"  writer/per_event {results['writer_vs_per_event']:.1f}x ({each})   "
         f"writer/floor {results['writer_vs_floor']:.2f}x   "
-        f"writer/per_account {results['writer_vs_per_account']:.2f}x",
+        f"writer/per_account {results['writer_vs_per_account']:.2f}x   "
+        f"writer/wide {results['writer_vs_wide']:.2f}x",
         file=sys.stderr,
     )
 
@@ -415,7 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if isinstance(value, int | float)
             }
         # Ratios are taken within each run (same machine state), then the median.
-        for ratio in ("writer_vs_per_event", "writer_vs_floor", "writer_vs_per_account"):
+        for ratio in (
+            "writer_vs_per_event",
+            "writer_vs_floor",
+            "writer_vs_per_account",
+            "writer_vs_wide",
+        ):
             results[ratio] = statistics.median(run[ratio] for run in runs)
         report[model] = results
         if not args.json:

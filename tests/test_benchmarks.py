@@ -57,9 +57,10 @@ def test_bench_writer_repeats_and_prefills(
     report = json.loads(capsys.readouterr().out)
     skewed = report["skewed"]
     assert len(skewed["runs"]) == 2
-    for way in ("writer", "writer_per_account", "per_event", "floor"):
+    for way in ("writer", "writer_per_account", "writer_wide", "per_event", "floor"):
         assert skewed[way]["events_per_s"] > 0
     assert skewed["writer_vs_per_account"] > 0
+    assert skewed["writer_vs_wide"] > 0
     ratios = sorted(run["writer_vs_per_event"] for run in skewed["runs"])
     assert ratios[0] <= skewed["writer_vs_per_event"] <= ratios[1]
     assert "password" not in report["config"]

@@ -1,6 +1,7 @@
 """A model-based property test: any shape of deliveries leaves exactly the model's totals.
 
-Hypothesis drives a writer over three SQLite shards with calls made of
+Hypothesis drives a writer over three shards (SQLite files, or MariaDB
+databases through PyMySQL and through mysqlclient) with calls made of
 priced events and loose numbered charges, repeated inside and across calls,
 in any order, with an id's content changed (another amount, another account
 on another shard, more parts), events split over calls, parts mixed up inside
@@ -9,31 +10,49 @@ horizon as the clock moves, and prunes in between. A plain-Python model says
 what each event's state must be and what every account's balance must hold;
 after every step the shards (read directly) and every reported state must
 agree with it.
+
+The shards are created once per backend and emptied between examples (every
+table's rows deleted, slot ownership recorded again), so an example starts
+from nothing without the cost of creating databases. MariaDB runs fewer
+examples than SQLite (``SHARDBILL_MODEL_EXAMPLES_MYSQL``, default 25; SQLite
+``SHARDBILL_MODEL_EXAMPLES``, default 60); the long run is, e.g.::
+
+    SHARDBILL_MODEL_EXAMPLES_MYSQL=300 .venv/bin/python -m pytest \\
+        tests/test_exactly_once_model.py -k mysqldb
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import shutil
+import os
 import sqlite3
-import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from shardbill import ShardMap
+from shardbill.aggregates import BIGINT_MAX, WIDE_MAX, AggregateTable, Amount
 from shardbill.catalog import billing_tables
-from shardbill.providers import PooledProvider
 from shardbill.rules import Charge, PricedEvent
 from shardbill.writer import AggregationWriter, EventState
+from tests.support.backends import KINDS, Backend, make_backend
 
-SHARDS = ("a", "b", "c")
+SHARDS = ("s0", "s1", "s2")  # the names make_backend gives three shards
 MAP = ShardMap.create(SHARDS, slots=64)
 START = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 DAY = 86_400
@@ -107,13 +126,15 @@ def _items_of(event_id: str, variant: str, shape: str) -> list[Charge | PricedEv
 class ExactlyOnceModel(RuleBasedStateMachine):
     """Deliveries of every shape against a model of what must be applied."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend, direct: _Direct, *, wide: bool = False) -> None:
         super().__init__()
-        self.root = Path(tempfile.mkdtemp(prefix="sb-model-"))
-        self.provider = PooledProvider.sqlite_directory(self.root, SHARDS)
+        self.direct = direct
+        direct.empty()
         self.now = START.timestamp()
+        self.wide = wide
+        self.limit = WIDE_MAX if wide else BIGINT_MAX
         self.writer = AggregationWriter(
-            shard_map=MAP, provider=self.provider, tables=billing_tables(), clock=self._clock
+            shard_map=MAP, provider=backend.provider, tables=_tables(wide=wide), clock=self._clock
         )
         self.writer.ensure_schema()
         self.accepted: dict[str, str] = {}  # event id -> the variant applied
@@ -125,14 +146,12 @@ class ExactlyOnceModel(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.writer.close()
-        self.provider.close()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     # -- the model -----------------------------------------------------------------
 
     def _whales_fit(self, extra: int) -> bool:
         held = sum(1 for e in self.accepted if e in WHALES)
-        return (held + extra) * WHALE_AMOUNT * 10**6 <= 2**63 - 1
+        return (held + extra) * WHALE_AMOUNT * 10**6 <= self.limit
 
     def _refused(self, event_id: str, delivered: set[tuple[str, str]]) -> bool:
         variants = {v for v, _ in delivered}
@@ -215,19 +234,117 @@ class ExactlyOnceModel(RuleBasedStateMachine):
                 want[int(c.account)][1] += 1
         got: dict[int, list[int]] = {}
         for shard in SHARDS:
-            with closing(sqlite3.connect(self.root / f"{shard}.db")) as conn:
-                for account, amount, count in conn.execute(
-                    "SELECT account_id, amount, charges FROM account_balance"
-                ):
-                    assert account not in got
+            for account, amount, count in self.direct.rows(
+                shard, "SELECT account_id, amount, charges FROM account_balance"
+            ):
+                assert account not in got
+                assert type(count) is int
+                if self.wide:  # DECIMAL(65,0) comes back as a Decimal: an integral one
+                    assert type(amount) is Decimal
+                    assert amount == int(amount)
+                    got[account] = [int(amount), count]
+                else:
+                    assert type(amount) is int
                     got[account] = [amount, count]
         assert got == dict(want)
 
 
-TestExactlyOnceModel = ExactlyOnceModel.TestCase
-TestExactlyOnceModel.settings = settings(
-    max_examples=60,
-    stateful_step_count=12,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+class _Direct:
+    """One plain connection per shard (autocommit), not through shardbill, kept open:
+    a new MySQL connection per check would cost more than the whole example."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.kind = backend.kind
+        self.conns: dict[str, Any] = {}
+        for shard in backend.shards:
+            if backend.kind == "sqlite":
+                self.conns[shard] = sqlite3.connect(backend.locations[shard], isolation_level=None)
+            else:
+                assert backend.server is not None
+                self.conns[shard] = backend.server.connect(backend.locations[shard])
+
+    def rows(self, shard: str, sql: str) -> list[tuple[Any, ...]]:
+        """Run one statement on ``shard`` and return its rows."""
+        if self.kind == "sqlite":
+            return list(self.conns[shard].execute(sql.replace("`", '"')).fetchall())
+        with self.conns[shard].cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+
+    def empty(self) -> None:
+        """Delete every row of every table on every shard (the schema stays)."""
+        listing = (
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+            if self.kind == "sqlite"
+            else "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+        )
+        for shard in self.conns:
+            for (table,) in self.rows(shard, listing):
+                self.rows(shard, f"DELETE FROM `{table}`")
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+
+
+def _tables(*, wide: bool) -> tuple[AggregateTable, ...]:
+    """The billing tables; with ``wide``, every amount measure a DECIMAL(65,0)."""
+    tables = billing_tables()
+    if not wide:
+        return tables
+    return tuple(
+        attrs.evolve(
+            t,
+            measures=[
+                attrs.evolve(m, wide=True) if isinstance(m.value, Amount) else m for m in t.measures
+            ],
+        )
+        for t in tables
+    )
+
+
+@pytest.fixture(params=KINDS)
+def shards(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Three shards (s0..s2) on SQLite, or on MariaDB through PyMySQL or mysqlclient."""
+    yield from make_backend(request.param, 3, tmp_path, request)
+
+
+def test_deliveries_of_any_shape_leave_the_models_totals(shards: Backend) -> None:
+    """Any sequence of deliveries leaves exactly the model's balances and reported states."""
+    on_sqlite = shards.kind == "sqlite"
+    examples = int(
+        os.environ.get("SHARDBILL_MODEL_EXAMPLES", "60")
+        if on_sqlite
+        else os.environ.get("SHARDBILL_MODEL_EXAMPLES_MYSQL", "25")
+    )
+    with closing(_Direct(shards)) as direct:
+        run_state_machine_as_test(
+            lambda: ExactlyOnceModel(shards, direct),
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=12,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+            ),
+        )
+
+
+@pytest.fixture(params=[k for k in KINDS if k.id != "sqlite"])
+def mysql_shards(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Three shards on MariaDB through PyMySQL or mysqlclient (wide measures need them)."""
+    yield from make_backend(request.param, 3, tmp_path, request)
+
+
+def test_wide_amounts_leave_the_models_totals_past_2_63(mysql_shards: Backend) -> None:
+    """The same model with every amount wide: the whales all fit, sums pass 2**63 exactly."""
+    examples = int(os.environ.get("SHARDBILL_MODEL_EXAMPLES_MYSQL", "25")) // 2 or 1
+    with closing(_Direct(mysql_shards)) as direct:
+        run_state_machine_as_test(
+            lambda: ExactlyOnceModel(mysql_shards, direct, wide=True),
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=12,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+            ),
+        )

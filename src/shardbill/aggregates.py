@@ -11,7 +11,11 @@ monthly, per product, balance): each table contributes one row delta.
 Storage is exact and the same on every backend: every measure is a BIGINT.
 Money and quantities are stored as integer units at a declared decimal scale
 (``Amount(scale=6)`` stores 0.0075 USD as 7500); counts are plain integers.
-Readers turn units back into :class:`~decimal.Decimal` exactly.
+Readers turn units back into :class:`~decimal.Decimal` exactly. A measure
+whose row sums need more than 63 bits is declared ``wide=True``: a
+``DECIMAL(65,0)`` column on MySQL/MariaDB (integers up to 65 digits, summed
+exactly by the server); SQLite has no exact type that wide, so a table set
+with a wide measure is refused there when the schema is applied or checked.
 
 Every row also stores its slot (column ``sb_slot``, indexed), so the rows of
 one slot are an index range that resharding can copy. The slot comes from the
@@ -50,7 +54,11 @@ from shardbill.dialects.base import MergeKind
 from shardbill.errors import ConfigurationError, InvalidInputError, MoneyTypeError
 
 __all__ = [
+    "BIGINT_MAX",
+    "BIGINT_MIN",
     "SLOT_COLUMN",
+    "WIDE_MAX",
+    "WIDE_MIN",
     "Account",
     "AggregateTable",
     "Amount",
@@ -72,13 +80,18 @@ __all__ = [
     "Quantity",
     "VarChar",
     "check_identifier",
+    "measure_range_error",
 ]
 
 #: The column every aggregate and ledger row stores its slot in.
 SLOT_COLUMN = "sb_slot"
 
+#: The range of a (narrow) measure column: a signed 64-bit BIGINT.
 BIGINT_MIN = -(2**63)
 BIGINT_MAX = 2**63 - 1
+#: The range of a wide measure column: ``DECIMAL(65,0)``, every integer of up to 65 digits.
+WIDE_MAX = 10**65 - 1
+WIDE_MIN = -WIDE_MAX
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _RESERVED = frozenset({SLOT_COLUMN})
 
@@ -394,15 +407,58 @@ class KeyColumn:
     projection: Projection
 
 
+def measure_range_error(
+    event_id: str, table: str, measure: Measure, value: int
+) -> InvalidInputError:
+    """The rejection of a charge whose delta does not fit ``measure``'s column."""
+    fix = (
+        "split the charge"
+        if measure.wide
+        else "declare the measure wide=True (DECIMAL(65,0), MySQL/MariaDB) or split the charge"
+    )
+    return InvalidInputError(
+        f"charge {event_id!r}: measure {measure.name!r} of table {table!r} is {value}, "
+        f"outside the {measure.column_type} range; {fix}"
+    )
+
+
 @attrs.frozen(kw_only=True)
 class Measure:
-    """One measure column: a BIGINT that merges deltas by ``merge``."""
+    """One measure column: a BIGINT (or, ``wide``, a DECIMAL(65,0)) merging deltas by ``merge``.
+
+    Args:
+        name: the column name (a validated identifier).
+        value: what one charge adds (quantity, amount, count).
+        merge: sum (default), min or max.
+        wide: store the measure as ``DECIMAL(65,0)`` instead of ``BIGINT``: row
+            values up to 65 digits instead of about 9.2e18 units. MySQL/MariaDB
+            only (SQLite refuses the table set); each row takes up to 29 bytes
+            for the column instead of 8, and the server's decimal addition is a
+            little slower than integer addition. Use it when a row's sum can pass
+            2**63 - 1 units (e.g. bytes at ``scale=6`` near 9.2 TB per row).
+    """
 
     name: str = attrs.field(validator=_check_column_name)
     value: MeasureValue
     merge: MergeKind = attrs.field(
         default=MergeKind.SUM, converter=MergeKind, validator=_commutative
     )
+    wide: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+
+    @property
+    def low(self) -> int:
+        """The least value the column holds."""
+        return WIDE_MIN if self.wide else BIGINT_MIN
+
+    @property
+    def high(self) -> int:
+        """The greatest value the column holds."""
+        return WIDE_MAX if self.wide else BIGINT_MAX
+
+    @property
+    def column_type(self) -> str:
+        """``BIGINT`` or ``DECIMAL(65,0)``: the range named in messages."""
+        return "DECIMAL(65,0)" if self.wide else "BIGINT"
 
 
 def _check_table_name(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:
@@ -465,16 +521,18 @@ class AggregateTable:
         """The row key this charge updates, validated against the column types."""
         return tuple(c.type.check(c.projection(charge), column=c.name) for c in self.keys)
 
+    @property
+    def has_wide(self) -> bool:
+        """True when one of the measures is wide (``DECIMAL(65,0)``)."""
+        return any(m.wide for m in self.measures)
+
     def deltas_of(self, charge: ChargeLike) -> tuple[int, ...]:
-        """The measure deltas this charge adds, as validated BIGINT values."""
+        """The measure deltas this charge adds, each validated against its column's range."""
         out = []
         for measure in self.measures:
             value = measure.value(charge)
-            if not BIGINT_MIN <= value <= BIGINT_MAX:
-                raise InvalidInputError(
-                    f"charge {charge.event_id!r}: measure {measure.name!r} of table "
-                    f"{self.name!r} is {value}, outside the BIGINT range"
-                )
+            if not measure.low <= value <= measure.high:
+                raise measure_range_error(charge.event_id, self.name, measure, value)
             out.append(value)
         return tuple(out)
 

@@ -23,7 +23,8 @@ reads what every shard holds with one plain ``SELECT`` per table.
 An event is expected exactly when the writer would apply it: the rules
 accept it, and every charge fits every table (a key value of the declared
 type, a missing dimension only where the column has a default, amounts exact
-at the measure's scale, values within BIGINT). The audit assumes the shards
+at the measure's scale, values within BIGINT, or DECIMAL(65,0) for a wide
+measure). The audit assumes the shards
 hold exactly the audited events: anything else shows up as differences.
 """
 
@@ -75,6 +76,7 @@ Rows = dict[str, dict[tuple[KeyValue, ...], list[int]]]
 """Table name -> row key -> measures in integer units."""
 
 _BIGINT = range(-(2**63), 2**63)
+_WIDE = range(-(10**65) + 1, 10**65)  # DECIMAL(65,0): a wide measure's column
 
 
 class _Unwritable(Exception):  # noqa: N818 - a control-flow signal, never raised to callers
@@ -147,25 +149,26 @@ def _fits(column_type: object) -> Callable[[object], bool]:
 _EXACT = decimal.Context(prec=80, Emin=-999_999, Emax=999_999, traps=[decimal.Inexact])
 
 
-def _units(value: Decimal, scale: int) -> int:
+def _units(value: Decimal, scale: int, column: range) -> int:
     try:
         scaled = value.scaleb(scale, _EXACT)
     except decimal.Inexact:
         raise _Unwritable from None
     units = int(scaled)
-    if units != scaled or units not in _BIGINT:
+    if units != scaled or units not in column:
         raise _Unwritable
     return units
 
 
-def _measure_getter(measure_value: object) -> Getter:
+def _measure_getter(measure_value: object, *, wide: bool = False) -> Getter:
     if isinstance(measure_value, Count):
         return lambda c: 1
     if isinstance(measure_value, Quantity | Amount):
         scale = measure_value.scale
+        column = _WIDE if wide else _BIGINT
         if isinstance(measure_value, Quantity):
-            return lambda c: _units(c.quantity, scale)
-        return lambda c: _units(c.amount, scale)
+            return lambda c: _units(c.quantity, scale, column)
+        return lambda c: _units(c.amount, scale, column)
     raise ConfigurationError(
         f"the audit cannot recompute measure {measure_value!r}; it knows quantity, amount and count"
     )
@@ -179,7 +182,7 @@ class _Recipe:
         self.values: list[Getter] = []
         self.tables: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
         part_index: dict[tuple[object, object], int] = {}
-        value_index: dict[object, int] = {}
+        value_index: dict[tuple[object, bool], int] = {}
         for table in tables:
             keys = []
             for column in table.keys:
@@ -190,10 +193,11 @@ class _Recipe:
                 keys.append(part_index[ident])
             measures = []
             for measure in table.measures:
-                if measure.value not in value_index:
-                    value_index[measure.value] = len(self.values)
-                    self.values.append(_measure_getter(measure.value))
-                measures.append(value_index[measure.value])
+                ident_v = (measure.value, measure.wide)
+                if ident_v not in value_index:
+                    value_index[ident_v] = len(self.values)
+                    self.values.append(_measure_getter(measure.value, wide=measure.wide))
+                measures.append(value_index[ident_v])
             self.tables.append((table.name, tuple(keys), tuple(measures)))
 
     def rows(self, charge: Charge) -> list[tuple[str, tuple[KeyValue, ...], list[int]]]:

@@ -384,7 +384,7 @@ class _Collector:
 
 
 def _own_overflow(event_id: str, event: _Event, tables: Sequence[AggregateTable]) -> str | None:
-    """Why an event's own charges, merged per row, leave BIGINT (None: they fit).
+    """Why an event's own charges, merged per row, leave a column's range (None: they fit).
 
     Each charge was range-checked alone; several charges of one event on one
     row can still sum past the edge, and no stored value can make that fit,
@@ -398,11 +398,11 @@ def _own_overflow(event_id: str, event: _Event, tables: Sequence[AggregateTable]
             before = own.get((t, key))
             own[(t, key)] = deltas if before is None else merge_values(merges[t], before, deltas)
     for (t, key), deltas in own.items():
-        for m, value in enumerate(deltas):
-            if not BIGINT_MIN <= value <= BIGINT_MAX:
+        for measure, value in zip(tables[t].measures, deltas, strict=True):
+            if not measure.low <= value <= measure.high:
                 return (
                     f"event {event_id!r}: its charges on row {key!r} add {value:+d} to "
-                    f"{tables[t].name}.{tables[t].measures[m].name}, past the BIGINT "
+                    f"{tables[t].name}.{measure.name}, past the {measure.column_type} "
                     f"{'maximum' if value > 0 else 'minimum'} whatever the row holds; split "
                     "it into several events, or give the measure a coarser scale"
                 )
@@ -685,11 +685,12 @@ def find_overflows(
     current: Sequence[dict[tuple[KeyValue, ...], tuple[int, ...]]],
     tables: Sequence[AggregateTable],
 ) -> tuple[list[Unit], dict[str, Rejection]]:
-    """Which events would take a row out of BIGINT, given the rows' stored values.
+    """Which events would take a row out of its column's range, given the rows' stored values.
 
     Events are taken in event-id order; each one's deltas (merged per row) are
     added to the running values, and an event that would take any value (or
-    its own delta) out of the BIGINT range is refused whole, with the table,
+    its own delta) out of the column's range (BIGINT, or DECIMAL(65,0) for a
+    wide measure) is refused whole, with the table,
     the column, the value, the delta and the headroom left. The others keep
     their order.
 
@@ -719,16 +720,22 @@ def find_overflows(
             stored = state[t].get(key)
             after = deltas if stored is None else merge_values(merges[t], stored, deltas)
             for m, measure in enumerate(tables[t].measures):
-                if BIGINT_MIN <= after[m] <= BIGINT_MAX and BIGINT_MIN <= deltas[m] <= BIGINT_MAX:
+                low, high = measure.low, measure.high
+                if low <= after[m] <= high and low <= deltas[m] <= high:
                     continue
                 base = 0 if stored is None else stored[m]
-                room = BIGINT_MAX - base if deltas[m] > 0 else base - BIGINT_MIN
+                room = high - base if deltas[m] > 0 else base - low
+                fix = (
+                    "split the row (e.g. by period)"
+                    if measure.wide
+                    else "give the measure a coarser scale, split the row (e.g. by period), "
+                    "or declare it wide=True (DECIMAL(65,0), MySQL/MariaDB)"
+                )
                 problem = (
                     f"event {event_id!r} would take {tables[t].name}.{measure.name} of row "
-                    f"{key!r} from {base} by {deltas[m]:+d}, past the BIGINT "
+                    f"{key!r} from {base} by {deltas[m]:+d}, past the {measure.column_type} "
                     f"{'maximum' if deltas[m] > 0 else 'minimum'} (headroom {room}); the rest "
-                    "of the batch was applied; give the measure a coarser scale, or split "
-                    "the row (e.g. by period)"
+                    f"of the batch was applied; {fix}"
                 )
                 break
             if problem is not None:
@@ -745,6 +752,23 @@ def find_overflows(
     return kept, refused
 
 
-def deltas_fit(rows: Iterable[Sequence[CoalescedRow]]) -> bool:
-    """True when every merged delta of ``rows`` can be bound as a BIGINT."""
-    return all(BIGINT_MIN <= d <= BIGINT_MAX for table in rows for row in table for d in row.deltas)
+def deltas_fit(
+    rows: Iterable[Sequence[CoalescedRow]], tables: Sequence[AggregateTable] | None = None
+) -> bool:
+    """True when every merged delta of ``rows`` fits its column.
+
+    Without ``tables`` every column is taken as a BIGINT (the writer passes
+    the tables only when one of them has a wide measure, so the common check
+    stays one comparison per value).
+    """
+    if tables is None:
+        return all(
+            BIGINT_MIN <= d <= BIGINT_MAX for table in rows for row in table for d in row.deltas
+        )
+    for table_rows, table in zip(rows, tables, strict=True):
+        ranges = [(m.low, m.high) for m in table.measures]
+        for row in table_rows:
+            for d, (low, high) in zip(row.deltas, ranges, strict=True):
+                if not low <= d <= high:
+                    return False
+    return True

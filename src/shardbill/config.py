@@ -697,6 +697,7 @@ def _parse(data: Mapping[str, object], source: str, base: Path) -> Config:
         raise _KeyProblemError("slots", f"{slots} is fewer than the {len(shards)} shards; raise it")
     aggregates = _table(data.get("aggregates", {}), "aggregates")
     account_type, tables = _aggregates(aggregates)
+    _refuse_wide_on_sqlite(aggregates, shards)
     return Config(
         source=source,
         shards=shards,
@@ -915,7 +916,7 @@ def _key_column(item: object, key: str, account_type: BigInt | VarChar) -> KeyCo
 
 def _measure(item: object, key: str, scale: int) -> Measure:
     spec = _table(item, key)
-    _known(spec, ("name", "value", "scale", "merge"), key)
+    _known(spec, ("name", "value", "scale", "merge", "wide"), key)
     name = _str(spec.get("name"), f"{key}.name")
     kind = spec.get("value")
     value: MeasureValue
@@ -933,10 +934,36 @@ def _measure(item: object, key: str, scale: int) -> Measure:
     merge = spec.get("merge", "sum")
     if merge not in ("sum", "min", "max"):
         raise _KeyProblemError(f"{key}.merge", f"must be 'sum', 'min' or 'max', got {_show(merge)}")
+    wide = spec.get("wide", False)
+    if type(wide) is not bool:
+        raise _KeyProblemError(
+            f"{key}.wide", f"must be true or false (DECIMAL(65,0) on MySQL), got {_show(wide)}"
+        )
     try:
-        return Measure(name=name, value=value, merge=MergeKind(merge))
+        return Measure(name=name, value=value, merge=MergeKind(merge), wide=wide)
     except ConfigurationError as exc:
         raise _KeyProblemError(f"{key}.name", str(exc)) from None
+
+
+def _refuse_wide_on_sqlite(
+    aggregates: Mapping[str, object], shards: Mapping[str, ConnectionURL]
+) -> None:
+    """A wide measure (DECIMAL(65,0)) cannot live on a SQLite shard: refuse it here, by key."""
+    on_sqlite = [n for n, url in shards.items() if url.driver == "sqlite"]
+    custom = aggregates.get("custom", [])
+    if not on_sqlite or not isinstance(custom, list):
+        return
+    for i, table in enumerate(custom):
+        measures = table.get("measures", []) if isinstance(table, Mapping) else []
+        for j, measure in enumerate(measures):
+            if isinstance(measure, Mapping) and measure.get("wide") is True:
+                raise _KeyProblemError(
+                    f"aggregates.custom[{i}].measures[{j}].wide",
+                    f"measure {measure.get('name')!r} of table {table.get('name')!r} is wide "
+                    f"(DECIMAL(65,0)), which SQLite shard {on_sqlite[0]!r} cannot hold exactly; "
+                    "use MySQL/MariaDB shards, or remove wide = true and keep each row under "
+                    "2**63 - 1 units (a coarser scale, or rows split by period)",
+                )
 
 
 def _custom_table(

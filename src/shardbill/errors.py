@@ -292,13 +292,16 @@ class FatalDatabaseError(DatabaseError):
 
 
 class RowOverflowError(FatalDatabaseError):
-    """An aggregate value would leave the exact-integer (BIGINT) range.
+    """An aggregate value would leave its exact-integer column's range.
+
+    The range is BIGINT's, or DECIMAL(65,0)'s for a wide measure
+    (``Measure(wide=True)``, MySQL/MariaDB).
 
     The writer never lets it through: it finds the events that would push a
     row past the edge and rejects them alone (the rest of the batch is
     applied). Seen by a caller only in a result, as the reason an event was
     rejected or, when other parts of that event were applied already, why it
-    failed: give the measure a coarser scale or a wider column.
+    failed: give the measure a coarser scale, or declare it wide.
     """
 
 

@@ -55,12 +55,14 @@ from shardbill.aggregates import (
     Day,
     Dimension,
     KeyValue,
+    Measure,
     Month,
     Product,
     Quantity,
     VarChar,
+    measure_range_error,
 )
-from shardbill.errors import ConfigurationError, InvalidInputError
+from shardbill.errors import ConfigurationError
 
 __all__ = ["RowDelta", "RowExtractor"]
 
@@ -93,9 +95,12 @@ class RowExtractor:
         if len(set(names)) != len(names):
             raise ConfigurationError(f"aggregate table names must be distinct: {names}")
         parts: dict[tuple[object, object], int] = {}
-        values: dict[object, int] = {}
+        # A measure value is computed once per charge, and once more only where one
+        # table stores it wide and another narrow: each part has its column's range.
+        values: dict[tuple[object, bool], int] = {}
         self._key_parts: list[tuple[Any, Any, str]] = []  # (projection, column type, name)
         self._value_parts: list[Any] = []
+        self._value_ranges: list[tuple[int, int, Measure]] = []  # (low, high, the first measure)
         self._layout: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         for table in self.tables:
             key_idx = []
@@ -107,15 +112,18 @@ class RowExtractor:
                 key_idx.append(parts[ident])
             value_idx = []
             for measure in table.measures:
-                if measure.value not in values:
-                    values[measure.value] = len(self._value_parts)
+                ident_v = (measure.value, measure.wide)
+                if ident_v not in values:
+                    values[ident_v] = len(self._value_parts)
                     self._value_parts.append(measure.value)
-                value_idx.append(values[measure.value])
+                    self._value_ranges.append((measure.low, measure.high, measure))
+                value_idx.append(values[ident_v])
             self._layout.append((tuple(key_idx), tuple(value_idx)))
-        self._measure_names: dict[object, tuple[str, str]] = {}  # the first to declare it
-        for table in self.tables:
-            for measure in table.measures:
-                self._measure_names.setdefault(measure.value, (table.name, measure.name))
+        # The table of the first measure to declare each value part, for messages.
+        self._measure_tables: dict[int, str] = {}
+        for table, (_, placed) in zip(self.tables, self._layout, strict=True):
+            for v in placed:
+                self._measure_tables.setdefault(v, table.name)
         self._template = self._canonical_template()
         self.source, self._compiled = self._compile()
 
@@ -164,14 +172,12 @@ class RowExtractor:
             for projection, column_type, name in self._key_parts
         ]
         deltas = []
-        for value in self._value_parts:
+        for v, value in enumerate(self._value_parts):
             delta = value(charge)
-            if not BIGINT_MIN <= delta <= BIGINT_MAX:
-                table, measure = self._measure_names[value]
-                raise InvalidInputError(
-                    f"charge {charge.event_id!r}: measure {measure!r} of table {table!r} is "
-                    f"{delta}, outside the BIGINT range"
-                )
+            low, high, measure = self._value_ranges[v]
+            if not low <= delta <= high:
+                table = self._measure_tables[v]
+                raise measure_range_error(charge.event_id, table, measure, delta)
             deltas.append(delta)
         return keys, deltas
 
@@ -213,7 +219,8 @@ class RowExtractor:
             _read_key(code, f"k{k}", projection)
             _check_key(code, f"k{k}", column_type, name)
         for v, value in enumerate(self._value_parts):
-            _read_measure(code, f"m{v}", value)
+            low, high, _ = self._value_ranges[v]
+            _read_measure(code, f"m{v}", value, f"{int(low)} <= {{var}} <= {int(high)}")
         nkeys = len(self._key_parts)
         names = [f"k{k}" for k in range(nkeys)] + [f"m{v}" for v in range(len(self._value_parts))]
         rows = []
@@ -291,7 +298,7 @@ def _check_key(code: _Code, var: str, column_type: Any, name: str) -> None:
     code.emit("        return None")
 
 
-def _read_measure(code: _Code, var: str, value: Any) -> None:
+def _read_measure(code: _Code, var: str, value: Any, in_range: str) -> None:
     kind = type(value)
     if kind is Count:
         code.emit(f"    {var} = 1")
@@ -307,7 +314,7 @@ def _read_measure(code: _Code, var: str, value: Any) -> None:
         code.emit("        return None")
     else:
         code.emit(f"    {var} = {code.constant('VALUE', value)}(charge)")
-    code.emit(f"    if {var}.__class__ is not int or not {_BIGINT_RANGE.format(var=var)}:")
+    code.emit(f"    if {var}.__class__ is not int or not {in_range.format(var=var)}:")
     code.emit("        return None")
 
 

@@ -367,7 +367,11 @@ def from_minor_units(units: int, scale: int) -> Decimal:
             )
         units = int(units)
     check_scale(scale)
-    return Decimal(units).scaleb(-scale, context=EXACT)
+    # Built from its digits, not by scaleb: exact for any number of digits (a wide
+    # measure's 65), where a context's precision would round or trap.
+    sign, digits, exponent = Decimal(units).as_tuple()
+    assert isinstance(exponent, int)  # noqa: S101 - an int's Decimal is finite
+    return Decimal((sign, digits, exponent - scale))
 
 
 @attrs.frozen(kw_only=True)

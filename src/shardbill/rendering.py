@@ -1,12 +1,14 @@
 """The writer's multi-row statements, built fast and safely.
 
 The writer's rows are validated before any SQL (:mod:`shardbill.aggregates`):
-every integer column holds an ``int`` within BIGINT range, every text column a
+every integer column holds an ``int`` within its range (BIGINT, or DECIMAL(65,0)
+for a wide measure), every text column a
 ``str`` within its declared length, every date column a ``datetime.date``.
 Two consequences make the hot path cheaper without weakening safety:
 
 * **Chunking by a bound.** A row's rendered size has an upper bound known
-  from the column types alone (a BIGINT takes at most 20 bytes, a
+  from the column types alone (a BIGINT takes at most 20 bytes, a wide
+  measure 66, a
   ``VARCHAR(n)`` at most ``2 + 8n`` escaped), so statements are cut by row
   count under the server's ``max_allowed_packet`` without measuring every
   value.
@@ -31,14 +33,16 @@ from shardbill.tables import Column, ColumnKind
 
 __all__ = ["RowStatements", "row_bound"]
 
-_INT_KINDS = frozenset({ColumnKind.BIGINT, ColumnKind.INT})
+_INT_KINDS = frozenset({ColumnKind.BIGINT, ColumnKind.INT, ColumnKind.DECIMAL})
 
 
 def row_bound(columns: Sequence[Column]) -> int:
     """An upper bound of the bytes one row group takes in a rendered statement."""
     total = 2  # the parentheses
     for column in columns:
-        if column.kind in _INT_KINDS:
+        if column.kind is ColumnKind.DECIMAL:
+            total += 66  # 65 digits and a sign
+        elif column.kind in _INT_KINDS:
             total += 20
         elif column.kind is ColumnKind.DATE:
             total += 12

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shardbill.aggregates import SLOT_COLUMN, AggregateTable
-from shardbill.dialects.ddl import create_statements, describe_table
+from shardbill.dialects.ddl import create_statements, describe_table, sqlite_refusals
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import SchemaError
 from shardbill.providers.base import ConnectionProvider
@@ -50,6 +50,9 @@ def apply_schema(
     for shard in shards if shards is not None else sorted(shard_map.shards):
         with provider.connection(shard) as conn:
             dialect = dialect_for(conn)
+            refused = sqlite_refusals(defs) if dialect.name == "sqlite" else []
+            if refused:  # before any table is created: a refusal changes nothing
+                raise SchemaError(f"shard {shard!r}: {refused[0]}")
             cursor = conn.cursor()
             try:
                 for table in defs:
@@ -134,13 +137,18 @@ def schema_problems(
 ) -> list[str]:
     """Every difference between the live schema on ``shards`` and the specs (empty: all good)."""
     system = system_tables or SystemTables()
+    defs = system.all_defs(tables)
     problems: list[str] = []
     for shard in shards:
         with provider.connection(shard, readonly=False) as conn:
             dialect = dialect_for(conn)
+            refused = sqlite_refusals(defs) if dialect.name == "sqlite" else []
+            if refused:
+                problems.extend(f"shard {shard!r}: {e}" for e in refused)
+                continue
             cursor = conn.cursor()
             try:
-                for want in system.all_defs(tables):
+                for want in defs:
                     live = describe_table(cursor, dialect, want.name)
                     if live is None:
                         problems.append(

@@ -26,7 +26,9 @@ them. Two system tables live on every shard next to the aggregates:
 
 Aggregate measure columns hold exact integers only: on SQLite a CHECK
 refuses anything else (SQLite would otherwise turn an overflowing sum into a
-REAL); MySQL's strict mode refuses an out-of-range BIGINT.
+REAL); MySQL's strict mode refuses an out-of-range BIGINT. A wide measure
+(``Measure(wide=True)``) is a ``DECIMAL(65,0)`` column (kind ``DECIMAL``),
+MySQL/MariaDB only.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class ColumnKind(enum.StrEnum):
     VARCHAR = "varchar"
     ASCII = "ascii"  # fixed vocabulary text (states, fingerprints), ASCII only
     DATE = "date"
+    DECIMAL = "decimal(65,0)"  # a wide measure: integers of up to 65 digits (MySQL only)
 
 
 class SlotState(enum.StrEnum):
@@ -118,7 +121,12 @@ def aggregate_table_def(table: AggregateTable) -> TableDef:
             columns.append(Column(name=key.name, kind=ColumnKind.DATE))
     columns.append(Column(name=SLOT_COLUMN, kind=ColumnKind.INT))
     columns.extend(
-        Column(name=m.name, kind=ColumnKind.BIGINT, exact_integer=True) for m in table.measures
+        Column(
+            name=m.name,
+            kind=ColumnKind.DECIMAL if m.wide else ColumnKind.BIGINT,
+            exact_integer=True,
+        )
+        for m in table.measures
     )
     return TableDef(
         name=table.name,

@@ -24,7 +24,8 @@ Each transaction, on one shard:
    claimed the same unit makes it fail with a duplicate key, and the retry
    sees the unit as done);
 4. one multi-row UPSERT per aggregate table with the coalesced deltas of the
-   new units, rows sorted by primary key (a sum that would leave BIGINT makes
+   new units, rows sorted by primary key (a sum that would leave its column's
+   range, BIGINT or a wide measure's DECIMAL(65,0), makes
    the transaction run again, carefully: the rows' stored values are read
    under lock and only the events that would overflow are refused);
 5. commit.
@@ -232,7 +233,7 @@ class _ShardRun:
 
 
 class _NeedsCareError(Exception):
-    """Internal: a merged delta leaves BIGINT; run the transaction in careful mode."""
+    """Internal: a merged delta leaves its column's range; run the transaction carefully."""
 
 
 def _row_maker(table: AggregateTable) -> Callable[[CoalescedRow], tuple[object, ...]]:
@@ -323,6 +324,8 @@ class AggregationWriter:
             self._map = shard_map.load()
         self._provider = provider
         self._tables = tuple(tables)
+        # Only a table set with a wide measure checks merged deltas per column range.
+        self._ranges = self._tables if any(t.has_wide for t in self._tables) else None
         self._extractor = RowExtractor(self._tables)
         self._shard_key = tuple(shard_key)
         self._observer = observer
@@ -1070,7 +1073,7 @@ class AggregationWriter:
                 if new:
                     merged = coalesce(new, self._tables)
                     groups = [merged]
-                    if not deltas_fit(merged):
+                    if not deltas_fit(merged, self._ranges):
                         if not careful:
                             raise _NeedsCareError
                         # Each event fits on its own (find_overflows checked): apply one by one.

@@ -20,6 +20,7 @@ import attrs
 from shardbill.aggregates import SLOT_COLUMN
 from shardbill.dialects.base import Dialect
 from shardbill.dialects.mysql import MySQLDialect
+from shardbill.errors import SchemaError
 from shardbill.providers.base import DBAPICursor
 from shardbill.tables import Column, ColumnKind, TableDef
 
@@ -30,6 +31,8 @@ __all__ = [
     "describe_table",
     "prune_statement",
     "share_lock_clause",
+    "sqlite_refusals",
+    "wide_on_sqlite_error",
 ]
 
 
@@ -64,6 +67,8 @@ def _text_collation(dialect: MySQLDialect) -> str:
 def _mysql_type(dialect: MySQLDialect, column: Column) -> str:
     if column.kind is ColumnKind.BIGINT:
         return "BIGINT"
+    if column.kind is ColumnKind.DECIMAL:
+        return "DECIMAL(65,0)"
     if column.kind is ColumnKind.INT:
         return "INT"
     if column.kind is ColumnKind.DATE:
@@ -73,10 +78,33 @@ def _mysql_type(dialect: MySQLDialect, column: Column) -> str:
     return f"VARCHAR({column.length}) CHARACTER SET utf8mb4 COLLATE {_text_collation(dialect)}"
 
 
-def _sqlite_type(column: Column) -> str:
+def _sqlite_type(table: TableDef, column: Column) -> str:
     if column.kind in (ColumnKind.BIGINT, ColumnKind.INT):
         return "INTEGER"
+    if column.kind is ColumnKind.DECIMAL:
+        raise wide_on_sqlite_error(table.name, column.name)
     return "TEXT"
+
+
+def wide_on_sqlite_error(table: str, column: str) -> SchemaError:
+    """The refusal of a wide measure on SQLite, naming it and the fixes."""
+    return SchemaError(
+        f"table {table!r}: measure {column!r} is declared wide (DECIMAL(65,0)), which SQLite "
+        "cannot hold exactly (its integers are 64-bit; a wider sum would become a REAL); "
+        "put this table set on MySQL/MariaDB shards, or declare the measure without "
+        "wide=True and keep each row under 2**63 - 1 units (a coarser scale, or rows split "
+        "by period)"
+    )
+
+
+def sqlite_refusals(tables: Sequence[TableDef]) -> list[SchemaError]:
+    """One refusal per wide measure column of ``tables`` (SQLite holds none)."""
+    return [
+        wide_on_sqlite_error(t.name, c.name)
+        for t in tables
+        for c in t.columns
+        if c.kind is ColumnKind.DECIMAL
+    ]
 
 
 def create_statements(dialect: Dialect, table: TableDef) -> list[str]:
@@ -85,7 +113,7 @@ def create_statements(dialect: Dialect, table: TableDef) -> list[str]:
     mysql = dialect if isinstance(dialect, MySQLDialect) else None
     parts = []
     for column in table.columns:
-        kind = _mysql_type(mysql, column) if mysql is not None else _sqlite_type(column)
+        kind = _mysql_type(mysql, column) if mysql is not None else _sqlite_type(table, column)
         null = "NULL" if column.nullable else "NOT NULL"
         default = f" DEFAULT {int(column.default)}" if column.default is not None else ""
         check = ""
@@ -192,6 +220,8 @@ def describe_table(cursor: DBAPICursor, dialect: Dialect, name: str) -> LiveTabl
         columns = []
         for col, data_type, length, nullable, declared, charset in rows:
             kind = _MYSQL_KINDS.get(str(data_type).lower())
+            if str(declared).lower().replace(" ", "") == "decimal(65,0)":
+                kind = ColumnKind.DECIMAL  # a wide measure; any other DECIMAL is foreign
             if kind is ColumnKind.VARCHAR and str(charset).lower() == "ascii":
                 kind = ColumnKind.ASCII
             columns.append(

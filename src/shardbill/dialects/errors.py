@@ -127,8 +127,9 @@ _ADVICE: Final[dict[type[DatabaseError], str]] = {
     QueryInterruptedError: "the statement was killed or timed out; roll back and retry",
     DuplicateKeyError: "a row with this key already exists",
     RowOverflowError: (
-        "an aggregate value would leave the BIGINT range; the writer rejects the events "
-        "that overflow (give the measure a coarser scale or a wider column)"
+        "an aggregate value would leave its column's range (BIGINT, or DECIMAL(65,0) for a "
+        "wide measure); the writer rejects the events that overflow (give the measure a "
+        "coarser scale, or declare it wide=True on MySQL/MariaDB)"
     ),
     FatalDatabaseError: "retrying will not help; fix the cause (grants, schema, SQL, TLS)",
 }
