@@ -9,7 +9,7 @@ shard files by default (or on real servers):
    write it exactly once through :class:`~shardbill.pipeline.Pipeline`, in
    batches (one transaction per shard per batch);
 3. replay a slice of the day: every replayed event is a duplicate, nothing changes;
-4. add a fifth shard online while the rest of the day is written
+4. add a fifth shard online while the last fifth of the day is written
    (:func:`_reshard_online`);
 5. audit: recompute every aggregate row independently (:mod:`shardbill.audit`)
    and compare with the shards;
