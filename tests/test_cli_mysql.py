@@ -76,6 +76,24 @@ def test_demo_on_mariadb_creates_databases_and_audits_exact(
     assert "created database" not in reset.stderr
 
 
+def test_demo_on_mariadb_writes_a_config_the_other_commands_follow(
+    mysql_server: ServerAddress, databases: list[str], tmp_path: Path
+) -> None:
+    """demo --mysql leaves DIR/shardbill.toml: map show and audit then read the same shards."""
+    urls = [mysql_server.url(db) for db in databases[:2]]
+    demo = run("demo", "--mysql", *urls, "--events", "2000", "--slots", "64", "--dir", "d",
+               cwd=tmp_path)  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    config = tmp_path / "d" / "shardbill.toml"
+    assert config.is_file(), sorted(p.name for p in (tmp_path / "d").iterdir())
+    shown = one_json(run("map", "show", "--config", str(config), "--json", cwd=tmp_path))
+    assert shown["epoch"] == 2
+    assert sorted(shown["shards"]) == ["shard-0", "shard-1"]  # type: ignore[arg-type]
+    audit = run("audit", "--config", str(config), "--events", "2000", "--json", cwd=tmp_path)
+    assert audit.returncode == 0, audit.stderr
+    assert one_json(audit)["audit"] == "exact"
+
+
 def _config(tmp_path: Path, server: ServerAddress, databases: list[str], store: str) -> str:
     shards = "\n".join(
         f's{i} = "{server.url(db, "mysqldb" if i % 2 else "pymysql")}"'

@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=batch_size or 2000,
         slots=slots or 16384,
         reset=args.reset,
+        write_config=config is None,  # a configuration file of the user's is theirs
         progress=progress_bars(args),
         say=say(args),
     )

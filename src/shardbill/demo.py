@@ -28,6 +28,7 @@ re-run exact.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -191,22 +192,33 @@ def table_names(tables: Sequence[AggregateTable], system: SystemTables) -> list[
     return [t.name for t in tables] + [d.name for d in system.all_defs(())]
 
 
-def _write_demo_config(directory: Path, shards: Sequence[str]) -> Path:
-    """A configuration file for the SQLite demo, so later commands can inspect it."""
+def _write_demo_config(directory: Path, shards: Mapping[str, ConnectionURL], say: Say) -> Path:
+    """A configuration file for the demo's shards, so later commands can inspect them.
+
+    SQLite shard files are named relative to the file's directory. A URL's
+    inline password is never written: the shard's line goes without it and
+    ``say`` notes how to complete it (``?password_env=VARIABLE``).
+    """
+    path = directory / "shardbill.toml"
     lines = [
         "# Written by `shardbill demo`: the demo's shards, for `shardbill map show`,",
         "# `shardbill audit` and friends, e.g.",
-        f"#   shardbill map show --config {directory / 'shardbill.toml'}",
+        f"#   shardbill map show --config {path}",
         "",
         "[shards]",
-        *(f'"{s}" = "sqlite:///{s}.db?{_DEMO_SQLITE}"' for s in shards),
-        "",
-        "[map_store]",
-        'kind = "json"',
-        'path = "shardmap.json"',
-        "",
     ]
-    path = directory / "shardbill.toml"
+    for name, url in shards.items():
+        if url.family == "sqlite":
+            text = f"sqlite:///{Path(url.path or name).name}?{_DEMO_SQLITE}"
+        else:
+            if url.password is not None:
+                say(
+                    f"{path}: the password of shard {name} is not written there; "
+                    "add ?password_env=VARIABLE to its URL to use the file"
+                )
+            text = str(attrs.evolve(url, password=None))
+        lines.append(f"{json.dumps(name)} = {json.dumps(text)}")
+    lines += ["", "[map_store]", 'kind = "json"', 'path = "shardmap.json"', ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
@@ -422,6 +434,7 @@ def run_demo(
     batch_size: int = 2000,
     slots: int = 16384,
     reset: bool = False,
+    write_config: bool = True,
     progress: bool | None = None,
     say: Say = print,
 ) -> DemoReport:
@@ -442,6 +455,8 @@ def run_demo(
         batch_size: events per batch (at most a tenth of ``events``).
         slots: the slot count of the demo's shard map.
         reset: drop the demo's tables on the servers first (else they must be empty).
+        write_config: write ``directory/shardbill.toml`` naming the shards and the
+            demo's map (no inline password), for ``map show``, ``audit`` and the rest.
         progress: draw progress bars (default: when a person is watching).
         say: where progress messages go (a line at a time).
 
@@ -474,8 +489,8 @@ def run_demo(
             _prepare_servers(provider, names, tables, settings.system_tables, reset=reset)
         store = JsonFileMapStore(directory / "shardmap.json")
         store.publish(ShardMap.create(start, slots=slots), expected_epoch=None)
-        if sqlite:
-            _write_demo_config(directory, names)
+        if write_config:
+            _write_demo_config(directory, shard_urls, say)
         traffic = Traffic(
             model=model,
             events=events,
