@@ -167,6 +167,8 @@ def test_ctrl_c_leaves_whole_batches_and_a_rerun_completes_exactly(tmp_path: Pat
         pytest.skip("the ingest finished before the interrupt arrived")  # a very fast machine
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr
+    assert "was handled through line" in stderr  # what was written ...
+    assert "run the same command again" in stderr  # ... and how to resume
     applied = _ledger_ids(shards)
     assert 0 < len(applied) < len(events)
     # Exactly the events in the ledger are in the aggregates: no batch is half-written.
@@ -182,3 +184,43 @@ def test_ctrl_c_leaves_whole_batches_and_a_rerun_completes_exactly(tmp_path: Pat
     assert summary["duplicates"] == len(applied)
     audited = run("audit", str(path), "--config", str(config), cwd=tmp_path)
     assert audited.returncode == 0, audited.stdout
+
+
+class _Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bar_can_count_events_while_measuring_bytes_and_shows_an_eta() -> None:
+    """Share from bytes, rate in events/s, and the time left at that pace."""
+    out = io.StringIO()
+    clock = _Clock()
+    bar = Progress("ingesting day.jsonl", total=1_000_000, unit="bytes", rate_unit="events",
+                   enabled=True, stream=out, clock=clock)  # fmt: skip
+    clock.now += 20.0
+    bar.count(5_000)
+    bar.update(250_000)  # a quarter in 20 s: 60 s to go
+    line = out.getvalue().rsplit("\r\x1b[2K", 1)[1]
+    assert line == (
+        "ingesting day.jsonl [#######---------------------]  25% 250k/1.0M bytes, "
+        "250 events/s, ETA 1m00s"
+    )
+    bar.close()
+
+
+def test_eta_is_left_out_until_something_is_done_and_once_all_is() -> None:
+    """No division by nothing at the start, and no ETA on a finished bar."""
+    out = io.StringIO()
+    clock = _Clock()
+    bar = Progress("writing", total=10, unit="events", enabled=True, stream=out, clock=clock)
+    bar.update(0)
+    clock.now += 3.0
+    bar.update(10)
+    drawn = out.getvalue()
+    assert "ETA" not in drawn
+    assert "writing [" + "#" * 28 + "] 100% 10/10 events, 3 events/s" in drawn

@@ -103,7 +103,7 @@ EXIT_USAGE = 2
 """A usage or configuration error."""
 EXIT_DATABASE = 3
 """A database stayed unreachable or kept failing; nothing is half-written: run again."""
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = cli_common.EXIT_INTERRUPTED
 """Interrupted (Ctrl-C)."""
 EXIT_BROKEN_PIPE = 141
 """Standard output was closed by its reader (``shardbill map plan | head -3``); 128 + SIGPIPE,
