@@ -154,6 +154,8 @@ def test_demo_text_then_audit_then_a_corrupted_row(tmp_path: Path) -> None:
     text = run("audit", "--config", config, "--events", "2000", cwd=tmp_path)
     assert text.returncode == 1
     assert f"usage_monthly account {account}" in text.stdout
+    assert "on shard-2 slot " in text.stdout  # where the damaged row is
+    assert "repair: on shard-2, add -1 to charges (-1 stored units)" in text.stdout
 
 
 def _config(directory: Path) -> Path:
