@@ -71,6 +71,7 @@ HELP = [
     ("bench",),
     ("prune",),
     ("reshard",),
+    ("status",),
 ]
 
 

@@ -24,6 +24,9 @@ Commands (``shardbill COMMAND --help`` shows each one's options and examples):
 ``prune``
     delete the ledger rows of events older than the dedup horizon
     (``--dry-run`` counts them).
+``status``
+    the fleet in one view: each shard's state, slots, rows and ledger, the
+    map epoch, a reshard in progress; ``--watch`` adds write rates.
 
 The configuration file comes from ``--config FILE``, else ``$SHARDBILL_CONFIG``,
 else ``./shardbill.toml`` (see ``docs/reference/configuration.md``).
@@ -52,7 +55,8 @@ Each command lives in its own module, which registers it (``add_parser``)
 and runs it (``run``): :mod:`shardbill.cli_demo`, :mod:`shardbill.cli_init`,
 :mod:`shardbill.cli_ingest`, :mod:`shardbill.cli_audit`,
 :mod:`shardbill.cli_map`, :mod:`shardbill.cli_bench`,
-:mod:`shardbill.cli_reshard` and :mod:`shardbill.cli_prune`; what several
+:mod:`shardbill.cli_reshard`, :mod:`shardbill.cli_prune` and
+:mod:`shardbill.cli_status`; what several
 of them share (option groups, ``--json`` and progress output,
 :data:`EXIT_PROBLEM`) is in
 :mod:`shardbill.cli_common`. This module builds the parser, dispatches, and
@@ -77,6 +81,7 @@ from shardbill import (
     cli_map,
     cli_prune,
     cli_reshard,
+    cli_status,
 )
 from shardbill._version import __version__
 from shardbill.cli_common import Formatter
@@ -135,6 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
         cli_bench,
         cli_reshard,
         cli_prune,
+        cli_status,
     ):
         module.add_parser(sub)
     return parser
@@ -149,6 +155,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": cli_bench.run,
     "reshard": cli_reshard.run,
     "prune": cli_prune.run,
+    "status": cli_status.run,
 }
 
 
