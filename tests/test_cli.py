@@ -72,6 +72,7 @@ HELP = [
     ("prune",),
     ("reshard",),
     ("status",),
+    ("migrate",),
 ]
 
 

@@ -27,6 +27,9 @@ Commands (``shardbill COMMAND --help`` shows each one's options and examples):
 ``status``
     the fleet in one view: each shard's state, slots, rows and ledger, the
     map epoch, a reshard in progress; ``--watch`` adds write rates.
+``migrate``
+    add new measures (0 in existing rows) and new tables to the live
+    shards, shard by shard, resumably (``--dry-run`` shows the plan).
 
 The configuration file comes from ``--config FILE``, else ``$SHARDBILL_CONFIG``,
 else ``./shardbill.toml`` (see ``docs/reference/configuration.md``).
@@ -55,8 +58,8 @@ Each command lives in its own module, which registers it (``add_parser``)
 and runs it (``run``): :mod:`shardbill.cli_demo`, :mod:`shardbill.cli_init`,
 :mod:`shardbill.cli_ingest`, :mod:`shardbill.cli_audit`,
 :mod:`shardbill.cli_map`, :mod:`shardbill.cli_bench`,
-:mod:`shardbill.cli_reshard`, :mod:`shardbill.cli_prune` and
-:mod:`shardbill.cli_status`; what several
+:mod:`shardbill.cli_reshard`, :mod:`shardbill.cli_prune`,
+:mod:`shardbill.cli_status` and :mod:`shardbill.cli_migrate`; what several
 of them share (option groups, ``--json`` and progress output,
 :data:`EXIT_PROBLEM`) is in
 :mod:`shardbill.cli_common`. This module builds the parser, dispatches, and
@@ -79,6 +82,7 @@ from shardbill import (
     cli_ingest,
     cli_init,
     cli_map,
+    cli_migrate,
     cli_prune,
     cli_reshard,
     cli_status,
@@ -141,6 +145,7 @@ def _build_parser() -> argparse.ArgumentParser:
         cli_reshard,
         cli_prune,
         cli_status,
+        cli_migrate,
     ):
         module.add_parser(sub)
     return parser
@@ -156,6 +161,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reshard": cli_reshard.run,
     "prune": cli_prune.run,
     "status": cli_status.run,
+    "migrate": cli_migrate.run,
 }
 
 
