@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,7 +174,11 @@ def test_operator_flow_on_mariadb(
     )
     damaged = run("audit", str(events), "--config", config, cwd=tmp_path)
     assert damaged.returncode == 1
-    assert f"account_balance account {account} (currency={currency}): amount" in damaged.stdout
+    assert re.search(
+        rf"account_balance account {account} \(currency={currency}\) on s1 slot \d+: amount",
+        damaged.stdout,
+    ), damaged.stdout
+    assert "repair: on s1, add 0.000001 to amount (+1 stored units)" in damaged.stdout
     assert "audit: 1 difference(s)" in damaged.stdout
 
     shown = one_json(run("map", "show", "--config", config, "--json", cwd=tmp_path))
