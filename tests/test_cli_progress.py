@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -250,3 +251,28 @@ def test_ctrl_c_in_the_demo_says_a_rerun_starts_over(tmp_path: Path) -> None:
     assert process.returncode == 130, stderr
     assert "starts over" in stderr
     assert "run the same command again to finish" not in stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_demo_reshard_stops_the_writing_too(tmp_path: Path) -> None:
+    """SIGINT once the fifth shard appears: the rest of the day is not written to its end first."""
+    events = 60_000
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shardbill", "demo", "--dir", "d", "--events", str(events),
+         "--slots", "4096", "--batch-size", "500"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    fifth = tmp_path / "d" / "shard-4.db"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None and not fifth.exists():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=180)
+    if process.returncode == 0:
+        pytest.skip("the demo finished before the interrupt arrived")  # a very fast machine
+    assert process.returncode == 130, stderr
+    written = _ledger_ids([tmp_path / "d" / f"shard-{i}.db" for i in range(4)])
+    # Interrupted before the resharder created its tables there, the fifth shard holds nothing.
+    with contextlib.suppress(sqlite3.OperationalError):
+        written |= _ledger_ids([fifth])
+    assert len(written) < events, "the writing thread ran to the end of the day after Ctrl-C"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -410,11 +411,17 @@ class _Tally:
 
 
 def _write(
-    pipeline: Pipeline, batches: Iterable[list[UsageEvent]], tally: _Tally, bar: Progress
+    pipeline: Pipeline,
+    batches: Iterable[list[UsageEvent]],
+    tally: _Tally,
+    bar: Progress,
+    stop: threading.Event | None = None,
 ) -> None:
     started = time.perf_counter()
     try:
         for batch in batches:
+            if stop is not None and stop.is_set():  # Ctrl-C in the thread that started us
+                return
             tally.add(pipeline.process(batch), len(batch))
             bar.advance(len(batch))
     finally:
@@ -529,15 +536,17 @@ def run_demo(
                 unit="events", enabled=progress,
             ) as bar:  # fmt: skip
                 before = tally.deliveries
+                stop = threading.Event()
                 outcome = _reshard_online(
                     store=store,
                     provider=provider,
                     tables=tables,
                     system_tables=settings.system_tables,
                     new_shard=spare,
-                    write_rest=lambda: _write(pipeline, batches, tally, bar),
+                    write_rest=lambda: _write(pipeline, batches, tally, bar, stop),
                     say=say,
                     bar=bar,
+                    stop=stop,
                 )
         final = store.load()
         report = audit(
@@ -631,8 +640,13 @@ def _reshard_online(
     write_rest: Callable[[], None],
     say: Say,
     bar: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> ReshardOutcome:
     """Add ``new_shard`` to the live map while ``write_rest`` keeps writing.
+
+    On Ctrl-C (or any error) in the resharder, ``stop`` is set, so that
+    ``write_rest`` stops at its next batch instead of writing the rest of
+    the day before the demo can end.
 
     Once the writes are done, the writing ``bar`` gives way to a bar of the
     slots the reshard has finished (when bars are drawn at all).
@@ -679,6 +693,10 @@ def _reshard_online(
                 system_tables=system_tables,
                 on_progress=on_progress,
             ).run(target)
+        except BaseException:
+            if stop is not None:
+                stop.set()
+            raise
         finally:
             writing.result()
             for shown in slots_bar:
