@@ -183,6 +183,13 @@ def test_operator_flow_on_mariadb(
 
     shown = one_json(run("map", "show", "--config", config, "--json", cwd=tmp_path))
     assert sorted(shown["shards"]) == ["s0", "s1", "s2"]  # type: ignore[arg-type]
+    status = one_json(run("status", "--config", config, "--json", cwd=tmp_path))
+    assert status["ok"] is True
+    for name, shard in status["shards"].items():  # type: ignore[attr-defined]
+        database = databases[int(name[1:])]
+        (ledger,) = _query(mysql_server, database, "SELECT COUNT(*) FROM shardbill_ledger")[0]
+        assert shard["ledger_rows"] == ledger
+        assert shard["slots"] == {"owned": shown["shards"][name]["slots"]}  # type: ignore[index]
     plan = one_json(run("map", "plan", "--add", "s3", "--config", config, "--json", cwd=tmp_path))
     assert plan["moved_slots"] == 4096
     assert plan["shards_without_url"] == ["s3"]
