@@ -1,9 +1,13 @@
 """A ConnectionProvider of your own: PyMySQL connections with credentials from a secrets store.
 
 The provider is the class below (a dozen lines); shardbill needs nothing else
-from it. Run it against a server with, for example::
+from it. :func:`main` plugs it into the aggregation writer and delivers the
+same batch twice, as a stream does after a crash: the second delivery is
+skipped by the ledger, so the totals count every event once. Run it against
+a database of its own (it creates the billing tables there)::
 
-    SHARD_0_HOST=127.0.0.1 SHARD_0_USER=root SHARD_0_DATABASE=test \
+    mariadb -h127.0.0.1 -uroot -e "CREATE DATABASE custom_provider_example"
+    SHARD_0_HOST=127.0.0.1 SHARD_0_USER=root SHARD_0_DATABASE=custom_provider_example \
         python examples/custom_provider.py
 """
 
@@ -16,8 +20,11 @@ from typing import Any
 
 import pymysql
 
-from shardbill.dialects import UpsertSpec, dialect_for
+from shardbill import AggregationWriter, Pipeline, Reader, ShardMap
+from shardbill.catalog import billing_tables
 from shardbill.providers import ConnectionProvider, DBAPIConnection, transaction
+from shardbill.rules import comms
+from shardbill.synthetic import Traffic
 
 
 class SecretsProvider:
@@ -52,29 +59,28 @@ def environment_credentials(shard: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Create a table, apply the same batch twice through the provider, print the totals."""
+    """Price a small batch and write it twice through the provider: the ledger counts it once."""
     provider: ConnectionProvider = SecretsProvider(environment_credentials)
-    spec = UpsertSpec(
-        table="example_totals",
-        columns=("account_id", "amount_minor"),
-        key_columns=("account_id",),
-        merges={"amount_minor": "sum"},
+    shard_map = ShardMap.create(["shard-0"])
+    traffic = Traffic(model="uniform", events=200, seed=1, accounts=20)
+    writer = AggregationWriter(
+        shard_map=shard_map,
+        provider=provider,
+        tables=billing_tables(),
+        clock=traffic.end.timestamp,  # the synthetic day is dated; a real service leaves this out
     )
-    with provider.connection("shard-0") as conn:
-        conn.cursor().execute(
-            "CREATE TABLE IF NOT EXISTS example_totals"
-            " (account_id BIGINT PRIMARY KEY, amount_minor BIGINT NOT NULL)"
+    writer.ensure_schema()
+    pipeline = Pipeline(engine=comms.engine(), writer=writer)
+    batch = list(traffic.distinct())
+    for delivery in ("first delivery", "redelivery"):  # a stream replaying after a crash
+        write = pipeline.process(batch).write
+        print(
+            f"{delivery}: {len(write.applied_events)} events applied, "
+            f"{len(write.duplicate_events)} skipped as duplicates"
         )
-    for _ in range(2):
-        with provider.connection("shard-0") as conn:
-            dialect = dialect_for(conn)
-            for sql, params in dialect.upsert_statements(spec, [(7, 150), (8, 25)]):
-                conn.cursor().execute(sql, params)
-    with provider.connection("shard-0", readonly=True) as conn:
-        cursor = conn.cursor()
-        cursor.execute("SELECT account_id, amount_minor FROM example_totals ORDER BY account_id")
-        for account_id, amount_minor in cursor.fetchall():
-            print(f"account {account_id}: {amount_minor}")
+    reader = Reader(shard_map=shard_map, provider=provider, tables=billing_tables())
+    totals = reader.totals("account_balance", group_by=["currency"])
+    print(f"total {totals[('USD',)]['amount']} USD over {totals[('USD',)]['charges']} charges")
     provider.close()
 
 

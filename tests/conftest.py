@@ -16,7 +16,11 @@ from tests.support.mysql import (
     mysql_required,
 )
 
-pytest_plugins = ["tests.support.server_fixtures", "tests.support.backends"]
+pytest_plugins = [
+    "tests.support.server_fixtures",
+    "tests.support.backends",
+    "tests.support.rule_package",
+]
 
 _MYSQL_FIXTURES = {"mysql_server", "mysql_database", "mysql_database_url", "private_servers"}
 

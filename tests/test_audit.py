@@ -260,3 +260,35 @@ def test_min_and_max_are_recomputed_by_their_merge(merge: str) -> None:
         ]
         assert values[index] == pick(amounts)
         assert values[4] == len(amounts)
+
+
+def test_a_difference_names_its_shard_and_slot_and_the_repair(backend: Backend) -> None:
+    """Value and unexpected rows: the shard holding them; missing rows: the shard owning the slot.
+
+    Each difference says how to repair it, and a changed value's repair is the
+    additive correction (expected - found) on that shard.
+    """
+    events = _day()
+    shard_map = _write(backend, events)
+    shard, (account, day, product, _amount, slot) = _some_row(backend, "usage_daily")
+    backend.execute(
+        shard,
+        f"UPDATE `usage_daily` SET `amount` = `amount` + 1234 WHERE `account_id` = {account} "
+        f"AND `day` = '{day}' AND `product` = '{product}'",
+    )
+    backend.execute(
+        shard,
+        f"DELETE FROM `account_balance` WHERE `account_id` = {account}",
+    )
+    report = _audit(backend, events, shard_map)
+    by_kind = {d.kind: d for d in report.differences}
+    assert sorted(by_kind) == ["missing", "value"]
+    value, missing = by_kind["value"], by_kind["missing"]
+    assert (value.shard, value.slot) == (shard, slot)
+    assert (missing.shard, missing.slot) == (shard_map.owner(slot), slot)
+    assert f"on {shard} slot {slot}" in value.describe()
+    assert value.to_dict()["shard"] == shard
+    assert value.to_dict()["slot"] == slot
+    assert "add -0.001234 to amount" in value.repair()
+    assert "shardbill audit" not in missing.repair()
+    assert "re-ingest" in missing.repair()

@@ -72,6 +72,8 @@ HELP = [
     ("prune",),
     ("reshard",),
     ("worker",),
+    ("status",),
+    ("migrate",),
 ]
 
 
@@ -155,6 +157,8 @@ def test_demo_text_then_audit_then_a_corrupted_row(tmp_path: Path) -> None:
     text = run("audit", "--config", config, "--events", "2000", cwd=tmp_path)
     assert text.returncode == 1
     assert f"usage_monthly account {account}" in text.stdout
+    assert "on shard-2 slot " in text.stdout  # where the damaged row is
+    assert "repair: on shard-2, add -1 to charges (-1 stored units)" in text.stdout
 
 
 def _config(directory: Path) -> Path:
@@ -475,3 +479,33 @@ def test_adding_a_shard_already_in_the_map_names_the_option(
     assert result.returncode == 2
     assert "--reweight s0=" in result.stderr
     assert "reweight()" not in result.stderr
+
+
+def test_bench_config_honours_the_writer_batch_size(tmp_path: Path) -> None:
+    """bench --config takes [writer] batch_size (as demo --config does); --batch-size overrides."""
+    config = str(_config(tmp_path / "deploy"))  # [writer] batch_size = 40
+    args = ("bench", "--config", config, "--events", "200", "--models", "uniform", "--json")
+    configured = one_json(run(*args, cwd=tmp_path))
+    assert configured["batch_size"] == 40
+    assert configured["models"]["uniform"]["commits"] >= 5  # type: ignore[index]
+    overridden = one_json(run(*args, "--batch-size", "100", cwd=tmp_path))
+    assert overridden["batch_size"] == 100
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_ingest_logs_every_batch(tmp_path: Path, where: str) -> None:
+    """-v (before or after the command) logs each batch's lines and counts on stderr."""
+    config = str(_config(tmp_path / "deploy"))  # batches of 40
+    assert run("init", "--config", config, cwd=tmp_path).returncode == 0
+    _events_file(tmp_path / "day.jsonl")  # 203 lines
+    command = ("ingest", str(tmp_path / "day.jsonl"), "--config", config)
+    args = ("-v", *command) if where == "before" else (*command, "-v")
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr  # the file has bad lines
+    logged = [line for line in result.stderr.splitlines() if "shardbill.ingest" in line]
+    assert len(logged) == 6  # 200 distinct good events (and 1 unpriced) in batches of 40
+    assert "day.jsonl lines 1-" in logged[0]
+    assert "40 events, 40 applied, 0 already applied" in logged[0]
+    assert logged[-1].split("day.jsonl lines ")[1].split(":")[0].endswith("-203")
+    quiet = run(*command, cwd=tmp_path)
+    assert "shardbill.ingest" not in quiet.stderr

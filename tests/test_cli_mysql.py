@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,24 @@ def test_demo_on_mariadb_creates_databases_and_audits_exact(
     assert reset.returncode == 0, reset.stderr
     assert one_json(reset)["audit"] == "exact"
     assert "created database" not in reset.stderr
+
+
+def test_demo_on_mariadb_writes_a_config_the_other_commands_follow(
+    mysql_server: ServerAddress, databases: list[str], tmp_path: Path
+) -> None:
+    """demo --mysql leaves DIR/shardbill.toml: map show and audit then read the same shards."""
+    urls = [mysql_server.url(db) for db in databases[:2]]
+    demo = run("demo", "--mysql", *urls, "--events", "2000", "--slots", "64", "--dir", "d",
+               cwd=tmp_path)  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    config = tmp_path / "d" / "shardbill.toml"
+    assert config.is_file(), sorted(p.name for p in (tmp_path / "d").iterdir())
+    shown = one_json(run("map", "show", "--config", str(config), "--json", cwd=tmp_path))
+    assert shown["epoch"] == 2
+    assert sorted(shown["shards"]) == ["shard-0", "shard-1"]  # type: ignore[arg-type]
+    audit = run("audit", "--config", str(config), "--events", "2000", "--json", cwd=tmp_path)
+    assert audit.returncode == 0, audit.stderr
+    assert one_json(audit)["audit"] == "exact"
 
 
 def _config(tmp_path: Path, server: ServerAddress, databases: list[str], store: str) -> str:
@@ -155,11 +174,22 @@ def test_operator_flow_on_mariadb(
     )
     damaged = run("audit", str(events), "--config", config, cwd=tmp_path)
     assert damaged.returncode == 1
-    assert f"account_balance account {account} (currency={currency}): amount" in damaged.stdout
+    assert re.search(
+        rf"account_balance account {account} \(currency={currency}\) on s1 slot \d+: amount",
+        damaged.stdout,
+    ), damaged.stdout
+    assert "repair: on s1, add 0.000001 to amount (+1 stored units)" in damaged.stdout
     assert "audit: 1 difference(s)" in damaged.stdout
 
     shown = one_json(run("map", "show", "--config", config, "--json", cwd=tmp_path))
     assert sorted(shown["shards"]) == ["s0", "s1", "s2"]  # type: ignore[arg-type]
+    status = one_json(run("status", "--config", config, "--json", cwd=tmp_path))
+    assert status["ok"] is True
+    for name, shard in status["shards"].items():  # type: ignore[attr-defined]
+        database = databases[int(name[1:])]
+        (ledger,) = _query(mysql_server, database, "SELECT COUNT(*) FROM shardbill_ledger")[0]
+        assert shard["ledger_rows"] == ledger
+        assert shard["slots"] == {"owned": shown["shards"][name]["slots"]}  # type: ignore[index]
     plan = one_json(run("map", "plan", "--add", "s3", "--config", config, "--json", cwd=tmp_path))
     assert plan["moved_slots"] == 4096
     assert plan["shards_without_url"] == ["s3"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -167,6 +168,8 @@ def test_ctrl_c_leaves_whole_batches_and_a_rerun_completes_exactly(tmp_path: Pat
         pytest.skip("the ingest finished before the interrupt arrived")  # a very fast machine
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr
+    assert "was handled through line" in stderr  # what was written ...
+    assert "run the same command again" in stderr  # ... and how to resume
     applied = _ledger_ids(shards)
     assert 0 < len(applied) < len(events)
     # Exactly the events in the ledger are in the aggregates: no batch is half-written.
@@ -182,3 +185,94 @@ def test_ctrl_c_leaves_whole_batches_and_a_rerun_completes_exactly(tmp_path: Pat
     assert summary["duplicates"] == len(applied)
     audited = run("audit", str(path), "--config", str(config), cwd=tmp_path)
     assert audited.returncode == 0, audited.stdout
+
+
+class _Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bar_can_count_events_while_measuring_bytes_and_shows_an_eta() -> None:
+    """Share from bytes, rate in events/s, and the time left at that pace."""
+    out = io.StringIO()
+    clock = _Clock()
+    bar = Progress("ingesting day.jsonl", total=1_000_000, unit="bytes", rate_unit="events",
+                   enabled=True, stream=out, clock=clock)  # fmt: skip
+    clock.now += 20.0
+    bar.count(5_000)
+    bar.update(250_000)  # a quarter in 20 s: 60 s to go
+    line = out.getvalue().rsplit("\r\x1b[2K", 1)[1]
+    assert line == (
+        "ingesting day.jsonl [#######---------------------]  25% 250k/1.0M bytes, "
+        "250 events/s, ETA 1m00s"
+    )
+    bar.close()
+
+
+def test_eta_is_left_out_until_something_is_done_and_once_all_is() -> None:
+    """No division by nothing at the start, and no ETA on a finished bar."""
+    out = io.StringIO()
+    clock = _Clock()
+    bar = Progress("writing", total=10, unit="events", enabled=True, stream=out, clock=clock)
+    bar.update(0)
+    clock.now += 3.0
+    bar.update(10)
+    drawn = out.getvalue()
+    assert "ETA" not in drawn
+    assert "writing [" + "#" * 28 + "] 100% 10/10 events, 3 events/s" in drawn
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_demo_says_a_rerun_starts_over(tmp_path: Path) -> None:
+    """SIGINT mid-demo: exit 130, and the message is true for the demo: a re-run starts over."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shardbill", "demo", "--dir", "d", "--events", "60000",
+         "--slots", "256"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    shards = [tmp_path / "d" / f"shard-{i}.db" for i in range(4)]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if all(p.exists() for p in shards) and len(_ledger_ids(shards)) >= 1000:
+                break
+        except sqlite3.Error:
+            pass  # not created yet, or busy mid-commit; look again
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the demo finished before the interrupt arrived")  # a very fast machine
+    assert process.returncode == 130, stderr
+    assert "starts over" in stderr
+    assert "run the same command again to finish" not in stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_demo_reshard_stops_the_writing_too(tmp_path: Path) -> None:
+    """SIGINT once the fifth shard appears: the rest of the day is not written to its end first."""
+    events = 60_000
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shardbill", "demo", "--dir", "d", "--events", str(events),
+         "--slots", "4096", "--batch-size", "500"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    fifth = tmp_path / "d" / "shard-4.db"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None and not fifth.exists():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=180)
+    if process.returncode == 0:
+        pytest.skip("the demo finished before the interrupt arrived")  # a very fast machine
+    assert process.returncode == 130, stderr
+    written = _ledger_ids([tmp_path / "d" / f"shard-{i}.db" for i in range(4)])
+    # Interrupted before the resharder created its tables there, the fifth shard holds nothing.
+    with contextlib.suppress(sqlite3.OperationalError):
+        written |= _ledger_ids([fifth])
+    assert len(written) < events, "the writing thread ran to the end of the day after Ctrl-C"

@@ -14,7 +14,7 @@ from shardbill import resharding
 from shardbill.aggregates import Account, AggregateTable, BigInt, Count, KeyColumn, Measure, Product
 from shardbill.aggregates import VarChar as Text
 from shardbill.catalog import billing_tables
-from shardbill.demo import DEMO_SHARDS, run_demo
+from shardbill.demo import DEMO_SHARDS, _write_demo_config, run_demo
 from shardbill.errors import ConfigurationError
 from shardbill.providers.url import ConnectionURL
 from shardbill.rules import comms
@@ -193,3 +193,20 @@ def test_the_reshard_step_shows_slots_once_the_writes_are_done(
     drawn = capsys.readouterr().err
     assert "resharding [" in drawn
     assert f"{outcome.slots_moved}/{outcome.slots_moved} slots" in drawn
+
+
+def test_demo_config_never_holds_an_inline_password(tmp_path: Path) -> None:
+    """A URL's inline password is left out of the demo's shardbill.toml, with a note saying so."""
+    urls = {
+        "shard-0": ConnectionURL.parse("mysql+pymysql://app:hunter2@db0:3306/billing"),
+        "shard-1": ConnectionURL.parse("mysql+pymysql://app@db1:3306/billing?password_env=PW"),
+    }
+    notes: list[str] = []
+    text = _write_demo_config(tmp_path, urls, notes.append).read_text(encoding="utf-8")
+    assert "hunter2" not in text
+    assert '"shard-0" = "mysql+pymysql://app@db0:3306/billing"' in text
+    assert '"shard-1" = "mysql+pymysql://app@db1:3306/billing?password_env=PW"' in text
+    assert notes == [
+        f"{tmp_path / 'shardbill.toml'}: the password of shard shard-0 is not written there; "
+        "add ?password_env=VARIABLE to its URL to use the file"
+    ]

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 
 from shardbill.dialects import dialect_for
 from shardbill.errors import DeadlockError
+from shardbill.rules import comms
+from shardbill.synthetic import Traffic
 from tests.support.mysql import ServerAddress
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_provider.py"
@@ -41,7 +44,7 @@ def _credentials(server: ServerAddress, database: str) -> dict[str, Any]:
 def test_example_script_runs_and_prints_totals(
     mysql_server: ServerAddress, mysql_database: str
 ) -> None:
-    """Run as a script, the example applies its batch twice and prints the summed totals."""
+    """Run as a script, the example delivers its batch twice and the ledger counts it once."""
     env = dict(os.environ)
     env.update(
         SHARD_0_HOST=mysql_server.host,
@@ -59,7 +62,17 @@ def test_example_script_runs_and_prints_totals(
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["account 7: 300", "account 8: 50"]
+    charges = (
+        comms.engine()
+        .price_batch(Traffic(model="uniform", events=200, seed=1, accounts=20).distinct())
+        .charges
+    )
+    total = sum((c.amount for c in charges), Decimal(0))
+    assert result.stdout.splitlines() == [
+        "first delivery: 200 events applied, 0 skipped as duplicates",
+        "redelivery: 0 events applied, 200 skipped as duplicates",
+        f"total {total:.6f} USD over {len(charges)} charges",
+    ]
 
 
 def test_example_provider_commits_and_rolls_back(

@@ -14,6 +14,7 @@ from shardbill.errors import ConfigurationError
 from shardbill.ingest import (
     FileEvent,
     Format,
+    IngestInterrupted,
     RejectedLine,
     Repeat,
     detect_format,
@@ -299,3 +300,49 @@ def test_a_clean_file_exits_zero_and_leaves_an_empty_rejects_file(
         if key[1] == "USD"
     }
     assert balance == {1: [2700, 1, 2700], 2: [3600, 1, 3600]}  # 0.0009 per email
+
+
+def test_an_interrupted_ingest_says_what_it_wrote_and_a_rerun_completes_it(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Ctrl-C mid-file: the summary so far names the last whole line; a rerun adds the rest once."""
+    good = _good_events(300)
+    path = tmp_path / "day.jsonl"
+    path.write_text("".join(_as_line(e) + "\n" for e in good), encoding="utf-8")
+    half = path.stat().st_size // 2
+
+    def ctrl_c_halfway(read: int) -> None:
+        if read > half:
+            raise KeyboardInterrupt
+
+    pipeline = _pipeline(backend)
+    with pipeline.writer:
+        with pytest.raises(IngestInterrupted) as caught:
+            ingest(path, pipeline=pipeline, fmt=Format.JSONL, account_as_int=True,
+                   batch_size=64, on_bytes=ctrl_c_halfway)  # fmt: skip
+        partial = caught.value.summary
+        rows = actual_rows(backend)
+        again = ingest(path, pipeline=pipeline, fmt=Format.JSONL, account_as_int=True,
+                       batch_size=64)  # fmt: skip
+    assert isinstance(caught.value, KeyboardInterrupt)
+    assert partial.interrupted
+    assert partial.applied == 128  # two whole batches of 64 before the middle of the file
+    assert partial.done_through_line == 128
+    assert rows == expected_rows(comms.engine().price_batch(good[:128]).charges)
+    assert "line 128" in caught.value.describe()
+    assert "run the same command again" in caught.value.describe()
+    assert (again.applied, again.duplicates, again.interrupted) == (172, 128, False)
+    assert actual_rows(backend) == expected_rows(comms.engine().price_batch(good).charges)
+
+
+def test_ingest_reports_events_done_after_each_batch(backend: Backend, tmp_path: Path) -> None:
+    """on_events hears the count of events settled after every batch (for events/s and ETA)."""
+    good = _good_events(150)
+    path = tmp_path / "day.jsonl"
+    path.write_text("".join(_as_line(e) + "\n" for e in good), encoding="utf-8")
+    heard: list[int] = []
+    pipeline = _pipeline(backend)
+    with pipeline.writer:
+        ingest(path, pipeline=pipeline, fmt=Format.JSONL, account_as_int=True, batch_size=64,
+               on_events=heard.append)  # fmt: skip
+    assert heard == [64, 128, 150]

@@ -3,15 +3,14 @@
 The example package in examples/rule_package is "installed" by writing a
 ``*.dist-info`` directory (METADATA + entry_points.txt generated from the
 example's own pyproject.toml) into a temporary directory on ``sys.path``,
-exactly what pip would leave behind. importlib.metadata then finds it.
+exactly what pip would leave behind (the fixtures ``site`` and
+``installed_example`` of tests/support/rule_package.py). importlib.metadata
+then finds it.
 """
 
 from __future__ import annotations
 
-import re
 import sys
-import tomllib
-from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,42 +19,7 @@ import pytest
 
 from shardbill.errors import ConfigurationError
 from shardbill.rules import RulesEngine, UsageEvent, available_rules, comms, load_rule
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "rule_package"
-HOWTO = ROOT / "docs" / "howto" / "write-a-billing-rule.md"
-MODULE = "shardbill_carrier_fees"
-
-
-def write_dist(site: Path, name: str, entry_points: Mapping[str, Mapping[str, str]]) -> None:
-    """Write the metadata pip would install for distribution ``name`` into ``site``."""
-    dist = site / f"{name.replace('-', '_')}-0.1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1.0\n", encoding="utf-8"
-    )
-    lines = []
-    for group, entries in entry_points.items():
-        lines.append(f"[{group}]")
-        lines += [f"{key} = {value}" for key, value in entries.items()]
-    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A temporary site directory on sys.path, with the example module importable."""
-    monkeypatch.syspath_prepend(str(EXAMPLE))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield tmp_path
-    sys.modules.pop(MODULE, None)
-
-
-@pytest.fixture
-def installed_example(site: Path) -> Path:
-    """The example package installed from its own pyproject.toml declaration."""
-    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    write_dist(site, project["name"], project["entry-points"])
-    return site
+from tests.support.rule_package import MODULE, write_dist
 
 
 def test_example_is_not_installed_by_default() -> None:
@@ -125,13 +89,3 @@ def test_conflicting_publishers_are_refused(site: Path) -> None:
     write_dist(site, "one", {"shardbill.rules": {"comms.sms": "elsewhere:sms"}})
     with pytest.raises(ConfigurationError, match=r"two installed distributions publish.*comms"):
         available_rules()
-
-
-@pytest.mark.usefixtures("installed_example")
-def test_howto_code_runs() -> None:
-    """The Python blocks of docs/howto/write-a-billing-rule.md run and their asserts hold."""
-    blocks = re.findall(r"```python\n(.*?)```", HOWTO.read_text(encoding="utf-8"), re.DOTALL)
-    assert blocks, "the how-to has no python block"
-    namespace: dict[str, object] = {}
-    for block in blocks:
-        exec(compile(block, str(HOWTO), "exec"), namespace)  # noqa: S102 - our own docs

@@ -373,6 +373,12 @@ class Difference:
         scale: the measure's decimal scale (to show units as decimals).
         detail: where the row is and where it belongs (``misplaced``, ``slot``).
         account_column: the name of the account's key column.
+        shard: the shard holding the row (``value``, ``unexpected``, ``slot``,
+            ``misplaced``: the first holder), or the one that should
+            (``missing``: the owner of its slot); None without a map.
+        slot: the account's slot (None without a map).
+        merge: how the measure merges (``sum``, ``min``, ``max``, ``replace``;
+            ``value`` only), which decides the repair.
     """
 
     kind: str
@@ -385,6 +391,9 @@ class Difference:
     found: int | None = None
     scale: int = 0
     detail: str = ""
+    shard: str | None = None
+    slot: int | None = None
+    merge: str | None = None
 
     def describe(self) -> str:
         """One line for people, such as::
@@ -396,6 +405,8 @@ class Difference:
         """
         rest = ", ".join(f"{k}={_show(v)}" for k, v in self.key.items() if k != self.account_column)
         head = f"{self.table} account {_show(self.account)}" + (f" ({rest})" if rest else "")
+        if self.shard is not None:
+            head += f" on {self.shard} slot {self.slot}"
         if self.kind == "value":
             return (
                 f"{head}: {self.measure} expected {_decimal(self.expected, self.scale)}, "
@@ -407,12 +418,54 @@ class Difference:
             return f"{head}: unexpected row (no audited event makes it)"
         return f"{head}: {self.detail}"
 
+    def repair(self) -> str:
+        """How to repair this difference, for a person (one line).
+
+        The events are the truth the audit recomputes from, and their ids are
+        in the ledger, so re-ingesting them changes nothing for a row that
+        was changed by hand: such a row is corrected on its shard, by the
+        difference for a summed measure (additive, so writers may keep
+        writing), to the expected value otherwise.
+
+        Returns:
+            The repair (see ``docs/reference/cli.md``, "Repairing a difference").
+        """
+        where = self.shard or "the shard the map gives its slot to"
+        if self.kind == "value" and self.expected is not None and self.found is not None:
+            units = self.expected - self.found
+            if self.merge in (None, "sum"):
+                return (
+                    f"on {where}, add {_decimal(units, self.scale)} to {self.measure} "
+                    f"({units:+d} stored units) of this row in one transaction; additive, "
+                    "so writers may keep writing"
+                )
+            return (
+                f"on {where}, set {self.measure} of this row to "
+                f"{_decimal(self.expected, self.scale)} ({self.expected} stored units)"
+            )
+        if self.kind == "missing":
+            return (
+                f"if its events were never written, re-ingest their file (the ledger applies "
+                f"only what is missing, exactly once); if the row was deleted by hand, insert "
+                f"it on {where} (slot {self.slot}) with the expected values"
+            )
+        if self.kind == "unexpected":
+            return (
+                "audit every events file that fed these shards (an event missing from the "
+                f"audit makes rows look unexpected); a row made by hand: delete it on {where}"
+            )
+        return (
+            "a reshard left it: `shardbill reshard status` shows a move in progress, "
+            "`shardbill reshard run` finishes it, `shardbill reshard verify` checks placement"
+        )
+
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict (keys and values as text where JSON has no type for them).
 
         Returns:
             ``kind``, ``table``, ``account``, ``key``, ``measure``, ``expected``,
-            ``found`` (decimals as strings) and ``detail``.
+            ``found`` (decimals as strings), ``detail``, ``shard``, ``slot``,
+            ``text`` and ``repair``.
         """
         return {
             "kind": self.kind,
@@ -423,7 +476,10 @@ class Difference:
             "expected": _decimal(self.expected, self.scale) if self.expected is not None else None,
             "found": _decimal(self.found, self.scale) if self.found is not None else None,
             "detail": self.detail,
+            "shard": self.shard,
+            "slot": self.slot,
             "text": self.describe(),
+            "repair": self.repair(),
         }
 
 
@@ -526,12 +582,21 @@ def compare(
         for key in sorted(want.keys() | have.keys(), key=_sort_key):
             named = dict(zip(table.key_names, key, strict=True))
             account = key[account_at] if account_at is not None else None
+            places = found.places[table.name].get(key, ())
+            slot = shard = None
+            if shard_map is not None and account is not None:
+                slot = shard_map.slot_for(account)  # type: ignore[arg-type]
+                shard = places[0][0] if places else shard_map.owner(slot)
+            elif places:
+                shard = places[0][0]
             row = Difference(
                 kind="missing",
                 table=table.name,
                 account=account,
                 key=named,
                 account_column=table.key_names[account_at] if account_at is not None else None,
+                shard=shard,
+                slot=slot,
             )
             if key not in have:
                 differences.append(row)
@@ -547,6 +612,7 @@ def compare(
                         expected=w,
                         found=h,
                         scale=measure.value.scale,
+                        merge=str(measure.merge),
                     )
                     for measure, w, h in zip(table.measures, want[key], have[key], strict=True)
                     if w != h

@@ -28,6 +28,12 @@ Commands (``shardbill COMMAND --help`` shows each one's options and examples):
     consume usage events from Kafka in a consumer group and write them
     exactly once, committing offsets only after the ledger has them
     (:mod:`shardbill.cli_worker`).
+``status``
+    the fleet in one view: each shard's state, slots, rows and ledger, the
+    map epoch, a reshard in progress; ``--watch`` adds write rates.
+``migrate``
+    add new measures (0 in existing rows) and new tables to the live
+    shards, shard by shard, resumably (``--dry-run`` shows the plan).
 
 The configuration file comes from ``--config FILE``, else ``$SHARDBILL_CONFIG``,
 else ``./shardbill.toml`` (see ``docs/reference/configuration.md``).
@@ -56,7 +62,8 @@ Each command lives in its own module, which registers it (``add_parser``)
 and runs it (``run``): :mod:`shardbill.cli_demo`, :mod:`shardbill.cli_init`,
 :mod:`shardbill.cli_ingest`, :mod:`shardbill.cli_audit`,
 :mod:`shardbill.cli_map`, :mod:`shardbill.cli_bench`,
-:mod:`shardbill.cli_reshard` and :mod:`shardbill.cli_prune`; what several
+:mod:`shardbill.cli_reshard`, :mod:`shardbill.cli_prune`,
+:mod:`shardbill.cli_status` and :mod:`shardbill.cli_migrate`; what several
 of them share (option groups, ``--json`` and progress output,
 :data:`EXIT_PROBLEM`) is in
 :mod:`shardbill.cli_common`. This module builds the parser, dispatches, and
@@ -79,8 +86,10 @@ from shardbill import (
     cli_ingest,
     cli_init,
     cli_map,
+    cli_migrate,
     cli_prune,
     cli_reshard,
+    cli_status,
     cli_worker,
 )
 from shardbill._version import __version__
@@ -108,7 +117,7 @@ EXIT_USAGE = 2
 """A usage or configuration error."""
 EXIT_DATABASE = 3
 """A database stayed unreachable or kept failing; nothing is half-written: run again."""
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = cli_common.EXIT_INTERRUPTED
 """Interrupted (Ctrl-C)."""
 EXIT_BROKEN_PIPE = 141
 """Standard output was closed by its reader (``shardbill map plan | head -3``); 128 + SIGPIPE,
@@ -141,6 +150,8 @@ def _build_parser() -> argparse.ArgumentParser:
         cli_reshard,
         cli_prune,
         cli_worker,
+        cli_status,
+        cli_migrate,
     ):
         module.add_parser(sub)
     return parser
@@ -156,6 +167,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reshard": cli_reshard.run,
     "prune": cli_prune.run,
     "worker": cli_worker.run,
+    "status": cli_status.run,
+    "migrate": cli_migrate.run,
 }
 
 

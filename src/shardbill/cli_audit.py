@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         )
         for difference in report.differences[: args.max_differences]:
             print(f"  {difference.describe()}")
+            print(f"    repair: {difference.repair()}")
         hidden = len(report.differences) - args.max_differences
         if hidden > 0:
             print(f"  ... and {hidden:,} more (--max-differences)")

@@ -61,7 +61,11 @@ def add_parser(sub: Subparsers) -> None:
     )
     bench.add_argument("--events", type=positive, default=20_000, help="events per model")
     bench.add_argument("--seed", type=int, default=1, help="seed of the synthetic traffic")
-    bench.add_argument("--batch-size", type=positive, default=2000, help="events per batch")
+    bench.add_argument(
+        "--batch-size",
+        type=positive,
+        help="events per batch (default: [writer] batch_size with --config, else 2000)",
+    )
     bench.add_argument("--shards", type=positive, default=4, help="temporary SQLite shards")
     add_servers(bench, mysql_help="run on servers, one URL per shard")
     bench.add_argument(
@@ -85,8 +89,11 @@ def run(args: argparse.Namespace) -> int:
     backend = f"{args.shards} temporary SQLite shards"
     urls, config = servers(args, "s")
     tables = engine = settings = None
+    batch_size = args.batch_size
     if config is not None:
         tables, engine, settings = config.tables, config.engine(), config.writer.settings()
+        batch_size = batch_size or config.writer.batch_size
+    batch_size = batch_size or 2000
     if urls is not None:
         from shardbill.demo import ensure_databases
 
@@ -96,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         models=models,
         events=args.events,
         seed=args.seed,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         urls=urls,
         shards=args.shards,
         tables=tables,
@@ -111,13 +118,13 @@ def run(args: argparse.Namespace) -> int:
             {
                 "backend": backend,
                 "events_per_model": args.events,
-                "batch_size": args.batch_size,
+                "batch_size": batch_size,
                 "models": {r.model: r.to_dict() for r in results},
                 **({"plot": args.plot} if args.plot else {}),
             }
         )
         return 0
-    print(f"shardbill bench: {args.events:,} events per model, batches of {args.batch_size}, "
+    print(f"shardbill bench: {args.events:,} events per model, batches of {batch_size}, "
           f"{backend}")  # fmt: skip
     rows = [("model", "events/s", "commits/s", "rows/s", "p50 ms", "p99 ms", "seconds")]
     for result in results:

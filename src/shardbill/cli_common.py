@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEMO_EVENTS",
     "DEMO_SEED",
+    "EXIT_INTERRUPTED",
     "EXIT_PROBLEM",
     "MODELS",
     "Formatter",
@@ -66,6 +67,8 @@ __all__ = [
 
 EXIT_PROBLEM = 1
 """What a command returns when it ran and found a problem (``shardbill.cli.EXIT_PROBLEM``)."""
+EXIT_INTERRUPTED = 130
+"""What a command that handled Ctrl-C itself returns (``shardbill.cli.EXIT_INTERRUPTED``)."""
 
 DEMO_EVENTS = 100_000
 """Distinct events of the demo's synthetic day (``demo`` and ``audit`` without FILE)."""

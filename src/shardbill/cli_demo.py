@@ -12,12 +12,14 @@ when the audit is exact, else :data:`~shardbill.cli_common.EXIT_PROBLEM`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shardbill.cli_common import (
     DEMO_EVENTS,
     DEMO_SEED,
+    EXIT_INTERRUPTED,
     EXIT_PROBLEM,
     add_json,
     add_servers,
@@ -88,23 +90,36 @@ def run(args: argparse.Namespace) -> int:
         tables, engine, settings = config.tables, config.engine(), config.writer.settings()
         batch_size = batch_size or config.writer.batch_size
         slots = slots or config.slots
-    report = run_demo(
-        directory=Path(args.dir),
-        urls=urls,
-        tables=tables,
-        engine=engine,
-        settings=settings,
-        events=args.events,
-        seed=args.seed,
-        model=args.model,
-        batch_size=batch_size or 2000,
-        slots=slots or 16384,
-        reset=args.reset,
-        progress=progress_bars(args),
-        say=say(args),
-    )
+    try:
+        report = run_demo(
+            directory=Path(args.dir),
+            urls=urls,
+            tables=tables,
+            engine=engine,
+            settings=settings,
+            events=args.events,
+            seed=args.seed,
+            model=args.model,
+            batch_size=batch_size or 2000,
+            slots=slots or 16384,
+            reset=args.reset,
+            write_config=config is None,  # a configuration file of the user's is theirs
+            progress=progress_bars(args),
+            say=say(args),
+        )
+    except KeyboardInterrupt:
+        print(_INTERRUPTED.format(where=args.dir), file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print_json(report.to_dict())
     else:
         print(report.render())
     return 0 if report.exact else EXIT_PROBLEM
+
+
+_INTERRUPTED = (
+    "shardbill: interrupted: the demo stopped; what it wrote stays in {where} (or on the "
+    "servers), every batch whole or not at all. The demo does not resume: run it again and it "
+    "starts over (on SQLite it replaces its shard files; on servers add --reset to drop its "
+    "tables first)."
+)

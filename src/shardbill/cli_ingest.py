@@ -13,10 +13,13 @@ reason retrying cannot fix (access denied, TLS), 3 when writes failed.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shardbill.cli_common import (
+    EXIT_INTERRUPTED,
     add_config_and_json,
     add_format,
     command,
@@ -29,8 +32,6 @@ from shardbill.cli_common import (
 from shardbill.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    import argparse
-
     from shardbill.cli_common import Subparsers
 
 __all__ = ["add_parser", "run"]
@@ -59,12 +60,19 @@ def add_parser(sub: Subparsers) -> None:
     ingest.add_argument(
         "--batch-size", type=positive, help="events per batch (default [writer] batch_size)"
     )
+    ingest.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # keeps `shardbill -v ingest ...` working too
+        help="log every batch (its lines, applied, duplicates, set aside) to stderr",
+    )
     add_config_and_json(ingest)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ingest``; returns the exit code."""
-    from shardbill.ingest import detect_format, ingest
+    from shardbill.ingest import IngestInterrupted, detect_format, ingest
     from shardbill.pipeline import Pipeline
     from shardbill.progress import Progress
     from shardbill.writer import AggregationWriter
@@ -88,18 +96,27 @@ def run(args: argparse.Namespace) -> int:
                 f"ingesting {path.name}",
                 total=path.stat().st_size,
                 unit="bytes",
+                rate_unit="events",
                 enabled=progress_bars(args),
             ) as bar,
         ):
-            summary = ingest(
-                path,
-                pipeline=Pipeline(engine=engine, writer=writer),
-                fmt=fmt,
-                account_as_int=config.account_as_int,
-                batch_size=args.batch_size or config.writer.batch_size,
-                rejects_path=args.rejects,
-                on_bytes=bar.update,
-            )
+            try:
+                summary = ingest(
+                    path,
+                    pipeline=Pipeline(engine=engine, writer=writer),
+                    fmt=fmt,
+                    account_as_int=config.account_as_int,
+                    batch_size=args.batch_size or config.writer.batch_size,
+                    rejects_path=args.rejects,
+                    on_bytes=bar.update,
+                    on_events=bar.count,
+                )
+            except IngestInterrupted as stop:
+                bar.close()
+                if args.json:
+                    print_json(stop.summary.to_dict())
+                print(f"shardbill: {stop.describe()}", file=sys.stderr)
+                return EXIT_INTERRUPTED
     if args.json:
         print_json(summary.to_dict())
     else:

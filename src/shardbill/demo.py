@@ -9,7 +9,7 @@ shard files by default (or on real servers):
    write it exactly once through :class:`~shardbill.pipeline.Pipeline`, in
    batches (one transaction per shard per batch);
 3. replay a slice of the day: every replayed event is a duplicate, nothing changes;
-4. add a fifth shard online while the rest of the day is written
+4. add a fifth shard online while the last fifth of the day is written
    (:func:`_reshard_online`);
 5. audit: recompute every aggregate row independently (:mod:`shardbill.audit`)
    and compare with the shards;
@@ -28,7 +28,9 @@ re-run exact.
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -191,22 +193,33 @@ def table_names(tables: Sequence[AggregateTable], system: SystemTables) -> list[
     return [t.name for t in tables] + [d.name for d in system.all_defs(())]
 
 
-def _write_demo_config(directory: Path, shards: Sequence[str]) -> Path:
-    """A configuration file for the SQLite demo, so later commands can inspect it."""
+def _write_demo_config(directory: Path, shards: Mapping[str, ConnectionURL], say: Say) -> Path:
+    """A configuration file for the demo's shards, so later commands can inspect them.
+
+    SQLite shard files are named relative to the file's directory. A URL's
+    inline password is never written: the shard's line goes without it and
+    ``say`` notes how to complete it (``?password_env=VARIABLE``).
+    """
+    path = directory / "shardbill.toml"
     lines = [
         "# Written by `shardbill demo`: the demo's shards, for `shardbill map show`,",
         "# `shardbill audit` and friends, e.g.",
-        f"#   shardbill map show --config {directory / 'shardbill.toml'}",
+        f"#   shardbill map show --config {path}",
         "",
         "[shards]",
-        *(f'"{s}" = "sqlite:///{s}.db?{_DEMO_SQLITE}"' for s in shards),
-        "",
-        "[map_store]",
-        'kind = "json"',
-        'path = "shardmap.json"',
-        "",
     ]
-    path = directory / "shardbill.toml"
+    for name, url in shards.items():
+        if url.family == "sqlite":
+            text = f"sqlite:///{Path(url.path or name).name}?{_DEMO_SQLITE}"
+        else:
+            if url.password is not None:
+                say(
+                    f"{path}: the password of shard {name} is not written there; "
+                    "add ?password_env=VARIABLE to its URL to use the file"
+                )
+            text = str(attrs.evolve(url, password=None))
+        lines.append(f"{json.dumps(name)} = {json.dumps(text)}")
+    lines += ["", "[map_store]", 'kind = "json"', 'path = "shardmap.json"', ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
@@ -398,11 +411,17 @@ class _Tally:
 
 
 def _write(
-    pipeline: Pipeline, batches: Iterable[list[UsageEvent]], tally: _Tally, bar: Progress
+    pipeline: Pipeline,
+    batches: Iterable[list[UsageEvent]],
+    tally: _Tally,
+    bar: Progress,
+    stop: threading.Event | None = None,
 ) -> None:
     started = time.perf_counter()
     try:
         for batch in batches:
+            if stop is not None and stop.is_set():  # Ctrl-C in the thread that started us
+                return
             tally.add(pipeline.process(batch), len(batch))
             bar.advance(len(batch))
     finally:
@@ -422,6 +441,7 @@ def run_demo(
     batch_size: int = 2000,
     slots: int = 16384,
     reset: bool = False,
+    write_config: bool = True,
     progress: bool | None = None,
     say: Say = print,
 ) -> DemoReport:
@@ -442,6 +462,8 @@ def run_demo(
         batch_size: events per batch (at most a tenth of ``events``).
         slots: the slot count of the demo's shard map.
         reset: drop the demo's tables on the servers first (else they must be empty).
+        write_config: write ``directory/shardbill.toml`` naming the shards and the
+            demo's map (no inline password), for ``map show``, ``audit`` and the rest.
         progress: draw progress bars (default: when a person is watching).
         say: where progress messages go (a line at a time).
 
@@ -474,8 +496,8 @@ def run_demo(
             _prepare_servers(provider, names, tables, settings.system_tables, reset=reset)
         store = JsonFileMapStore(directory / "shardmap.json")
         store.publish(ShardMap.create(start, slots=slots), expected_epoch=None)
-        if sqlite:
-            _write_demo_config(directory, names)
+        if write_config:
+            _write_demo_config(directory, shard_urls, say)
         traffic = Traffic(
             model=model,
             events=events,
@@ -514,15 +536,17 @@ def run_demo(
                 unit="events", enabled=progress,
             ) as bar:  # fmt: skip
                 before = tally.deliveries
+                stop = threading.Event()
                 outcome = _reshard_online(
                     store=store,
                     provider=provider,
                     tables=tables,
                     system_tables=settings.system_tables,
                     new_shard=spare,
-                    write_rest=lambda: _write(pipeline, batches, tally, bar),
+                    write_rest=lambda: _write(pipeline, batches, tally, bar, stop),
                     say=say,
                     bar=bar,
+                    stop=stop,
                 )
         final = store.load()
         report = audit(
@@ -616,8 +640,13 @@ def _reshard_online(
     write_rest: Callable[[], None],
     say: Say,
     bar: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> ReshardOutcome:
     """Add ``new_shard`` to the live map while ``write_rest`` keeps writing.
+
+    On Ctrl-C (or any error) in the resharder, ``stop`` is set, so that
+    ``write_rest`` stops at its next batch instead of writing the rest of
+    the day before the demo can end.
 
     Once the writes are done, the writing ``bar`` gives way to a bar of the
     slots the reshard has finished (when bars are drawn at all).
@@ -664,6 +693,10 @@ def _reshard_online(
                 system_tables=system_tables,
                 on_progress=on_progress,
             ).run(target)
+        except BaseException:
+            if stop is not None:
+                stop.set()
+            raise
         finally:
             writing.result()
             for shown in slots_bar:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import csv
 import enum
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -64,6 +65,7 @@ from shardbill.rules import UsageEvent
 __all__ = [
     "FileEvent",
     "Format",
+    "IngestInterrupted",
     "IngestSummary",
     "RejectedLine",
     "Repeat",
@@ -76,6 +78,8 @@ __all__ = [
 
 Stage = Literal["parse", "event", "conflict", "rules", "writer", "failed"]
 """Why a line was not applied (see the module docstring)."""
+
+log = logging.getLogger("shardbill.ingest")
 
 _MAX_TEXT = 10_000  # characters of a rejected line kept in the rejects file
 MAX_LINE_BYTES = 1024 * 1024
@@ -424,6 +428,10 @@ class IngestSummary:
             cannot fix (a :class:`~shardbill.errors.FatalDatabaseError`: access
             denied, TLS, a missing grant); fix it, then run the file again.
         seconds: wall time.
+        interrupted: the run was stopped (Ctrl-C) before the end of the file.
+        done_through_line: every line up to this one was handled (applied,
+            skipped or in the rejects file); after an interruption, the lines
+            after it are not (the batch in flight committed whole or not at all).
     """
 
     path: str
@@ -438,6 +446,8 @@ class IngestSummary:
     failed: int = 0
     refused: int = 0
     seconds: float = 0.0
+    interrupted: bool = False
+    done_through_line: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -460,11 +470,38 @@ class IngestSummary:
         return out
 
 
+class IngestInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`ingest`; :attr:`summary` is what it did until then.
+
+    A :class:`KeyboardInterrupt`, so code that does not know it still stops.
+
+    Args:
+        summary: the counts so far, with ``interrupted`` set.
+    """
+
+    def __init__(self, summary: IngestSummary) -> None:
+        super().__init__(summary.path)
+        self.summary = summary
+
+    def describe(self) -> str:
+        """What was written and how to resume, for a person (several lines)."""
+        s = self.summary
+        return (
+            f"interrupted: {s.path} was handled through line {s.done_through_line:,} "
+            f"({s.applied:,} events applied, {s.duplicates:,} already there, {s.rejected:,} "
+            f"rejected -> {s.rejects_path}); the batch in flight after it committed whole or "
+            "not at all.\nTo finish, run the same command again: the ledger skips every event "
+            "already applied and writes the rest exactly once (the rejects file is rewritten "
+            "from the start)."
+        )
+
+
 class _Batch:
     def __init__(self) -> None:
         self.events: list[UsageEvent] = []
         self.lines: dict[str, tuple[int, str]] = {}  # event id -> (line, text)
         self.rejected: list[RejectedLine] = []
+        self.last_line = 0
 
     def __len__(self) -> int:
         return len(self.events)
@@ -479,6 +516,7 @@ def ingest(
     batch_size: int,
     rejects_path: str | os.PathLike[str] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    on_events: Callable[[int], None] | None = None,
 ) -> IngestSummary:
     """Price and write the events of a file in batches; set bad lines aside.
 
@@ -494,11 +532,15 @@ def ingest(
         batch_size: events per batch.
         rejects_path: where rejected lines go (default ``PATH.rejects.jsonl``).
         on_bytes: called with the bytes read so far (for progress).
+        on_events: called after each batch with the distinct events settled so
+            far (for an events/s rate). Each batch is also logged at INFO on
+            the ``shardbill.ingest`` logger (``shardbill -v ingest``).
 
     Returns:
         The summary; its :attr:`~IngestSummary.exit_code` says whether anything was rejected.
 
     Raises:
+        IngestInterrupted: Ctrl-C; it carries the summary so far.
         OSError: the events file cannot be read or the rejects file written.
     """
     source = Path(path)
@@ -518,37 +560,68 @@ def ingest(
         ),
         0,
     )
+    done = {"through_line": 0, "events": 0}
+
+    def summary(*, interrupted: bool = False) -> IngestSummary:
+        return IngestSummary(
+            path=str(source),
+            rejects_path=str(rejects),
+            seconds=time.perf_counter() - started,
+            interrupted=interrupted,
+            done_through_line=done["through_line"],
+            **counts,
+        )
+
     with open(rejects, "w", encoding="utf-8") as out:
 
         def flush(batch: _Batch) -> None:
+            began = time.perf_counter()
+            applied, duplicates = counts["applied"], counts["duplicates"]
             if batch.events:
                 batch.rejected.extend(_process(pipeline, batch, counts))
             for item in sorted(batch.rejected, key=lambda r: r.line):
                 out.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
                 counts["failed" if item.stage == "failed" else "rejected"] += 1
             out.flush()
+            first = done["through_line"] + 1
+            done["through_line"] = max(done["through_line"], batch.last_line)
+            done["events"] += len(batch.events)
+            log.info(
+                "%s lines %d-%d: %d events, %d applied, %d already applied, %d lines set aside "
+                "(%.0f ms)",
+                source.name,
+                first,
+                done["through_line"],
+                len(batch.events),
+                counts["applied"] - applied,
+                counts["duplicates"] - duplicates,
+                len(batch.rejected),
+                (time.perf_counter() - began) * 1000,
+            )
+            if on_events is not None:
+                on_events(done["events"])
 
         batch = _Batch()
-        for item in read_events(source, fmt=fmt, account_as_int=account_as_int, on_bytes=on_bytes):
-            counts["records"] += 1
-            if isinstance(item, Repeat):
-                counts["repeats"] += 1
-            elif isinstance(item, RejectedLine):
-                batch.rejected.append(item)
-            else:
-                counts["events"] += 1
-                batch.events.append(item.event)
-                batch.lines[item.event.event_id] = (item.line, item.text)
-                if len(batch) >= batch_size:
-                    flush(batch)
-                    batch = _Batch()
-        flush(batch)
-    return IngestSummary(
-        path=str(source),
-        rejects_path=str(rejects),
-        seconds=time.perf_counter() - started,
-        **counts,
-    )
+        items = read_events(source, fmt=fmt, account_as_int=account_as_int, on_bytes=on_bytes)
+        try:
+            for item in items:
+                counts["records"] += 1
+                batch.last_line = item.line
+                if isinstance(item, Repeat):
+                    counts["repeats"] += 1
+                elif isinstance(item, RejectedLine):
+                    batch.rejected.append(item)
+                else:
+                    counts["events"] += 1
+                    batch.events.append(item.event)
+                    batch.lines[item.event.event_id] = (item.line, item.text)
+                    if len(batch) >= batch_size:
+                        flush(batch)
+                        batch = _Batch()
+            flush(batch)
+        except KeyboardInterrupt:
+            raise IngestInterrupted(summary(interrupted=True)) from None
+    return summary()
 
 
 def _process(pipeline: Pipeline, batch: _Batch, counts: dict[str, int]) -> list[RejectedLine]:

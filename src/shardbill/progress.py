@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 __all__ = ["Progress", "interactive"]
@@ -47,6 +48,15 @@ def _isatty(stream: TextIO | None) -> bool:
         return False
 
 
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    if whole >= 3600:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    if whole >= 60:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole}s"
+
+
 def _human(value: float) -> str:
     if value >= 1_000_000:
         return f"{value / 1_000_000:.1f}M"
@@ -62,8 +72,14 @@ class Progress:
         label: what is progressing, e.g. ``"writing"``.
         total: the amount at 100 % (0 or None: unknown, a counter is shown).
         unit: the unit of ``total``, e.g. ``"events"`` or ``"bytes"``.
+        rate_unit: show the rate of what :meth:`count` counts in this unit
+            (e.g. ``"events"`` while ``total`` is in bytes); default: ``unit``.
         enabled: draw it (default: :func:`interactive`).
         stream: where to draw (default ``sys.stderr``).
+        clock: seconds, for the rate and the time left (default ``time.monotonic``).
+
+    With a total, the bar also shows the time left at the pace so far
+    (``ETA 1m05s``).
     """
 
     def __init__(
@@ -72,16 +88,21 @@ class Progress:
         *,
         total: int | None,
         unit: str = "",
+        rate_unit: str | None = None,
         enabled: bool | None = None,
         stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stream = sys.stderr if stream is None else stream
         self._enabled = interactive(self._stream) if enabled is None else enabled
         self._label = label
         self._total = total or 0
         self._unit = unit
+        self._rate_unit = rate_unit
         self._done = 0
-        self._started = time.monotonic()
+        self._counted = 0
+        self._clock = clock
+        self._started = clock()
         self._drawn = 0.0
         self._lock = threading.Lock()
 
@@ -110,6 +131,15 @@ class Progress:
             self._done = done
             self._maybe_draw()
 
+    def count(self, counted: int) -> None:
+        """Set how many of ``rate_unit`` are done in all (drawn with the next update).
+
+        Args:
+            counted: e.g. the events written so far.
+        """
+        with self._lock:
+            self._counted = counted
+
     def close(self) -> None:
         """Erase the bar. Idempotent."""
         with self._lock:
@@ -127,12 +157,15 @@ class Progress:
     def _maybe_draw(self) -> None:
         if not self._enabled:
             return
-        now = time.monotonic()
+        now = self._clock()
         if now - self._drawn < _INTERVAL and self._done < self._total:
             return
         self._drawn = now
         elapsed = max(now - self._started, 1e-9)
-        rate = f"{_human(self._done / elapsed)} {self._unit}/s".strip()
+        if self._rate_unit is None:
+            rate = f"{_human(self._done / elapsed)} {self._unit}/s".strip()
+        else:
+            rate = f"{_human(self._counted / elapsed)} {self._rate_unit}/s"
         if self._total:
             share = min(1.0, self._done / self._total)
             filled = int(share * _WIDTH)
@@ -141,6 +174,8 @@ class Progress:
                 f"{self._label} [{bar}] {share:4.0%} {_human(self._done)}/"
                 f"{_human(self._total)} {self._unit}, {rate}"
             )
+            if 0 < self._done < self._total:
+                text += f", ETA {_duration(elapsed * (self._total - self._done) / self._done)}"
         else:
             text = f"{self._label} {_human(self._done)} {self._unit}, {rate}"
         self._stream.write("\r\x1b[2K" + text)

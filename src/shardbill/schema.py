@@ -98,7 +98,14 @@ def _compare(shard: str, want: TableDef, live_table: object) -> list[str]:
         found = live.get(column.name.lower())
         where = f"shard {shard!r}: table {want.name!r} column {column.name!r}"
         if found is None:
-            problems.append(f"{where} is missing; add it or re-create the table")
+            if column.exact_integer:  # a measure: added online, 0 in existing rows
+                problems.append(
+                    f"{where} is missing: the shard is not migrated to this declaration yet; "
+                    "run `shardbill migrate` (shardbill.migrate.migrate()), which adds it "
+                    "with 0 in existing rows"
+                )
+            else:
+                problems.append(f"{where} is missing; add it or re-create the table")
             continue
         if column.kind not in found.kinds:
             problems.append(

@@ -1,0 +1,160 @@
+"""``shardbill status``: the fleet in one view (:mod:`shardbill.status`).
+
+Prints the live map (epoch, slots, store), one line per shard (answers or
+not, slots owned / incoming / gone, aggregate and ledger rows) and a reshard
+in progress (moving slots by state, its claim). ``--json`` prints the same
+as one object. ``--watch`` redraws it every ``--interval`` seconds with each
+shard's ledger rows per second since the previous view (on a terminal the
+screen is cleared; otherwise each view is printed in turn; ``--count N``
+stops after N views; Ctrl-C ends it). Exit 0 when every shard answered, else
+:data:`~shardbill.cli_common.EXIT_PROBLEM`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from shardbill.cli_common import (
+    EXIT_PROBLEM,
+    add_config_and_json,
+    command,
+    load_config,
+    positive,
+    print_json,
+    table,
+)
+from shardbill.errors import ConfigurationError
+from shardbill.progress import interactive
+
+if TYPE_CHECKING:
+    import argparse
+
+    from shardbill.cli_common import Subparsers
+    from shardbill.config import Config, Opened
+    from shardbill.status import FleetStatus
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Subparsers) -> None:
+    """Register ``status`` on the main parser's subcommands."""
+    status = command(
+        sub,
+        "status",
+        "the fleet in one view: shards, map, rows, ledger, a reshard in progress",
+        "Read every shard of the live map (and every other configured shard) and the map "
+        "store, and show per shard whether it answers, its slots by state, its rows per "
+        "table and its ledger rows; the map's epoch; a reshard in progress. --watch redraws "
+        "it with each shard's ledger rows per second (applied events). Exit 0 when every "
+        "shard answered, 1 when one did not.",
+        "  shardbill status --config prod.toml\n"
+        "  shardbill status --json\n"
+        "  shardbill status --watch --interval 5",
+    )
+    status.add_argument(
+        "--watch", action="store_true", help="redraw every --interval seconds, with write rates"
+    )
+    status.add_argument(
+        "--interval", type=float, default=2.0, metavar="SECONDS", help="between views (default 2)"
+    )
+    status.add_argument("--count", type=positive, help="with --watch: stop after N views")
+    add_config_and_json(status)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``status``; returns the exit code."""
+    if args.watch and args.json:
+        raise ConfigurationError("--watch redraws text; --json prints one object: choose one")
+    if not args.interval > 0:
+        raise ConfigurationError(
+            f"--interval must be a positive number of seconds: {args.interval}"
+        )
+    config = load_config(args)
+    with config.open() as opened:
+        if not args.watch:
+            current = _read(config, opened)
+            if args.json:
+                print_json(current.to_dict())
+            else:
+                print(_render(current, None))
+            return 0 if current.ok else EXIT_PROBLEM
+        return _watch(args, config, opened)
+
+
+def _read(config: Config, opened: Opened) -> FleetStatus:
+    from shardbill.status import fleet_status
+
+    return fleet_status(
+        provider=opened.provider,
+        store=opened.map_store,
+        store_description=config.map_store.describe(),
+        tables=config.tables,
+        shards=list(config.shards),
+        system_tables=config.writer.settings().system_tables,
+    )
+
+
+def _watch(args: argparse.Namespace, config: Config, opened: Opened) -> int:
+    terminal = interactive(sys.stdout)
+    previous: FleetStatus | None = None
+    views = 0
+    try:
+        while True:
+            current = _read(config, opened)
+            rates = current.rates_since(previous) if previous is not None else None
+            text = _render(current, rates)
+            if terminal:
+                sys.stdout.write("\x1b[H\x1b[2J")  # home, clear screen
+            print(text + f"\n(every {args.interval:g} s; Ctrl-C to stop)", flush=True)
+            previous, views = current, views + 1
+            if args.count is not None and views >= args.count:
+                return 0 if current.ok else EXIT_PROBLEM
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0 if previous is None or previous.ok else EXIT_PROBLEM
+
+
+def _render(status: FleetStatus, rates: Mapping[str, float] | None) -> str:
+    m = status.shard_map
+    lines = [
+        f"shard map epoch {m.epoch}: {m.slots} slots over {len(m.shards)} shards ({status.store})"
+    ]
+    head = ["shard", "state", "owned", "incoming", "gone", "rows", "ledger rows"]
+    if rates is not None:
+        head.append("ledger rows/s")
+    rows = [tuple(head)]
+    problems = []
+    for s in status.shards:
+        if not s.reachable:
+            rows.append((s.name, "DOWN", *("-" for _ in head[2:])))
+            problems.append(f"{s.name}: {s.error}")
+            continue
+        line = [
+            s.name,
+            "ok" if s.in_map else "ok, no slots in the map",
+            f"{s.slots.get('owned', 0):,}",
+            f"{s.slots.get('incoming', 0):,}",
+            f"{s.slots.get('gone', 0):,}",
+            f"{sum(s.rows.values()):,}",
+            f"{s.ledger_rows:,}",
+        ]
+        if rates is not None:
+            line.append(f"{rates[s.name]:,.1f}" if s.name in rates else "-")
+        rows.append(tuple(line))
+    lines.append(table(rows))
+    lines += problems
+    states = ", ".join(f"{n:,} {state}" for state, n in status.moving.items())
+    if status.in_progress:
+        lines.append(f"reshard: in progress, {status.in_progress:,} slot(s) moving ({states})")
+    elif status.moving:
+        lines.append(f"reshard: none in progress (the last one: {states})")
+    elif all(s.reachable for s in status.shards if s.in_map):
+        lines.append("reshard: none in progress")
+    else:
+        lines.append("reshard: unknown (a shard of the map did not answer)")
+    if status.claim is not None:
+        lines.append(f"claim: {status.claim}")
+    return "\n".join(lines)
