@@ -19,6 +19,7 @@ import pytest
 
 import shardbill
 from shardbill.errors import FencedError
+from shardbill.ingest import IngestSummary
 from shardbill.results import EventState, WriteResult
 
 SAMPLES: dict[str, Any] = {
@@ -38,6 +39,9 @@ SAMPLES: dict[str, Any] = {
     "target_epoch": 5,
     "expires_at": 1_800_000_000.5,
     "key": "writer.batch_size",
+    "summary": IngestSummary(
+        path="events.jsonl", rejects_path="events.rejects.jsonl", applied=3, interrupted=True
+    ),
 }
 
 

@@ -52,12 +52,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import attrs
 
 from shardbill._parsing import json_loads
-from shardbill.errors import ConfigurationError, FatalDatabaseError, ShardbillError
+from shardbill.errors import (
+    ConfigurationError,
+    FatalDatabaseError,
+    ShardbillError,
+    _rebuild_error,
+)
 from shardbill.pipeline import Pipeline
 from shardbill.retry import describe
 from shardbill.rules import UsageEvent
@@ -482,6 +487,10 @@ class IngestInterrupted(KeyboardInterrupt):
     def __init__(self, summary: IngestSummary) -> None:
         super().__init__(summary.path)
         self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # cls(*args) would pass the path where the summary goes: rebuild without __init__.
+        return (_rebuild_error, (type(self), self.args, dict(self.__dict__)))
 
     def describe(self) -> str:
         """What was written and how to resume, for a person (several lines)."""
