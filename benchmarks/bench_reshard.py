@@ -14,10 +14,14 @@ shards s0..s3; the first map uses three of them:
 4. **check**: ``Resharder.verify()`` is empty and the grand total of
    ``account_balance`` equals the sum of every charge written ("exact").
 
-The settings are ``unthrottled`` (``rows_per_second=None``) and ``throttled``
-(``--rows-per-second``; ``auto`` is a quarter of the unthrottled rate measured
-just before). Latency is reported as p50/p99 in milliseconds and as the ratio
-during / before of the same setting. Nothing is asserted about speed.
+The settings are ``unthrottled`` (``rows_per_second=None``), run ``--repeats``
+times (default 3), and ``throttled`` (``--rows-per-second``; ``auto`` is a
+quarter of the median unthrottled rate measured just before; ``--no-throttled``
+skips it). Latency is reported as p50/p99 in milliseconds and as the ratio
+during / before of the same run; ``summary`` gives the medians over the
+unthrottled repeats of slots/s, rows/s, the foreground commit p50 before and
+during the move, and the ratio of the two (each ratio taken within one run).
+Nothing is asserted about speed.
 
 Run (the local MariaDB)::
 
@@ -249,6 +253,28 @@ def _print(name: str, r: dict[str, Any]) -> None:
     )
 
 
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeated runs of one setting (each ratio taken within its own run)."""
+    ratios = [r["p50_during_vs_before"] for r in runs if "p50_during_vs_before" in r]
+    return {
+        "repeats": len(runs),
+        "slots_per_s": _median([r["move"]["slots_per_s"] for r in runs]),
+        "rows_per_s": _median([r["move"]["rows_per_s"] for r in runs]),
+        "p50_before_ms": _median([r["before"]["p50_ms"] or 0.0 for r in runs]),
+        "p50_during_ms": _median([r["during"]["p50_ms"] or 0.0 for r in runs]),
+        "p50_during_vs_before": _median(ratios) if ratios else None,
+        "all_exact": all(r["exact"] for r in runs),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run both settings, print the report."""
     parser = argparse.ArgumentParser(
@@ -274,25 +300,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the throttled setting's ceiling; auto = a quarter of the unthrottled rate",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="unthrottled runs (medians in 'summary')"
+    )
+    parser.add_argument("--no-throttled", action="store_true", help="skip the throttled run")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(argv)
 
     report: dict[str, Any] = {"config": {k: v for k, v in vars(args).items() if k != "password"}}
     admin = _connect(args)
     try:
-        report["unthrottled"] = run_setting(args, admin, None, args.seed)
-        if args.rows_per_second == "auto":
-            ceiling = report["unthrottled"]["move"]["rows_per_s"] / 4
-        else:
-            ceiling = float(args.rows_per_second)
-        report["throttled"] = run_setting(args, admin, ceiling, args.seed)
+        runs = [run_setting(args, admin, None, args.seed) for _ in range(max(1, args.repeats))]
+        report["unthrottled"] = runs[0]
+        report["unthrottled_runs"] = runs
+        report["summary"] = summarise(runs)
+        if not args.no_throttled:
+            if args.rows_per_second == "auto":
+                ceiling = report["summary"]["rows_per_s"] / 4
+            else:
+                ceiling = float(args.rows_per_second)
+            report["throttled"] = run_setting(args, admin, ceiling, args.seed)
     finally:
         admin.close()
     if args.json:
         print(json.dumps(report, default=str))
     else:
-        for name in ("unthrottled", "throttled"):
-            _print(name, report[name])
+        for i, run in enumerate(report["unthrottled_runs"], 1):
+            _print(f"unthrottled {i}", run)
+        if "throttled" in report:
+            _print("throttled", report["throttled"])
+        print(f"== summary (medians): {json.dumps(report['summary'])}", file=sys.stderr)
     return 0
 
 

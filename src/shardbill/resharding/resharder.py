@@ -75,6 +75,7 @@ from shardbill.resharding.claim import (
 )
 from shardbill.resharding.mapstore import MapStore
 from shardbill.resharding.mapstore_protocol import ClaimStore
+from shardbill.resharding.move_state import MoveState
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.schema import apply_schema
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
@@ -542,7 +543,7 @@ class Resharder:
             self._slot_states(plan.moves)  # refuses, before any change, rows that do not fit
         except ReshardError:
             states = self._slot_states(plan.moves, strict=False)
-            if not any(state in ("fenced", "finished") for state in states.values()):
+            if not any(s in (MoveState.FENCED, MoveState.FINISHED) for s in states.values()):
                 self._release(ABORTED)  # nothing was fenced: another plan may start
             raise
         if self._reverting():
@@ -553,7 +554,7 @@ class Resharder:
         self._publish(target)
         throttle = _Throttle(self._settings, self._stop)
         states = self._slot_states(plan.moves)
-        pending = [m for m in plan.moves if states[m] != "finished"]
+        pending = [m for m in plan.moves if states[m] != MoveState.FINISHED]
         empty = self._empty(pending)
         self._finish_empty([m for m in pending if m in empty])
         done = len(plan.moves) - len(pending) + len(empty)
@@ -673,7 +674,7 @@ class Resharder:
         reverting = stored is not None and stored.reverts > 0 and stored.same_plan(source, target)
         states = self._slot_states(plan.moves, strict=False, missing_ok=True, reverting=reverting)
         return [
-            SlotStatus(slot=m.slot, source=m.source, target=m.target, state=states[m])
+            SlotStatus(slot=m.slot, source=m.source, target=m.target, state=states[m].value)
             for m in plan.moves
         ]
 
@@ -686,7 +687,7 @@ class Resharder:
         """
         source, target = self._resolve(target)
         plan = source.plan_to(target)
-        if any(state != "pending" for state in self._slot_states(plan.moves).values()):
+        if any(state != MoveState.PENDING for state in self._slot_states(plan.moves).values()):
             return False
         current = self._store.load()
         if current.epoch == target.epoch:
@@ -997,7 +998,7 @@ class Resharder:
         strict: bool = True,
         missing_ok: bool = False,
         reverting: bool | None = None,
-    ) -> dict[SlotMove, str]:
+    ) -> dict[SlotMove, MoveState]:
         """Each move's state from both sides' ownership rows, peers included.
 
         ``finished``: the target owns the slot and the source forwards to it;
@@ -1011,31 +1012,32 @@ class Resharder:
         reverting = self._reverting() if reverting is None else reverting
         sources = self._rows_of(moves, "source")
         targets = self._rows_of(moves, "target", missing_ok=missing_ok)
-        states: dict[SlotMove, str] = {}
+        states: dict[SlotMove, MoveState] = {}
         conflicts: dict[str, list[SlotMove]] = defaultdict(list)
         for move in moves:
             s_state, s_peer = sources.get(move, (None, None))
             t_state, t_peer = targets.get(move, (None, None))
             forwards = s_state == SlotState.GONE and s_peer == move.target
             if forwards and t_state == SlotState.OWNED:
-                states[move] = "finished"
+                states[move] = MoveState.FINISHED
             elif forwards and t_state == SlotState.INCOMING and t_peer == move.source:
-                states[move] = "fenced"
+                states[move] = MoveState.FENCED
             elif s_state == SlotState.OWNED and (
                 t_state in (None, SlotState.GONE)
                 or (t_state == SlotState.INCOMING and t_peer == move.source)
             ):
-                states[move] = "pending"
+                states[move] = MoveState.PENDING
             elif reverting and t_state == SlotState.OWNED and s_state is None:
-                states[move] = "finished"  # the reverted reshard never moved it
+                states[move] = MoveState.FINISHED  # the reverted reshard never moved it
             elif (
                 reverting
                 and (s_state, s_peer) == (SlotState.INCOMING, move.target)
                 and (t_state == SlotState.OWNED or t_peer == move.source)
             ):
-                states[move] = "pending"  # the source was still receiving it: fence it there
+                # The source was still receiving it: fence it there.
+                states[move] = MoveState.PENDING
             else:
-                states[move] = "conflict"
+                states[move] = MoveState.CONFLICT
                 conflicts[
                     _conflict(move, (s_state, s_peer), (t_state, t_peer), self._system.slots)
                 ].append(move)
