@@ -96,3 +96,50 @@ def test_a_damaged_offsets_file_is_refused_naming_it_and_the_fix(tmp_path: Path)
     (tmp_path / ".shardbill-offsets.json").write_text('{"a.jsonl": -1}')
     with pytest.raises(ConfigurationError, match="remove it to read every file"):
         DirectorySource(tmp_path)
+
+
+class _CrashError(Exception):
+    """The process dying after a batch's shard commits, before its offsets are committed."""
+
+
+def test_a_crash_after_the_shard_commits_redelivers_that_batch_as_duplicates_only(
+    sqlite: Backend, tmp_path: Path
+) -> None:
+    """The third batch is written to the shards, then the worker dies before committing its
+    offsets: the next worker reads that batch again (all duplicates), then the rest; the
+    totals are exact."""
+    events = list(Traffic(model="uniform", events=150, seed=9, accounts=15).distinct())
+    directory = tmp_path / "in"
+    directory.mkdir()
+    _write(directory / "a.jsonl", events)
+    writer = AggregationWriter(
+        shard_map=ShardMap.create(sqlite.shards, slots=64),
+        provider=sqlite.provider,
+        tables=billing_tables(),
+    )
+    pipeline = Pipeline(engine=comms.engine(), writer=writer)
+    batches = []
+
+    class Dying:
+        def process(self, items: object) -> object:
+            result = pipeline.process(items)  # type: ignore[arg-type]
+            batches.append(result)
+            if len(batches) == 3:
+                raise _CrashError
+            return result
+
+    with writer:
+        writer.ensure_schema()
+        worker = Worker(
+            source=DirectorySource(directory),
+            processor=Dying(),  # type: ignore[arg-type]
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=25, **FAST),
+        )
+        with pytest.raises(_CrashError):
+            worker.run()
+    assert DirectorySource(directory).committed == {"a.jsonl": 50}
+    second = _run(sqlite, directory)
+    assert (second.records, second.duplicates, second.applied) == (100, 25, 75)
+    assert DirectorySource(directory).committed == {"a.jsonl": 150}
+    assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
