@@ -61,6 +61,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _address(text: str) -> tuple[str, int]:
+    import argparse
+
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"--http takes ADDRESS:PORT (like 127.0.0.1:9108), got {text!r}"
+        )
+    return host, int(port)
+
+
 def _from_env(where: str, value: str) -> str:
     """``value``, or the environment variable it names as ``env:NAME``."""
     if not value.startswith("env:"):
@@ -177,6 +188,13 @@ def add_parser(sub: Subparsers) -> None:
         help="the address --metrics-port listens on (0.0.0.0 for every interface)",
     )
     worker.add_argument(
+        "--http",
+        type=_address,
+        metavar="ADDRESS:PORT",
+        help="serve /metrics (Prometheus, with the metrics extra) and /healthz (200 while the "
+        "loop polls and no batch waits for a failed shard, else 503 with a JSON reason)",
+    )
+    worker.add_argument(
         "--kafka-option",
         type=_option,
         action="append",
@@ -284,11 +302,22 @@ def _plan(args: argparse.Namespace, config: Config) -> _Plan:
 def _metrics(
     args: argparse.Namespace,
 ) -> tuple[Observer | None, Callable[[WorkerSummary], None] | None]:
-    """With ``--metrics-port``: the writer's observer and the worker's hook, and the server."""
-    if args.metrics_port is None:
-        return None, None
+    """With ``--metrics-port``: the writer's observer and the worker's hook, and the server.
+
+    With ``--http`` alone: the observer and the hook when ``prometheus-client`` is
+    installed (``/metrics`` serves them), else none (``/metrics`` answers 404).
+    """
+    from shardbill.errors import DriverNotInstalledError
     from shardbill.metrics import PrometheusObserver
     from shardbill.worker.prometheus import WorkerMetrics
+
+    if args.metrics_port is None:
+        if args.http is None:
+            return None, None
+        try:
+            return PrometheusObserver(), WorkerMetrics()
+        except DriverNotInstalledError:
+            return None, None
 
     observer, metrics = PrometheusObserver(), WorkerMetrics()  # both say which extra is missing
     import prometheus_client
@@ -372,6 +401,12 @@ def run(args: argparse.Namespace) -> int:
                 on_batch=progress,
             )
             _install_signals(worker)
+            http = None
+            if args.http is not None:
+                from shardbill.worker.http import WorkerHttp, worker_health
+
+                host, port = args.http
+                http = WorkerHttp(address=host, port=port, health=worker_health(worker)).start()
             if not args.json:
                 where = plan.dead_file or f"topic {plan.dead_topic}"
                 print(
@@ -382,6 +417,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 summary = worker.run()
             finally:
+                if http is not None:
+                    http.close()
                 if isinstance(sink, KafkaDeadLetters):
                     sink.close()
     return _report(args, plan, summary)

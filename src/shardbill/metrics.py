@@ -54,10 +54,33 @@ from shardbill.observe import (
     WriteEvent,
 )
 
-__all__ = ["PrometheusObserver"]
+__all__ = ["PrometheusObserver", "prometheus_client_for"]
 
 # Commit latencies of interest run from about a millisecond to seconds.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def prometheus_client_for(
+    who: str, *, registry: Any = None, namespace: str = "shardbill"
+) -> tuple[Any, dict[str, Any]]:
+    """``prometheus_client`` and the keyword arguments every metric of ``who`` takes.
+
+    The one place shardbill's Prometheus adapters (this module's and
+    :mod:`shardbill.worker.prometheus`) import the client and say which extra is missing.
+
+    Raises:
+        DriverNotInstalledError: ``prometheus-client`` is not installed.
+    """
+    try:
+        import prometheus_client as prom
+    except ImportError as exc:
+        raise DriverNotInstalledError(
+            f"{who} needs prometheus-client: pip install 'shardbill[metrics]'"
+        ) from exc
+    kw: dict[str, Any] = {"namespace": namespace}
+    if registry is not None:
+        kw["registry"] = registry
+    return prom, kw
 
 
 class PrometheusObserver:
@@ -72,15 +95,9 @@ class PrometheusObserver:
     """
 
     def __init__(self, *, registry: Any = None, namespace: str = "shardbill") -> None:
-        try:
-            import prometheus_client as prom
-        except ImportError as exc:
-            raise DriverNotInstalledError(
-                "PrometheusObserver needs prometheus-client: pip install 'shardbill[metrics]'"
-            ) from exc
-        kw: dict[str, Any] = {"namespace": namespace}
-        if registry is not None:
-            kw["registry"] = registry
+        prom, kw = prometheus_client_for(
+            "PrometheusObserver", registry=registry, namespace=namespace
+        )
         self._commits = prom.Counter("commits", "Shard transactions committed", ["shard"], **kw)
         self._latency = prom.Histogram(
             "commit_seconds", "Shard transaction time", ["shard"], buckets=_BUCKETS, **kw

@@ -153,3 +153,13 @@ def test_the_first_signal_asks_the_worker_to_stop_and_the_second_is_left_to_the_
         for number, handler in saved.items():
             signal.signal(number, handler)
     assert "finishing the batch and committing (again to exit now)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["9108", "127.0.0.1:", "127.0.0.1:99999", "host:port"])
+def test_an_http_address_without_a_port_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--http`` takes ADDRESS:PORT; anything else exits 2 showing the form."""
+    code = main(["worker", "--topic", "t", "--group", "g", "--http", value])
+    assert code == 2
+    assert "--http takes ADDRESS:PORT" in capsys.readouterr().err

@@ -279,7 +279,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_a_summary(
     events = _events(150, seed=33)
     kafka_broker.produce(topic, _messages(events))
     errors = tmp_path / "worker.err"
-    port = _free_port()
+    port, http = _free_port(), _free_port()
     with open(errors, "w") as err:
         process = subprocess.Popen(
             [
@@ -293,6 +293,8 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_a_summary(
                 "0.05",
                 "--metrics-port",
                 str(port),
+                "--http",
+                f"127.0.0.1:{http}",
                 "--json",
             ],
             stdout=subprocess.PIPE,
@@ -308,6 +310,11 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_with_a_summary(
         metrics = _scrape(port, "shardbill_worker_records_total 150.0")
         assert "shardbill_worker_events_applied_total 150.0" in metrics
         assert 'shardbill_commits_total{shard="s0"}' in metrics  # the writer's, same endpoint
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=5) as page:
+            assert (page.status, json.loads(page.read())["ok"]) == (200, True)
+        assert "shardbill_worker_records_total 150.0" in _scrape(
+            http, "shardbill_worker_records_total 150.0"
+        )  # --http serves the same registry
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=60)
     finally:

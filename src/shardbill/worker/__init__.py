@@ -15,11 +15,14 @@ Modules: :mod:`~shardbill.worker.loop` (the worker),
 :mod:`~shardbill.worker.records` (records and dead letters, pure),
 :mod:`~shardbill.worker.protocols` (the interfaces),
 :mod:`~shardbill.worker.decoding`, :mod:`~shardbill.worker.sinks`,
+:mod:`~shardbill.worker.files` (a directory of JSON Lines files, no broker),
+:mod:`~shardbill.worker.http` (``/metrics`` and ``/healthz``),
 :mod:`~shardbill.worker.memory` (in-memory broker for tests) and
 :mod:`~shardbill.worker.kafka` (confluent-kafka; imported only when used).
 """
 
 from shardbill.worker.decoding import json_decoder
+from shardbill.worker.files import DirectorySource
 from shardbill.worker.loop import Worker, WorkerSettings, WorkerSummary
 from shardbill.worker.memory import MemoryBroker, MemoryDeadLetters, MemorySource
 from shardbill.worker.offsets import OffsetTracker
@@ -37,6 +40,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterSink",
     "Decoder",
+    "DirectorySource",
     "JsonlDeadLetters",
     "MemoryBroker",
     "MemoryDeadLetters",

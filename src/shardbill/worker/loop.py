@@ -258,6 +258,7 @@ class Worker:
         self._assigned: set[Partition] = set()
         self._ever_assigned = False
         self._last_activity = clock()
+        self._last_poll: float | None = None  # when the loop last served the source
         self._backoff = 0.0
         self._paused = False
         self._started = clock()
@@ -275,6 +276,16 @@ class Worker:
     def stopping(self) -> bool:
         """True once :meth:`stop` was called (or the worker went idle with ``exit_when_idle``)."""
         return self._stopping
+
+    @property
+    def last_poll(self) -> float | None:
+        """The clock's time of the loop's last poll (None before the first): its liveness."""
+        return self._last_poll
+
+    @property
+    def waiting_for_retry(self) -> bool:
+        """True while a batch waits for a failed shard (or dead-letter sink) to come back."""
+        return self._backoff > 0
 
     def summary(self) -> WorkerSummary:
         """What the worker did so far."""
@@ -371,6 +382,7 @@ class Worker:
                     timeout, max(0.0, self._first_pending + settings.linger - self._clock())
                 )
             records = self._source.poll(max(1, settings.batch_size - held), timeout)
+            self._last_poll = self._clock()
             self._take(records)
             held = len(self._pending) + len(self._letters)
             now = self._clock()
@@ -402,6 +414,7 @@ class Worker:
                 return False
             remaining = until - self._clock()
             self._take(self._source.poll(1, min(self._settings.poll_timeout, max(0.0, remaining))))
+            self._last_poll = self._clock()
         return True
 
     def _drain(self) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardbill.errors import DriverNotInstalledError
+from shardbill.metrics import prometheus_client_for
 from shardbill.worker.loop import WorkerSummary
 from shardbill.worker.records import Stage
 
@@ -67,15 +67,7 @@ class WorkerMetrics:
     """
 
     def __init__(self, *, registry: Any = None, namespace: str = "shardbill") -> None:
-        try:
-            import prometheus_client as prom
-        except ImportError as exc:
-            raise DriverNotInstalledError(
-                "WorkerMetrics needs prometheus-client: pip install 'shardbill[metrics]'"
-            ) from exc
-        where: dict[str, Any] = {"namespace": namespace}
-        if registry is not None:
-            where["registry"] = registry
+        prom, where = prometheus_client_for("WorkerMetrics", registry=registry, namespace=namespace)
         self._counters = {
             field: prom.Counter(name, text, **where) for field, (name, text) in _COUNTERS.items()
         }
