@@ -90,8 +90,8 @@ from shardbill.dialects.ddl import (
     share_lock_clause,
 )
 from shardbill.dialects.detect import dialect_for
-from shardbill.dialects.errors import is_driver_error, translate
 from shardbill.dialects.replication import write_position
+from shardbill.dialects.translate import is_driver_error, translate
 from shardbill.errors import (
     CommitOutcomeUnknownError,
     ConfigurationError,

@@ -62,9 +62,9 @@ from shardbill.errors import (
     ReshardStoppedError,
     ShardbillError,
 )
-from shardbill.providers.base import ConnectionProvider, DBAPICursor
-from shardbill.rendering import RowStatements
-from shardbill.resharding.claim import (
+from shardbill.mapstore import MapStore
+from shardbill.mapstore.base import ClaimStore
+from shardbill.mapstore.claim import (
     ABORTED,
     FINISHED,
     MOVING,
@@ -73,8 +73,8 @@ from shardbill.resharding.claim import (
     decide,
     new_owner_id,
 )
-from shardbill.resharding.mapstore import MapStore
-from shardbill.resharding.mapstore_protocol import ClaimStore
+from shardbill.providers.base import ConnectionProvider, DBAPICursor
+from shardbill.rendering import RowStatements
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.schema import apply_schema
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
@@ -470,7 +470,7 @@ class Resharder:
     def run(self, target: ShardMap | None = None) -> ReshardProgress:
         """Run (or resume) the reshard to ``target`` until every slot is finished.
 
-        The reshard is first claimed in the map store (:mod:`shardbill.resharding.claim`):
+        The reshard is first claimed in the map store (:mod:`shardbill.mapstore.claim`):
         another unfinished reshard of a different plan makes it refuse before it
         changes anything, naming the holder. Without ``target``, resume the
         claimed reshard (or the one to the map the store holds now). A

@@ -1,11 +1,11 @@
 """The :class:`MapStore` protocol, and the compare-and-set rule every implementation applies.
 
 :class:`MapStore` is what a store offers writers
-(:class:`~shardbill.resharding.mapstore.CachedMap`) and the resharder:
+(:class:`~shardbill.mapstore.CachedMap`) and the resharder:
 ``load``, ``epoch`` and ``publish``, an atomic compare-and-set on the epoch.
 
-The implementations (:mod:`shardbill.resharding.mapstore_memory`,
-:mod:`shardbill.resharding.mapstore_file`, :mod:`shardbill.resharding.mapstore_sql`)
+The implementations (:mod:`shardbill.mapstore.memory`,
+:mod:`shardbill.mapstore.file`, :mod:`shardbill.mapstore.sql`)
 share the private helpers here, so that they check the same things and say
 so in the same words:
 
@@ -19,7 +19,7 @@ so in the same words:
   :class:`~shardbill.shardmap.ShardMap`, or a
   :class:`~shardbill.errors.ShardMapError` naming the store and how to repair it.
 
-This module imports no implementation; :mod:`shardbill.resharding.mapstore`
+This module imports no implementation; :mod:`shardbill.mapstore`
 re-exports :class:`MapStore`.
 """
 
@@ -36,7 +36,7 @@ from shardbill.errors import (
 from shardbill.shardmap import ShardMap
 
 if TYPE_CHECKING:
-    from shardbill.resharding.claim import ReshardClaim
+    from shardbill.mapstore.claim import ReshardClaim
 
 __all__ = ["ClaimStore", "MapStore"]
 
@@ -82,7 +82,7 @@ class MapStore(Protocol):
 class ClaimStore(Protocol):
     """A map store that also keeps a reshard's claim (every shipped store does).
 
-    The claim (:class:`~shardbill.resharding.claim.ReshardClaim`) is one
+    The claim (:class:`~shardbill.mapstore.claim.ReshardClaim`) is one
     document next to the map, changed only by compare-and-set on its
     ``version``, so that of several resharders at most one holds it.
     """
