@@ -38,7 +38,7 @@ from shardbill.shardmap import ShardMap
 if TYPE_CHECKING:
     from shardbill.mapstore.claim import ReshardClaim
 
-__all__ = ["ClaimStore", "MapStore"]
+__all__ = ["ClaimStore", "MapHistory", "MapStore"]
 
 
 class MapStore(Protocol):
@@ -75,6 +75,26 @@ class MapStore(Protocol):
             ShardMapError: ``new_map`` has another slot count than the stored
                 map, or an argument is invalid.
         """
+        ...
+
+
+@runtime_checkable
+class MapHistory(Protocol):
+    """A map store that also keeps every published epoch.
+
+    The file, SQL and memory stores implement it. The writer uses it to find
+    every shard a fence may point at; the resharder uses it to rebuild the
+    map before a published epoch when resuming a move. A store without
+    history simply does not satisfy it (``isinstance(store, MapHistory)``
+    is false), and both fall back to what the current map says.
+    """
+
+    def history(self) -> tuple[int, ...]:
+        """The epochs kept, ascending."""
+        ...
+
+    def load_epoch(self, epoch: int) -> ShardMap:
+        """The map published at ``epoch``; :class:`~shardbill.errors.ShardMapError` if not kept."""
         ...
 
 

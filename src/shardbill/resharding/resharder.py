@@ -63,7 +63,7 @@ from shardbill.errors import (
     ShardbillError,
 )
 from shardbill.mapstore import MapStore
-from shardbill.mapstore.base import ClaimStore
+from shardbill.mapstore.base import ClaimStore, MapHistory
 from shardbill.mapstore.claim import (
     ABORTED,
     FINISHED,
@@ -332,13 +332,12 @@ class Resharder:
                     "plan from the current map (shardbill map show) and publish epoch "
                     f"{target.epoch + 1}"
                 )
-            load_epoch = getattr(self._store, "load_epoch", None)
-            if load_epoch is None:
+            if not isinstance(self._store, MapHistory):
                 raise ReshardError(
                     f"{self._store!r} keeps no history, so the map before epoch "
                     f"{target.epoch} is unknown; use a store with history (JSON or SQL)"
                 )
-            source: ShardMap = load_epoch(target.epoch - 1)
+            source: ShardMap = self._store.load_epoch(target.epoch - 1)
             return source
         if current.epoch == target.epoch - 1:
             return current
@@ -759,13 +758,11 @@ class Resharder:
         shards = set(current.shards)
         if claim is not None:
             shards |= set(claim.source.shards) | set(claim.target.shards)
-        history = getattr(self._store, "history", None)
-        load_epoch = getattr(self._store, "load_epoch", None)
-        if history is None or load_epoch is None:
+        if not isinstance(self._store, MapHistory):
             return shards
-        for epoch in history():
+        for epoch in self._store.history():
             with contextlib.suppress(ShardbillError):  # a store that prunes its history
-                shards |= set(load_epoch(epoch).shards)
+                shards |= set(self._store.load_epoch(epoch).shards)
         return shards
 
     def _verify_shard_states(
