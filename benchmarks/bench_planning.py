@@ -32,7 +32,7 @@ from shardbill.catalog import billing_tables
 from shardbill.extraction import RowExtractor
 from shardbill.fingerprints import canonical_text
 from shardbill.rules import Charge, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 
 
 def _best_us(func: Callable[[], object], count: int, repeat: int) -> float:

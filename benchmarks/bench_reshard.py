@@ -48,7 +48,7 @@ from shardbill.observe import Stats, WriteEvent
 from shardbill.providers import PooledProvider
 from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
 from shardbill.rules import Charge, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import AggregationWriter, WriterSettings
 
 

@@ -29,7 +29,7 @@ from shardbill import ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.providers import PooledProvider
 from shardbill.rules import Charge, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import AggregationWriter
 
 

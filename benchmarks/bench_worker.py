@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 
 SHARDS = ("s0", "s1", "s2")
 

@@ -55,7 +55,7 @@ from shardbill.catalog import billing_tables
 from shardbill.observe import Stats
 from shardbill.providers import PooledProvider
 from shardbill.rules import Charge, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import AggregationWriter, WriterSettings
 
 

@@ -2,7 +2,7 @@
 
 Private MariaDB servers are started (``tests/support/servers.py``), each behind
 a :class:`~tests.support.proxy.FaultProxy`; shards are databases spread over
-them. Skewed synthetic traffic (:class:`shardbill.synthetic.Traffic`) is
+them. Skewed synthetic traffic (:class:`shardbill.workloads.synthetic.Traffic`) is
 priced by the example rules (:mod:`shardbill.rules.comms`) and written by
 ``--writers`` threads, each with its own AggregationWriter, all through the
 proxies.
@@ -53,7 +53,7 @@ from tests.support.servers import short_tempdir, start_servers
 
 from shardbill.observe import Committed, Failed, Retried, WriteEvent
 from shardbill.rules import Charge, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _SCALE = 6

@@ -24,7 +24,7 @@ from shardbill import AggregationWriter, Pipeline, Reader, ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.providers import ConnectionProvider, DBAPIConnection, transaction
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 
 
 class SecretsProvider:

@@ -21,7 +21,7 @@ import tempfile
 from shardbill import AggregationWriter, Pipeline, PooledProvider, Reader, ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 
 
 def run(provider: PooledProvider, shards: list[str]) -> None:

@@ -31,7 +31,7 @@ from shardbill import AggregationWriter, JsonFileMapStore, PooledProvider, Reade
 from shardbill.catalog import billing_tables
 from shardbill.resharding import Resharder, ReshardSettings
 from shardbill.rules import Charge, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 
 SLOTS = 1024  # fewer than the default 16384: the example moves a quarter of them in seconds
 

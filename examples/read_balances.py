@@ -25,7 +25,7 @@ from collections import Counter
 from shardbill import AggregationWriter, Pipeline, PooledProvider, Reader, ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 
 NOVEMBER = dt.date(2026, 11, 1)
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from shardbill import AggregationWriter, Pipeline, PooledProvider, Reader, ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.rules import UsageEvent, comms
-from shardbill.synthetic import Traffic
 from shardbill.worker import (
     JsonlDeadLetters,
     MemoryBroker,
@@ -32,6 +31,7 @@ from shardbill.worker import (
     Worker,
     WorkerSettings,
 )
+from shardbill.workloads.synthetic import Traffic
 
 
 def _message(event: UsageEvent) -> bytes:

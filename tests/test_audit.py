@@ -13,7 +13,7 @@ from shardbill.aggregates import Account, Amount, BigInt, Count, Dimension, Quan
 from shardbill.audit import AuditReport, Difference, audit, expected_rows
 from shardbill.catalog import billing_tables
 from shardbill.rules import UsageEvent, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from tests.support import oracle
 from tests.support.backends import Backend
 

@@ -16,7 +16,7 @@ import pytest
 from shardbill import resharding
 from shardbill.cli import EXIT_BROKEN_PIPE
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from tests.support.clock import recent_start
 from tests.support.oracle import KEYS
 

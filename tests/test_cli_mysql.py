@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from tests.support.clock import recent_start
 from tests.support.mysql import ServerAddress
 from tests.test_cli import one_json, run

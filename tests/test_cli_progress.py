@@ -22,9 +22,9 @@ import pytest
 
 from shardbill.audit import expected_rows
 from shardbill.catalog import billing_tables
-from shardbill.progress import Progress
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.progress import Progress
+from shardbill.workloads.synthetic import Traffic
 from tests.support.clock import recent_start
 from tests.test_cli import run
 

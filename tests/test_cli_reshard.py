@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from tests.support.clock import recent_start
 from tests.test_ingest import _as_line
 

@@ -14,11 +14,11 @@ from shardbill import resharding
 from shardbill.aggregates import Account, AggregateTable, BigInt, Count, KeyColumn, Measure, Product
 from shardbill.aggregates import VarChar as Text
 from shardbill.catalog import billing_tables
-from shardbill.demo import DEMO_SHARDS, _write_demo_config, run_demo
 from shardbill.errors import ConfigurationError
 from shardbill.providers.url import ConnectionURL
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.demo import DEMO_SHARDS, _write_demo_config, run_demo
+from shardbill.workloads.synthetic import Traffic
 from tests.support.mysql import ServerAddress
 
 
@@ -158,12 +158,12 @@ def test_the_reshard_step_shows_slots_once_the_writes_are_done(
     way to a bar of the slots finished, instead of sitting at 100 % while the move works."""
     import io
 
-    from shardbill.demo import _reshard_online
-    from shardbill.progress import Progress
     from shardbill.providers import PooledProvider
     from shardbill.resharding import JsonFileMapStore
     from shardbill.shardmap import ShardMap
     from shardbill.tables import SystemTables
+    from shardbill.workloads.demo import _reshard_online
+    from shardbill.workloads.progress import Progress
     from shardbill.writer import AggregationWriter
     from tests.test_writer import make_charges
 

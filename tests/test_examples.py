@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from tests.support.mysql import ServerAddress
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

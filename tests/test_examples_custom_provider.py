@@ -16,7 +16,7 @@ import pytest
 from shardbill.dialects import dialect_for
 from shardbill.errors import DeadlockError
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from tests.support.mysql import ServerAddress
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_provider.py"

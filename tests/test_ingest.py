@@ -23,7 +23,7 @@ from shardbill.ingest import (
     read_events,
 )
 from shardbill.rules import UsageEvent, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from tests.support.backends import Backend
 from tests.support.clock import recent_start
 from tests.support.oracle import actual_rows, expected_rows

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+import shardbill.mapstore
 import shardbill.resharding
-import shardbill.resharding.mapstore
 from shardbill import ShardMap
 from shardbill.errors import (
     ClaimConflictError,
@@ -32,6 +32,7 @@ from shardbill.errors import (
     SchemaError,
     ShardMapError,
 )
+from shardbill.mapstore.claim import ReshardClaim
 from shardbill.providers import PooledProvider, transaction
 from shardbill.resharding import (
     CachedMap,
@@ -40,7 +41,6 @@ from shardbill.resharding import (
     MemoryMapStore,
     SqlMapStore,
 )
-from shardbill.resharding.claim import ReshardClaim
 
 BASE = ShardMap.create(["a", "b", "c"], slots=256)
 _TABLES = itertools.count()
@@ -859,7 +859,7 @@ def test_resharding_reexports_the_map_store_names() -> None:
     """shardbill.resharding re-exports the map store's and the resharder's names, sorted."""
     names = shardbill.resharding.__all__
     assert list(names) == sorted(names)
-    assert set(names) == set(shardbill.resharding.mapstore.__all__) | set(
+    assert set(names) == set(shardbill.mapstore.__all__) | set(
         shardbill.resharding.resharder.__all__
     )
     assert all(hasattr(shardbill.resharding, name) for name in names)
@@ -867,7 +867,7 @@ def test_resharding_reexports_the_map_store_names() -> None:
 
 def test_mapstore_examples_run() -> None:
     """The module docstring's example runs as written."""
-    result = doctest.testmod(shardbill.resharding.mapstore)
+    result = doctest.testmod(shardbill.mapstore)
     assert result.attempted > 0
     assert result.failed == 0
 

@@ -13,7 +13,7 @@ from shardbill.catalog import billing_tables
 from shardbill.errors import SchemaError
 from shardbill.migrate import MigrationStep, migrate, plan_migration
 from shardbill.rules import UsageEvent, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from tests.support.backends import Backend
 from tests.support.clock import recent_start
 from tests.support.oracle import actual_rows, expected_rows

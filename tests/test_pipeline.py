@@ -5,7 +5,7 @@ from __future__ import annotations
 from shardbill import Pipeline, ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.rules import UsageEvent, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import AggregationWriter
 from tests.support.backends import Backend
 from tests.support.oracle import actual_rows, expected_rows

@@ -320,7 +320,7 @@ def test_local_function_rules_refuse_pickling_with_the_fix() -> None:
 def test_pricing_ignores_a_hostile_thread_context() -> None:
     """The engine prices in its own context: a caller's low precision cannot round a price."""
     from shardbill.rules import comms
-    from shardbill.synthetic import Traffic
+    from shardbill.workloads.synthetic import Traffic
 
     events = list(Traffic(model="skewed", events=300, seed=3).distinct())
     engine = comms.engine()

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 
 
 def test_the_same_seed_gives_the_same_stream_and_another_seed_does_not() -> None:

@@ -6,7 +6,7 @@ are ``shardbill.aggregates``, ``shardbill.audit``, ``shardbill.catalog``,
 ``shardbill.ingest``, ``shardbill.keys``, ``shardbill.metrics``,
 ``shardbill.money``, ``shardbill.observe``, ``shardbill.providers``,
 ``shardbill.reader``, ``shardbill.resharding``, ``shardbill.rules``,
-``shardbill.shardmap``, ``shardbill.synthetic`` and ``shardbill.writer``.
+``shardbill.shardmap``, ``shardbill.workloads.synthetic`` and ``shardbill.writer``.
 """
 
 from shardbill._version import __version__
@@ -57,7 +57,7 @@ from shardbill.rules import (
     UsageEvent,
 )
 from shardbill.shardmap import ReshardPlan, ShardChange, ShardMap, SlotMove
-from shardbill.synthetic import Traffic, TrafficModel
+from shardbill.workloads.synthetic import Traffic, TrafficModel
 from shardbill.writer import AggregationWriter, EventState, WriteResult, WriterSettings
 
 __all__ = [

@@ -79,7 +79,7 @@ def _file_events(
 def run(args: argparse.Namespace) -> int:
     """Run ``audit``; returns the exit code."""
     from shardbill.audit import audit
-    from shardbill.synthetic import Traffic
+    from shardbill.workloads.synthetic import Traffic
 
     for name in args.files:
         if not Path(name).is_file():

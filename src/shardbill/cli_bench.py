@@ -1,10 +1,10 @@
 """``shardbill bench``: throughput and commit latency per traffic model.
 
-Runs :func:`shardbill.bench.run_bench` for each model of ``--models``
+Runs :func:`shardbill.workloads.bench.run_bench` for each model of ``--models``
 (uniform, skewed, hot) on ``--shards`` temporary SQLite files, or on servers:
 ``--mysql URL ...`` (one URL per shard) or the shards of ``--config FILE``
 (with its tables, rules and writer settings); missing databases are created.
-``--plot FILE.png`` also draws the results (:func:`shardbill.bench.plot_bench`);
+``--plot FILE.png`` also draws the results (:func:`shardbill.workloads.bench.plot_bench`);
 without matplotlib the command stops before benchmarking, naming the extra.
 
 Prints one row per model: events/s, commits/s, rows/s, p50/p99 commit
@@ -76,7 +76,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``bench``; returns the exit code."""
-    from shardbill.bench import check_plotting, plot_bench, run_bench
+    from shardbill.workloads.bench import check_plotting, plot_bench, run_bench
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size = batch_size or config.writer.batch_size
     batch_size = batch_size or 2000
     if urls is not None:
-        from shardbill.demo import ensure_databases
+        from shardbill.workloads.demo import ensure_databases
 
         ensure_databases(urls, say(args))
         backend = f"{len(urls)} shards: " + ", ".join(str(u) for u in urls.values())

@@ -75,7 +75,7 @@ DEMO_EVENTS = 100_000
 DEMO_SEED = 7
 """Seed of the demo's synthetic day."""
 MODELS = ("uniform", "skewed", "hot")
-"""The traffic models of :class:`shardbill.synthetic.Traffic`."""
+"""The traffic models of :class:`shardbill.workloads.synthetic.Traffic`."""
 
 
 # --------------------------------------------------------------------------- parser

@@ -1,6 +1,6 @@
 """``shardbill demo``: the main job in miniature, from the command line.
 
-Runs :func:`shardbill.demo.run_demo` on four SQLite shard files in ``--dir``
+Runs :func:`shardbill.workloads.demo.run_demo` on four SQLite shard files in ``--dir``
 (the files of an earlier run are replaced), or on servers: ``--mysql URL ...``
 (one URL per shard, all but the last start, the last is added online; missing
 databases are created) or the shards of ``--config FILE``. ``--reset`` drops
@@ -81,7 +81,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``demo``; returns the exit code."""
-    from shardbill.demo import run_demo
+    from shardbill.workloads.demo import run_demo
 
     urls, config = servers(args, "shard-")
     tables = engine = settings = None

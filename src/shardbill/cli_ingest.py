@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``ingest``; returns the exit code."""
     from shardbill.ingest import IngestInterrupted, detect_format, ingest
     from shardbill.pipeline import Pipeline
-    from shardbill.progress import Progress
+    from shardbill.workloads.progress import Progress
     from shardbill.writer import AggregationWriter
 
     path = Path(args.file)

@@ -39,9 +39,9 @@ from types import FrameType
 from shardbill.cli_common import refuse_present_shard
 from shardbill.config import Config, find_config
 from shardbill.errors import ConfigurationError, ReshardStoppedError
-from shardbill.progress import interactive
 from shardbill.resharding import Resharder, ReshardReport, ReshardSettings
 from shardbill.shardmap import ShardMap
+from shardbill.workloads.progress import interactive
 
 __all__ = ["add_parser", "run"]
 

@@ -27,7 +27,7 @@ from shardbill.cli_common import (
     table,
 )
 from shardbill.errors import ConfigurationError
-from shardbill.progress import interactive
+from shardbill.workloads.progress import interactive
 
 if TYPE_CHECKING:
     import argparse

@@ -119,9 +119,9 @@ from shardbill.errors import (
     PicklableError,
     ShardbillError,
 )
+from shardbill.mapstore import JsonFileMapStore, MapStore, SqlMapStore
 from shardbill.providers.pooled import PooledProvider
 from shardbill.providers.url import ConnectionURL
-from shardbill.resharding.mapstore import JsonFileMapStore, MapStore, SqlMapStore
 from shardbill.retry import RetryPolicy
 from shardbill.rules import PriceBook, RulesEngine
 from shardbill.shardmap import ShardMap

@@ -39,7 +39,7 @@
             └── RowOverflowError              1264/1690, SQLITE_CONSTRAINT_CHECK: a sum left BIGINT
 
 Driver exceptions are translated at exactly one edge
-(:func:`shardbill.dialects.errors.translate`) and kept as ``__cause__``.
+(:func:`shardbill.dialects.translate.translate`) and kept as ``__cause__``.
 Messages say what was wrong, with the value, and what to do; they never carry
 a password.
 """

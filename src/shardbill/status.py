@@ -30,8 +30,8 @@ import attrs
 from shardbill.aggregates import AggregateTable
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import ShardbillError
+from shardbill.mapstore import MapStore
 from shardbill.providers.base import ConnectionProvider
-from shardbill.resharding.mapstore import MapStore
 from shardbill.resharding.resharder import Resharder
 from shardbill.retry import describe
 from shardbill.shardmap import ShardMap

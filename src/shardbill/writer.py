@@ -52,7 +52,7 @@ import weakref
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import attrs
 
@@ -90,8 +90,8 @@ from shardbill.dialects.ddl import (
     share_lock_clause,
 )
 from shardbill.dialects.detect import dialect_for
-from shardbill.dialects.errors import is_driver_error, translate
 from shardbill.dialects.replication import write_position
+from shardbill.dialects.translate import is_driver_error, translate
 from shardbill.errors import (
     CommitOutcomeUnknownError,
     ConfigurationError,
@@ -100,6 +100,7 @@ from shardbill.errors import (
     SchemaError,
     ShardbillError,
 )
+from shardbill.mapstore.base import MapHistory
 from shardbill.observe import Committed, Failed, MapReloaded, Observer, Rejected, Retried
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
 from shardbill.rendering import RowStatements
@@ -147,19 +148,6 @@ class MapSource(Protocol):
 
     def load(self) -> ShardMap:
         """The current shard map."""
-        ...
-
-
-@runtime_checkable
-class MapHistory(Protocol):
-    """A map source that also keeps every published epoch (the file and SQL stores do)."""
-
-    def history(self) -> tuple[int, ...]:
-        """The epochs kept, ascending."""
-        ...
-
-    def load_epoch(self, epoch: int) -> ShardMap:
-        """The map published at ``epoch``."""
         ...
 
 

@@ -1,6 +1,6 @@
 """Seeded, priced traffic for the fault scenarios (events -> charges, grouped by event).
 
-Events come from :class:`shardbill.synthetic.Traffic` (the skewed model by
+Events come from :class:`shardbill.workloads.synthetic.Traffic` (the skewed model by
 default: a few hot accounts carry most events, so batches collide on the same
 rows) priced by the example rule set (:func:`shardbill.rules.comms.engine`).
 A seeded fraction is moved to the price book's reseller account, whose
@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import attrs
 
 from shardbill.rules import Charge, UsageEvent, comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 
 __all__ = ["RESELLER", "Events", "batches", "charges_of", "priced_events"]
 

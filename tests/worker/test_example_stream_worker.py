@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
+from shardbill.workloads.synthetic import Traffic
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stream_worker.py"
 

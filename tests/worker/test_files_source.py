@@ -12,9 +12,9 @@ from shardbill import AggregationWriter, Pipeline, ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.errors import ConfigurationError
 from shardbill.rules import UsageEvent, comms
-from shardbill.synthetic import Traffic
 from shardbill.worker import MemoryDeadLetters, Worker, WorkerSettings, WorkerSummary
 from shardbill.worker.files import DirectorySource
+from shardbill.workloads.synthetic import Traffic
 from tests.support.backends import Backend, make_backend
 from tests.support.oracle import actual_rows, expected_rows
 

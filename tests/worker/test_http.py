@@ -13,9 +13,9 @@ import pytest
 from shardbill import AggregationWriter, Pipeline, ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.rules import comms
-from shardbill.synthetic import Traffic
 from shardbill.worker import MemoryBroker, MemoryDeadLetters, MemorySource, Worker, WorkerSettings
 from shardbill.worker.http import WorkerHttp, worker_health
+from shardbill.workloads.synthetic import Traffic
 from tests.support.backends import Backend, make_backend
 
 prometheus_client = pytest.importorskip("prometheus_client")

@@ -28,9 +28,9 @@ from shardbill.catalog import billing_tables
 from shardbill.providers import PooledProvider
 from shardbill.retry import RetryPolicy
 from shardbill.rules import UsageEvent, comms
-from shardbill.synthetic import Traffic
 from shardbill.worker import MemoryDeadLetters, Worker, WorkerSettings, WorkerSummary
 from shardbill.worker.kafka import KafkaSource
+from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import WriterSettings
 from tests.support.clock import recent_start
 from tests.support.kafka import KafkaBroker

@@ -13,7 +13,6 @@ from shardbill.catalog import billing_tables
 from shardbill.providers import ConnectionProvider
 from shardbill.retry import RetryPolicy
 from shardbill.rules import UsageEvent, comms
-from shardbill.synthetic import Traffic
 from shardbill.worker import (
     JsonlDeadLetters,
     MemoryBroker,
@@ -25,6 +24,7 @@ from shardbill.worker import (
     WorkerSettings,
     WorkerSummary,
 )
+from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import WriterSettings
 from tests.support.backends import Backend, make_backend
 from tests.support.oracle import actual_rows, expected_rows

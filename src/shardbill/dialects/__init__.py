@@ -12,15 +12,15 @@ Importing this package never imports a MySQL driver.
 
 from shardbill.dialects.base import Dialect, MergeKind, UpsertSpec, validate_identifier
 from shardbill.dialects.detect import dialect_for
-from shardbill.dialects.errors import (
+from shardbill.dialects.mysql import MySQLDialect, parse_server_version
+from shardbill.dialects.sqlite import SQLiteDialect
+from shardbill.dialects.translate import (
     error_number,
     is_connection_error,
     is_driver_error,
     translate,
     translating,
 )
-from shardbill.dialects.mysql import MySQLDialect, parse_server_version
-from shardbill.dialects.sqlite import SQLiteDialect
 
 __all__ = [
     "Dialect",

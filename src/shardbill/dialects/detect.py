@@ -21,9 +21,9 @@ import weakref
 from typing import Any
 
 from shardbill.dialects.base import Dialect
-from shardbill.dialects.errors import is_driver_error, translate
 from shardbill.dialects.mysql import MySQLDialect
 from shardbill.dialects.sqlite import SQLiteDialect
+from shardbill.dialects.translate import is_driver_error, translate
 from shardbill.errors import ConfigurationError
 
 __all__ = ["detect_dialect", "dialect_for"]

@@ -12,7 +12,7 @@ The pool lends a :class:`LentConnection`: the driver's connection wrapped so
 that
 
 * every ``execute`` checks its parameters (:func:`~shardbill.providers.check_params`),
-* driver errors come out translated (:func:`~shardbill.dialects.errors.translate`),
+* driver errors come out translated (:func:`~shardbill.dialects.translate.translate`),
   with the driver's exception as ``__cause__``,
 * it cannot be used once its with-block has ended (the pool may have lent
   the driver connection to another thread by then).
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import attrs
 
-from shardbill.dialects.errors import is_connection_error, is_driver_error, translate
+from shardbill.dialects.translate import is_connection_error, is_driver_error, translate
 from shardbill.errors import (
     CannotConnectError,
     ConnectionLostError,

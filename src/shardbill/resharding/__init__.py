@@ -1,16 +1,16 @@
 """Online resharding: where the live shard map lives, and how slots move.
 
-* :mod:`shardbill.resharding.mapstore`: :class:`MapStore` and its
+* :mod:`shardbill.mapstore`: :class:`MapStore` and its
   implementations (:class:`JsonFileMapStore`, :class:`SqlMapStore`,
   :class:`MemoryMapStore`), compare-and-set publishing on the map's epoch,
   :class:`CachedMap` for writers, and the reshard claim
-  (:class:`ReshardClaim`, :mod:`shardbill.resharding.claim`).
+  (:class:`ReshardClaim`, :mod:`shardbill.mapstore.claim`).
 * :mod:`shardbill.resharding.resharder`: :class:`Resharder` moves slots
   online (fence, switch, copy the ledger, merge the aggregates, verify),
   resumably.
 """
 
-from shardbill.resharding.mapstore import (
+from shardbill.mapstore import (
     CachedMap,
     ClaimStore,
     JsonFileMapStore,

@@ -62,9 +62,9 @@ from shardbill.errors import (
     ReshardStoppedError,
     ShardbillError,
 )
-from shardbill.providers.base import ConnectionProvider, DBAPICursor
-from shardbill.rendering import RowStatements
-from shardbill.resharding.claim import (
+from shardbill.mapstore import MapStore
+from shardbill.mapstore.base import ClaimStore, MapHistory
+from shardbill.mapstore.claim import (
     ABORTED,
     FINISHED,
     MOVING,
@@ -73,8 +73,8 @@ from shardbill.resharding.claim import (
     decide,
     new_owner_id,
 )
-from shardbill.resharding.mapstore import MapStore
-from shardbill.resharding.mapstore_protocol import ClaimStore
+from shardbill.providers.base import ConnectionProvider, DBAPICursor
+from shardbill.rendering import RowStatements
 from shardbill.resharding.move_state import MoveState
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.schema import apply_schema
@@ -333,13 +333,12 @@ class Resharder:
                     "plan from the current map (shardbill map show) and publish epoch "
                     f"{target.epoch + 1}"
                 )
-            load_epoch = getattr(self._store, "load_epoch", None)
-            if load_epoch is None:
+            if not isinstance(self._store, MapHistory):
                 raise ReshardError(
                     f"{self._store!r} keeps no history, so the map before epoch "
                     f"{target.epoch} is unknown; use a store with history (JSON or SQL)"
                 )
-            source: ShardMap = load_epoch(target.epoch - 1)
+            source: ShardMap = self._store.load_epoch(target.epoch - 1)
             return source
         if current.epoch == target.epoch - 1:
             return current
@@ -471,7 +470,7 @@ class Resharder:
     def run(self, target: ShardMap | None = None) -> ReshardProgress:
         """Run (or resume) the reshard to ``target`` until every slot is finished.
 
-        The reshard is first claimed in the map store (:mod:`shardbill.resharding.claim`):
+        The reshard is first claimed in the map store (:mod:`shardbill.mapstore.claim`):
         another unfinished reshard of a different plan makes it refuse before it
         changes anything, naming the holder. Without ``target``, resume the
         claimed reshard (or the one to the map the store holds now). A
@@ -760,13 +759,11 @@ class Resharder:
         shards = set(current.shards)
         if claim is not None:
             shards |= set(claim.source.shards) | set(claim.target.shards)
-        history = getattr(self._store, "history", None)
-        load_epoch = getattr(self._store, "load_epoch", None)
-        if history is None or load_epoch is None:
+        if not isinstance(self._store, MapHistory):
             return shards
-        for epoch in history():
+        for epoch in self._store.history():
             with contextlib.suppress(ShardbillError):  # a store that prunes its history
-                shards |= set(load_epoch(epoch).shards)
+                shards |= set(self._store.load_epoch(epoch).shards)
         return shards
 
     def _verify_shard_states(

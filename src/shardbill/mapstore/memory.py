@@ -3,7 +3,7 @@
 It keeps every published map, so :meth:`MemoryMapStore.history` and
 :meth:`MemoryMapStore.load_epoch` work as on the other stores; a lock makes
 :meth:`MemoryMapStore.publish` the compare-and-set of
-:class:`~shardbill.resharding.mapstore.MapStore` across threads.
+:class:`~shardbill.mapstore.MapStore` across threads.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 import threading
 
 from shardbill.errors import MapNotPublishedError
-from shardbill.resharding.claim import ReshardClaim
-from shardbill.resharding.mapstore_protocol import (
+from shardbill.mapstore.base import (
     _check_arguments,
     _check_claim_allows,
     _check_claim_swap,
     _check_publish,
 )
+from shardbill.mapstore.claim import ReshardClaim
 from shardbill.shardmap import ShardMap
 
 __all__ = ["MemoryMapStore"]

@@ -21,7 +21,7 @@ import attrs
 
 from shardbill.dialects.base import Dialect, validate_identifier
 from shardbill.dialects.detect import dialect_for
-from shardbill.dialects.errors import translating
+from shardbill.dialects.translate import translating
 from shardbill.errors import (
     ClaimConflictError,
     ConfigurationError,
@@ -35,15 +35,15 @@ from shardbill.errors import (
     SchemaError,
     ShardMapError,
 )
-from shardbill.providers.base import ConnectionProvider, DBAPIConnection, Row
-from shardbill.resharding.claim import ReshardClaim
-from shardbill.resharding.mapstore_protocol import (
+from shardbill.mapstore.base import (
     _check_arguments,
     _check_claim_allows,
     _check_claim_swap,
     _check_publish,
     _parse,
 )
+from shardbill.mapstore.claim import ReshardClaim
+from shardbill.providers.base import ConnectionProvider, DBAPIConnection, Row
 from shardbill.shardmap import ShardMap
 
 __all__ = ["SqlMapStore"]

@@ -27,16 +27,16 @@ import attrs
 
 from shardbill.aggregates import AggregateTable
 from shardbill.catalog import billing_tables
-from shardbill.demo import drop_tables, round_ms, table_names
 from shardbill.errors import ConfigurationError
 from shardbill.observe import Stats
-from shardbill.progress import Progress
 from shardbill.providers.pooled import PooledProvider
 from shardbill.providers.url import ConnectionURL
 from shardbill.rules import Charge, RulesEngine
 from shardbill.shardmap import ShardMap
-from shardbill.synthetic import Traffic
 from shardbill.tables import SystemTables
+from shardbill.workloads.demo import drop_tables, round_ms, table_names
+from shardbill.workloads.progress import Progress
+from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import AggregationWriter, WriterSettings
 
 __all__ = ["BenchResult", "check_plotting", "plot_bench", "run_bench"]

@@ -3,7 +3,7 @@
 **The demo** (:func:`run_demo`) is the main job in miniature, on four SQLite
 shard files by default (or on real servers):
 
-1. generate a seeded day of skewed usage (:class:`~shardbill.synthetic.Traffic`),
+1. generate a seeded day of skewed usage (:class:`~shardbill.workloads.synthetic.Traffic`),
    delivered at least once (a few events twice, reordered a little);
 2. price it with the example rules (:func:`shardbill.rules.comms.engine`) and
    write it exactly once through :class:`~shardbill.pipeline.Pipeline`, in
@@ -17,7 +17,7 @@ shard files by default (or on real servers):
    slots moved and the audit verdict.
 
 The scratch-shard helpers here (:func:`ensure_databases`, :func:`table_names`,
-:func:`drop_tables`) also serve the bench (:mod:`shardbill.bench`), which
+:func:`drop_tables`) also serve the bench (:mod:`shardbill.workloads.bench`), which
 writes each traffic model into fresh shards and measures.
 
 Interrupting the demo (Ctrl-C) stops after the shard transactions in flight:
@@ -44,17 +44,17 @@ from shardbill.catalog import billing_tables
 from shardbill.dialects.ddl import describe_table
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import ConfigurationError
+from shardbill.mapstore import JsonFileMapStore
 from shardbill.observe import Stats
 from shardbill.pipeline import Pipeline, PipelineResult
-from shardbill.progress import Progress
 from shardbill.providers.base import ConnectionProvider
 from shardbill.providers.pooled import PooledProvider
 from shardbill.providers.url import ConnectionURL
-from shardbill.resharding.mapstore import JsonFileMapStore
 from shardbill.rules import RulesEngine, UsageEvent
 from shardbill.shardmap import ShardMap
-from shardbill.synthetic import Traffic, TrafficModel
 from shardbill.tables import SystemTables
+from shardbill.workloads.progress import Progress
+from shardbill.workloads.synthetic import Traffic, TrafficModel
 from shardbill.writer import AggregationWriter, WriterSettings
 
 __all__ = [

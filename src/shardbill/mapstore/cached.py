@@ -1,6 +1,6 @@
 """A writer's copy of the live shard map: :class:`CachedMap`.
 
-It loads the map from a :class:`~shardbill.resharding.mapstore.MapStore` on
+It loads the map from a :class:`~shardbill.mapstore.MapStore` on
 first use and again, through :meth:`CachedMap.reload`, when a shard fences
 the writer (:class:`~shardbill.errors.FencedError`); it works with any store.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from shardbill.resharding.mapstore_protocol import MapStore
+from shardbill.mapstore.base import MapStore
 from shardbill.shardmap import ShardMap
 
 __all__ = ["CachedMap"]

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shardbill.errors import ConfigurationError, MapNotPublishedError, ShardMapError
-from shardbill.resharding.claim import ReshardClaim
-from shardbill.resharding.mapstore_protocol import (
+from shardbill.mapstore.base import (
     _check_arguments,
     _check_claim_allows,
     _check_claim_swap,
@@ -27,6 +26,7 @@ from shardbill.resharding.mapstore_protocol import (
     _damaged,
     _parse,
 )
+from shardbill.mapstore.claim import ReshardClaim
 from shardbill.shardmap import ShardMap
 
 __all__ = ["JsonFileMapStore"]

@@ -1,11 +1,11 @@
 """The :class:`MapStore` protocol, and the compare-and-set rule every implementation applies.
 
 :class:`MapStore` is what a store offers writers
-(:class:`~shardbill.resharding.mapstore.CachedMap`) and the resharder:
+(:class:`~shardbill.mapstore.CachedMap`) and the resharder:
 ``load``, ``epoch`` and ``publish``, an atomic compare-and-set on the epoch.
 
-The implementations (:mod:`shardbill.resharding.mapstore_memory`,
-:mod:`shardbill.resharding.mapstore_file`, :mod:`shardbill.resharding.mapstore_sql`)
+The implementations (:mod:`shardbill.mapstore.memory`,
+:mod:`shardbill.mapstore.file`, :mod:`shardbill.mapstore.sql`)
 share the private helpers here, so that they check the same things and say
 so in the same words:
 
@@ -19,7 +19,7 @@ so in the same words:
   :class:`~shardbill.shardmap.ShardMap`, or a
   :class:`~shardbill.errors.ShardMapError` naming the store and how to repair it.
 
-This module imports no implementation; :mod:`shardbill.resharding.mapstore`
+This module imports no implementation; :mod:`shardbill.mapstore`
 re-exports :class:`MapStore`.
 """
 
@@ -36,9 +36,9 @@ from shardbill.errors import (
 from shardbill.shardmap import ShardMap
 
 if TYPE_CHECKING:
-    from shardbill.resharding.claim import ReshardClaim
+    from shardbill.mapstore.claim import ReshardClaim
 
-__all__ = ["ClaimStore", "MapStore"]
+__all__ = ["ClaimStore", "MapHistory", "MapStore"]
 
 
 class MapStore(Protocol):
@@ -79,10 +79,30 @@ class MapStore(Protocol):
 
 
 @runtime_checkable
+class MapHistory(Protocol):
+    """A map store that also keeps every published epoch.
+
+    The file, SQL and memory stores implement it. The writer uses it to find
+    every shard a fence may point at; the resharder uses it to rebuild the
+    map before a published epoch when resuming a move. A store without
+    history simply does not satisfy it (``isinstance(store, MapHistory)``
+    is false), and both fall back to what the current map says.
+    """
+
+    def history(self) -> tuple[int, ...]:
+        """The epochs kept, ascending."""
+        ...
+
+    def load_epoch(self, epoch: int) -> ShardMap:
+        """The map published at ``epoch``; :class:`~shardbill.errors.ShardMapError` if not kept."""
+        ...
+
+
+@runtime_checkable
 class ClaimStore(Protocol):
     """A map store that also keeps a reshard's claim (every shipped store does).
 
-    The claim (:class:`~shardbill.resharding.claim.ReshardClaim`) is one
+    The claim (:class:`~shardbill.mapstore.claim.ReshardClaim`) is one
     document next to the map, changed only by compare-and-set on its
     ``version``, so that of several resharders at most one holds it.
     """

@@ -10,31 +10,31 @@ reloads and re-plans. Epochs only grow.
 
 Implementations, each in its own module:
 
-* :class:`JsonFileMapStore` (:mod:`shardbill.resharding.mapstore_file`): the
+* :class:`JsonFileMapStore` (:mod:`shardbill.mapstore.file`): the
   map as a JSON file (``ShardMap.to_json()``), replaced atomically under an
   exclusive ``flock`` on a sidecar lock file; every published epoch is also
   archived next to it. For one host (or a shared filesystem with working
   ``flock``); POSIX only.
-* :class:`SqlMapStore` (:mod:`shardbill.resharding.mapstore_sql`): a table in
+* :class:`SqlMapStore` (:mod:`shardbill.mapstore.sql`): a table in
   a control database reached through a
   :class:`~shardbill.providers.ConnectionProvider`; one row per published
   epoch (the history is the audit trail). MySQL, MariaDB and SQLite.
-* :class:`MemoryMapStore` (:mod:`shardbill.resharding.mapstore_memory`): in
+* :class:`MemoryMapStore` (:mod:`shardbill.mapstore.memory`): in
   memory, for tests and single-process tools.
 
 They all apply the compare-and-set rule kept next to :class:`MapStore` in
-:mod:`shardbill.resharding.mapstore_protocol`, and all keep a reshard's
+:mod:`shardbill.mapstore.base`, and all keep a reshard's
 claim (:class:`ClaimStore`, :class:`ReshardClaim`), changed only by
 compare-and-set on its version.
 
 Writers hold the map in a :class:`CachedMap`
-(:mod:`shardbill.resharding.cached_map`) and call
+(:mod:`shardbill.mapstore.cached`) and call
 :meth:`CachedMap.reload` when a shard fences them
 (:class:`~shardbill.errors.FencedError`).
 
 This module defines nothing itself: it re-exports those names, and the
 errors :class:`EpochConflictError` and :class:`MapNotPublishedError` (from
-:mod:`shardbill.errors`), so that ``from shardbill.resharding.mapstore import``
+:mod:`shardbill.errors`), so that ``from shardbill.mapstore import``
 works for each of them.
 
 Example:
@@ -57,12 +57,12 @@ from __future__ import annotations
 # shardbill.resharding re-exports exactly) but importable from here, as before the
 # split: the example above and docs/reference/map-store.md use them.
 from shardbill.errors import EpochConflictError, MapNotPublishedError  # noqa: F401
-from shardbill.resharding.cached_map import CachedMap
-from shardbill.resharding.claim import ReshardClaim
-from shardbill.resharding.mapstore_file import JsonFileMapStore
-from shardbill.resharding.mapstore_memory import MemoryMapStore
-from shardbill.resharding.mapstore_protocol import ClaimStore, MapStore
-from shardbill.resharding.mapstore_sql import SqlMapStore
+from shardbill.mapstore.base import ClaimStore, MapStore
+from shardbill.mapstore.cached import CachedMap
+from shardbill.mapstore.claim import ReshardClaim
+from shardbill.mapstore.file import JsonFileMapStore
+from shardbill.mapstore.memory import MemoryMapStore
+from shardbill.mapstore.sql import SqlMapStore
 from shardbill.shardmap import ShardMap  # noqa: F401
 
 __all__ = [
