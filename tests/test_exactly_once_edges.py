@@ -627,3 +627,130 @@ def test_a_rejected_event_leaves_its_id_free(backend: Backend) -> None:
     assert first.rejected_events == {event_id}
     assert fixed.applied_events == {event_id}, fixed
     assert _big_rows(backend)[account] == (HALF + 1, 2)
+
+
+# ------------------------------------------------- 4b. sums past BIGINT while a row is in motion
+#
+# Between a slot's fence and the end of its merge, a row lives in two parts: the old
+# owner's frozen row and the new owner's deltas. Found by the simulation (seed 1066):
+# the headroom check saw only the new owner's part, so an event that fit it but not the
+# sum was acknowledged, and the merge then failed on every run ("reshards never finish").
+
+
+def _mover(
+    backend: Backend, hook: Any, **settings: Any
+) -> tuple[Any, ShardMap, ShardMap, set[int]]:
+    from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
+
+    old = ShardMap.create(backend.shards[:2], slots=64)
+    target = old.add_shard(backend.shards[2])
+    moved = {m.slot for m in old.plan_to(target).moves}
+    store = MemoryMapStore(old)
+    resharder = Resharder(
+        store=store,
+        provider=backend.provider,
+        tables=[_big_table()],
+        settings=ReshardSettings(**settings),
+        before_step=hook,
+    )
+    return resharder, old, target, moved
+
+
+def _sums(backend: Backend) -> dict[int, tuple[int, int]]:
+    """account -> (amount, charges) summed over every shard (a row in motion has two parts)."""
+    out: dict[int, tuple[int, int]] = {}
+    for shard in backend.shards:
+        for account, amount, count in backend.rows(
+            shard, "SELECT account_id, amount, charges FROM `big_totals`"
+        ):
+            before = out.get(int(account), (0, 0))
+            out[int(account)] = (before[0] + int(amount), before[1] + int(count))  # type: ignore[call-overload]
+    return out
+
+
+def test_a_row_in_motion_keeps_its_headroom_across_both_parts(backend: Backend) -> None:
+    """Fenced, not merged: the old owner's HALF counts, so a second HALF is refused."""
+    results: list[Any] = []
+
+    def hook(step: str) -> None:
+        if step == f"merge:{slot}:big_totals" and not results:
+            with _big_writer(backend, target) as writer:
+                results.append(
+                    writer.write(
+                        [charge("second", account, str(HALF)), charge("small", account, "5")]
+                    )
+                )
+
+    resharder, old, target, moved = _mover(backend, hook)
+    account = next(a for a in range(1, 10_000) if old.slot_for(a) in moved)
+    slot = old.slot_for(account)
+    with _big_writer(backend, old) as writer:
+        assert writer.write([charge("first", account, str(HALF))]).applied_events == {"first"}
+    resharder.run(target)  # finishes: the merge fits
+    (result,) = results
+    assert result.rejected_events == {"second"}, result
+    assert "headroom" in result.rejection("second").reason
+    assert result.applied_events == {"small"}
+    assert _sums(backend) == {account: (HALF + 5, 2)}
+
+
+def test_a_partly_merged_slot_counts_each_row_once(backend: Backend) -> None:
+    """One row merged (still on the old owner until its delete), one not: the merged one
+    is not counted twice (an exact fit is applied), the unmerged one is counted (refused)."""
+    results: list[Any] = []
+
+    def hook(step: str) -> None:
+        if step == f"merge-delete:{slot}:big_totals" and not results:
+            with _big_writer(backend, target) as writer:
+                results.append(
+                    writer.write(
+                        [
+                            charge("fits", low, str(BIGINT_MAX - HALF)),
+                            charge("over", high, str(HALF)),
+                        ]
+                    )
+                )
+
+    resharder, old, target, moved = _mover(backend, hook, chunk_rows=1)
+    slot = next(s for s in sorted(moved))
+    low, high = [a for a in range(1, 100_000) if old.slot_for(a) == slot][:2]
+    with _big_writer(backend, old) as writer:
+        writer.write([charge("a", low, str(HALF)), charge("b", high, str(HALF))])
+    resharder.run(target)
+    (result,) = results
+    assert result.applied_events == {"fits"}, result
+    assert result.rejected_events == {"over"}
+    assert _sums(backend) == {low: (BIGINT_MAX, 2), high: (HALF, 1)}
+
+
+@pytest.mark.parametrize("home", ["in-motion", "other"])
+def test_a_spread_event_over_a_row_in_motion_is_rejected_whole(backend: Backend, home: str) -> None:
+    """The look-ahead counts the old owner's part too: nothing of the event is applied,
+    whichever shard the event's id lives on (written first) and whichever second."""
+    results: list[Any] = []
+
+    def hook(step: str) -> None:
+        if step == f"merge:{slot}:big_totals" and not results:
+            want = target.shard_for(account if home == "in-motion" else other)
+            event_id = next(
+                f"wide-{n}" for n in range(10_000) if target.shard_for(f"wide-{n}") == want
+            )
+            event = PricedEvent(
+                event_id=event_id,
+                time=NOW,
+                charges=(charge(event_id, other, "7"), charge(event_id, account, str(HALF))),
+            )
+            with _big_writer(backend, target) as writer:
+                results.append(writer.write([event]))
+
+    resharder, old, target, moved = _mover(backend, hook)
+    account = next(a for a in range(1, 10_000) if old.slot_for(a) in moved)
+    slot = old.slot_for(account)
+    other = other_shard_account(target, account)
+    with _big_writer(backend, old) as writer:
+        assert writer.write([charge("first", account, str(HALF))]).applied_events == {"first"}
+    resharder.run(target)
+    (result,) = results
+    assert len(result.rejected_events) == 1, result
+    assert not result.applied_events
+    assert _sums(backend) == {account: (HALF, 1)}

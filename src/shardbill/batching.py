@@ -646,7 +646,8 @@ def refusals_ahead(
         units: this shard's units of the call, sorted by (event id, slot).
         spread: the events to judge.
         known: the ledger rows of ``units`` here, as :func:`classify` takes them.
-        owned: the slots this shard owns now (others are in motion or gone).
+        owned: the slots this shard writes now (owned, or incoming with the old
+            owner's ledger, watermark and unmerged rows read too); gone ones are not.
         watermarks: slot -> dedup watermark.
         stored: per table, the stored measures of the rows the spread events touch.
         tables: the aggregate tables.

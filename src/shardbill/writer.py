@@ -101,6 +101,7 @@ from shardbill.errors import (
     ShardbillError,
 )
 from shardbill.mapstore.base import MapHistory
+from shardbill.motion import combine, merge_marks, read_rows, sql_value, unmerged_scope
 from shardbill.observe import Committed, Failed, MapReloaded, Observer, Rejected, Retried
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
 from shardbill.rendering import RowStatements
@@ -239,17 +240,10 @@ def _row_maker(table: AggregateTable) -> Callable[[CoalescedRow], tuple[object, 
     def make(r: CoalescedRow) -> tuple[object, ...]:
         key: list[object] = list(r.key)
         for i in dates:
-            key[i] = _sql_value(key[i])
+            key[i] = sql_value(key[i])
         return (*key, r.slot, *r.deltas)
 
     return make
-
-
-def _sql_value(value: object) -> object:
-    """A key value as bound to SQL: dates as ISO text, everything else as is."""
-    if hasattr(value, "isoformat") and not isinstance(value, str):
-        return value.isoformat()
-    return value
 
 
 class AggregationWriter:
@@ -345,6 +339,9 @@ class AggregationWriter:
         self._clock = clock if clock is not None else wall_clock
         # Forwarding addresses learned from fences (slot -> shard), until a newer map.
         self._forward: dict[int, str] = {}
+        # Slots last seen in motion with rows written to them: the fence locks these
+        # exclusively at once rather than upgrading (see _motion_headroom).
+        self._moving_hint: set[int] = set()
         self._quiet_until = 0.0  # no reload before this (monotonic), unless a fence has no address
         self._quiet = RELOAD_QUIET_SECONDS
 
@@ -747,18 +744,45 @@ class AggregationWriter:
                     table = dialect.quote(self._settings.system_tables.slots)
                     literal = ", ".join(str(s) for s in work.slots)  # validated ints
                     cursor.execute(
-                        f"SELECT {SLOT_COLUMN}, state, pruned_below FROM {table} "
+                        f"SELECT {SLOT_COLUMN}, state, pruned_below, peer FROM {table} "
                         f"WHERE {SLOT_COLUMN} IN ({literal})",
                         (),
                     )
-                    states = {int(s): (str(st), int(m)) for s, st, m in cursor.fetchall()}
-                    known = self._ledger_lookup(cursor, dialect, work.units)
+                    found = cursor.fetchall()
+                    states = {int(s): (str(st), int(m)) for s, st, m, _ in found}
+                    incoming = {
+                        int(s): str(peer)
+                        for s, st, _, peer in found
+                        if st == SlotState.INCOMING and peer is not None
+                    }
+                    known: dict[tuple[str, int], tuple[str, str | None]] = {}
+                    if incoming:  # as the transaction does: the old owner's ledger first
+                        peer_known, peer_marks = self._peer_ledger(work.units, incoming)
+                        known.update(peer_known)
+                        for s, mark in peer_marks.items():
+                            if s in states:
+                                states[s] = (states[s][0], max(states[s][1], mark))
+                    known.update(self._ledger_lookup(cursor, dialect, work.units))
                     touched = [u for u in work.units if u.event_id in spread]
+                    moving = sorted({u.slot for u in touched if u.slot in incoming})
+                    progress = (
+                        merge_marks(cursor, dialect, self._settings.system_tables.moves, moving)
+                        if moving
+                        else {}
+                    )
                     stored = self._stored_rows(cursor, dialect, touched, lock=False)
+                    if moving:  # rows in motion: their old owners' parts count too
+                        stored = combine(
+                            self._tables, stored, self._old_parts(touched, incoming, progress)
+                        )
         except Exception as exc:  # a look-ahead that cannot read judges nothing
             log.info("look-ahead on shard %s skipped: %s", work.shard, describe(exc))
             return mine, {}
-        owned = frozenset(s for s, (st, _) in states.items() if st == SlotState.OWNED)
+        # Incoming slots are judged too: their old owners' ledgers, watermarks and
+        # unmerged rows were read with this shard's.
+        owned = frozenset(
+            s for s, (st, _) in states.items() if st in (SlotState.OWNED, SlotState.INCOMING)
+        )
         marks = {s: m for s, (_, m) in states.items()}
         return refusals_ahead(
             work.units,
@@ -1041,7 +1065,7 @@ class AggregationWriter:
             dialect = self.dialect(shard, conn)
             with self._cursor(conn) as cursor:
                 self._prepare(conn, dialect, cursor)
-                incoming, watermarks = self._fence(cursor, dialect, shard, work.slots)
+                incoming, watermarks, exclusive = self._fence(cursor, dialect, shard, work.slots)
                 known: dict[tuple[str, int], tuple[str, str | None]] = {}
                 if incoming:
                     peer_known, peer_marks = self._peer_ledger(work.units, incoming)
@@ -1052,6 +1076,8 @@ class AggregationWriter:
                 sorted_units = classify(work.units, known, watermarks, claimed)
                 new = list(sorted_units.new)
                 withheld = dict(sorted_units.withheld)
+                new, overflowing = self._motion_headroom(cursor, dialect, new, incoming, exclusive)
+                withheld.update(overflowing)
                 rows = statements = 0
                 if new and careful:
                     new, overflowing = find_overflows(
@@ -1124,14 +1150,22 @@ class AggregationWriter:
 
     def _fence(
         self, cursor: DBAPICursor, dialect: Dialect, shard: str, slots: Sequence[int]
-    ) -> tuple[dict[int, str], dict[int, int]]:
-        """Check ownership of ``slots`` (shared-locked).
+    ) -> tuple[dict[int, str], dict[int, int], frozenset[int]]:
+        """Check ownership of ``slots`` (shared-locked; exclusively the ones seen in motion).
 
         Returns:
-            The incoming slots -> their source shard, and every slot's watermark.
+            The incoming slots -> their source shard, every slot's watermark, and
+            the slots locked exclusively (see :meth:`_motion_headroom`).
         """
         table = dialect.quote(self._settings.system_tables.slots)
         literal = ", ".join(str(s) for s in slots)  # validated ints from the shard map
+        exclusive = frozenset(s for s in slots if s in self._moving_hint)
+        if exclusive and exclusive_lock_clause(dialect):
+            cursor.execute(
+                f"SELECT {SLOT_COLUMN} FROM {table} WHERE {SLOT_COLUMN} IN "
+                f"({', '.join(str(s) for s in sorted(exclusive))}){exclusive_lock_clause(dialect)}",
+                (),
+            )
         lock = share_lock_clause(dialect)
         cursor.execute(
             f"SELECT {SLOT_COLUMN}, state, peer, pruned_below FROM {table} "
@@ -1161,7 +1195,8 @@ class AggregationWriter:
         incoming = {
             s: str(peer) for s, (state, peer, _) in states.items() if state == SlotState.INCOMING
         }
-        return incoming, {s: mark for s, (_, _, mark) in states.items()}
+        self._moving_hint.difference_update(s for s in exclusive if s not in incoming)
+        return incoming, {s: mark for s, (_, _, mark) in states.items()}, exclusive
 
     def _ledger_lookup(
         self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit]
@@ -1226,33 +1261,95 @@ class AggregationWriter:
         self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit], *, lock: bool = True
     ) -> list[dict[tuple[Any, ...], tuple[int, ...]]]:
         """The stored measures of every row ``units`` touch, locked for update (careful mode)."""
-        out: list[dict[tuple[Any, ...], tuple[int, ...]]] = []
         lock_clause = exclusive_lock_clause(dialect) if lock else ""
-        for t, table in enumerate(self._tables):
-            keys = sorted({key for u in units for (ti, key, _) in u.rows if ti == t})
-            found: dict[tuple[Any, ...], tuple[int, ...]] = {}
-            by_sql = {tuple(_sql_value(v) for v in key): key for key in keys}
-            q = dialect.quote
-            names = table.key_names
-            one = "(" + " AND ".join(f"{q(n)} = {dialect.placeholder}" for n in names) + ")"
-            select = (
-                f"SELECT {', '.join(q(n) for n in names)}, "
-                f"{', '.join(q(m.name) for m in table.measures)} FROM {q(table.name)} WHERE "
+        return [
+            read_rows(
+                cursor,
+                dialect,
+                table,
+                sorted({key for u in units for (ti, key, _) in u.rows if ti == t}),
+                lock_clause=lock_clause,
             )
-            sql_keys = sorted(by_sql)
-            for start in range(0, len(sql_keys), 100):
-                chunk = sql_keys[start : start + 100]
-                cursor.execute(
-                    select + " OR ".join([one] * len(chunk)) + lock_clause,
-                    [v for key in chunk for v in key],
-                )
-                width = len(names)
-                for row in cursor.fetchall():
-                    key = tuple(_sql_value(v) for v in row[:width])
-                    if key in by_sql:
-                        found[by_sql[key]] = tuple(int(v) for v in row[width:])
-            out.append(found)
+            for t, table in enumerate(self._tables)
+        ]
+
+    def _old_parts(
+        self,
+        units: Sequence[Unit],
+        incoming: Mapping[int, str],
+        marks: Mapping[tuple[int, str], str | list[Any]],
+    ) -> list[dict[tuple[Any, ...], tuple[int, ...]]]:
+        """The old owners' unmerged rows of ``units`` on incoming slots (see :mod:`motion`).
+
+        Read without a lock: a slot that is gone on its old owner is written by
+        nobody there; only the merge deletes from it, and merged keys are left
+        out by their progress mark (read before, on the new owner).
+        """
+        out: list[dict[tuple[Any, ...], tuple[int, ...]]] = [{} for _ in self._tables]
+        by_peer: dict[str, list[Unit]] = defaultdict(list)
+        for unit in units:
+            peer = incoming.get(unit.slot)
+            if peer is not None and unit.rows:
+                by_peer[peer].append(unit)
+        for peer, peer_units in sorted(by_peer.items()):
+            readonly = self.dialect(peer).name == "sqlite"  # never a replica for MySQL
+            with self._provider.connection(peer, readonly=readonly) as conn:
+                dialect = self.dialect(peer, conn)
+                with self._cursor(conn) as cursor:
+                    if not readonly:
+                        self._prepare(conn, dialect, cursor)
+                    for t, table in enumerate(self._tables):
+                        by_slot: dict[int, set[tuple[Any, ...]]] = defaultdict(set)
+                        for unit in peer_units:
+                            by_slot[unit.slot].update(k for ti, k, _ in unit.rows if ti == t)
+                        for slot, keys in sorted(by_slot.items()):
+                            unmerged, after = unmerged_scope(marks, slot, table.name)
+                            if keys and unmerged:
+                                out[t].update(
+                                    read_rows(
+                                        cursor, dialect, table, sorted(keys), slot=slot, after=after
+                                    )
+                                )
         return out
+
+    def _motion_headroom(
+        self,
+        cursor: DBAPICursor,
+        dialect: Dialect,
+        units: Sequence[Unit],
+        incoming: Mapping[int, str],
+        exclusive: frozenset[int],
+    ) -> tuple[list[Unit], dict[str, Rejection]]:
+        """Refuse the events that would overflow a row in motion once it is merged.
+
+        A row of an incoming slot has a second part on the old owner until the
+        merge (see :mod:`shardbill.motion`): the check counts both, in an order
+        that can over-count in a race but never under-count.
+        """
+        moving = [u for u in units if u.rows and u.slot in incoming]
+        if not moving:
+            return list(units), {}
+        slots = sorted({u.slot for u in moving})
+        lock = exclusive_lock_clause(dialect)
+        upgrade = [s for s in slots if s not in exclusive]
+        if lock and upgrade:
+            # Writers of a slot in motion take turns (each sees the others' deltas).
+            # The fence took a shared lock: upgrade (a deadlock with another upgrader
+            # is retried; the hint makes the next fence take it exclusively at once).
+            self._moving_hint.update(upgrade)
+            cursor.execute(
+                f"SELECT {SLOT_COLUMN} FROM {dialect.quote(self._settings.system_tables.slots)} "
+                f"WHERE {SLOT_COLUMN} IN ({', '.join(str(s) for s in upgrade)}){lock}",
+                (),
+            )
+        marks = merge_marks(cursor, dialect, self._settings.system_tables.moves, slots)
+        current = combine(
+            self._tables,
+            self._stored_rows(cursor, dialect, moving),
+            self._old_parts(moving, incoming, marks),
+        )
+        _, refused = find_overflows(moving, current, self._tables)
+        return [u for u in units if u.event_id not in refused], refused
 
     def _ledger_insert(
         self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit], token: str

@@ -61,9 +61,16 @@ def is_half(record: EventRecord, content: Content) -> bool:
 
 
 def invalid(content: Content) -> bool:
-    """True when a part's own value does not fit a BIGINT: the event must be rejected."""
+    """True when the event must be rejected whatever the rows hold: a part's own value, or
+    its parts summed per row (seed 2005: three charges of BIGINT_MAX on one account), does
+    not fit a BIGINT. Such an event can never have landed, so its refusal settles it."""
+    if any(not -BIGINT_MAX - 1 <= v <= BIGINT_MAX for p in content for v in (p.amount, p.quantity)):
+        return True
     return any(
-        not -BIGINT_MAX - 1 <= v <= BIGINT_MAX for p in content for v in (p.amount, p.quantity)
+        not -BIGINT_MAX - 1 <= v <= BIGINT_MAX
+        for rows in rows_of(content).values()
+        for values in rows.values()
+        for v in values
     )
 
 
