@@ -41,7 +41,7 @@ def _skip_fence_check(mp: pytest.MonkeyPatch) -> None:
         try:
             return original(self, cursor, dialect, shard, slots)
         except FencedError:
-            return {}, {}  # write on, whoever owns the slot now
+            return {}, {}, frozenset()  # write on, whoever owns the slot now
 
     mp.setattr(AggregationWriter, "_fence", no_fence)
 
