@@ -133,3 +133,35 @@ def test_events_never_written_are_ingested_not_patched(backend: Backend) -> None
     assert all("ingest the files first" in r for r in report.refused if "slot" in r)
     _write(backend, shard_map, events)  # the rest, through the ledger: exactly once
     assert _audit(backend, shard_map, events).exact
+
+
+def test_a_row_with_a_copy_on_another_shard_is_left_to_the_resharder(backend: Backend) -> None:
+    """Split over two shards and off by one: correcting one copy would count the other twice."""
+    events = _day(4)
+    shard_map = ShardMap.create(backend.shards, slots=SLOTS)
+    _write(backend, shard_map, events)
+    shard = next(s for s in backend.shards if _rows(backend, s))
+    other = next(s for s in backend.shards if s != shard)
+    account, day, product, slot = _rows(backend, shard)[0]
+    where = f"`account_id` = {account} AND `day` = '{day}' AND `product` = '{product}'"
+    backend.execute(shard, f"UPDATE `usage_daily` SET `amount` = `amount` - 1001 WHERE {where}")
+    backend.execute(
+        other,
+        "INSERT INTO `usage_daily` (`account_id`, `day`, `product`, `sb_slot`, `quantity`, "
+        f"`amount`, `charges`) VALUES ({account}, '{day}', '{product}', {slot}, 0, 1000, 0)",
+    )
+    before = {
+        s: backend.rows(s, f"SELECT `amount` FROM `usage_daily` WHERE {where}")
+        for s in (shard, other)
+    }
+    kinds = sorted(d.kind for d in _audit(backend, shard_map, events).differences)
+    assert kinds == ["misplaced", "value"]
+    done = _repair(backend, shard_map, events)
+    assert done.actions == ()
+    assert len(done.refused) == 2
+    assert all("left alone" in r for r in done.refused)
+    after = {
+        s: backend.rows(s, f"SELECT `amount` FROM `usage_daily` WHERE {where}")
+        for s in (shard, other)
+    }
+    assert after == before

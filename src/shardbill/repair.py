@@ -145,8 +145,17 @@ def repair(
     before = compare(expected, found, tables=tables, shard_map=shard_map)
     refused: list[str] = []
     groups: dict[tuple[str, int], list[Difference]] = {}
+    # A row with a copy elsewhere or under another slot is the resharder's: correcting one
+    # copy to the whole expected value would count the other copy twice.
+    placed = {
+        (d.table, tuple(d.key.values())) for d in before.differences if d.kind not in _REPAIRABLE
+    }
     for difference in before.differences:
-        if difference.kind not in _REPAIRABLE or difference.shard is None:
+        if (
+            difference.kind not in _REPAIRABLE
+            or difference.shard is None
+            or (difference.table, tuple(difference.key.values())) in placed
+        ):
             refused.append(f"{difference.describe()}: left alone; {difference.repair()}")
             continue
         assert difference.slot is not None  # noqa: S101 - a shard is named with its slot
