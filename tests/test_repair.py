@@ -165,3 +165,70 @@ def test_a_row_with_a_copy_on_another_shard_is_left_to_the_resharder(backend: Ba
         for s in (shard, other)
     }
     assert after == before
+
+
+def test_a_repair_fills_the_history_of_what_migrate_added(backend: Backend) -> None:
+    """A new table (empty) and a new measure (0): a repair with every event fills both."""
+    from shardbill.migrate import migrate
+    from tests.test_migrate import _grown
+
+    events = _day(5)
+    shard_map = ShardMap.create(backend.shards, slots=SLOTS)
+    _write(backend, shard_map, events)
+    grown = _grown()
+    migrate(backend.provider, backend.shards, grown)
+
+    def check() -> AuditReport:
+        return audit(
+            events,
+            engine=comms.engine(),
+            tables=grown,
+            provider=backend.provider,
+            shard_map=shard_map,
+        )
+
+    missing = check().differences
+    assert missing
+    assert {(d.table, d.kind) for d in missing} == {
+        ("usage_by_account", "missing"),
+        ("usage_daily", "value"),
+    }
+    assert {d.measure for d in missing if d.kind == "value"} == {"units"}
+    done = repair(
+        events, engine=comms.engine(), tables=grown, provider=backend.provider, shard_map=shard_map
+    )
+    assert done.refused == ()
+    assert {(a.table, a.action) for a in done.actions} == {
+        ("usage_by_account", "insert"),
+        ("usage_daily", "update"),
+    }
+    assert check().exact
+    counted = sum(
+        int(n)
+        for s in backend.shards
+        for (n,) in backend.rows(s, "SELECT COALESCE(SUM(`charges`), 0) FROM `usage_by_account`")
+    )
+    assert counted == len(comms.engine().price_batch(events).charges)
+
+
+def test_a_repair_re_keys_history_by_a_key_column_migrate_added(backend: Backend) -> None:
+    """Rows under `existing` are re-derived per value of the new key; the totals are unchanged."""
+    from shardbill.migrate import migrate
+    from tests.test_migrate import UNKNOWN, _by_old_key, _daily, _keyed
+
+    events = _day(6)
+    shard_map = ShardMap.create(backend.shards, slots=SLOTS)
+    _write(backend, shard_map, events)
+    keyed = _keyed()
+    migrate(backend.provider, backend.shards, keyed)
+    totals = _by_old_key(_daily(backend))
+    done = repair(
+        events, engine=comms.engine(), tables=keyed, provider=backend.provider, shard_map=shard_map
+    )
+    assert done.refused == ()
+    assert {a.action for a in done.actions} == {"delete", "insert"}
+    assert audit(
+        events, engine=comms.engine(), tables=keyed, provider=backend.provider, shard_map=shard_map
+    ).exact
+    assert UNKNOWN not in {k[3] for k in _daily(backend)}
+    assert _by_old_key(_daily(backend)) == totals
