@@ -25,7 +25,9 @@ the row as it is then, so a second run (or a retry after a lost COMMIT)
 finds nothing left to correct. Rows on the wrong shard or under the wrong
 slot are a reshard's to fix (``shardbill reshard run`` / ``verify``) and are
 left alone. Ledger rows that prune has deleted (events older than the dedup
-horizon) make step 2 refuse: such a slot can only be repaired by hand.
+horizon) make step 2 refuse: such a slot can only be repaired by hand. The
+events are priced with the rules given, which must be the ones they were
+written with (as for the audit).
 """
 
 from __future__ import annotations
