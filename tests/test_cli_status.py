@@ -6,6 +6,9 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
+from shardbill import cli, cli_status
 from tests.test_cli import _config, _events_file, one_json, run
 
 TABLES = ("usage_daily", "usage_monthly", "usage_by_country", "account_balance")
@@ -118,3 +121,25 @@ def test_after_a_reshard_status_shows_the_new_epoch_and_no_move(tmp_path: Path) 
     assert status["reshard"]["finished"] == 4096  # type: ignore[index]
     text = run("status", "--config", str(config), cwd=tmp_path).stdout
     assert "reshard: none in progress (the last one: 4,096 finished)" in text
+
+
+def test_watch_on_a_terminal_clears_and_redraws_each_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a terminal each view starts by clearing the screen; it sleeps --interval between."""
+    config = _deployed(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_status, "interactive", lambda stream: True)
+    slept: list[float] = []
+    monkeypatch.setattr(cli_status.time, "sleep", slept.append)
+    assert (
+        cli.main(["status", "--config", config, "--watch", "--interval", "7", "--count", "3"]) == 0
+    )
+    out = capsys.readouterr().out
+    views = out.split("\x1b[H\x1b[2J")
+    assert views[0] == ""  # the screen is cleared before the first view
+    assert len(views) == 4
+    assert all("shard map epoch 1" in v and "(every 7 s; Ctrl-C to stop)" in v for v in views[1:])
+    assert "ledger rows/s" not in views[1]  # no rate before a second reading
+    assert all("ledger rows/s" in v for v in views[2:])
+    assert slept == [7.0, 7.0]  # between views, not after the last

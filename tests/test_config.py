@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import textwrap
@@ -213,6 +214,10 @@ measures = [{measure}]
          "aggregates.custom[0].measures[0].merge"),
         ("{ name = 'acct', projection = 'product' }", "{ name = 'n', value = 'count' }",
          "aggregates.custom[0]"),
+        ("{ name = 'd', projection = 'product', existing = 5 }",
+         "{ name = 'n', value = 'count' }", "aggregates.custom[0].keys[1].existing"),
+        ("{ name = 'd', projection = 'day', existing = 'yesterday' }",
+         "{ name = 'n', value = 'count' }", "aggregates.custom[0].keys[1].existing"),
     ],
 )  # fmt: skip
 def test_a_custom_table_error_names_its_key(
@@ -222,6 +227,18 @@ def test_a_custom_table_error_names_its_key(
     with pytest.raises(ConfigurationError) as caught:
         _load(CUSTOM.format(key=key, measure=measure), tmp_path, name="c.toml")
     assert str(caught.value).startswith(f"{tmp_path / 'c.toml'}: {where}"), str(caught.value)
+
+
+def test_a_key_column_states_the_value_existing_rows_get(tmp_path: Path) -> None:
+    """``existing`` (for ``shardbill migrate``) is read with the column's type: text, a date."""
+    key = "{ name = 'c', projection = 'dimension:c', default = '--', existing = 'unknown' }"
+    config = _load(CUSTOM.format(key=key, measure="{ name = 'n', value = 'count' }"), tmp_path)
+    (table,) = config.tables
+    assert [k.existing for k in table.keys] == [None, "unknown"]
+    key = "{ name = 'm', projection = 'month', existing = 2026-01-01 }"
+    config = _load(CUSTOM.format(key=key, measure="{ name = 'n', value = 'count' }"), tmp_path)
+    (table,) = config.tables
+    assert table.keys[1].existing == dt.date(2026, 1, 1)
 
 
 def test_a_custom_table_without_the_account_is_refused(tmp_path: Path) -> None:

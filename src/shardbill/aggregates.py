@@ -398,13 +398,41 @@ def _check_column_name(_inst: object, attribute: attrs.Attribute[str], value: st
         raise ConfigurationError(f"column name {value!r} is reserved by shardbill; rename it")
 
 
+def _check_existing(
+    inst: KeyColumn, _attribute: attrs.Attribute[KeyValue | None], value: KeyValue | None
+) -> None:
+    if value is None:
+        return
+    try:
+        inst.type.check(value, column=inst.name)
+    except InvalidInputError as exc:
+        raise ConfigurationError(
+            f"key column {inst.name!r}: existing={value!r} does not fit the column ({exc}); "
+            "give a value of the column's type"
+        ) from None
+
+
 @attrs.frozen(kw_only=True)
 class KeyColumn:
-    """One column of an aggregate table's primary key."""
+    """One column of an aggregate table's primary key.
+
+    Args:
+        name: the column name (a validated identifier).
+        type: the column type.
+        projection: reads the key value from a charge.
+        existing: the value rows that exist get when the column is added to
+            a live table by ``shardbill migrate`` (:mod:`shardbill.migrate`),
+            e.g. ``existing="--"`` for a dimension nobody recorded before.
+            None (the default): the column cannot be added to a live table.
+            It must fit ``type``. On MySQL/MariaDB the added column also takes
+            it as its DEFAULT, so writers with the old declaration go on
+            writing (their rows get it).
+    """
 
     name: str = attrs.field(validator=_check_column_name)
     type: ColumnType
     projection: Projection
+    existing: KeyValue | None = attrs.field(default=None, validator=_check_existing)
 
 
 def measure_range_error(

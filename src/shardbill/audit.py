@@ -68,6 +68,7 @@ __all__ = [
     "Found",
     "audit",
     "compare",
+    "events_on_slots",
     "expected_rows",
     "read_rows",
 ]
@@ -280,6 +281,48 @@ def expected_rows(
                 table_rows = rows[name]
                 table_rows[key] = _merge_into(table_rows.get(key), values, merges[name])
     return Expected(rows=rows, events=len(seen), rejected=rejected, unwritable=unwritable)
+
+
+def events_on_slots(
+    events: Iterable[UsageEvent],
+    *,
+    engine: RulesEngine,
+    tables: Sequence[AggregateTable],
+    shard_map: ShardMap,
+    slots: Iterable[int],
+) -> dict[int, set[str]]:
+    """The ids of the events the writer would apply with a charge on each of ``slots``.
+
+    As :func:`expected_rows` decides it (rejected and unwritable events are on
+    no slot); a charge is on the slot of its account.
+
+    Args:
+        events: the audited events (distinct ids).
+        engine: the rules engine.
+        tables: the aggregate tables.
+        shard_map: the map that gives an account its slot.
+        slots: the slots of interest.
+
+    Returns:
+        Slot -> event ids (every slot of ``slots`` is a key).
+    """
+    out: dict[int, set[str]] = {slot: set() for slot in slots}
+    recipe = _Recipe(tables)
+    for chunk in _distinct_chunks(events, set()):
+        by_event: dict[str, list[Charge]] = {}
+        for charge in engine.price_batch(chunk).charges:
+            by_event.setdefault(charge.event_id, []).append(charge)
+        for event_id, charges in by_event.items():
+            try:
+                for charge in charges:
+                    recipe.rows(charge)
+            except _Unwritable:
+                continue
+            for charge in charges:
+                slot = shard_map.slot_for(charge.account)
+                if slot in out:
+                    out[slot].add(event_id)
+    return out
 
 
 @attrs.frozen(kw_only=True)

@@ -9,6 +9,13 @@ without FILE, from the demo's synthetic day (the same ``--model``,
 ``--events`` and ``--seed`` as ``shardbill demo``). Prints the first
 ``--max-differences`` differences (all are counted); exit 0 when exact,
 :data:`~shardbill.cli_common.EXIT_PROBLEM` on any difference.
+
+``--repair`` first corrects what can be re-derived from the events
+(:func:`shardbill.repair.repair`: a changed measure, a deleted row, a row no
+event makes, on slots whose ledger shows the events are their whole truth),
+printing each correction and each difference left alone with its reason,
+then audits again and reports as above. ``--json`` adds ``repair``
+(``actions``, ``refused``).
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ from shardbill.errors import ConfigurationError
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from shardbill.cli_common import Subparsers
+    from shardbill.repair import RepairReport
     from shardbill.rules import UsageEvent
 
 __all__ = ["add_parser", "run"]
@@ -54,13 +62,20 @@ def add_parser(sub: Subparsers) -> None:
         "--model, --events and --seed). Exit 0 when exact, 1 on any difference.",
         "  shardbill audit events.jsonl --config shardbill.toml\n"
         "  shardbill audit --config shardbill-demo/shardbill.toml      # after `shardbill demo`\n"
-        "  shardbill audit day1.csv day2.csv --json --max-differences 100",
+        "  shardbill audit day1.csv day2.csv --json --max-differences 100\n"
+        "  shardbill audit events.jsonl --repair --config shardbill.toml",
     )
     audit.add_argument("files", nargs="*", metavar="FILE", help="events files, in ingest order")
     add_format(audit)
     add_traffic(audit, events=DEMO_EVENTS, seed=DEMO_SEED)
     audit.add_argument(
         "--max-differences", type=positive, default=20, help="differences listed (all counted)"
+    )
+    audit.add_argument(
+        "--repair",
+        action="store_true",
+        help="first re-derive the differing rows from the events where the ledger shows they "
+        "are the slot's whole truth, then audit again",
     )
     add_config_and_json(audit)
 
@@ -85,14 +100,28 @@ def run(args: argparse.Namespace) -> int:
         if not Path(name).is_file():
             raise ConfigurationError(f"{name}: no such events file")
     config = load_config(args)
+    events: Iterable[UsageEvent]
     if args.files:
         events = _file_events(args.files, args.format, config.account_as_int)
         source = ", ".join(args.files)
     else:
         events = Traffic(model=args.model, events=args.events, seed=args.seed).distinct()
         source = f"synthetic {args.model} day, {args.events:,} events, seed {args.seed}"
+    repaired: RepairReport | None = None
     with config.open() as opened:
         current = live_map(config, opened.map_store)
+        if args.repair:
+            from shardbill.repair import repair
+
+            events = list(events)  # read twice: to repair, then to audit again
+            repaired = repair(
+                events,
+                engine=config.engine(),
+                tables=config.tables,
+                provider=opened.provider,
+                shard_map=current,
+                system_tables=config.writer.settings().system_tables,
+            )
         report = audit(
             events,
             engine=config.engine(),
@@ -101,8 +130,19 @@ def run(args: argparse.Namespace) -> int:
             shard_map=current,
         )
     if args.json:
-        print_json({"source": source, **report.to_dict(limit=args.max_differences)})
+        extra = {"repair": repaired.to_dict()} if repaired is not None else {}
+        print_json({"source": source, **extra, **report.to_dict(limit=args.max_differences)})
     else:
+        if repaired is not None:
+            print(
+                f"repair of {source}: {len(repaired.before.differences):,} difference(s) "
+                f"found, {len(repaired.actions):,} row(s) corrected, "
+                f"{len(repaired.refused):,} left alone"
+            )
+            for action in repaired.actions:
+                print(f"  corrected: {action.describe()}")
+            for refusal in repaired.refused:
+                print(f"  left alone: {refusal}")
         print(
             f"audit of {source}: {report.events:,} events ({report.rejected:,} refused), "
             f"{report.expected_rows:,} rows expected, {report.found_rows:,} found on "

@@ -1,13 +1,16 @@
-"""``shardbill migrate``: add new measures and tables to the live shards (:mod:`shardbill.migrate`).
+"""``shardbill migrate``: add measures, key columns and tables to the live shards.
 
-Compares every configured shard's tables with the configuration's
-declaration and applies what a shard lacks, shard by shard, one statement
-at a time (a new measure: ``ADD COLUMN ... DEFAULT 0``; a new table:
-created empty), printing each step as it is done. ``--dry-run`` prints the
-plan and changes nothing. Interrupted, it is resumed by running it again.
-A change no online migration makes (a key column, a type) exits 2 naming
-it, before anything changes. ``--json`` prints one object: ``dry_run``,
-``steps`` (each ``shard``, ``table``, ``column``, ``text``) and
+See :mod:`shardbill.migrate`. Compares every configured shard's tables with
+the configuration's declaration and applies what a shard lacks, shard by
+shard, one step at a time (a new measure: ``ADD COLUMN ... DEFAULT 0``; a
+new key column: its ``existing`` value in the rows that exist, the primary
+key grown by an online ``ALTER`` on MySQL/MariaDB or a table rebuild on
+SQLite; a new table: created empty), printing each step as it is done.
+``--dry-run`` prints the plan and changes nothing. Interrupted, it is
+resumed by running it again. A change no online migration makes (a key
+column without ``existing``, a type) exits 2 naming it, before anything
+changes. ``--json`` prints one object: ``dry_run``, ``steps`` (each
+``shard``, ``table``, ``column``, ``kind``, ``existing``, ``text``) and
 ``migrated`` (whether the shards now match the declaration).
 """
 
@@ -38,12 +41,14 @@ def add_parser(sub: Subparsers) -> None:
     migrate = command(
         sub,
         "migrate",
-        "add new measures and tables to the live shards, shard by shard",
+        "add new measures, key columns and tables to the live shards, shard by shard",
         "Compare every shard's tables with the configuration's [aggregates] and add what a "
-        "shard lacks: a new measure as a column with 0 in existing rows, a new table empty. "
-        "Writers keep writing (those with the old configuration do not see the new column; "
-        "those with the new one refuse a shard until it is migrated). Resumable: run it "
-        "again after an interruption. A key column or a type change is refused (exit 2).",
+        "shard lacks: a new measure as a column with 0 in existing rows, a new key column "
+        "with its `existing` value in existing rows (the primary key grows), a new table "
+        "empty. Writers keep writing (those with the old configuration do not see the new "
+        "column, on SQLite not after a key column; those with the new one refuse a shard "
+        "until it is migrated). Resumable: run it again after an interruption. A key column "
+        "without `existing` or a type change is refused (exit 2).",
         "  shardbill migrate --dry-run --config prod.toml\n"
         "  shardbill migrate --config prod.toml\n"
         "  shardbill migrate --json",

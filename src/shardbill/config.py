@@ -898,7 +898,7 @@ def _check_type(projection: Projection, column_type: ColumnType, key: str) -> No
 
 def _key_column(item: object, key: str, account_type: BigInt | VarChar) -> KeyColumn:
     spec = _table(item, key)
-    _known(spec, ("name", "projection", "type", "default"), key)
+    _known(spec, ("name", "projection", "type", "default", "existing"), key)
     name = _str(spec.get("name"), f"{key}.name")
     projection = _projection(
         _str(spec.get("projection"), f"{key}.projection"), f"{key}.projection", spec.get("default")
@@ -908,8 +908,23 @@ def _key_column(item: object, key: str, account_type: BigInt | VarChar) -> KeyCo
     else:
         column_type = _default_type(projection, account_type)
     _check_type(projection, column_type, f"{key}.type")
+    existing = spec.get("existing")
+    if existing is not None:
+        try:
+            column_type.check(existing, column=name)
+        except InvalidInputError:
+            raise _KeyProblemError(
+                f"{key}.existing",
+                f"{_show(existing)} does not fit type {_type_name(column_type)!r}; give the "
+                "value rows that exist get when `shardbill migrate` adds the column",
+            ) from None
     try:
-        return KeyColumn(name=name, type=column_type, projection=projection)
+        return KeyColumn(
+            name=name,
+            type=column_type,
+            projection=projection,
+            existing=existing,  # type: ignore[arg-type]  # checked just above
+        )
     except ConfigurationError as exc:
         raise _KeyProblemError(f"{key}.name", str(exc)) from None
 

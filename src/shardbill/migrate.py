@@ -1,48 +1,79 @@
-"""Online schema changes on live shards: new measures and new tables (``shardbill migrate``).
+"""Online schema changes on live shards: measures, key columns, tables (``shardbill migrate``).
 
-When the declared aggregate tables grow (a measure added to a table, a new
-table), :func:`plan_migration` compares every shard's live tables with the
-declaration and lists what each shard lacks; :func:`migrate` applies it,
-shard by shard, one statement at a time:
+When the declared aggregate tables grow (a measure or a key column added to
+a table, a new table), :func:`plan_migration` compares every shard's live
+tables with the declaration and lists what each shard lacks; :func:`migrate`
+applies it, shard by shard, one step at a time:
 
 * a **new measure** becomes ``ALTER TABLE t ADD COLUMN m BIGINT NOT NULL
   DEFAULT 0``: existing rows hold 0 (nothing of the new measure was counted
   before the change), and writers that do not know the column yet keep
   writing (their UPSERTs leave it at its default and add nothing to it);
+* a **new key column** needs a stated rule for the rows that exist: the
+  value they get, declared as ``KeyColumn(..., existing=VALUE)`` (e.g.
+  ``existing="--"`` for a dimension nobody recorded before). Without it the
+  migration is refused, naming shard, table, column and ``existing=``. The
+  column joins the primary key. On MySQL/MariaDB this is one ``ALTER TABLE
+  t ADD COLUMN c ... NOT NULL DEFAULT <existing>, DROP PRIMARY KEY, ADD
+  PRIMARY KEY (...), ALGORITHM=INPLACE, LOCK=NONE``: InnoDB rebuilds the
+  table in place while writes go on, and writers with the old declaration
+  keep writing during and after (their UPSERTs leave the column at its
+  DEFAULT, so their deltas add to the ``existing`` rows). On SQLite the table
+  is rebuilt (create the new one, copy, drop the old, rename) inside one
+  ``BEGIN IMMEDIATE`` transaction: writers wait for it (``busy_timeout``),
+  and a writer with the old declaration fails afterwards (SQLite's UPSERT
+  names its conflict key, which no longer matches the primary key) without
+  changing anything: restart SQLite writers with the new declaration. No
+  rows are merged: the rows that exist were unique under the old key and
+  all get the same value in the new column, so they are unique under the
+  new key, and every measure is copied as it is (the sums are unchanged);
 * a **new table** (aggregate or shardbill's own) is created empty, as
   :meth:`~shardbill.AggregationWriter.ensure_schema` would. It counts the
   events written from then on: the ledger already holds the ids of the
   events written before, so re-ingesting them does not fill it.
 
-Every statement is planned from the live schema, so a migration stopped at
-any point (Ctrl-C, a crash, a shard down) is resumed by running it again: a
-shard or column already done is not touched twice. A writer built with the
-new declaration refuses a shard that is not migrated yet
-(:class:`~shardbill.errors.SchemaError` naming the column and
-``shardbill migrate``); writers with the old declaration run on, before,
-during and after. Roll out the migration first, the new writers second.
+Every step is planned from the live schema and is atomic (one statement, or
+one SQLite transaction), so a migration stopped at any point (Ctrl-C, a
+crash, a shard down) is resumed by running it again: a shard, column or
+table already done is not touched twice. A writer built with the new
+declaration refuses a shard that is not migrated yet
+(:class:`~shardbill.errors.SchemaError` naming the column and ``shardbill
+migrate``); writers with the old declaration run on, before, during and
+after (on SQLite, until a key column is added: see above). Roll out the
+migration first, the new writers second.
 
-Changes that would rewrite rows (a new key column, a changed type or
-primary key) are refused with what they are; they need a new table.
+Changes that would rewrite values (a changed type or primary key order, a
+column the declaration no longer has in a SQLite rebuild) are refused with
+what they are; they need a new table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import attrs
 
-from shardbill.aggregates import AggregateTable
+from shardbill.aggregates import AggregateTable, KeyColumn, KeyValue
 from shardbill.dialects.base import Dialect
-from shardbill.dialects.ddl import LiveTable, create_statements, describe_table
+from shardbill.dialects.ddl import (
+    LiveTable,
+    add_key_column_statements,
+    create_statements,
+    describe_table,
+    temporary_table_name,
+)
 from shardbill.dialects.detect import dialect_for
 from shardbill.dialects.mysql import MySQLDialect
 from shardbill.errors import SchemaError
-from shardbill.providers.base import ConnectionProvider
+from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.schema import schema_problems
 from shardbill.tables import Column, ColumnKind, SystemTables, TableDef
 
 __all__ = ["MigrationStep", "migrate", "plan_migration"]
+
+
+StepKind = Literal["table", "measure", "key"]
 
 
 @attrs.frozen(kw_only=True)
@@ -52,25 +83,38 @@ class MigrationStep:
     Attributes:
         shard: the shard.
         table: the table.
-        column: the measure to add (None: create the table).
+        column: the measure or key column to add (None: create the table).
+        kind: ``"table"`` (create it), ``"measure"`` or ``"key"`` (add the column).
+        existing: for a key column, the value the rows that exist get.
     """
 
     shard: str
     table: str
     column: str | None = None
+    kind: StepKind = "table"
+    existing: KeyValue | None = None
 
     def describe(self) -> str:
         """One line for people."""
         if self.column is None:
             return f"{self.shard}: create table {self.table}"
+        if self.kind == "key":
+            return (
+                f"{self.shard}: add key column {self.table}.{self.column} "
+                f"({_shown(self.existing)} in existing rows; the primary key grows)"
+            )
         return f"{self.shard}: add measure {self.table}.{self.column} (0 in existing rows)"
 
     def to_dict(self) -> dict[str, object]:
-        """``shard``, ``table``, ``column`` (None for a new table) and ``text``."""
+        """``shard``, ``table``, ``column`` (None for a new table), ``kind``,
+        ``existing`` (a key column's value for the rows that exist, dates as
+        ISO text; None otherwise) and ``text``."""
         return {
             "shard": self.shard,
             "table": self.table,
             "column": self.column,
+            "kind": self.kind,
+            "existing": _bound(self.existing) if self.existing is not None else None,
             "text": self.describe(),
         }
 
@@ -95,10 +139,11 @@ def plan_migration(
 
     Raises:
         SchemaError: a difference a migration cannot make online (a key
-            column, a type, a primary key), each named with its shard,
-            table and column.
+            column declared without ``existing=``, a type, a primary key),
+            each named with its shard, table and column; nothing is changed.
     """
     system = system_tables or SystemTables()
+    declared = {t.name: t for t in tables}
     steps: list[MigrationStep] = []
     refused: list[str] = []
     for shard in shards:
@@ -107,25 +152,13 @@ def plan_migration(
             cursor = conn.cursor()
             try:
                 for want in system.all_defs(tables):
-                    live = describe_table(cursor, dialect, want.name)
-                    if live is None:
-                        steps.append(MigrationStep(shard=shard, table=want.name))
-                        continue
-                    for column in _missing(want, live):
-                        if _is_measure(column):
-                            steps.append(
-                                MigrationStep(shard=shard, table=want.name, column=column.name)
-                            )
-                        else:
-                            refused.append(
-                                f"shard {shard!r}: table {want.name!r} lacks key column "
-                                f"{column.name!r}: a key column changes every row's key, which "
-                                "no online migration does; declare a new table with it instead"
-                            )
+                    found, problems = _plan_table(cursor, dialect, shard, want, declared)
+                    steps.extend(found)
+                    refused.extend(problems)
             finally:
                 cursor.close()
     if refused:
-        raise SchemaError("cannot migrate online:\n  " + "\n  ".join(refused))
+        raise SchemaError("cannot migrate online (nothing was changed):\n  " + "\n  ".join(refused))
     return steps
 
 
@@ -168,7 +201,15 @@ def migrate(
                 else:
                     live = describe_table(cursor, dialect, step.table)
                     column = next(c for c in want.columns if c.name == step.column)
-                    if live is not None and column in _missing(want, live):
+                    if live is None or column not in _missing(want, live):
+                        pass  # done already (by a run that stopped before reporting it)
+                    elif step.kind == "key":
+                        assert step.existing is not None  # noqa: S101 - planned with one
+                        for statement, params in add_key_column_statements(
+                            dialect, want, live, column, _bound(step.existing)
+                        ):
+                            cursor.execute(statement, params)
+                    else:
                         cursor.execute(_add_measure(dialect, step.table, column), ())
             finally:
                 cursor.close()
@@ -183,6 +224,96 @@ def migrate(
 def _missing(want: TableDef, live: LiveTable) -> list[Column]:
     have = {c.name.lower() for c in live.columns}
     return [c for c in want.columns if c.name.lower() not in have]
+
+
+def _plan_table(
+    cursor: DBAPICursor,
+    dialect: Dialect,
+    shard: str,
+    want: TableDef,
+    declared: Mapping[str, AggregateTable],
+) -> tuple[list[MigrationStep], list[str]]:
+    """The steps one table of one shard needs (key columns first), and the refusals."""
+    live = describe_table(cursor, dialect, want.name)
+    if live is None:
+        return [MigrationStep(shard=shard, table=want.name)], []
+    steps: list[MigrationStep] = []
+    refused: list[str] = []
+    missing = _missing(want, live)
+    keys = {k.name: k for k in declared[want.name].keys} if want.name in declared else {}
+    for column in missing:
+        key = keys.get(column.name)
+        if key is None:
+            continue
+        problem = _key_refusal(shard, want, live, key, dialect)
+        if problem is None and dialect.name == "sqlite":
+            temporary = temporary_table_name(want.name)
+            if describe_table(cursor, dialect, temporary) is not None:
+                problem = (
+                    f"shard {shard!r}: table {want.name!r}: adding key column {key.name!r} "
+                    f"rebuilds the table through {temporary!r}, which exists already; "
+                    "rename or drop that table first"
+                )
+        if problem is not None:
+            refused.append(problem)
+            continue
+        steps.append(
+            MigrationStep(
+                shard=shard, table=want.name, column=column.name, kind="key", existing=key.existing
+            )
+        )
+    for column in missing:
+        if column.name in keys:
+            continue
+        if _is_measure(column):
+            steps.append(
+                MigrationStep(shard=shard, table=want.name, column=column.name, kind="measure")
+            )
+        else:
+            refused.append(
+                f"shard {shard!r}: table {want.name!r} lacks column {column.name!r}, which no "
+                "online migration adds; re-create the table"
+            )
+    return steps, refused
+
+
+def _key_refusal(
+    shard: str, want: TableDef, live: LiveTable, key: KeyColumn, dialect: Dialect
+) -> str | None:
+    """Why key column ``key`` cannot be added to ``live`` online (None: it can)."""
+    where = f"shard {shard!r}: table {want.name!r} lacks key column {key.name!r}"
+    if key.existing is None:
+        return (
+            f"{where}: adding it changes every row's key, and the rows that exist need a "
+            f"value in it; declare the rule for them with existing= (KeyColumn(name="
+            f"{key.name!r}, ..., existing=VALUE), or existing = VALUE in the configuration's "
+            "key column), then run `shardbill migrate` again"
+        )
+    have = [c.lower() for c in live.primary_key]
+    kept = [c.lower() for c in want.primary_key if c.lower() in {n.lower() for n in have}]
+    if have != kept:
+        return (
+            f"{where}, and its primary key {list(live.primary_key)} is not the declared one "
+            f"{list(want.primary_key)} without the new columns; re-create the table"
+        )
+    if dialect.name == "sqlite":
+        declared = {c.name.lower() for c in want.columns}
+        extra = [c.name for c in live.columns if c.name.lower() not in declared]
+        if extra:
+            return (
+                f"{where}: on SQLite adding it rebuilds the table, which would lose the "
+                f"undeclared column(s) {extra}; declare them again (or drop them) first"
+            )
+    return None
+
+
+def _bound(value: KeyValue) -> int | str:
+    """A key value as bound to SQL: dates as ISO text."""
+    return value if isinstance(value, int | str) else value.isoformat()
+
+
+def _shown(value: KeyValue | None) -> str:
+    return repr(_bound(value)) if value is not None else "None"
 
 
 def _is_measure(column: Column) -> bool:

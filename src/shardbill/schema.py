@@ -104,6 +104,12 @@ def _compare(shard: str, want: TableDef, live_table: object) -> list[str]:
                     "run `shardbill migrate` (shardbill.migrate.migrate()), which adds it "
                     "with 0 in existing rows"
                 )
+            elif column.name in want.primary_key:  # a key column: added online too
+                problems.append(
+                    f"{where} is missing: the shard is not migrated to this declaration yet; "
+                    "run `shardbill migrate` (shardbill.migrate.migrate()), which adds the key "
+                    "column with the value its existing= declares in the rows that exist"
+                )
             else:
                 problems.append(f"{where} is missing; add it or re-create the table")
             continue
@@ -124,9 +130,19 @@ def _compare(shard: str, want: TableDef, live_table: object) -> list[str]:
             )
         if found.nullable and not column.nullable:
             problems.append(f"{where} allows NULL; make it NOT NULL")
-    if tuple(c.lower() for c in live_table.primary_key) != tuple(
-        c.lower() for c in want.primary_key
-    ):
+    have = tuple(c.lower() for c in live_table.primary_key)
+    declared = tuple(c.lower() for c in want.primary_key)
+    unmigrated = have == tuple(c for c in declared if c in live)  # only new key columns lack
+    extra = [c for c in live_table.primary_key if c.lower() not in declared]
+    if extra and tuple(c for c in have if c in declared) == declared:
+        # The shard has key columns this declaration lacks: `shardbill migrate` added them.
+        problems.append(
+            f"shard {shard!r}: table {want.name!r} has key column(s) {extra} that this "
+            "declaration lacks (added by `shardbill migrate`); declare them (with "
+            "existing=...) before starting a writer: writers running since before the "
+            "migration write on (MySQL/MariaDB), a new one must know the key"
+        )
+    elif have != declared and not unmigrated:
         problems.append(
             f"shard {shard!r}: table {want.name!r} has primary key "
             f"{list(live_table.primary_key)}, the spec says {list(want.primary_key)}; "

@@ -27,11 +27,13 @@ from shardbill.tables import Column, ColumnKind, TableDef
 __all__ = [
     "LiveColumn",
     "LiveTable",
+    "add_key_column_statements",
     "create_statements",
     "describe_table",
     "prune_statement",
     "share_lock_clause",
     "sqlite_refusals",
+    "temporary_table_name",
     "wide_on_sqlite_error",
 ]
 
@@ -138,6 +140,76 @@ def create_statements(dialect: Dialect, table: TableDef) -> list[str]:
             f"({', '.join(q(c) for c in index)})"
         )
     return statements
+
+
+def add_key_column_statements(
+    dialect: Dialect,
+    want: TableDef,
+    live: LiveTable,
+    column: Column,
+    existing: int | str,
+) -> list[tuple[str, tuple[object, ...]]]:
+    """Add key ``column`` to live table ``want.name``, ``existing`` in every row that exists.
+
+    Returns ``(statement, params)`` pairs to run in order, in one transaction
+    where the server has transactional DDL (SQLite), and as one atomic
+    statement where it does not (MySQL/MariaDB). The new primary key is
+    ``want.primary_key`` restricted to the columns the table then has. The
+    rows that exist are unique under it (their old key was unique, and they
+    all get the same value in the new column), so nothing is merged.
+
+    * MySQL/MariaDB: one ``ALTER TABLE ... ADD COLUMN c ... NOT NULL DEFAULT
+      %s, DROP PRIMARY KEY, ADD PRIMARY KEY (...), ALGORITHM=INPLACE,
+      LOCK=NONE``: InnoDB rebuilds the table in place while writes go on (the
+      server refuses the statement, changing nothing, if it cannot do that
+      online). ``existing`` is the column's DEFAULT, so writers that do not
+      know the column go on writing: their rows get ``existing``.
+    * SQLite (no ``ALTER`` of a primary key): the table is rebuilt: create the
+      new one under a temporary name, copy every row with ``existing`` in the
+      new column, drop the old, rename, re-create the indexes.
+
+    ``existing`` is bound (dates as ISO text), never rendered into the SQL.
+    """
+    q = dialect.quote
+    have = {c.name.lower() for c in live.columns} | {column.name.lower()}
+    primary = ", ".join(q(c) for c in want.primary_key if c.lower() in have)
+    if isinstance(dialect, MySQLDialect):
+        return [
+            (
+                f"ALTER TABLE {q(want.name)} ADD COLUMN {q(column.name)} "
+                f"{_mysql_type(dialect, column)} NOT NULL DEFAULT {dialect.placeholder}, "
+                f"DROP PRIMARY KEY, ADD PRIMARY KEY ({primary}), ALGORITHM=INPLACE, LOCK=NONE",
+                (existing,),
+            )
+        ]
+    kept = [c for c in want.columns if c.name.lower() in have]
+    temporary = temporary_table_name(want.name)
+    rebuilt = TableDef(
+        name=temporary,
+        columns=tuple(kept),
+        primary_key=tuple(c for c in want.primary_key if c.lower() in have),
+    )
+    copied = [c.name for c in kept if c.name != column.name]
+    names = ", ".join(q(c) for c in (*copied, column.name))
+    statements: list[tuple[str, tuple[object, ...]]] = [
+        (statement, ()) for statement in create_statements(dialect, rebuilt)
+    ]
+    statements += [
+        (
+            f"INSERT INTO {q(temporary)} ({names}) SELECT "
+            f"{', '.join(q(c) for c in copied)}, {dialect.placeholder} FROM {q(want.name)}",
+            (existing,),
+        ),
+        (f"DROP TABLE {q(want.name)}", ()),
+        (f"ALTER TABLE {q(temporary)} RENAME TO {q(want.name)}", ()),
+    ]
+    statements += [(statement, ()) for statement in create_statements(dialect, want)[1:]]
+    return statements
+
+
+def temporary_table_name(table: str) -> str:
+    """The name a SQLite rebuild of ``table`` creates the new table under."""
+    return f"sbmig_{table}"[:64]
 
 
 def share_lock_clause(dialect: Dialect) -> str:
