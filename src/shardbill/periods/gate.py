@@ -21,6 +21,7 @@ period begins once any shard refuses its parts.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Set
 
 from shardbill.batching import Rejection, Unit
@@ -30,6 +31,10 @@ __all__ = ["REFUSE", "withhold_closed"]
 
 #: The late-event policy built so far: an event of a closed period is refused with its reason.
 REFUSE = "refuse"
+
+
+def _iso(moment: int) -> str:
+    return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def withhold_closed(
@@ -75,7 +80,7 @@ def withhold_closed(
         refused[unit.event_id] = Rejection(
             event_id=unit.event_id,
             reason=(
-                f"event {unit.event_id!r} (time {unit.time}) belongs to period {period}, "
+                f"event {unit.event_id!r} (time {_iso(unit.time)}) belongs to period {period}, "
                 f"which is {state}{where}; late-event policy {policy!r}: its aggregates are "
                 "final, so the event is not applied; book it as a correction in an open "
                 "period instead"
