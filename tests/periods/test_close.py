@@ -450,3 +450,25 @@ def test_a_shard_added_after_the_close_copies_the_closure(two_kinds: Backend) ->
         assert writer.write([_charge("dec-new", moved, IN_DEC)]).applied_events == {"dec-new"}
     rows = backend.rows(backend.shards[3], "SELECT period, state FROM shardbill_periods")
     assert ("2026-11", "closed") in rows
+
+
+def test_shards_from_before_the_periods_table_are_migrated_with_their_gate(
+    backend: Backend,
+) -> None:
+    """A shard without shardbill_periods (made before it existed) is refused by a writer
+    until `migrate` adds the table and its gate row; then a close works there."""
+    from shardbill.errors import SchemaError
+    from shardbill.migrate import migrate
+
+    store, writer = _setup(backend)
+    writer.close()
+    victim = backend.shards[0]
+    backend.execute(victim, "DROP TABLE shardbill_periods")
+    fresh = AggregationWriter(shard_map=store, provider=backend.provider, tables=billing_tables())
+    with fresh, pytest.raises(SchemaError, match="shardbill_periods"):
+        fresh.check_schema()
+    steps = migrate(backend.provider, list(backend.shards[:3]), billing_tables())
+    assert [(s.shard, s.table) for s in steps] == [(victim, "shardbill_periods")]
+    assert backend.rows(victim, "SELECT period, state FROM shardbill_periods") == [("*", "gate")]
+    closer = PeriodCloser(provider=backend.provider, shard_map=store)
+    assert closer.close(NOV, drain_seconds=0).state == "closed"
