@@ -90,6 +90,11 @@ def add_parser(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="the wait between the two phases, for writes begun before the close to finish",
     )
+    close.add_argument(
+        "--early",
+        action="store_true",
+        help="close a period that has not ended yet by this host's clock",
+    )
     add_config_and_json(close)
     status = command(
         period_sub,
@@ -146,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
                         period,
                         reason=args.reason,
                         drain_seconds=args.drain,
+                        early=args.early,
                         on_shard=lambda shard, state, changed: say(
                             f"  {shard:<12} {state.value}{'' if changed else ' (already)'}"
                         ),

@@ -31,6 +31,7 @@ it takes slots from before it takes writes
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, TypeVar
@@ -160,6 +161,7 @@ class PeriodCloser:
         *,
         reason: str = "",
         drain_seconds: float = DEFAULT_DRAIN_SECONDS,
+        early: bool = False,
         on_shard: Callable[[str, PeriodState, bool], None] | None = None,
     ) -> PeriodStatus:
         """Close ``period`` on every shard (see the module docstring); safe to run again.
@@ -169,6 +171,8 @@ class PeriodCloser:
             reason: recorded with the closure (e.g. the invoice run it is for).
             drain_seconds: the wait between the two phases (0 only when no
                 writer runs, or in tests).
+            early: close a period that has not ended yet by the closer's clock
+                (its events are still arriving: refused from now on).
             on_shard: called after each shard's step with (shard, state,
                 whether it changed anything).
 
@@ -176,12 +180,22 @@ class PeriodCloser:
             The period's status after the close (``closed``).
 
         Raises:
+            ConfigurationError: a bad period or drain, or a period that has not
+                ended yet (without ``early``); nothing was changed.
             ShardbillError: a shard failed past the retry budget; the shards
                 done stay done: run the close again.
         """
-        name = str(period if isinstance(period, Period) else Period.parse(period))
+        parsed = period if isinstance(period, Period) else Period.parse(period)
+        name = str(parsed)
         if drain_seconds < 0:
             raise ConfigurationError(f"'drain_seconds' must be >= 0: {drain_seconds}")
+        if not early and self._clock() < parsed.end:
+            ends = dt.datetime.fromtimestamp(parsed.end, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise ConfigurationError(
+                f"period {name} has not ended yet by this host's clock (it ends at {ends}): its "
+                "events are still arriving; close it after it ends, or pass early=True "
+                "(`--early`) to close it now"
+            )
         for state in (PeriodState.CLOSING, PeriodState.CLOSED):
             self._everywhere(name, state, reason, on_shard)
             if state is PeriodState.CLOSING and drain_seconds:
