@@ -472,3 +472,52 @@ def test_shards_from_before_the_periods_table_are_migrated_with_their_gate(
     assert backend.rows(victim, "SELECT period, state FROM shardbill_periods") == [("*", "gate")]
     closer = PeriodCloser(provider=backend.provider, shard_map=store)
     assert closer.close(NOV, drain_seconds=0).state == "closed"
+
+
+def test_a_writer_stopped_between_its_rounds_past_the_drain_is_told_the_rest_is_refused(
+    two_kinds: Backend,
+) -> None:
+    """The limit of the drain, shown: a spread event's first round commits, the writer stops
+    past the whole close, then its second round is refused. The event is reported failed with
+    PeriodClosedError saying part of it was applied (never 'rejected', which would mean
+    nothing was); only the first round's part is on the shards."""
+    from shardbill.errors import PeriodClosedError
+
+    backend = two_kinds
+    store, writer = _setup(backend)
+    event_id, account = _home_and_account(writer, spread=True, prefix="stalled")
+    home = writer.shard_map.owner(writer.shard_map.slot_for(event_id))
+    other = next(a for a in range(2000, 3000) if writer.locate(a)[1] == home)
+    writer.close()
+    first_round = threading.Event()
+    go_on = threading.Event()
+
+    def between_rounds(event: WriteEvent) -> None:
+        if isinstance(event, Committed) and event.shard == home and not first_round.is_set():
+            first_round.set()
+            assert go_on.wait(WAIT)
+
+    charges = [
+        _charge(event_id, account, IN_NOV, part=0, parts=2),
+        _charge(event_id, other, IN_NOV, part=1, parts=2),
+    ]
+    writer = AggregationWriter(
+        shard_map=store, provider=backend.provider, tables=billing_tables(), observer=between_rounds
+    )
+    results = []
+    with writer:
+        write = threading.Thread(target=lambda: results.append(writer.write(charges)))
+        write.start()
+        assert first_round.wait(WAIT)
+        closer = PeriodCloser(provider=backend.provider, shard_map=store)
+        assert closer.close(NOV, drain_seconds=0).state == "closed"
+        go_on.set()
+        write.join(WAIT)
+    (result,) = results
+    assert result.failed_events == {event_id}
+    assert not result.rejected_events
+    error = result.failures[event_id]
+    assert isinstance(error, PeriodClosedError)
+    assert "2026-11" in str(error)
+    assert "Part of this event was applied already" in str(error)
+    assert _all_rows(backend, tuple(store.load().shards)) == expected_rows([charges[1]])
