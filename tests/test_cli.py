@@ -74,6 +74,9 @@ HELP = [
     ("worker",),
     ("status",),
     ("migrate",),
+    ("period",),
+    ("period", "close"),
+    ("period", "status"),
 ]
 
 

@@ -31,6 +31,9 @@ Commands (``shardbill COMMAND --help`` shows each one's options and examples):
 ``status``
     the fleet in one view: each shard's state, slots, rows and ledger, the
     map epoch, a reshard in progress; ``--watch`` adds write rates.
+``period close YYYY-MM`` / ``period status [YYYY-MM]``
+    close a billing period on every shard (two phases, idempotent), or show
+    each period's state per shard (:mod:`shardbill.cli_period`).
 ``migrate``
     add new measures (0 in existing rows) and new tables to the live
     shards, shard by shard, resumably (``--dry-run`` shows the plan).
@@ -63,7 +66,8 @@ and runs it (``run``): :mod:`shardbill.cli_demo`, :mod:`shardbill.cli_init`,
 :mod:`shardbill.cli_ingest`, :mod:`shardbill.cli_audit`,
 :mod:`shardbill.cli_map`, :mod:`shardbill.cli_bench`,
 :mod:`shardbill.cli_reshard`, :mod:`shardbill.cli_prune`,
-:mod:`shardbill.cli_status` and :mod:`shardbill.cli_migrate`; what several
+:mod:`shardbill.cli_status`, :mod:`shardbill.cli_migrate` and
+:mod:`shardbill.cli_period`; what several
 of them share (option groups, ``--json`` and progress output,
 :data:`EXIT_PROBLEM`) is in
 :mod:`shardbill.cli_common`. This module builds the parser, dispatches, and
@@ -87,6 +91,7 @@ from shardbill import (
     cli_init,
     cli_map,
     cli_migrate,
+    cli_period,
     cli_prune,
     cli_reshard,
     cli_status,
@@ -152,6 +157,7 @@ def _build_parser() -> argparse.ArgumentParser:
         cli_worker,
         cli_status,
         cli_migrate,
+        cli_period,
     ):
         module.add_parser(sub)
     return parser
@@ -169,6 +175,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cli_worker.run,
     "status": cli_status.run,
     "migrate": cli_migrate.run,
+    "period": cli_period.run,
 }
 
 

@@ -16,6 +16,7 @@
     ├── RuleError                             a billing rule raised; its event is rejected
     ├── DriverNotInstalledError (ImportError) a database driver extra is missing
     ├── FencedError                           a shard no longer owns the slot; reload the map
+    ├── PeriodClosedError                     an event or change of a closed billing period
     ├── StreamError                           the broker (Kafka) failed a poll, commit or send
     ├── ReshardError                          a resharding step cannot proceed
     │   ├── EpochConflictError                a map publish lost its compare-and-set
@@ -70,6 +71,7 @@ __all__ = [
     "MoneyTypeError",
     "NoReplicaAvailableError",
     "ParameterTypeError",
+    "PeriodClosedError",
     "PoolTimeoutError",
     "PriceBookError",
     "QueryInterruptedError",
@@ -199,6 +201,14 @@ class FencedError(ShardbillError):
         self.slots = slots
         self.epoch = epoch
         self.moved: Mapping[int, str] = dict(moved or {})
+
+
+class PeriodClosedError(ShardbillError):
+    """An event (or change) belongs to a billing period that is closed: refused with the reason.
+
+    A writer reports such an event as rejected (``error`` names this class);
+    nothing of it is applied.
+    """
 
 
 class ReshardError(ShardbillError):

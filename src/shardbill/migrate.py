@@ -66,6 +66,7 @@ from shardbill.dialects.ddl import (
 from shardbill.dialects.detect import dialect_for
 from shardbill.dialects.mysql import MySQLDialect
 from shardbill.errors import SchemaError
+from shardbill.periods.store import ensure_gate
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.schema import schema_problems
 from shardbill.tables import Column, ColumnKind, SystemTables, TableDef
@@ -215,6 +216,13 @@ def migrate(
                 cursor.close()
         if on_step is not None:
             on_step(step)
+    for shard in shards:  # the periods table's gate row (also after a crash right after it)
+        with provider.connection(shard) as conn:
+            cursor = conn.cursor()
+            try:
+                ensure_gate(cursor, dialect_for(conn), system.periods)
+            finally:
+                cursor.close()
     problems = schema_problems(provider, shards, tables, system_tables=system)
     if problems:
         raise SchemaError("after migrating, the schema still differs:\n  " + "\n  ".join(problems))

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from shardbill.batching import Plan, Rejection, Unit
-from shardbill.errors import RowOverflowError, ShardbillError
+from shardbill.errors import PeriodClosedError, RowOverflowError, ShardbillError
 
 __all__ = ["Conflict", "EventState", "EventTally", "Rejection", "ShardResult", "WriteResult"]
 
@@ -321,4 +321,6 @@ def _blocked(refusal: Rejection) -> ShardbillError:
     )
     if refusal.error == "RowOverflowError":
         return RowOverflowError(message)
+    if refusal.error == "PeriodClosedError":
+        return PeriodClosedError(message)
     return ShardbillError(message)

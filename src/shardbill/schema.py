@@ -17,6 +17,7 @@ from shardbill.aggregates import SLOT_COLUMN, AggregateTable
 from shardbill.dialects.ddl import create_statements, describe_table, sqlite_refusals
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import SchemaError
+from shardbill.periods.store import ensure_gate
 from shardbill.providers.base import ConnectionProvider
 from shardbill.shardmap import ShardMap
 from shardbill.tables import ColumnKind, SlotState, SystemTables, TableDef
@@ -58,6 +59,13 @@ def apply_schema(
                 for table in defs:
                     for statement in create_statements(dialect, table):
                         cursor.execute(statement, ())
+            finally:
+                cursor.close()
+        # The periods table's gate row, committed before any writer or close relies on it.
+        with provider.connection(shard) as conn:
+            cursor = conn.cursor()
+            try:
+                ensure_gate(cursor, dialect_for(conn), system.periods)
             finally:
                 cursor.close()
         if not record_ownership:

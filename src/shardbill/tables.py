@@ -15,6 +15,13 @@ them. Two system tables live on every shard next to the aggregates:
     source's manifest (row count, sums, checksum) and the merge progress (the
     last key merged), written in the same transaction as each merged chunk.
 
+``shardbill_periods``
+    The billing periods this shard holds closing or closed (one row per
+    period, with who closed it, when and why), and one *gate* row (period
+    ``*``) that every write transaction with new units reads with a shared
+    lock and a period close updates exclusively (see
+    :mod:`shardbill.periods`).
+
 ``shardbill_slots``
     The slots this shard owns (``state`` = ``owned``), is receiving during a
     reshard (``incoming``, with the source shard in ``peer``), or has handed
@@ -216,11 +223,33 @@ class SystemTables:
             primary_key=(SLOT_COLUMN, "table_name"),
         )
 
+    @property
+    def periods(self) -> str:
+        """The periods table's name (closed billing periods and the gate row)."""
+        return f"{self.prefix}_periods"
+
+    def periods_def(self) -> TableDef:
+        """The periods table: one row per closing or closed period, and the gate row."""
+        return TableDef(
+            name=self.periods,
+            columns=(
+                Column(name="period", kind=ColumnKind.ASCII, length=16),
+                Column(name="state", kind=ColumnKind.ASCII, length=16),
+                # Raised by every change a close makes on the shard (on the gate row).
+                Column(name="generation", kind=ColumnKind.BIGINT),
+                Column(name="closed_at", kind=ColumnKind.BIGINT, nullable=True),
+                Column(name="closed_by", kind=ColumnKind.VARCHAR, length=64, nullable=True),
+                Column(name="reason", kind=ColumnKind.VARCHAR, length=255, nullable=True),
+            ),
+            primary_key=("period",),
+        )
+
     def all_defs(self, aggregates: Sequence[AggregateTable]) -> tuple[TableDef, ...]:
         """Every table one shard holds: the system tables, then the aggregates."""
         return (
             self.ledger_def(),
             self.slots_def(),
             self.moves_def(),
+            self.periods_def(),
             *(aggregate_table_def(t) for t in aggregates),
         )

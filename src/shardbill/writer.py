@@ -20,15 +20,20 @@ Each transaction, on one shard:
    fingerprint: duplicate; other: conflict, and nothing of that event is
    applied here); for a slot still arriving from another shard during a
    reshard, that shard's ledger (and watermark) is read first;
-3. ledger insert for the new units (a plain INSERT: a concurrent writer that
+3. period gate: the billing periods' states on the shard (the gate row of
+   ``shardbill_periods`` read with a shared lock, so a close waits for this
+   transaction or this transaction sees the close); the new units of an
+   event of a closing or closed period are withheld as
+   :mod:`shardbill.periods.gate` says;
+4. ledger insert for the new units (a plain INSERT: a concurrent writer that
    claimed the same unit makes it fail with a duplicate key, and the retry
    sees the unit as done);
-4. one multi-row UPSERT per aggregate table with the coalesced deltas of the
+5. one multi-row UPSERT per aggregate table with the coalesced deltas of the
    new units, rows sorted by primary key (a sum that would leave its column's
    range, BIGINT or a wide measure's DECIMAL(65,0), makes
    the transaction run again, carefully: the rows' stored values are read
    under lock and only the events that would overflow are refused);
-5. commit.
+6. commit.
 
 Transient failures (deadlock, lock-wait timeout, lost connection, read-only
 server, refused connection, killed query, concurrent claim) are retried with
@@ -103,6 +108,8 @@ from shardbill.errors import (
 from shardbill.mapstore.base import MapHistory
 from shardbill.motion import combine, merge_marks, read_rows, sql_value, unmerged_scope
 from shardbill.observe import Committed, Failed, MapReloaded, Observer, Rejected, Retried
+from shardbill.periods.gate import withhold_closed
+from shardbill.periods.store import read_states, split_states
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
 from shardbill.rendering import RowStatements
 from shardbill.results import Conflict, EventState, EventTally, ShardResult, WriteResult
@@ -1076,6 +1083,8 @@ class AggregationWriter:
                 sorted_units = classify(work.units, known, watermarks, claimed)
                 new = list(sorted_units.new)
                 withheld = dict(sorted_units.withheld)
+                new, closed = self._period_gate(cursor, dialect, shard, new)
+                withheld.update(closed)
                 new, overflowing = self._motion_headroom(cursor, dialect, new, incoming, exclusive)
                 withheld.update(overflowing)
                 rows = statements = 0
@@ -1138,6 +1147,20 @@ class AggregationWriter:
             tokens=sorted_units.tokens,
             position=position,
         )
+
+    def _period_gate(
+        self, cursor: DBAPICursor, dialect: Dialect, shard: str, new: list[Unit]
+    ) -> tuple[list[Unit], dict[str, Rejection]]:
+        """Withhold the new units of periods this shard holds closing or closed.
+
+        Read under the gate row's shared lock (see :mod:`shardbill.periods`);
+        nothing is read when nothing is new.
+        """
+        if not new:
+            return new, {}
+        table = self._settings.system_tables.periods
+        closed, closing = split_states(read_states(cursor, dialect, table, shard=shard)[1])
+        return withhold_closed(new, closed, closing, shard=shard)
 
     def _position(
         self, conn: DBAPIConnection, cursor: DBAPICursor, dialect: Dialect, *, wrote: bool

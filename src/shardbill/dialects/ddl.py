@@ -30,6 +30,7 @@ __all__ = [
     "add_key_column_statements",
     "create_statements",
     "describe_table",
+    "insert_missing_clause",
     "prune_statement",
     "share_lock_clause",
     "sqlite_refusals",
@@ -333,3 +334,8 @@ def describe_table(cursor: DBAPICursor, dialect: Dialect, name: str) -> LiveTabl
     return LiveTable(
         name=name, columns=tuple(columns), primary_key=tuple(c for _, c in sorted(keyed))
     )
+
+
+def insert_missing_clause(dialect: Dialect) -> str:
+    """The INSERT verb that skips a row whose primary key exists already (no error, no change)."""
+    return "INSERT IGNORE" if isinstance(dialect, MySQLDialect) else "INSERT OR IGNORE"

@@ -1,13 +1,30 @@
-"""The month-end: billing periods, their close, and the per-shard table that records it (issue 20).
+"""The month-end: billing periods and their close (issue 20).
 
-Only the pure parts exist so far: :mod:`shardbill.periods.calendar` (what a
-period is, and which period an event belongs to) and
-:mod:`shardbill.periods.tables` (the logical definition of the per-shard
-``shardbill_periods`` table the close will write and the writer will check),
-and :mod:`shardbill.periods.gate` (the pure refusal of new units in closed periods).
+* :mod:`shardbill.periods.months` (pure): what a period is (a UTC month),
+  and which period an event time belongs to;
+* :mod:`shardbill.periods.tables` (pure): the per-shard ``shardbill_periods``
+  table's states and its gate row;
+* :mod:`shardbill.periods.gate` (pure): the refusal of new units of closing
+  and closed periods, which the writer runs in every write transaction;
+* :mod:`shardbill.periods.store`: reading and changing one shard's rows;
+* :mod:`shardbill.periods.close`: :class:`PeriodCloser`, the two-phase close
+  on every shard, and the status of a period (``shardbill period``).
+
+Not built yet: corrections, the ``adjust`` late-event policy, statements.
 """
 
-from shardbill.periods.calendar import Period, period_of
+from shardbill.periods.close import DEFAULT_DRAIN_SECONDS, PeriodCloser, PeriodStatus, fleet_shards
+from shardbill.periods.months import Period, period_of
 from shardbill.periods.tables import GATE_ROW, PeriodState, periods_table_def
 
-__all__ = ["GATE_ROW", "Period", "PeriodState", "period_of", "periods_table_def"]
+__all__ = [
+    "DEFAULT_DRAIN_SECONDS",
+    "GATE_ROW",
+    "Period",
+    "PeriodCloser",
+    "PeriodState",
+    "PeriodStatus",
+    "fleet_shards",
+    "period_of",
+    "periods_table_def",
+]

@@ -1,17 +1,19 @@
-"""The per-shard ``shardbill_periods`` table (pure): which periods a shard holds closed.
+"""The per-shard ``shardbill_periods`` table (pure): which periods a shard holds closing or closed.
 
-One row per closed period (``state`` = ``closed``, who closed it, when, why),
-and one *gate* row (period ``*``) that every write transaction will read with
-a shared lock and a close will update exclusively, so that a close racing with
-a writer either waits for it or is waited for: a write commits before the
-close or is refused by it, never both (the same argument as the slot fence).
+One row per period a close has reached on the shard (``state`` ``closing``
+or ``closed``, who closed it, when, why), and one *gate* row (period ``*``)
+that every write transaction with new units reads with a shared lock and a
+close updates exclusively, so that a close racing with a writer either waits
+for it or is waited for: a write commits before the close or is judged by
+it, never both (the same argument as the slot fence). The table's
+definition is :meth:`shardbill.tables.SystemTables.periods_def`.
 """
 
 from __future__ import annotations
 
 import enum
 
-from shardbill.tables import Column, ColumnKind, TableDef
+from shardbill.tables import SystemTables, TableDef
 
 __all__ = ["GATE_ROW", "PeriodState", "periods_table_def"]
 
@@ -20,24 +22,23 @@ GATE_ROW = "*"
 
 
 class PeriodState(enum.StrEnum):
-    """A row's state in ``shardbill_periods``."""
+    """A row's state in ``shardbill_periods`` (a period with no row is open there).
+
+    ``closing`` is the first phase of a close: the shard takes no new event of
+    the period (no new identity claim) but still takes the remaining parts of
+    events already claimed, so an event spread over shards is never half in a
+    closed period. ``closed`` takes nothing new of the period.
+    """
 
     GATE = "gate"
+    CLOSING = "closing"
     CLOSED = "closed"
+
+
+#: How far along a close each state is (a close never moves a shard backwards).
+RANK = {PeriodState.CLOSING: 1, PeriodState.CLOSED: 2}
 
 
 def periods_table_def(prefix: str = "shardbill") -> TableDef:
     """The logical definition of ``<prefix>_periods``."""
-    return TableDef(
-        name=f"{prefix}_periods",
-        columns=(
-            Column(name="period", kind=ColumnKind.ASCII, length=16),
-            Column(name="state", kind=ColumnKind.ASCII, length=16),
-            # Raised by every close: a writer caches the closed set per generation.
-            Column(name="generation", kind=ColumnKind.BIGINT),
-            Column(name="closed_at", kind=ColumnKind.BIGINT, nullable=True),
-            Column(name="closed_by", kind=ColumnKind.VARCHAR, length=64, nullable=True),
-            Column(name="reason", kind=ColumnKind.VARCHAR, length=255, nullable=True),
-        ),
-        primary_key=("period",),
-    )
+    return SystemTables(prefix=prefix).periods_def()

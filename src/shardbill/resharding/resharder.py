@@ -73,6 +73,7 @@ from shardbill.mapstore.claim import (
     decide,
     new_owner_id,
 )
+from shardbill.periods.store import copy_closures
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.rendering import RowStatements
 from shardbill.resharding.move_state import MoveState
@@ -530,14 +531,18 @@ class Resharder:
         source, target = self._resolve(target)
         plan = source.plan_to(target)
         self._acquire(source, target)
+        new = sorted(s for s in target.shards if not plan.before.get(s))
         apply_schema(  # new shards get their tables; their slots arrive by moving
             self._provider,
             target,
             self._tables,
             system_tables=self._system,
-            shards=sorted(s for s in target.shards if not plan.before.get(s)),
+            shards=new,
             record_ownership=False,
         )
+        # After the claim, before any slot moves: a close lists the claimed targets, or
+        # had reached every source before this read (shardbill.periods.close).
+        copy_closures(self._provider, sorted(source.shards), new, system_tables=self._system)
         try:
             self._slot_states(plan.moves)  # refuses, before any change, rows that do not fit
         except ReshardError:
@@ -654,6 +659,7 @@ class Resharder:
             shards=new,
             record_ownership=False,
         )
+        copy_closures(self._provider, sorted(source.shards), new, system_tables=self._system)
         return new
 
     def status(self, target: ShardMap | None = None) -> list[SlotStatus]:

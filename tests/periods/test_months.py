@@ -61,4 +61,4 @@ def test_the_periods_table_has_the_gate_row_key_and_closure_columns() -> None:
     names = {c.name for c in table.columns}
     assert {"state", "generation", "closed_at", "closed_by", "reason"} <= names
     assert len(GATE_ROW) <= table.column("period").length
-    assert {s.value for s in PeriodState} == {"gate", "closed"}
+    assert {s.value for s in PeriodState} == {"gate", "closing", "closed"}
