@@ -191,29 +191,7 @@ def migrate(
     steps = plan_migration(provider, shards, tables, system_tables=system)
     defs = {d.name: d for d in system.all_defs(tables)}
     for step in steps:
-        with provider.connection(step.shard) as conn:  # one statement per block: DDL commits
-            dialect = dialect_for(conn)
-            cursor = conn.cursor()
-            try:
-                want = defs[step.table]
-                if step.column is None:
-                    for statement in create_statements(dialect, want):
-                        cursor.execute(statement, ())
-                else:
-                    live = describe_table(cursor, dialect, step.table)
-                    column = next(c for c in want.columns if c.name == step.column)
-                    if live is None or column not in _missing(want, live):
-                        pass  # done already (by a run that stopped before reporting it)
-                    elif step.kind == "key":
-                        assert step.existing is not None  # noqa: S101 - planned with one
-                        for statement, params in add_key_column_statements(
-                            dialect, want, live, column, _bound(step.existing)
-                        ):
-                            cursor.execute(statement, params)
-                    else:
-                        cursor.execute(_add_measure(dialect, step.table, column), ())
-            finally:
-                cursor.close()
+        _apply(provider, step, defs[step.table])
         if on_step is not None:
             on_step(step)
     for shard in shards:  # the periods table's gate row (also after a crash right after it)
@@ -227,6 +205,32 @@ def migrate(
     if problems:
         raise SchemaError("after migrating, the schema still differs:\n  " + "\n  ".join(problems))
     return steps
+
+
+def _apply(provider: ConnectionProvider, step: MigrationStep, want: TableDef) -> None:
+    """Apply one step, unless a run that stopped before reporting it did already."""
+    with provider.connection(step.shard) as conn:  # one statement per block: DDL commits
+        dialect = dialect_for(conn)
+        cursor = conn.cursor()
+        try:
+            if step.column is None:
+                for statement in create_statements(dialect, want):
+                    cursor.execute(statement, ())
+                return
+            live = describe_table(cursor, dialect, step.table)
+            column = next(c for c in want.columns if c.name == step.column)
+            if live is None or column not in _missing(want, live):
+                return  # done already (by a run that stopped before reporting it)
+            if step.kind == "key":
+                assert step.existing is not None  # noqa: S101 - planned with one
+                for statement, params in add_key_column_statements(
+                    dialect, want, live, column, _bound(step.existing)
+                ):
+                    cursor.execute(statement, params)
+            else:
+                cursor.execute(_add_measure(dialect, step.table, column), ())
+        finally:
+            cursor.close()
 
 
 def _missing(want: TableDef, live: LiveTable) -> list[Column]:
