@@ -512,6 +512,7 @@ def run(args: argparse.Namespace) -> int:
                 settings=plan.settings,
                 on_batch=progress,
             )
+            saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
             _install_signals(worker)
             http = None
             if args.http is not None:
@@ -530,6 +531,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 summary = worker.run()
             finally:
+                for number, handler in saved.items():  # a caller's own, once the worker is done
+                    signal.signal(number, handler)
                 if http is not None:
                     http.close()
                 close_sink()

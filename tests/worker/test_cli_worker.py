@@ -406,3 +406,17 @@ def test_a_worker_killed_repeatedly_leaves_a_whole_offsets_file_and_exact_totals
     assert summary["applied"] + summary["duplicates"] == summary["records"]
     assert _committed(offsets_path) == {f"part-{i}.jsonl": 100 for i in range(4)}
     assert actual_rows(two_sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_the_signal_handlers_are_put_back_when_the_worker_returns(
+    two_sqlite: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``main(["worker", ...])`` called in a program (or a test) leaves SIGTERM and SIGINT
+    as it found them once it returns, not bound to a worker that has stopped."""
+    config = _deployment(tmp_path, two_sqlite)
+    directory = tmp_path / "events"
+    directory.mkdir()
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    argv = ["worker", "--source", f"dir:{directory}", "--exit-when-idle", "0.1", "--config", config]
+    assert main(argv) == 0
+    assert {s: signal.getsignal(s) for s in before} == before
