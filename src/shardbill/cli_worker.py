@@ -1,10 +1,15 @@
-"""``shardbill worker``: consume usage events from Kafka and write them exactly once.
+"""``shardbill worker``: consume usage events from Kafka (or a directory) and write them once.
 
 Runs one :class:`~shardbill.worker.Worker` in a consumer group
 (``--group``) on ``--topic`` (repeatable), with the configuration file's
 shards, tables and rules, like ``ingest``. Records that cannot be applied go
 to a dead-letter topic (default ``TOPIC.dead-letters``) or, with
-``--dead-letters PATH``, to a JSON Lines file. SIGTERM or Ctrl-C stops
+``--dead-letters PATH``, to a JSON Lines file. With ``--source dir:PATH``
+(or ``[worker] source = "dir:PATH"``) the records come from the ``*.jsonl``
+files of a directory instead (:class:`~shardbill.worker.files.DirectorySource`:
+no broker; pairs with SQLite shards): each file is a partition, its offsets
+are kept in ``PATH/.shardbill-offsets.json``, and dead letters go to a file
+(default ``PATH.dead-letters.jsonl``, beside the directory). SIGTERM or Ctrl-C stops
 fetching, finishes the pending batch (at most ``--drain-timeout`` seconds),
 commits and exits 0 with a summary; a second signal exits at once (safe:
 nothing uncommitted is lost, it is delivered again). ``--json`` prints the
@@ -24,6 +29,8 @@ import os
 import signal
 import sys
 import time
+from fnmatch import fnmatch
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
@@ -39,12 +46,14 @@ if TYPE_CHECKING:
     from shardbill.cli_common import Subparsers
     from shardbill.config import Config
     from shardbill.observe import Observer
-    from shardbill.worker import DeadLetterSink, Worker, WorkerSettings, WorkerSummary
+    from shardbill.worker import DeadLetterSink, Source, Worker, WorkerSettings, WorkerSummary
 
 __all__ = ["add_parser", "run"]
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 """The brokers when neither the option, the environment nor the file names any."""
+DIRECTORY_PATTERN = "*.jsonl"
+"""The files of a ``dir:`` source that are read."""
 EXIT_UNFINISHED = 3
 """Stopped with records not done (delivered again to the next reader of their partitions)."""
 
@@ -70,6 +79,18 @@ def _address(text: str) -> tuple[str, int]:
             f"--http takes ADDRESS:PORT (like 127.0.0.1:9108), got {text!r}"
         )
     return host, int(port)
+
+
+def _source(text: str) -> str | Path:
+    import argparse
+
+    if text == "kafka":
+        return text
+    if text.startswith("dir:") and text[4:]:
+        return Path(text[4:]).resolve()
+    raise argparse.ArgumentTypeError(
+        f"--source takes kafka or dir:PATH (a directory of .jsonl files), got {text!r}"
+    )
 
 
 def _from_env(where: str, value: str) -> str:
@@ -103,18 +124,28 @@ def add_parser(sub: Subparsers) -> None:
     worker = command(
         sub,
         "worker",
-        "consume usage events from Kafka and write them exactly once",
+        "consume usage events from Kafka (or a directory) and write them exactly once",
         "Join the consumer group GROUP on the topics, price the events with the configured "
         "rules and write them in batches (by --batch-size and --linger-ms) exactly once; "
         "commit each partition's offset only after every event before it is done. Records that "
         "cannot be applied go to the dead letters with their reason. Run more workers with the "
         "same --group to scale out (up to one per partition). SIGTERM or Ctrl-C: finish the "
         "batch, commit, exit 0; a second signal exits at once (what is not committed is "
-        "delivered again and the ledger skips what was applied).",
+        "delivered again and the ledger skips what was applied). With --source dir:PATH the "
+        "records are the lines of PATH's *.jsonl files instead (no broker): each file is a "
+        "partition, the offsets are kept in PATH/.shardbill-offsets.json.",
         "  shardbill worker --topic usage --group billing --bootstrap-servers kafka:9092\n"
+        "  shardbill worker --source dir:events --exit-when-idle 5 --json\n"
         "  shardbill worker --topic usage --group billing --dead-letters dead.jsonl --json\n"
         "  shardbill worker --topic usage --group billing --kafka-option "
         "security.protocol=SSL --config prod.toml",
+    )
+    worker.add_argument(
+        "--source",
+        type=_source,
+        metavar="kafka|dir:PATH",
+        help="where records come from: Kafka, or the *.jsonl files of the directory PATH "
+        "(default [worker] source, else kafka)",
     )
     worker.add_argument(
         "--topic",
@@ -139,7 +170,10 @@ def add_parser(sub: Subparsers) -> None:
         "'.dead-letters'",
     )
     dead.add_argument(
-        "--dead-letters", metavar="PATH", help="append dead letters to this JSON Lines file"
+        "--dead-letters",
+        metavar="PATH",
+        help="append dead letters to this JSON Lines file (with --source dir:DIR the default "
+        "is DIR.dead-letters.jsonl)",
     )
     worker.add_argument(
         "--batch-size",
@@ -235,6 +269,7 @@ def _line(summary: WorkerSummary) -> str:
 class _Plan:
     """What to run: the options, then the ``[worker]`` section, then the defaults."""
 
+    directory: Path | None
     topics: list[str]
     group: str
     bootstrap: str
@@ -244,16 +279,76 @@ class _Plan:
     dead_topic: str | None
 
 
-def _plan(args: argparse.Namespace, config: Config) -> _Plan:
+_KAFKA_ONLY = (
+    ("topic", "--topic"),
+    ("group", "--group"),
+    ("bootstrap_servers", "--bootstrap-servers"),
+    ("dead_letter_topic", "--dead-letter-topic"),
+    ("kafka_option", "--kafka-option"),
+)
+
+
+def _settings(args: argparse.Namespace, config: Config) -> WorkerSettings:
     from shardbill.worker import WorkerSettings
 
     section = config.worker
+    linger = args.linger_ms if args.linger_ms is not None else section.linger_ms
+    drain = args.drain_timeout
+    return WorkerSettings(
+        batch_size=args.batch_size or section.batch_size or config.writer.batch_size,
+        linger=linger / 1000,
+        drain_timeout=drain if drain is not None else section.drain_timeout_seconds,
+        exit_when_idle=args.exit_when_idle,
+    )
+
+
+def _directory_plan(args: argparse.Namespace, config: Config, directory: Path) -> _Plan:
+    """``--source dir:PATH``: Kafka options are refused; dead letters go to a file."""
+    given = [flag for name, flag in _KAFKA_ONLY if getattr(args, name) is not None]
+    if given:
+        raise ConfigurationError(
+            f"{', '.join(given)}: a Kafka option, but the source is the directory "
+            f"{str(directory)!r}; drop it, or use --source kafka"
+        )
+    if not directory.is_dir():
+        raise ConfigurationError(
+            f"source dir:{directory}: no such directory; create it and put the .jsonl event "
+            "files in it (or give another --source dir:PATH)"
+        )
+    dead = Path(
+        args.dead_letters
+        or config.worker.dead_letters
+        or directory.with_name(directory.name + ".dead-letters.jsonl")
+    ).resolve()
+    if dead.parent == directory and fnmatch(dead.name, DIRECTORY_PATTERN):
+        raise ConfigurationError(
+            f"dead letters {str(dead)!r}: inside the source directory, where they would be "
+            "read again as events; write them outside it (--dead-letters PATH)"
+        )
+    return _Plan(
+        directory=directory,
+        topics=[],
+        group="",
+        bootstrap="",
+        options={},
+        settings=_settings(args, config),
+        dead_file=str(dead),
+        dead_topic=None,
+    )
+
+
+def _plan(args: argparse.Namespace, config: Config) -> _Plan:
+    section = config.worker
+    chosen = args.source if args.source is not None else section.source
+    if isinstance(chosen, Path):
+        return _directory_plan(args, config, chosen)
     topics: list[str] = args.topic or list(section.topics)
     group: str | None = args.group or section.group
     if not topics:
         raise ConfigurationError(
             "no topic to consume: give --topic NAME, or topics = [...] under [worker] in "
-            f"{config.source}"
+            f"{config.source} (or, with no broker, --source dir:PATH for a directory of .jsonl "
+            "files)"
         )
     if not group:
         raise ConfigurationError(
@@ -264,14 +359,7 @@ def _plan(args: argparse.Namespace, config: Config) -> _Plan:
         **{key: _from_env(f"[worker.kafka] {key}", v) for key, v in section.kafka.items()},
         **dict(args.kafka_option or ()),
     }
-    linger = args.linger_ms if args.linger_ms is not None else section.linger_ms
-    drain = args.drain_timeout
-    settings = WorkerSettings(
-        batch_size=args.batch_size or section.batch_size or config.writer.batch_size,
-        linger=linger / 1000,
-        drain_timeout=drain if drain is not None else section.drain_timeout_seconds,
-        exit_when_idle=args.exit_when_idle,
-    )
+    settings = _settings(args, config)
     dead_file = args.dead_letters or (section.dead_letters if not args.dead_letter_topic else None)
     dead_topic = None
     if not dead_file:
@@ -284,6 +372,7 @@ def _plan(args: argparse.Namespace, config: Config) -> _Plan:
                 "read again: name another topic"
             )
     return _Plan(
+        directory=None,
         topics=topics,
         group=group,
         bootstrap=(
@@ -335,8 +424,12 @@ def _report(args: argparse.Namespace, plan: _Plan, summary: WorkerSummary) -> in
     code = EXIT_UNFINISHED if summary.uncommitted else 0
     if args.json:
         out = summary.to_dict()
-        out["group"] = plan.group
-        out["topics"] = plan.topics
+        if plan.directory is not None:
+            out["source"] = f"dir:{plan.directory}"
+        else:
+            out["source"] = "kafka"
+            out["group"] = plan.group
+            out["topics"] = plan.topics
         out["exit_code"] = code
         print(json.dumps(out))
     else:
@@ -349,27 +442,46 @@ def _report(args: argparse.Namespace, plan: _Plan, summary: WorkerSummary) -> in
     return code
 
 
+def _source_and_sink(plan: _Plan) -> tuple[Source, DeadLetterSink, Callable[[], None]]:
+    """The plan's source, its dead-letter sink and what closes the sink.
+
+    Kafka's classes are imported only when used (they need the ``kafka`` extra).
+    """
+    from shardbill.worker import DirectorySource, JsonlDeadLetters
+
+    sink: DeadLetterSink
+    if plan.directory is not None:
+        assert plan.dead_file is not None  # noqa: S101 - a directory's dead letters are a file
+        source = DirectorySource(plan.directory, pattern=DIRECTORY_PATTERN)
+        return source, JsonlDeadLetters(plan.dead_file), lambda: None
+
+    from shardbill.worker.kafka import KafkaDeadLetters, KafkaSource
+
+    close: Callable[[], None] = lambda: None  # noqa: E731 - a file needs no closing
+    if plan.dead_file:
+        sink = JsonlDeadLetters(plan.dead_file)
+    else:
+        assert plan.dead_topic is not None  # noqa: S101 - _plan gives one of the two
+        producer = KafkaDeadLetters(
+            bootstrap_servers=plan.bootstrap, topic=plan.dead_topic, options=plan.options
+        )
+        sink, close = producer, producer.close  # close flushes what is in flight
+    kafka = KafkaSource(
+        bootstrap_servers=plan.bootstrap, topics=plan.topics, group=plan.group, options=plan.options
+    )
+    return kafka, sink, close
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``worker``; returns the exit code."""
     from shardbill.pipeline import Pipeline
-    from shardbill.worker import JsonlDeadLetters, Worker, json_decoder
-    from shardbill.worker.kafka import KafkaDeadLetters, KafkaSource
+    from shardbill.worker import Worker, json_decoder
     from shardbill.writer import AggregationWriter
 
     config = load_config(args)
     plan = _plan(args, config)
     engine = config.engine()
-    sink: DeadLetterSink
-    if plan.dead_file:
-        sink = JsonlDeadLetters(plan.dead_file)
-    else:
-        assert plan.dead_topic is not None  # noqa: S101 - _plan gives one of the two
-        sink = KafkaDeadLetters(
-            bootstrap_servers=plan.bootstrap, topic=plan.dead_topic, options=plan.options
-        )
-    source = KafkaSource(
-        bootstrap_servers=plan.bootstrap, topics=plan.topics, group=plan.group, options=plan.options
-    )
+    source, sink, close_sink = _source_and_sink(plan)
     last = [time.monotonic()]
     observer, metrics = _metrics(args)
 
@@ -400,6 +512,7 @@ def run(args: argparse.Namespace) -> int:
                 settings=plan.settings,
                 on_batch=progress,
             )
+            saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
             _install_signals(worker)
             http = None
             if args.http is not None:
@@ -409,16 +522,18 @@ def run(args: argparse.Namespace) -> int:
                 http = WorkerHttp(address=host, port=port, health=worker_health(worker)).start()
             if not args.json:
                 where = plan.dead_file or f"topic {plan.dead_topic}"
-                print(
-                    f"worker: group {plan.group} on {', '.join(plan.topics)} at "
-                    f"{plan.bootstrap}; dead letters to {where}",
-                    flush=True,
+                reading = (
+                    f"the {DIRECTORY_PATTERN} files of {plan.directory}"
+                    if plan.directory is not None
+                    else f"group {plan.group} on {', '.join(plan.topics)} at {plan.bootstrap}"
                 )
+                print(f"worker: {reading}; dead letters to {where}", flush=True)
             try:
                 summary = worker.run()
             finally:
+                for number, handler in saved.items():  # a caller's own, once the worker is done
+                    signal.signal(number, handler)
                 if http is not None:
                     http.close()
-                if isinstance(sink, KafkaDeadLetters):
-                    sink.close()
+                close_sink()
     return _report(args, plan, summary)

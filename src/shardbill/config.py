@@ -51,6 +51,7 @@ optional except ``[shards]``::
     max_rows_per_statement = 1000
 
     [worker]                            # optional: defaults of `shardbill worker`
+    source = "kafka"                    # or "dir:events" (a directory of .jsonl files, no broker)
     bootstrap_servers = "kafka-1:9092,kafka-2:9092"
     topics = ["usage"]
     group = "billing"
@@ -63,8 +64,9 @@ optional except ``[shards]``::
     "sasl.password" = "env:KAFKA_PASSWORD"
 
 Relative paths (``map_store.path``, ``rules.price_book``,
-``worker.dead_letters`` and ``sqlite:///relative.db`` URLs) are resolved
-against the directory of the file. Passwords never belong in the file: put
+``worker.dead_letters``, ``worker.source = "dir:PATH"`` and
+``sqlite:///relative.db`` URLs) are resolved against the directory of the
+file. Passwords never belong in the file: put
 ``password_env=NAME`` in the URL and the password in that environment
 variable. Nothing here prints a
 password: URLs are shown through :class:`~shardbill.providers.ConnectionURL`,
@@ -422,6 +424,10 @@ class WorkerConfig:
     """The ``[worker]`` section: defaults of ``shardbill worker`` (its options override them).
 
     Attributes:
+        source: where records come from: ``"kafka"``, or a directory of JSON
+            Lines files (one partition per file, no broker), given as
+            ``"dir:PATH"`` and kept as its absolute path (None: Kafka when
+            topics are given).
         bootstrap_servers: the Kafka brokers, ``host:port[,...]``.
         topics: the topics consumed.
         group: the consumer group id.
@@ -434,6 +440,7 @@ class WorkerConfig:
             read from the environment when the worker starts (secrets must be).
     """
 
+    source: Literal["kafka"] | Path | None = None
     bootstrap_servers: str | None = None
     topics: tuple[str, ...] = ()
     group: str | None = None
@@ -1053,9 +1060,23 @@ def _writer(value: object) -> WriterConfig:
 _WORKER_TEXT = ("bootstrap_servers", "group", "dead_letter_topic")
 
 
+def _worker_source(value: object, base: Path) -> Literal["kafka"] | Path | None:
+    if value is None:
+        return None
+    text = _str(value, "worker.source")
+    if text == "kafka":
+        return "kafka"
+    if text.startswith("dir:") and text[4:]:
+        return (base / text[4:]).resolve()
+    raise _KeyProblemError(
+        "worker.source",
+        f'must be "kafka" or "dir:PATH" (a directory of .jsonl files), got {_show(text)}',
+    )
+
+
 def _worker(value: object, base: Path) -> WorkerConfig:
     section = _table(value, "worker")
-    allowed = (*_WORKER_TEXT, "topics", "dead_letters", "batch_size", "linger_ms")
+    allowed = (*_WORKER_TEXT, "source", "topics", "dead_letters", "batch_size", "linger_ms")
     _known(section, (*allowed, "drain_timeout_seconds", "kafka"), "worker")
     if "dead_letter_topic" in section and "dead_letters" in section:
         raise _KeyProblemError(
@@ -1083,6 +1104,7 @@ def _worker(value: object, base: Path) -> WorkerConfig:
                 '"env:NAME" and put the value in the environment variable NAME',
             )
     return WorkerConfig(
+        source=_worker_source(section.get("source"), base),
         bootstrap_servers=text.get("bootstrap_servers"),
         topics=tuple(topics),
         group=text.get("group"),

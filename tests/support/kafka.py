@@ -157,17 +157,30 @@ class KafkaBroker:
         return out
 
 
-def start_broker(workdir: Path) -> KafkaBroker:
-    """Start Tansu on a free port with memory storage; returns when the port is open.
+def start_broker(
+    workdir: Path,
+    *,
+    port: int | None = None,
+    storage: str = "memory://tansu/",
+    env: dict[str, str] | None = None,
+) -> KafkaBroker:
+    """Start Tansu on ``port`` (default a free one); returns when the port is open.
+
+    Args:
+        workdir: where its log goes (appended to, so a restart keeps the first run's).
+        port: the port (the same one again to restart a broker).
+        storage: the storage engine: memory (lost on restart), or ``s3://BUCKET/``
+            with ``env`` naming the endpoint (:func:`start_s3`).
+        env: more environment variables for the broker.
 
     Raises:
         RuntimeError: the binary is missing or wrong, or the broker did not come up in 15 s.
     """
     binary = tansu_binary()
-    port = _free_port()
+    port = port if port is not None else _free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = workdir / "tansu.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         process = subprocess.Popen(
             [
                 str(binary),
@@ -177,11 +190,12 @@ def start_broker(workdir: Path) -> KafkaBroker:
                 "--advertised-listener-url",
                 url,
                 "--storage-engine",
-                "memory://tansu/",
+                storage,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -207,3 +221,69 @@ def stop_broker(broker: KafkaBroker) -> None:
     except subprocess.TimeoutExpired:
         broker.process.kill()
         broker.process.wait()
+
+
+@dataclass
+class S3Server:
+    """A private ``moto_server`` (an S3 endpoint in memory) and the bucket ``tansu`` on it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def broker_env(self) -> dict[str, str]:
+        """What Tansu's ``s3://tansu/`` storage needs to reach this endpoint."""
+        return {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",  # moto's dummy credentials
+            "AWS_DEFAULT_REGION": "eu-west-2",
+            "AWS_ENDPOINT": f"http://127.0.0.1:{self.port}",
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def stop(self) -> None:
+        """Stop the endpoint (its objects are lost)."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_s3(workdir: Path) -> S3Server:
+    """Start ``moto_server`` (the ``moto[server]`` test extra) and create the bucket ``tansu``.
+
+    Tansu's memory storage loses every topic and committed offset when the
+    broker stops; its S3 storage on this endpoint keeps them, so a test can
+    kill the broker and start it again.
+
+    Raises:
+        RuntimeError: moto is not installed, or the endpoint did not answer in 30 s.
+    """
+    import sys
+    import urllib.request
+
+    try:
+        import moto.server  # noqa: F401 - only checks that the extra is installed
+    except ImportError as exc:
+        raise RuntimeError(f"moto[server] is not installed: {exc}") from exc
+    port = _free_port()
+    with open(workdir / "moto.log", "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/tansu", method="PUT")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=2):  # noqa: S310 - http to localhost
+                return S3Server(process=process, port=port)
+        except OSError as exc:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise RuntimeError(f"moto_server did not create the bucket: {exc}") from None
+            time.sleep(0.1)

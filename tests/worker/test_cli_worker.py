@@ -1,15 +1,26 @@
-"""``shardbill worker``'s command line: bad options are refused before anything connects."""
+"""``shardbill worker``'s command line: bad options are refused before anything connects, and
+the directory source runs end to end (exact totals, re-runs change nothing, offsets whole)."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shardbill.cli import main
 from shardbill.cli_worker import _install_signals
+from shardbill.rules import UsageEvent, comms
 from shardbill.worker import MemoryBroker, MemoryDeadLetters, MemorySource, Worker
+from shardbill.workloads.synthetic import Traffic
+from tests.support.backends import Backend, make_backend
+from tests.support.clock import recent_start
+from tests.support.oracle import actual_rows, expected_rows
 
 
 def _config(tmp_path: Path) -> str:
@@ -163,3 +174,249 @@ def test_an_http_address_without_a_port_is_a_usage_error(
     code = main(["worker", "--topic", "t", "--group", "g", "--http", value])
     assert code == 2
     assert "--http takes ADDRESS:PORT" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --source dir:PATH
+
+
+@pytest.fixture
+def two_sqlite(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """Two SQLite shards (the embedded default's kind)."""
+    yield from make_backend("sqlite", 2, tmp_path, request)
+
+
+def _deployment(tmp_path: Path, backend: Backend, extra: str = "") -> str:
+    """A configuration over ``backend``'s shards, initialized (map published, schema made)."""
+    path = tmp_path / "deploy" / "shardbill.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shards = "".join(f'{name} = "{url}"\n' for name, url in backend.urls.items())
+    path.write_text(f"[shards]\n{shards}[writer]\nbatch_size = 40\n{extra}", encoding="utf-8")
+    assert main(["init", "--config", str(path)]) == 0
+    return str(path)
+
+
+def _event_line(event: UsageEvent) -> str:
+    return json.dumps(
+        {
+            "event_id": event.event_id,
+            "account": event.account,
+            "time": event.time.isoformat(),
+            "product": event.product,
+            "quantity": str(event.quantity),
+            "dimensions": dict(event.dimensions),
+        }
+    )
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _summary(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, f"--json must print one line on stdout, got {out!r}"
+    value = json.loads(out)
+    assert isinstance(value, dict)
+    return value
+
+
+def test_a_directory_source_writes_exact_totals_and_running_again_changes_nothing(
+    two_sqlite: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--source dir:PATH`` reads every file's lines once: the shards hold an independent
+    oracle's totals, the bad line is a dead letter beside the directory, the offsets file
+    names each file's end; a second run reads nothing; with the offsets file removed, a
+    third run reads everything again and finds only duplicates."""
+    config = _deployment(tmp_path, two_sqlite)
+    capsys.readouterr()
+    events = list(Traffic(model="skewed", events=260, seed=19, accounts=30).distinct())
+    directory = tmp_path / "events"
+    directory.mkdir()
+    _write_lines(directory / "a.jsonl", [_event_line(e) for e in events[:120]])
+    _write_lines(
+        directory / "b.jsonl",
+        [_event_line(e) for e in events[120:200]] + ["{not json"] + [_event_line(events[5])],
+    )
+    _write_lines(directory / "c.jsonl", [_event_line(e) for e in events[200:]])
+    (directory / "notes.txt").write_text("not an event file\n", encoding="utf-8")
+    argv = ["worker", "--source", f"dir:{directory}", "--exit-when-idle", "0.3",
+            "--linger-ms", "1", "--json", "--config", config]  # fmt: skip
+
+    assert main(argv) == 0
+    first = _summary(capsys)
+    assert (first["records"], first["applied"], first["duplicates"]) == (262, 260, 1)
+    assert first["dead_letters"] == {"decode": 1}
+    assert first["uncommitted"] == 0
+    assert first["source"] == f"dir:{directory}"
+    rows = actual_rows(two_sqlite)
+    assert rows == expected_rows(comms.engine().price_batch(events).charges)
+    dead_file = tmp_path / "events.dead-letters.jsonl"
+    dead = [json.loads(line) for line in dead_file.read_text(encoding="utf-8").splitlines()]
+    assert [(d["topic"], d["offset"], d["stage"]) for d in dead] == [("b.jsonl", 80, "decode")]
+    offsets = json.loads((directory / ".shardbill-offsets.json").read_text(encoding="utf-8"))
+    assert offsets == {"a.jsonl": 120, "b.jsonl": 82, "c.jsonl": 60}
+
+    assert main(argv) == 0
+    second = _summary(capsys)
+    assert (second["records"], second["applied"], second["duplicates"]) == (0, 0, 0)
+    assert actual_rows(two_sqlite) == rows
+
+    (directory / ".shardbill-offsets.json").unlink()
+    assert main(argv) == 0
+    third = _summary(capsys)
+    assert (third["records"], third["applied"], third["duplicates"]) == (262, 0, 261)
+    assert actual_rows(two_sqlite) == rows
+
+
+def test_the_configuration_can_name_the_directory_relative_to_its_file(
+    two_sqlite: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``[worker] source = "dir:in"`` is the directory beside the configuration file, and
+    ``[worker] dead_letters`` where its dead letters go."""
+    config = _deployment(
+        tmp_path, two_sqlite, '[worker]\nsource = "dir:in"\ndead_letters = "dead.jsonl"\n'
+    )
+    directory = Path(config).parent / "in"
+    directory.mkdir()
+    events = list(Traffic(model="uniform", events=50, seed=3, accounts=9).distinct())
+    _write_lines(directory / "x.jsonl", [_event_line(e) for e in events] + ["[]"])
+    capsys.readouterr()
+    assert main(["worker", "--exit-when-idle", "0.3", "--json", "--config", config]) == 0
+    summary = _summary(capsys)
+    assert (summary["applied"], summary["dead_lettered"]) == (50, 1)
+    assert actual_rows(two_sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+    assert len((Path(config).parent / "dead.jsonl").read_text(encoding="utf-8").splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--topic", "usage"], "--topic: a Kafka option, but the source is the directory"),
+        (["--group", "g", "--kafka-option", "acks=all"], "--group, --kafka-option: a Kafka"),
+    ],
+)
+def test_kafka_options_with_a_directory_source_are_refused(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Kafka option beside ``--source dir:PATH`` would be ignored: exit 2 naming it."""
+    code = main(["worker", "--source", f"dir:{tmp_path}", *extra, "--config", _config(tmp_path)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_source_directory_is_refused_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dir:PATH`` that is no directory: exit 2, saying to create it."""
+    missing = tmp_path / "nowhere"
+    code = main(["worker", "--source", f"dir:{missing}", "--config", _config(tmp_path)])
+    assert code == 2
+    assert f"source dir:{missing}: no such directory; create it" in capsys.readouterr().err
+
+
+def test_dead_letters_inside_the_source_directory_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dead-letter file the source would read back as events: exit 2 before reading."""
+    code = main(
+        ["worker", "--source", f"dir:{tmp_path}", "--dead-letters", str(tmp_path / "d.jsonl"),
+         "--config", _config(tmp_path)]
+    )  # fmt: skip
+    assert code == 2
+    assert "where they would be read again as events" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["dir:", "files:x", "Kafka"])
+def test_a_source_that_is_neither_kafka_nor_a_directory_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--source`` takes ``kafka`` or ``dir:PATH``; anything else exits 2 showing both."""
+    assert main(["worker", "--source", value]) == 2
+    assert "--source takes kafka or dir:PATH" in capsys.readouterr().err
+
+
+def test_no_topic_and_no_directory_names_both_ways_to_give_a_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With neither a topic nor a directory, the error says how to give either."""
+    assert main(["worker", "--config", _config(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "give --topic NAME" in err
+    assert "--source dir:PATH" in err
+
+
+def _worker_process(config: str, directory: Path, *, idle: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shardbill", "worker", "--source", f"dir:{directory}",
+         "--batch-size", "7", "--linger-ms", "1", "--exit-when-idle", idle, "--json",
+         "--config", config],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def _committed(path: Path) -> dict[str, int]:
+    """The offsets file, which must parse whole whenever it exists (it is replaced whole)."""
+    if not path.exists():
+        return {}
+    value = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(value, dict)
+    return value
+
+
+def test_a_worker_killed_repeatedly_leaves_a_whole_offsets_file_and_exact_totals(
+    two_sqlite: Backend, tmp_path: Path
+) -> None:
+    """``shardbill worker --source dir:`` is SIGKILLed each time its offsets file moves on
+    (so at some point of its next batch): the offsets file is always whole JSON and never
+    goes back; a last run finishes; the shards hold the oracle's totals, nothing doubled."""
+    config = _deployment(tmp_path, two_sqlite)
+    events = list(
+        Traffic(model="hot", events=400, seed=23, accounts=25, start=recent_start()).distinct()
+    )
+    directory = tmp_path / "events"
+    directory.mkdir()
+    for index in range(4):
+        part = events[index * 100 : (index + 1) * 100]
+        _write_lines(directory / f"part-{index}.jsonl", [_event_line(e) for e in part])
+    offsets_path = directory / ".shardbill-offsets.json"
+    seen: dict[str, int] = {}
+    for kill in range(3):
+        process = _worker_process(config, directory, idle="60")
+        try:
+            deadline = time.monotonic() + 120
+            while _committed(offsets_path) == seen:
+                assert process.poll() is None, f"kill {kill}: the worker exited early"
+                assert time.monotonic() < deadline, (
+                    f"kill {kill}: the offsets file did not move in 120 s (at {seen})"
+                )
+                time.sleep(0.005)
+        finally:
+            process.kill()
+            process.communicate(timeout=60)
+        now = _committed(offsets_path)
+        assert all(now.get(name, 0) >= line for name, line in seen.items()), (seen, now)
+        seen = now
+    assert sum(seen.values()) < len(events), "the kills came too late to cut a run short"
+    last = _worker_process(config, directory, idle="1")
+    out, err = last.communicate(timeout=300)
+    assert last.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["applied"] + summary["duplicates"] == summary["records"]
+    assert _committed(offsets_path) == {f"part-{i}.jsonl": 100 for i in range(4)}
+    assert actual_rows(two_sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_the_signal_handlers_are_put_back_when_the_worker_returns(
+    two_sqlite: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``main(["worker", ...])`` called in a program (or a test) leaves SIGTERM and SIGINT
+    as it found them once it returns, not bound to a worker that has stopped."""
+    config = _deployment(tmp_path, two_sqlite)
+    directory = tmp_path / "events"
+    directory.mkdir()
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    argv = ["worker", "--source", f"dir:{directory}", "--exit-when-idle", "0.1", "--config", config]
+    assert main(argv) == 0
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -88,3 +88,27 @@ def test_a_secret_in_the_file_is_refused_and_not_shown(tmp_path: Path) -> None:
     assert "worker.kafka.sasl.password: a secret never belongs in the file" in str(caught.value)
     assert "env:NAME" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [('"kafka"', "kafka"), ('"dir:in/events"', "in/events"), (None, None)],
+)
+def test_the_source_is_kafka_or_a_directory_next_to_the_config(
+    value: str | None, expected: str | None, tmp_path: Path
+) -> None:
+    """``source = "dir:PATH"`` is kept as the absolute directory beside the file; absent, None."""
+    config = _load(f"[worker]\nsource = {value}\n" if value else "[worker]\n", tmp_path)
+    if expected in (None, "kafka"):
+        assert config.worker.source == expected
+    else:
+        assert config.worker.source == (tmp_path / expected).resolve()
+
+
+@pytest.mark.parametrize("value", ['"dir:"', '"files:x"', "3"])
+def test_a_source_that_is_neither_is_refused_naming_the_key_and_both_forms(
+    value: str, tmp_path: Path
+) -> None:
+    """Anything else is a ConfigurationError naming ``worker.source`` and the two forms."""
+    with pytest.raises(ConfigurationError, match=r"worker\.source"):
+        _load(f"[worker]\nsource = {value}\n", tmp_path)

@@ -143,3 +143,20 @@ def test_a_crash_after_the_shard_commits_redelivers_that_batch_as_duplicates_onl
     assert (second.records, second.duplicates, second.applied) == (100, 25, 75)
     assert DirectorySource(directory).committed == {"a.jsonl": 150}
     assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_an_empty_directory_counts_as_assigned_so_exit_when_idle_stops_the_worker(
+    sqlite: Backend, tmp_path: Path
+) -> None:
+    """With no file yet the directory is still this worker's whole input: ``exit_when_idle``
+    ends the run (it counts from the first assignment, which a directory gives at once)."""
+    import threading
+
+    directory = tmp_path / "empty"
+    directory.mkdir()
+    done: list[WorkerSummary] = []
+    runner = threading.Thread(target=lambda: done.append(_run(sqlite, directory)), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert done, "the worker on an empty directory did not stop within 60 s"
+    assert (done[0].records, done[0].rebalances) == (0, 1)

@@ -4,7 +4,9 @@
 partition, ``(file name, 0)``, and a record's offset as its line index (0 for
 the first line). Files are read in name order, complete lines only (a line
 still being written, with no newline yet, waits for the next poll); new files
-are picked up as they appear. Committed offsets (per file, the index of the
+are picked up as they appear (the first poll reports an assignment even
+when there is no file yet, so ``exit_when_idle`` ends a run on an empty
+directory). Committed offsets (per file, the index of the
 next line to read) go to an offsets file (default ``.shardbill-offsets.json``
 in the directory), written to a temporary file, synced and renamed, so a
 commit is durable and all or nothing. The worker commits only after the
@@ -66,6 +68,7 @@ class DirectorySource:
         self._files: dict[Partition, IO[bytes]] = {}
         self._next: dict[Partition, int] = {}
         self._paused = False
+        self._scanned = False
 
     def _load(self) -> dict[str, int]:
         if not self._offsets_path.exists():
@@ -111,7 +114,8 @@ class DirectorySource:
             self._files[partition] = handle
             self._next[partition] = skip
             new.append(partition)
-        if new:
+        if new or not self._scanned:  # the directory is this reader's even with no file yet
+            self._scanned = True
             self._listener.assigned(new)
 
     def poll(self, max_records: int, timeout: float) -> Sequence[Record]:
