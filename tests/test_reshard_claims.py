@@ -319,6 +319,62 @@ def test_a_resharder_paused_past_its_lease_stops_when_it_resumes(four: Backend) 
     assert actual_rows(four, slot_check=_owner_check(final)) == expected_rows(charges)
 
 
+class _FirstConnectionHook:
+    """A provider that runs ``hook`` once, as the first connection is asked for."""
+
+    def __init__(self, inner: object, hook: object) -> None:
+        self._inner = inner
+        self._hook = hook
+
+    @contextlib.contextmanager
+    def connection(self, shard: str, *, readonly: bool = False) -> Iterator[object]:
+        hook, self._hook = self._hook, None
+        if hook is not None:
+            hook()  # type: ignore[operator]
+        with self._inner.connection(shard, readonly=readonly) as conn:  # type: ignore[attr-defined]
+            yield conn
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def test_a_resharder_paused_before_its_first_step_stops_when_it_resumes(four: Backend) -> None:
+    """Paused right after taking the claim (before any step) while its lease expired,
+    another resharder finished the plan and fenced a later one; on resuming it stops
+    with "lost its claim", not a misleading "ownership rows do not fit" (found by the
+    simulation, seed 3039, with a revert paused at its first transaction)."""
+    charges = make_charges(148, 200, accounts=40)
+    store, writer = _setup(four, ["s0", "s1"], charges)
+    writer.close()
+    target = store.load().add_shard("s2")
+    now = [1_000_000.0]
+
+    def meanwhile() -> None:
+        now[0] += 120  # the lease (60 s) expires while it is paused
+        _resharder(store, four, owner="other", clock=lambda: now[0]).run(target)
+        later = store.load().reweight({"s0": 1, "s1": 2, "s2": 1})
+
+        def stop_after_fence(step: str) -> None:
+            if step == "publish":
+                raise CrashError(step)
+
+        with pytest.raises(CrashError):
+            _resharder(
+                store, four, owner="other", clock=lambda: now[0], before_step=stop_after_fence
+            ).run(later)
+
+    stalled = Resharder(
+        store=store,
+        provider=_FirstConnectionHook(four.provider, meanwhile),  # type: ignore[arg-type]
+        tables=billing_tables(),
+        owner="stalled",
+        clock=lambda: now[0],
+        settings=ReshardSettings(chunk_rows=4, parallel_slots=1, lease_seconds=60, lease_wait=0),
+    )
+    with pytest.raises(ReshardClaimedError, match="lost its claim"):
+        stalled.run(target)
+
+
 def test_a_stale_resharder_that_misses_its_lost_lease_deletes_no_live_ledger_row(
     four: Backend,
 ) -> None:

@@ -128,3 +128,54 @@ def test_a_stuck_move_costs_a_writer_one_reload_not_one_per_write(tmp_path: Path
     provider.close()
     assert all(r.ok for r in results)
     assert len(reloads) == 1
+
+
+def _rows_on(root: Path, shard: str) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(root / f"{shard}.db")) as conn:
+        return conn.execute("SELECT account_id, charges FROM account_balance").fetchall()
+
+
+def test_a_former_owner_accepting_a_slot_back_takes_no_write_before_the_source_is_fenced(
+    tmp_path: Path,
+) -> None:
+    """A reshard that moves a slot back to a shard that owned it before (a revert, or a
+    re-weighting back) accepts on the target first, then fences the source. In between
+    (or for as long as a crash leaves it there) the former owner says incoming while the
+    source still owns the slot and takes writes: a writer with an old map, which routes
+    to the former owner, must not write there too (the two would be applied apart,
+    reads of the current map would miss it, and the source would not see its ledger).
+    Found by the simulation (seed 3074, a revert crashed between accept and fence)."""
+    shard_map = ShardMap.create(["a", "b"], slots=16)
+    provider = PooledProvider.sqlite_directory(tmp_path, ["a", "b"])
+    x = _account_on(shard_map, "a", 1)
+    slot = shard_map.slot_for(x)
+    with AggregationWriter(
+        shard_map=shard_map, provider=provider, tables=billing_tables(), clock=NOW.timestamp
+    ) as writer:
+        writer.ensure_schema()
+        # The slot went a -> b in an earlier reshard (finished) ...
+        with closing(sqlite3.connect(tmp_path / "a.db")) as conn:
+            conn.execute(
+                "UPDATE shardbill_slots SET state = 'gone', peer = 'b' WHERE sb_slot = ?", (slot,)
+            )
+            conn.commit()
+        with closing(sqlite3.connect(tmp_path / "b.db")) as conn:
+            conn.execute(
+                "INSERT INTO shardbill_slots (sb_slot, state, epoch, peer) "
+                "VALUES (?, 'owned', 2, NULL)",
+                (slot,),
+            )
+            conn.commit()
+        # ... and now comes back: accepted on a, b not fenced yet.
+        with closing(sqlite3.connect(tmp_path / "a.db")) as conn:
+            conn.execute(
+                "UPDATE shardbill_slots SET state = 'incoming', peer = 'b', epoch = 3 "
+                "WHERE sb_slot = ?",
+                (slot,),
+            )
+            conn.commit()
+        result = writer.write([_charge("back-1", x)])  # its map routes x to a
+    provider.close()
+    assert result.ok, result
+    assert _rows_on(tmp_path, "a") == []
+    assert _rows_on(tmp_path, "b") == [(x, 1)]

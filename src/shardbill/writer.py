@@ -764,7 +764,11 @@ class AggregationWriter:
                     }
                     known: dict[tuple[str, int], tuple[str, str | None]] = {}
                     if incoming:  # as the transaction does: the old owner's ledger first
-                        peer_known, peer_marks = self._peer_ledger(work.units, incoming)
+                        peer_known, peer_marks, peer_states = self._peer_ledger(
+                            work.units, incoming
+                        )
+                        for s in self._unfenced(work.shard, incoming, peer_states):
+                            del incoming[s]  # not this shard's yet: left to the transactions
                         known.update(peer_known)
                         for s, mark in peer_marks.items():
                             if s in states:
@@ -787,8 +791,8 @@ class AggregationWriter:
             return mine, {}
         # Incoming slots are judged too: their old owners' ledgers, watermarks and
         # unmerged rows were read with this shard's.
-        owned = frozenset(
-            s for s, (st, _) in states.items() if st in (SlotState.OWNED, SlotState.INCOMING)
+        owned = frozenset(s for s, (st, _) in states.items() if st == SlotState.OWNED) | set(
+            incoming
         )
         marks = {s: m for s, (_, m) in states.items()}
         return refusals_ahead(
@@ -1075,7 +1079,7 @@ class AggregationWriter:
                 incoming, watermarks, exclusive = self._fence(cursor, dialect, shard, work.slots)
                 known: dict[tuple[str, int], tuple[str, str | None]] = {}
                 if incoming:
-                    peer_known, peer_marks = self._peer_ledger(work.units, incoming)
+                    peer_known, peer_marks = self._from_sources(shard, work.units, incoming)
                     known.update(peer_known)
                     for slot, mark in peer_marks.items():
                         watermarks[slot] = max(watermarks.get(slot, 0), mark)
@@ -1244,8 +1248,12 @@ class AggregationWriter:
 
     def _peer_ledger(
         self, units: Sequence[Unit], incoming: Mapping[int, str]
-    ) -> tuple[dict[tuple[str, int], tuple[str, str | None]], dict[int, int]]:
-        """Read the source shards' ledgers and watermarks for slots still arriving.
+    ) -> tuple[
+        dict[tuple[str, int], tuple[str, str | None]], dict[int, int], dict[int, tuple[str, str]]
+    ]:
+        """Read the source shards' ledgers, watermarks and slot states for slots arriving.
+
+        The states say whether each source is fenced yet (see :meth:`_unfenced`).
 
         Read before our own ledger. On SQLite the peer is read in a deferred
         (read) transaction: this writer holds its own shard's write lock, and
@@ -1259,6 +1267,7 @@ class AggregationWriter:
                 by_peer[peer].append(unit)
         found: dict[tuple[str, int], tuple[str, str | None]] = {}
         marks: dict[int, int] = {}
+        states: dict[int, tuple[str, str]] = {}
         for peer, peer_units in by_peer.items():
             slots = sorted({u.slot for u in peer_units})
             readonly = self.dialect(peer).name == "sqlite"  # never a replica for MySQL
@@ -1271,14 +1280,51 @@ class AggregationWriter:
                     table = dialect.quote(self._settings.system_tables.slots)
                     literal = ", ".join(str(s) for s in slots)  # validated ints
                     cursor.execute(
-                        f"SELECT {SLOT_COLUMN}, pruned_below FROM {table} "
+                        f"SELECT {SLOT_COLUMN}, pruned_below, state, peer FROM {table} "
                         f"WHERE {SLOT_COLUMN} IN ({literal})",
                         (),
                     )
-                    marks.update({int(s): int(m) for s, m in cursor.fetchall()})
+                    for s, m, state, its_peer in cursor.fetchall():
+                        marks[int(s)] = int(m)
+                        states[int(s)] = (str(state), "" if its_peer is None else str(its_peer))
             wanted = set(slots)
             found.update({k: v for k, v in hits.items() if k[1] in wanted})
-        return found, marks
+        return found, marks, states
+
+    def _from_sources(
+        self, shard: str, units: Sequence[Unit], incoming: Mapping[int, str]
+    ) -> tuple[dict[tuple[str, int], tuple[str, str | None]], dict[int, int]]:
+        """The sources' ledgers and watermarks of the incoming slots, or a fence to follow
+        to a source that is not fenced yet (see :meth:`_unfenced`)."""
+        known, marks, states = self._peer_ledger(units, incoming)
+        early = self._unfenced(shard, incoming, states)
+        if early:
+            raise FencedError(
+                f"shard {shard!r} accepts slot(s) {sorted(early)[:8]} but their source is "
+                "not fenced yet; the source still owns them",
+                shard=shard,
+                slots=tuple(sorted(early)),
+                moved=early,
+            )
+        return known, marks
+
+    @staticmethod
+    def _unfenced(
+        shard: str, incoming: Mapping[int, str], states: Mapping[int, tuple[str, str]]
+    ) -> dict[int, str]:
+        """The incoming slots whose source is not fenced for ``shard`` yet -> that source.
+
+        A reshard accepts a slot on its target before it fences the source. A
+        target that owned the slot before (a revert, a move back) is still where
+        old maps route it, so in between, or for as long as a crash leaves it
+        there, it would take writes the source takes too (seed 3074): until the
+        source says ``gone`` to this shard, the source is where the slot is.
+        """
+        return {
+            slot: source
+            for slot, source in incoming.items()
+            if states.get(slot) != (SlotState.GONE, shard)
+        }
 
     def _stored_rows(
         self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit], *, lock: bool = True

@@ -58,6 +58,7 @@ SAFE_FEATURES: tuple[str, ...] = (
     "same-plan-twice",
     "fan-out-reads-during-moves",
     "old-map-reads-during-moves",
+    "revert",
     "read-removal-from-new-map",
     "reader-from-store",
     "careless-ensure-schema",

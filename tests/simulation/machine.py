@@ -57,6 +57,7 @@ from shardbill.errors import (
     MapNotPublishedError,
     ReshardClaimedError,
 )
+from shardbill.mapstore.claim import ABORTED, MOVING
 from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
 from shardbill.retry import RetryPolicy
 from shardbill.rules.engine import rule as pricing_rule
@@ -92,6 +93,7 @@ ACTIONS = (
     *["read_in_motion"] * 2,
     "read_totals",
     *["reshard"] * 2,
+    "revert",
     "crash",
     *["fault"] * 2,
     "prune",
@@ -768,6 +770,41 @@ class SimMachine(RuleBasedStateMachine):
         self.schema_shards |= set(target.shards)
         self._run_reshard(name, reshard, data)
 
+    def do_revert(self, data: st.DataObject) -> None:
+        """An operator reverts the last reshard: finished, or stopped (crashed) half-way.
+
+        ``Resharder.revert()`` moves every slot the reshard moved back with the
+        forward protocol and publishes the map before it as a new epoch; the model
+        then holds one reshard, the revert (the reverted one will never finish).
+        """
+        if not self.on("revert") or not self.on("resharding"):
+            return
+        if any(self.actors[x].busy for x in RESHARDERS):
+            return  # a live resharder is stopped first; the operator waits for it here
+        if self.actors["rows"].busy and not self.on("old-map-reads-during-moves"):
+            return  # a map published now would make the paused read's map an older one
+        claim = self.store.load_claim()
+        if claim is None or claim.state == ABORTED or claim.target.epoch < self.store.epoch():
+            return  # nothing to revert, or a newer map came after it
+        if self.reshards and self.reshards[0].target != claim.target:
+            return  # the model's pending plan was never claimed: not this reshard
+        if claim.state == MOVING and not claim.expired(self.clock):
+            # Its holder is dead (no resharder is busy): the operator waits out its lease.
+            self.clock = max(self.clock, claim.expires_at + 1)
+            self.log(f"revert: clock to {self.clock - START:+.0f} s, past the lease")
+        if claim.reverts and claim.state == MOVING:
+            source, target = claim.source, claim.target  # a revert stopped half-way: resume
+        else:
+            source, target = claim.target, claim.source.with_epoch(claim.target.epoch + 1)
+        name = data.draw(st.sampled_from(RESHARDERS), label="reverter")
+        self.reshards = [Reshard(source=source, target=target, owner=name)]
+        self.schema_shards |= set(target.shards)
+        self._build(name)
+        resharder = self.objects[name]
+        self.count("op revert")
+        self._start(name, Pending(kind="reshard", target=target), resharder.revert)
+        self._maybe_finish(name, data, pauses=4)
+
     def _target(
         self,
         source: ShardMap,
@@ -884,9 +921,11 @@ class SimMachine(RuleBasedStateMachine):
                 except ReshardClaimedError:
                     self.count("rival publish refused by the claim")  # right (issue 14 item 1)
             return
-        if current.epoch < 2:
+        older = [e for e in self.store.history() if e < current.epoch]
+        if not older:
             return
-        stale = self.store.load_epoch(current.epoch - 1)
+        # The newest older epoch (a revert of an unpublished reshard skips one).
+        stale = self.store.load_epoch(older[-1])
         candidate = self._target(stale, data)
         if candidate is None:
             return

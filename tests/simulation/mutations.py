@@ -51,7 +51,12 @@ def _skip_ledger_copy(mp: pytest.MonkeyPatch) -> None:
 
 
 def _skip_peer_check(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(AggregationWriter, "_peer_ledger", lambda self, units, incoming: ({}, {}))
+    original = AggregationWriter._peer_ledger
+
+    def no_peer(self: Any, units: Any, incoming: Any) -> Any:
+        return {}, {}, original(self, units, incoming)[2]  # the fence's states stay
+
+    mp.setattr(AggregationWriter, "_peer_ledger", no_peer)
 
 
 def _unchecked_read(mp: pytest.MonkeyPatch) -> None:

@@ -511,9 +511,30 @@ class Resharder:
     def _run_once(self, target: ShardMap | None) -> ReshardProgress:
         try:
             return self._run_claimed(target)
+        except ReshardError as exc:
+            if not isinstance(exc, ReshardClaimedError):
+                self._lost_claim(exc)
+            self._expire()
+            raise
         except BaseException:
             self._expire()
             raise
+
+    def _lost_claim(self, error: ReshardError) -> None:
+        """Raise "lost its claim" instead of ``error`` if this resharder's claim is gone.
+
+        A resharder paused anywhere (before its first step, between two checks)
+        while its lease expired and another took the plan over sees shards that
+        moved on: whatever it finds there is not a fault of the shards, and the
+        operator must hear that it lost its claim, not be sent to repair
+        healthy rows (simulation seeds 17 and 3039).
+        """
+        try:
+            self._renew(force=True)
+        except ReshardClaimedError as lost:
+            raise lost from error
+        except ShardbillError:  # the store cannot tell: the original error stands
+            return
 
     def _expire(self) -> None:
         """After a failure: end this resharder's lease at once, so a re-run takes over."""
