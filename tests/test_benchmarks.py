@@ -39,7 +39,10 @@ def test_bench_planning_reports_every_step(capsys: pytest.CaptureFixture[str]) -
     assert sorted(report) == ["hot", "skewed"]
     for result in report.values():
         assert result["charges"] > 0
-        for key in ("reference_us", "extract_us", "plan_us", "coalesce_us", "extract_speedup"):
+        for key in (
+            "reference_us", "extract_us", "plan_us", "coalesce_us", "extract_speedup",
+            "split_reference_us", "split_us", "split_speedup",
+        ):  # fmt: skip
             assert result[key] > 0
 
 
