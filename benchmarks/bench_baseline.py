@@ -14,7 +14,10 @@ databases of one MariaDB/MySQL server:
   would count twice);
 * ``writer``: shardbill's :class:`~shardbill.writer.AggregationWriter`
   (``write_stream``, ``--depth`` batches in flight), with its default
-  guarantees (identity across slots, fencing, conflict detection).
+  guarantees (identity across slots, fencing, conflict detection);
+* ``writer_per_account`` (with ``--per-account``): the same writer with
+  ``IdScope.PER_ACCOUNT`` (ids compared per slot: no second ledger row for
+  the event's identity claim).
 
 Reported per way: events/s, client CPU per event (``time.process_time``:
 every thread of this process, the driver included) and server CPU per event
@@ -54,6 +57,7 @@ from bench_writer import _by_event, _connect, _price
 
 from shardbill import ShardMap
 from shardbill.aggregates import AggregateTable
+from shardbill.batching import IdScope
 from shardbill.catalog import billing_tables
 from shardbill.dialects.base import MergeKind
 from shardbill.providers import PooledProvider
@@ -61,6 +65,7 @@ from shardbill.rules import Charge
 from shardbill.writer import AggregationWriter, WriterSettings
 
 WAYS = ("loop", "loop_no_ledger", "writer")
+PER_ACCOUNT = "writer_per_account"  # --per-account: the writer with IdScope.PER_ACCOUNT
 _TICK = os.sysconf("SC_CLK_TCK")
 _SCALE = 6  # billing_tables() default: quantities and amounts in millionths
 
@@ -298,13 +303,16 @@ def run_way(
     """One way over the whole stream: events/s, client and server CPU µs per event."""
     shard_map = ShardMap.create(sorted(dbs), slots=args.slots)
     latest = max(c.time for b in batches for c in b).timestamp()
-    if way == "writer":
+    if way in ("writer", PER_ACCOUNT):
         provider = PooledProvider.from_urls(_urls(args, dbs))
         writer = AggregationWriter(
             shard_map=shard_map,
             provider=provider,
             tables=billing_tables(),
-            settings=WriterSettings(max_workers=args.workers),
+            settings=WriterSettings(
+                max_workers=args.workers,
+                id_scope=IdScope.PER_ACCOUNT if way == PER_ACCOUNT else IdScope.GLOBAL,
+            ),
             clock=lambda: latest,  # the traffic is dated: so is the clock
         )
         writer.check_schema()  # connections opened before the clock starts, as for the loop
@@ -347,37 +355,45 @@ def one_repeat(
     rotation: int,
 ) -> dict[str, Any]:
     """Every way once, in a rotated order, each into fresh databases; ratios of this repeat."""
-    order = WAYS[rotation % len(WAYS) :] + WAYS[: rotation % len(WAYS)]
+    ways = _ways(args)
+    order = ways[rotation % len(ways) :] + ways[: rotation % len(ways)]
     run: dict[str, Any] = {"order": list(order)}
     for way in order:
         with _databases(args, admin, shards) as dbs:
             gc.collect()
             run[way] = run_way(way, args=args, dbs=dbs, batches=batches, events=events, pid=pid)
-    totals = {run[way]["grand_total"] for way in WAYS}
+    totals = {run[way]["grand_total"] for way in ways}
     if len(totals) != 1:
         raise SystemExit(f"the ways disagree on the grand total: {totals}")
     _ratios(run, run)
     return run
 
 
+def _ways(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*WAYS, PER_ACCOUNT) if args.per_account else WAYS
+
+
 def _ratios(into: dict[str, Any], src: dict[str, Any]) -> None:
-    w = src["writer"]
-    for base in ("loop", "loop_no_ledger"):
-        b = src[base]
-        into[f"speed_writer_vs_{base}"] = w["events_per_s"] / b["events_per_s"]
-        into[f"client_cpu_writer_vs_{base}"] = (
-            w["client_cpu_us_per_event"] / b["client_cpu_us_per_event"]
-        )
-        if w["server_cpu_us_per_event"] and b["server_cpu_us_per_event"]:
-            into[f"server_cpu_writer_vs_{base}"] = (
-                w["server_cpu_us_per_event"] / b["server_cpu_us_per_event"]
+    for writer in ("writer", PER_ACCOUNT):
+        if writer not in src:
+            continue
+        w = src[writer]
+        for base in ("loop", "loop_no_ledger"):
+            b = src[base]
+            into[f"speed_{writer}_vs_{base}"] = w["events_per_s"] / b["events_per_s"]
+            into[f"client_cpu_{writer}_vs_{base}"] = (
+                w["client_cpu_us_per_event"] / b["client_cpu_us_per_event"]
             )
+            if w["server_cpu_us_per_event"] and b["server_cpu_us_per_event"]:
+                into[f"server_cpu_{writer}_vs_{base}"] = (
+                    w["server_cpu_us_per_event"] / b["server_cpu_us_per_event"]
+                )
 
 
 def _median_of(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per way the medians of its figures; the ratios' medians (taken per repeat)."""
     out: dict[str, Any] = {"runs": list(runs)}
-    for way in WAYS:
+    for way in [w for w in (*WAYS, PER_ACCOUNT) if w in runs[0]]:
         out[way] = {
             key: statistics.median(run[way][key] for run in runs)
             for key, value in runs[0][way].items()
@@ -392,7 +408,7 @@ def _median_of(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _print(model: str, shards: int, r: dict[str, Any]) -> None:
     print(f"\n== {model}, {shards} shard(s), median of {len(r['runs'])}", file=sys.stderr)
-    for way in WAYS:
+    for way in [w for w in (*WAYS, PER_ACCOUNT) if w in r]:
         w = r[way]
         server = w.get("server_cpu_us_per_event")
         print(
@@ -433,6 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default="uniform,skewed,hot")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="repeats; medians reported")
+    parser.add_argument(
+        "--per-account", action="store_true",
+        help="also the writer with IdScope.PER_ACCOUNT (one ledger row per event and slot)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 

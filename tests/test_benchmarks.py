@@ -96,7 +96,7 @@ def test_bench_baseline_reports_speed_and_cpu_per_way(
         "--host", mysql_server.host, "--port", str(mysql_server.port),
         "--user", mysql_server.user, "--password", mysql_server.password,
         "--events", "120", "--batch", "40", "--slots", "64", "--shards", "1,2",
-        "--models", "skewed,hot", "--repeat", "2", "--json",
+        "--models", "skewed,hot", "--repeat", "2", "--per-account", "--json",
     ]  # fmt: skip
     assert bench.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
@@ -105,13 +105,17 @@ def test_bench_baseline_reports_speed_and_cpu_per_way(
         assert sorted(report[model]) == ["1", "2"]
         for result in report[model].values():
             assert len(result["runs"]) == 2
-            totals = {result[way]["grand_total"] for way in ("loop", "loop_no_ledger", "writer")}
-            assert len(totals) == 1
-            for way in ("loop", "loop_no_ledger", "writer"):
+            ways = ("loop", "loop_no_ledger", "writer", "writer_per_account")
+            assert len({result[way]["grand_total"] for way in ways}) == 1
+            for way in ways:
                 assert result[way]["events_per_s"] > 0
                 assert result[way]["client_cpu_us_per_event"] > 0
                 assert "server_cpu_us_per_event" in result[way]
-            for ratio in ("speed_writer_vs_loop", "client_cpu_writer_vs_loop"):
+            for ratio in (
+                "speed_writer_vs_loop",
+                "client_cpu_writer_vs_loop",
+                "speed_writer_per_account_vs_loop",
+            ):
                 each = sorted(run[ratio] for run in result["runs"])
                 assert each[0] <= result[ratio] <= each[1]
 
