@@ -8,7 +8,11 @@ For the priced charges of a traffic model, per charge (best of ``--repeat``):
   fingerprint text by sorting and ``repr`` (:func:`canonical_text`), as the
   writer did before the extractor was compiled;
 * ``plan``: :func:`plan_batch` for whole batches (units, fingerprints, slots);
-* ``coalesce``: :func:`coalesce` of every shard's units.
+* ``coalesce``: :func:`coalesce` of every shard's units;
+* ``split``: the writer's routing of a planned batch (:func:`split_by_claim`
+  into the claim round and the later round, and :func:`spread_events`),
+  against the baseline ``split_reference``: the same results from the plain
+  definitions the writer used before (one route per unit per use).
 
 Run::
 
@@ -27,7 +31,7 @@ from typing import Any
 
 from shardbill import ShardMap
 from shardbill.aggregates import Account
-from shardbill.batching import coalesce, plan_batch
+from shardbill.batching import Unit, coalesce, plan_batch, split_by_claim, spread_events
 from shardbill.catalog import billing_tables
 from shardbill.extraction import RowExtractor
 from shardbill.fingerprints import canonical_text
@@ -42,6 +46,19 @@ def _best_us(func: Callable[[], object], count: int, repeat: int) -> float:
         func()
         best = min(best, time.perf_counter() - started)
     return best / count * 1e6
+
+
+def _spread_reference(units: Sequence[Unit], route: Callable[[int], str]) -> frozenset[str]:
+    """spread_events as it was: every unit with money routed."""
+    first: dict[str, str] = {}
+    spread: set[str] = set()
+    for unit in units:
+        if not unit.rows:
+            continue
+        shard = route(unit.slot)
+        if first.setdefault(unit.event_id, shard) != shard:
+            spread.add(unit.event_id)
+    return frozenset(spread)
 
 
 def run(model: str, events: int, batch: int, repeat: int, seed: int) -> dict[str, Any]:
@@ -88,6 +105,24 @@ def run(model: str, events: int, batch: int, repeat: int, seed: int) -> dict[str
         for batch_plan in planned:
             coalesce(batch_plan.units, tables)
 
+    forward: dict[int, str] = {}  # the writer's route: a forwarded slot, else the map's owner
+
+    def route(slot: int) -> str:
+        return forward.get(slot) or shard_map.owner(slot)
+
+    def split_reference() -> None:
+        for batch_plan in planned:
+            units = batch_plan.units
+            home = {u.event_id: route(u.slot) for u in units if u.home}
+            [u for u in units if u.home or route(u.slot) == home[u.event_id]]
+            [u for u in units if not (u.home or route(u.slot) == home[u.event_id])]
+            _spread_reference(units, route)
+
+    def split() -> None:
+        for batch_plan in planned:
+            split_by_claim(batch_plan.units, route)
+            spread_events(batch_plan.units, route)
+
     n = len(charges)
     result = {
         "charges": n,
@@ -95,8 +130,11 @@ def run(model: str, events: int, batch: int, repeat: int, seed: int) -> dict[str
         "extract_us": _best_us(extract, n, repeat),
         "plan_us": _best_us(plan, n, repeat),
         "coalesce_us": _best_us(merge, n, repeat),
+        "split_reference_us": _best_us(split_reference, n, repeat),
+        "split_us": _best_us(split, n, repeat),
     }
     result["extract_speedup"] = result["reference_us"] / result["extract_us"]
+    result["split_speedup"] = result["split_reference_us"] / result["split_us"]
     gc.unfreeze()
     return result
 
@@ -119,12 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print("model      reference  extract  (speed-up)   plan  coalesce   (us per charge)")
+    print(
+        "model      reference  extract  (speed-up)   plan  coalesce  split-ref  split  (speed-up)"
+        "   (us per charge)"
+    )
     for model, r in report.items():
         print(
             f"{model:9} {r['reference_us']:9.2f} {r['extract_us']:8.2f}  "
             f"({r['extract_speedup']:.1f}x)"
-            f" {r['plan_us']:8.2f} {r['coalesce_us']:8.2f}",
+            f" {r['plan_us']:8.2f} {r['coalesce_us']:8.2f} {r['split_reference_us']:9.2f}"
+            f" {r['split_us']:6.2f}  ({r['split_speedup']:.1f}x)",
             file=sys.stdout,
         )
     return 0

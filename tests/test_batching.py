@@ -6,6 +6,8 @@ import datetime as dt
 from decimal import Decimal
 
 import xxhash
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shardbill import ShardMap
 from shardbill.aggregates import BIGINT_MAX, Account
@@ -17,6 +19,7 @@ from shardbill.batching import (
     fingerprint,
     plan_batch,
     refusals_ahead,
+    split_by_claim,
     spread_events,
 )
 from shardbill.catalog import billing_tables
@@ -305,3 +308,44 @@ def test_an_event_whose_own_charges_sum_past_bigint_on_one_row_is_rejected_when_
     assert "amount" in rejection.reason
     assert "split" in rejection.reason
     assert {u.event_id for u in planned.units} == {"fine"}
+
+
+def _with_one_home_each(units: list[Unit]) -> list[Unit]:
+    """Every event of ``units`` with exactly one home unit (its first), as plans give."""
+    seen: set[str] = set()
+    out = []
+    for u in units:
+        out.append(u._replace(home=u.event_id not in seen))
+        seen.add(u.event_id)
+    return out
+
+
+_UNITS = st.lists(
+    st.builds(
+        Unit,
+        event_id=st.sampled_from(["e1", "e2", "e3", "e4"]),
+        slot=st.integers(0, 15),
+        fingerprint=st.just("f"),
+        rows=st.sampled_from([(), ((0, (1,), (1,)),)]),
+        time=st.just(0),
+        home=st.booleans(),
+    ),
+    max_size=12,
+).map(_with_one_home_each)
+
+
+@given(units=_UNITS, owners=st.lists(st.sampled_from("abc"), min_size=16, max_size=16))
+def test_split_and_spread_route_as_the_plain_definitions(
+    units: list[Unit], owners: list[str]
+) -> None:
+    """split_by_claim and spread_events give what their one-route-per-use definitions give."""
+    route = owners.__getitem__
+    home = {u.event_id: route(u.slot) for u in units if u.home}
+    first = [u for u in units if u.home or route(u.slot) == home[u.event_id]]
+    later = [u for u in units if not (u.home or route(u.slot) == home[u.event_id])]
+    assert split_by_claim(units, route) == (first, later)
+    shards: dict[str, set[str]] = {}
+    for u in units:
+        if u.rows:
+            shards.setdefault(u.event_id, set()).add(route(u.slot))
+    assert spread_events(units, route) == {e for e, s in shards.items() if len(s) > 1}

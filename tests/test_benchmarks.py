@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -37,7 +39,10 @@ def test_bench_planning_reports_every_step(capsys: pytest.CaptureFixture[str]) -
     assert sorted(report) == ["hot", "skewed"]
     for result in report.values():
         assert result["charges"] > 0
-        for key in ("reference_us", "extract_us", "plan_us", "coalesce_us", "extract_speedup"):
+        for key in (
+            "reference_us", "extract_us", "plan_us", "coalesce_us", "extract_speedup",
+            "split_reference_us", "split_us", "split_speedup",
+        ):  # fmt: skip
             assert result[key] > 0
 
 
@@ -79,3 +84,48 @@ def test_bench_sqlite_reports_writer_replay_and_baseline(
     assert report["writer_vs_per_event"] == pytest.approx(
         report["writer_events_per_s"] / report["per_event_events_per_s"]
     )
+
+
+@pytest.mark.mysql
+def test_bench_baseline_reports_speed_and_cpu_per_way(
+    mysql_server: ServerAddress, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Per model and shard count: every way's events/s and CPU per event, the ratios, one total."""
+    bench = _load("bench_baseline")
+    argv = [
+        "--host", mysql_server.host, "--port", str(mysql_server.port),
+        "--user", mysql_server.user, "--password", mysql_server.password,
+        "--events", "120", "--batch", "40", "--slots", "64", "--shards", "1,2",
+        "--models", "skewed,hot", "--repeat", "2", "--per-account", "--json",
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "password" not in report["config"]
+    for model in ("skewed", "hot"):
+        assert sorted(report[model]) == ["1", "2"]
+        for result in report[model].values():
+            assert len(result["runs"]) == 2
+            ways = ("loop", "loop_no_ledger", "writer", "writer_per_account")
+            assert len({result[way]["grand_total"] for way in ways}) == 1
+            for way in ways:
+                assert result[way]["events_per_s"] > 0
+                assert result[way]["client_cpu_us_per_event"] > 0
+                assert "server_cpu_us_per_event" in result[way]
+            for ratio in (
+                "speed_writer_vs_loop",
+                "client_cpu_writer_vs_loop",
+                "speed_writer_per_account_vs_loop",
+            ):
+                each = sorted(run[ratio] for run in result["runs"])
+                assert each[0] <= result[ratio] <= each[1]
+
+
+def test_server_cpu_reads_proc_stat_of_a_process() -> None:
+    """The server-CPU probe reads this process's own utime+stime; unknown pids give 0.0."""
+    bench = _load("bench_baseline")
+    spent = time.process_time()
+    while time.process_time() - spent < 0.05:
+        pass
+    assert bench.server_cpu(os.getpid()) > 0
+    assert bench.server_cpu(None) == 0.0
+    assert bench.server_cpu(2**22 + 12345) == 0.0

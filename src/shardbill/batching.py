@@ -612,16 +612,41 @@ def _too_late(
 
 def spread_events(units: Iterable[Unit], route: Callable[[int], str]) -> frozenset[str]:
     """The events whose money lands on more than one shard (their parts commit apart)."""
-    first: dict[str, str] = {}
+    # Most events bill one slot: only an event's second slot with money costs a route.
+    first: dict[str, int] = {}
     spread: set[str] = set()
     for unit in units:
         if not unit.rows:
             continue
-        shard = route(unit.slot)
-        seen = first.setdefault(unit.event_id, shard)
-        if seen != shard:
+        slot = first.setdefault(unit.event_id, unit.slot)
+        if slot != unit.slot and route(slot) != route(unit.slot):
             spread.add(unit.event_id)
     return frozenset(spread)
+
+
+def split_by_claim(
+    units: Iterable[Unit], route: Callable[[int], str]
+) -> tuple[list[Unit], list[Unit]]:
+    """``units`` (under :attr:`IdScope.GLOBAL`) as (first round, later round), in order.
+
+    The first round holds every identity claim (home unit) and the units on
+    their claim's shard (one transaction with it); the rest wait until their
+    claim is confirmed. Each slot is routed once per call.
+    """
+    units = tuple(units)
+    shard_of: dict[int, str] = {}
+    shards: list[str] = []
+    for u in units:
+        found = shard_of.get(u.slot)
+        if found is None:
+            found = shard_of[u.slot] = route(u.slot)
+        shards.append(found)
+    home = {u.event_id: s for u, s in zip(units, shards, strict=True) if u.home}
+    first: list[Unit] = []
+    later: list[Unit] = []
+    for u, s in zip(units, shards, strict=True):
+        (first if u.home or s == home[u.event_id] else later).append(u)
+    return first, later
 
 
 def refusals_ahead(
