@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import http.server
+import socket
 import sqlite3
+import threading
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from shardbill import cli, cli_status
+from shardbill.metrics import PrometheusObserver
+from shardbill.observe import Committed, Failed, Rejected, Retried
+from shardbill.status import parse_metrics
 from tests.test_cli import _config, _events_file, one_json, run
 
 TABLES = ("usage_daily", "usage_monthly", "usage_by_country", "account_balance")
@@ -143,3 +150,122 @@ def test_watch_on_a_terminal_clears_and_redraws_each_view(
     assert "ledger rows/s" not in views[1]  # no rate before a second reading
     assert all("ledger rows/s" in v for v in views[2:])
     assert slept == [7.0, 7.0]  # between views, not after the last
+
+
+@pytest.fixture
+def writer_endpoint() -> Iterator[tuple[str, PrometheusObserver]]:
+    """A writer's Prometheus endpoint (a real PrometheusObserver's exposition over HTTP)."""
+    import prometheus_client
+
+    registry = prometheus_client.CollectorRegistry()
+    observer = PrometheusObserver(registry=registry)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = prometheus_client.generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics", observer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _commit(shard: str, applied: int) -> Committed:
+    return Committed(
+        shard=shard, seconds=0.01, applied=applied, duplicates=0, conflicts=0, rows=applied,
+        statements=2, attempt=1,
+    )  # fmt: skip
+
+
+def test_status_shows_a_writers_throughput_and_failures(
+    tmp_path: Path, writer_endpoint: tuple[str, PrometheusObserver]
+) -> None:
+    """--metrics: units applied and commits per shard, failures by shard and error, in --json."""
+    url, observer = writer_endpoint
+    config = _deployed(tmp_path)
+    for event in (
+        _commit("s0", 40),
+        _commit("s1", 2),
+        _commit("s0", 1),
+        Failed(shard="s2", error="OperationalError", attempts=5),
+        Retried(shard="s2", error="OperationalError", attempt=1, delay=0.1),
+        Rejected(count=3),
+    ):
+        observer(event)
+    result = run("status", "--config", config, "--json", "--metrics", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (writer,) = one_json(result)["writers"]  # type: ignore[misc]
+    assert writer == {
+        "source": url,
+        "error": None,
+        "applied": {"s0": 41, "s1": 2},
+        "commits": {"s0": 2, "s1": 1},
+        "failures": {"s2/OperationalError": 1},
+        "retries": {"s2/OperationalError": 1},
+        "rejected": 3,
+        "dead_letters": {},
+    }
+    text = run("status", "--config", config, "--metrics", url, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert f"{url}: 1 failed on s2 (OperationalError)" in text.stdout.splitlines()
+    (line,) = [li for li in text.stdout.splitlines() if li.startswith(url + " ")]
+    assert line.split()[1:] == ["43", "3", "1", "1", "3", "0"]
+
+
+def test_status_watch_shows_units_applied_per_second(
+    tmp_path: Path, writer_endpoint: tuple[str, PrometheusObserver]
+) -> None:
+    """With --watch the writer gets an applied/s column (from the second view on)."""
+    url, observer = writer_endpoint
+    config = _deployed(tmp_path)
+    observer(_commit("s0", 5))
+    args = ("status", "--config", config, "--metrics", url, "--watch", "--interval", "0.2")
+    result = run(*args, "--count", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    headers = [li for li in result.stdout.splitlines() if li.startswith("writer ")]
+    assert len(headers) == 2
+    assert "applied/s" not in headers[0]
+    assert headers[1].split()[-1] == "applied/s"
+
+
+def test_status_unreachable_endpoint_is_down_and_exits_1(tmp_path: Path) -> None:
+    """An endpoint that does not answer is shown DOWN with the reason; the exit code is 1."""
+    config = _deployed(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/metrics"
+    result = run("status", "--config", config, "--metrics", url, cwd=tmp_path)
+    assert result.returncode == 1
+    assert any(li.startswith(url) and "DOWN" in li for li in result.stdout.splitlines())
+    assert f"{url}: URLError" in result.stdout
+
+
+def test_status_refuses_a_metrics_value_that_is_not_an_http_url(tmp_path: Path) -> None:
+    """A --metrics value that is no http(s) URL is a usage error naming the fix, no secret shown."""
+    config = _deployed(tmp_path)
+    result = run("status", "--config", config, "--metrics", "ftp://u:hunter2@host/m", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "http://worker-1:9108/metrics" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_metrics_rate_is_none_after_a_restart() -> None:
+    """A counter that went down (the writer restarted) gives no rate, not a negative one."""
+    text = 'shardbill_units_applied_total{shard="s0"} 100.0\n'
+    first = parse_metrics(text, source="w", at=10.0)
+    later = parse_metrics(text.replace("100.0", "160.0"), source="w", at=12.0)
+    restarted = parse_metrics(text.replace("100.0", "7.0"), source="w", at=14.0)
+    assert later.applied_per_second(first) == 30.0
+    assert restarted.applied_per_second(later) is None

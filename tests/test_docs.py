@@ -13,6 +13,7 @@ run on the test server (and fail, not skip, under ``CI=true`` without one).
 from __future__ import annotations
 
 import re
+import secrets
 import unittest
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from sybil import Sybil
 from sybil.example import NotEvaluated
 from sybil.parsers.myst import PythonCodeBlockParser, SkipParser
 
+from tests.support.docshell import ShellBlockParser, skip_markers
 from tests.support.mysql import ServerAddress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +38,10 @@ RULE_PACKAGE_PAGES = {"docs/howto/write-a-billing-rule.md"}
 SKIP_BUDGET = 8
 """At most this many blocks are skipped over all pages (each needs a reason)."""
 
-SYBIL = Sybil(parsers=[PythonCodeBlockParser(), SkipParser()])
+SHELL_SKIP_BUDGET = 11
+"""At most this many shell blocks with ``shardbill`` commands are not run (each says why)."""
+
+SYBIL = Sybil(parsers=[PythonCodeBlockParser(), ShellBlockParser(), SkipParser()])
 _FENCE = re.compile(r"^\s*(```+|~~~+)(.*)$")
 _SKIP = re.compile(r"<!-- skip: (next|start)(.*?)-->")
 
@@ -57,7 +62,10 @@ def _run(page: Path) -> int:
     return ran
 
 
-SLOW_PAGES = {"docs/howto/add-a-shard.md"}  # a real reshard of 4096 slots on SQLite
+SLOW_PAGES = {
+    "docs/howto/add-a-shard.md",  # a real reshard of 4096 slots on SQLite
+    "docs/tutorials/first-run.md",  # `./run demo`: the full demo, about a minute
+}
 
 
 @pytest.mark.parametrize(
@@ -84,35 +92,47 @@ def test_rule_package_page_runs(page: str, tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.fixture
-def page_databases(mysql_server: ServerAddress, request: pytest.FixtureRequest) -> Iterator[str]:
-    """The databases a MariaDB page asks for, created empty; yields the page's name."""
+def page_databases(
+    mysql_server: ServerAddress, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """The databases a MariaDB page asks for, created empty under names unique to this run.
+
+    Yields the page's name and the page's database names mapped to the real
+    ones, so that runs sharing the server (several worktrees, ``-n``) never
+    drop each other's databases.
+    """
     page: str = request.param
+    token = secrets.token_hex(4)
+    names = {name: f"{name}_{token}" for name in MARIADB_PAGES[page]}
     conn = mysql_server.connect()
     with conn.cursor() as cur:  # type: ignore[attr-defined]
-        for name in MARIADB_PAGES[page]:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        for name in names.values():
             cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     try:
-        yield page
+        yield page, names
     finally:
         with conn.cursor() as cur:  # type: ignore[attr-defined]
-            for name in MARIADB_PAGES[page]:
+            for name in names.values():
                 cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("page_databases", sorted(MARIADB_PAGES), indirect=True)
 def test_mariadb_page_runs(
-    page_databases: str,
+    page_databases: tuple[str, dict[str, str]],
     mysql_server: ServerAddress,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A page that runs on the local MariaDB server does, on the test server."""
-    text = (ROOT / page_databases).read_text(encoding="utf-8")
+    page, names = page_databases
+    text = (ROOT / page).read_text(encoding="utf-8")
     auth = mysql_server.user + (f":{mysql_server.password}" if mysql_server.password else "")
     text = text.replace("root@127.0.0.1:3306", f"{auth}@{mysql_server.host}:{mysql_server.port}")
-    copy = tmp_path / Path(page_databases).name
+    for name, unique in names.items():
+        assert re.search(rf"\b{name}\b", text), f"{page} no longer names database {name}"
+        text = re.sub(rf"\b{name}\b", unique, text)
+    copy = tmp_path / Path(page).name
     copy.write_text(text, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     assert _run(copy) >= 5
@@ -129,6 +149,18 @@ def test_skipped_blocks_are_few_and_say_why() -> None:
             )
             skips.append(f"{_name(page)}: {match.group(2).strip()}")
     assert len(skips) <= SKIP_BUDGET, "\n".join(skips)
+
+
+def test_shell_skips_are_few_and_say_why() -> None:
+    """Every shell skip marker gives its reason; pages and blocks skipped stay within budget."""
+    skips: list[str] = []
+    for page in PAGES:
+        for kind, reason in skip_markers(page.read_text(encoding="utf-8")):
+            assert re.fullmatch(r'"[^"]{10,}"', reason), (
+                f'{_name(page)}: a shell skip marker needs a reason: <!-- shell: {kind} "why" -->'
+            )
+            skips.append(f"{_name(page)} ({kind}): {reason}")
+    assert len(skips) <= SHELL_SKIP_BUDGET, "\n".join(skips)
 
 
 def test_every_code_block_names_its_language() -> None:

@@ -15,12 +15,17 @@ Write rates come from two readings: :meth:`FleetStatus.rates_since` gives
 ledger rows (applied ``(slot, event)`` units) per second per shard between
 an earlier reading and this one, which is what ``status --watch`` shows.
 Writer failures and commit latencies are seen only by the writers
-themselves: read them from their observers (:mod:`shardbill.observe`,
-:mod:`shardbill.metrics`).
+themselves: :func:`parse_metrics` reads the counters of a writer's
+Prometheus endpoint (:mod:`shardbill.metrics`, the worker's
+``--metrics-port``) into a :class:`WriterMetrics` (units applied, commits,
+failures and retries by shard and error, rejected events, dead letters),
+what ``status --metrics URL`` shows; two readings give units applied per
+second.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +42,7 @@ from shardbill.retry import describe
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SystemTables
 
-__all__ = ["FleetStatus", "ShardStatus", "fleet_status"]
+__all__ = ["FleetStatus", "ShardStatus", "WriterMetrics", "fleet_status", "parse_metrics"]
 
 
 @attrs.frozen(kw_only=True)
@@ -240,3 +245,119 @@ def _shard(
     except ShardbillError as exc:
         return ShardStatus(name=name, in_map=in_map, error=describe(exc))
     return ShardStatus(name=name, in_map=in_map, slots=slots, rows=rows, ledger_rows=ledger)
+
+
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+@attrs.frozen(kw_only=True)
+class WriterMetrics:
+    """What one writer's (or worker's) Prometheus endpoint says, read at :attr:`at`.
+
+    The counters are totals since that process started
+    (:class:`shardbill.metrics.PrometheusObserver`,
+    :mod:`shardbill.worker.prometheus`); two readings give rates
+    (:meth:`applied_per_second`).
+
+    Attributes:
+        source: where it was read (for people; no credentials).
+        at: when it was read (the clock's seconds).
+        error: why it could not be read (None: it was).
+        applied: units applied per shard (``shardbill_units_applied_total``).
+        commits: shard transactions committed per shard.
+        failures: transactions given up, per ``(shard, error)``.
+        retries: transient failures retried, per ``(shard, error)``.
+        rejected: events refused before any SQL.
+        dead_letters: a worker's dead letters, per stage.
+    """
+
+    source: str
+    at: float
+    error: str | None = None
+    applied: Mapping[str, int] = attrs.field(factory=dict)
+    commits: Mapping[str, int] = attrs.field(factory=dict)
+    failures: Mapping[tuple[str, str], int] = attrs.field(factory=dict)
+    retries: Mapping[tuple[str, str], int] = attrs.field(factory=dict)
+    rejected: int = 0
+    dead_letters: Mapping[str, int] = attrs.field(factory=dict)
+
+    def applied_per_second(self, earlier: WriterMetrics) -> float | None:
+        """Units applied per second (all shards) since ``earlier`` (None: not comparable).
+
+        A restarted process (its counters went down) or an unread endpoint
+        gives None rather than a wrong rate.
+        """
+        seconds = self.at - earlier.at
+        if self.error is not None or earlier.error is not None or seconds <= 0:
+            return None
+        now, before = sum(self.applied.values()), sum(earlier.applied.values())
+        return None if now < before else (now - before) / seconds
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict (``(shard, error)`` keys become ``"shard/error"``)."""
+        return {
+            "source": self.source,
+            "error": self.error,
+            "applied": dict(self.applied),
+            "commits": dict(self.commits),
+            "failures": {f"{s}/{e}": n for (s, e), n in self.failures.items()},
+            "retries": {f"{s}/{e}": n for (s, e), n in self.retries.items()},
+            "rejected": self.rejected,
+            "dead_letters": dict(self.dead_letters),
+        }
+
+
+def parse_metrics(
+    text: str, *, source: str, at: float, namespace: str = "shardbill"
+) -> WriterMetrics:
+    """Read shardbill's counters from a Prometheus text exposition (pure).
+
+    Args:
+        text: the endpoint's body (``text/plain; version=0.0.4``).
+        source: where it came from, for people.
+        at: when it was read.
+        namespace: the observer's metric prefix.
+
+    Returns:
+        The totals; metrics the text lacks count 0.
+    """
+    applied: Counter[str] = Counter()
+    commits: Counter[str] = Counter()
+    failures: Counter[tuple[str, str]] = Counter()
+    retries: Counter[tuple[str, str]] = Counter()
+    dead: Counter[str] = Counter()
+    rejected = 0
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or line.startswith("#"):
+            continue
+        name, raw_labels, raw_value = match.groups()
+        try:
+            value = int(float(raw_value))
+        except ValueError:
+            continue
+        labels = dict(_LABEL.findall(raw_labels or ""))
+        shard, error = labels.get("shard", ""), labels.get("error", "")
+        if name == f"{namespace}_units_applied_total":
+            applied[shard] += value
+        elif name == f"{namespace}_commits_total":
+            commits[shard] += value
+        elif name == f"{namespace}_failures_total":
+            failures[shard, error] += value
+        elif name == f"{namespace}_retries_total":
+            retries[shard, error] += value
+        elif name == f"{namespace}_events_rejected_total":
+            rejected += value
+        elif name == f"{namespace}_worker_dead_letters_total":
+            dead[labels.get("stage", "")] += value
+    return WriterMetrics(
+        source=source,
+        at=at,
+        applied=dict(applied),
+        commits=dict(commits),
+        failures=dict(failures),
+        retries=dict(retries),
+        rejected=rejected,
+        dead_letters=dict(dead),
+    )
