@@ -421,6 +421,8 @@ def test_prometheus_metrics_follow_the_summary(sqlite: Backend) -> None:
     assert sample("shardbill_worker_dead_letters_total", stage="rules") == 0
     assert sample("shardbill_worker_batches_total") == 3
     assert sample("shardbill_worker_uncommitted_records") == 0
+    assert sample("shardbill_worker_held_records") == 0
+    assert sample("shardbill_worker_paused_partitions") == 0
 
 
 def test_a_shard_down_through_the_drain_leaves_its_records_uncommitted_and_says_so(
@@ -589,3 +591,52 @@ def test_records_held_stay_within_the_batch_size_under_a_failed_or_slow_shard(
     assert (summary.applied, summary.duplicates) == (600, 0)
     assert broker.committed("g") == _ends(broker)
     assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_prometheus_gauges_show_the_records_held_and_the_paused_partitions(
+    sqlite: Backend,
+) -> None:
+    """While a shard is down the held-records gauge is the summary's (within ``max_held``)
+    and one partition is shown paused; afterwards both are back at 0."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from shardbill.worker.prometheus import WorkerMetrics
+
+    events = _events(120)
+    broker = MemoryBroker({TOPIC: 1})
+    for event in events:
+        broker.produce(TOPIC, _value(event))
+    registry = prometheus_client.CollectorRegistry()
+    metrics = WorkerMetrics(registry=registry)
+    outage = Outage(sqlite.provider)
+    pipeline = _pipeline(sqlite, outage)
+    outage.down.add("s1")
+    while_down: list[tuple[int, float | None, float | None]] = []
+
+    def on_batch(summary: WorkerSummary) -> None:
+        metrics(summary)
+        if outage.down:
+            while_down.append(
+                (
+                    summary.held,
+                    registry.get_sample_value("shardbill_worker_held_records"),
+                    registry.get_sample_value("shardbill_worker_paused_partitions"),
+                )
+            )
+            if summary.retries == 2:
+                outage.down.clear()
+
+    with pipeline.writer:
+        Worker(
+            source=MemorySource(broker, topics=[TOPIC], group="g"),
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=20, **FAST),
+            on_batch=on_batch,
+        ).run()
+    assert while_down
+    assert all(gauge == held for held, gauge, _ in while_down)
+    assert 0 < max(held for held, _, _ in while_down) <= 40
+    assert {paused for _, _, paused in while_down} == {1}
+    assert registry.get_sample_value("shardbill_worker_held_records") == 0
+    assert registry.get_sample_value("shardbill_worker_paused_partitions") == 0
+    assert broker.committed("g") == {(TOPIC, 0): 120}
