@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,12 @@ def test_time_spent_retrying_is_not_idle_time(sqlite: Backend) -> None:
             super().pause(paused)
             if not paused:
                 self.empty_polls = 3  # like a consumer fetching again after a resume
+
+        def pause_partitions(self, partitions: AbstractSet[tuple[str, int]]) -> None:
+            resumed = bool(self._held - partitions)
+            super().pause_partitions(partitions)
+            if resumed:
+                self.empty_polls = 3  # the same after a partition's resume
 
         def poll(self, max_records: int, timeout: float) -> Sequence[Record]:
             if self.empty_polls:
