@@ -182,6 +182,13 @@ def add_parser(sub: Subparsers) -> None:
         help="records per batch (default [writer] batch_size)",
     )
     worker.add_argument(
+        "--max-held",
+        type=positive,
+        metavar="N",
+        help="the most records held in memory at once (fetched, or waiting for a failed "
+        "shard); at least the batch size (default twice the batch size)",
+    )
+    worker.add_argument(
         "--linger-ms",
         type=positive,
         metavar="MS",
@@ -294,8 +301,15 @@ def _settings(args: argparse.Namespace, config: Config) -> WorkerSettings:
     section = config.worker
     linger = args.linger_ms if args.linger_ms is not None else section.linger_ms
     drain = args.drain_timeout
+    batch_size = args.batch_size or section.batch_size or config.writer.batch_size
+    if args.max_held is not None and args.max_held < batch_size:
+        raise ConfigurationError(
+            f"--max-held {args.max_held}: below the batch size ({batch_size}), a batch could "
+            f"never fill; give --max-held {batch_size} or more (default {2 * batch_size})"
+        )
     return WorkerSettings(
-        batch_size=args.batch_size or section.batch_size or config.writer.batch_size,
+        batch_size=batch_size,
+        max_held=args.max_held,
         linger=linger / 1000,
         drain_timeout=drain if drain is not None else section.drain_timeout_seconds,
         exit_when_idle=args.exit_when_idle,

@@ -420,3 +420,17 @@ def test_the_signal_handlers_are_put_back_when_the_worker_returns(
     argv = ["worker", "--source", f"dir:{directory}", "--exit-when-idle", "0.1", "--config", config]
     assert main(argv) == 0
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_max_held_below_the_batch_size_is_refused_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--max-held`` smaller than a batch: exit 2 naming the flag, the value and the fix."""
+    code = main(
+        ["worker", "--source", f"dir:{tmp_path}", "--batch-size", "50", "--max-held", "20",
+         "--config", _config(tmp_path)]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--max-held 20: below the batch size (50)" in err
+    assert "give --max-held 50 or more" in err

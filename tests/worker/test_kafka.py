@@ -391,13 +391,13 @@ def test_a_worker_joining_mid_stream_rebalances_and_every_event_lands_once(
     assert actual_rows(files) == expected_rows(comms.engine().price_batch(events).charges)
 
 
-def test_a_shard_down_pauses_the_consumer_and_after_it_nothing_is_skipped_or_lost(
+def test_a_shard_down_pauses_its_partitions_and_after_it_nothing_is_skipped_or_lost(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
     """In process, on the real broker: while a shard refuses connections the worker pauses
-    its partitions and retries; once the shard is back every record was received exactly
-    once (pause and resume skip nothing), the totals are exact and the partitions are
-    committed to their ends."""
+    the partitions waiting for it and retries; once the shard is back every record was
+    received exactly once (per-partition pause and resume skip nothing), the totals are
+    exact and the partitions are committed to their ends."""
     topic, group = _names()
     kafka_broker.create_topic(topic, 2)
     events = _events(300, seed=35)
@@ -416,7 +416,7 @@ def test_a_shard_down_pauses_the_consumer_and_after_it_nothing_is_skipped_or_los
 
     def on_batch(summary: WorkerSummary) -> None:
         rounds.append(summary)
-        if len(rounds) == 4:
+        if summary.retries == 3:  # three failed retry rounds: the shard comes back
             outage.down.clear()
 
     with writer, provider:
@@ -434,10 +434,85 @@ def test_a_shard_down_pauses_the_consumer_and_after_it_nothing_is_skipped_or_los
             ),
             on_batch=on_batch,
         ).run()
-    assert [r.retries for r in rounds[:4]] == [0, 1, 2, 3]
+    assert summary.retries >= 3
+    assert max(r.paused_partitions for r in rounds) >= 1
+    assert max(r.held for r in rounds) <= 100  # max_held's default: twice the batch
     assert summary.records == 300
     assert (summary.applied, summary.duplicates) == (300, 0)
     assert sum(kafka_broker.committed(group, topic, 2).values()) == 300
+    assert actual_rows(_Files(tmp_path)) == expected_rows(
+        comms.engine().price_batch(events).charges
+    )
+
+
+def test_a_shard_down_leaves_the_other_partitions_flowing_on_the_real_broker(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """Partition i carries only shard i's events; with s1 down, every event of partitions 0
+    and 2 is applied while s1 is still down (only partition 1 is paused); once s1 is back,
+    every record was received once, the totals are exact and every partition is committed
+    to its end."""
+    from confluent_kafka import Producer
+
+    topic, group = _names()
+    kafka_broker.create_topic(topic, 3)
+    provider = PooledProvider.sqlite_directory(tmp_path, SHARDS)
+    outage = Outage(provider)
+    writer = AggregationWriter(
+        shard_map=ShardMap.create(SHARDS, slots=64),
+        provider=outage,
+        tables=billing_tables(),
+        settings=WriterSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.0)),
+    )
+    writer.ensure_schema()
+    by_partition: dict[int, list[UsageEvent]] = {0: [], 1: [], 2: []}
+    for event in _events(2000, seed=41):
+        home = writer.locate(event.event_id)[1]
+        shards = {home} | {
+            writer.locate(c.account)[1] for c in comms.engine().price_batch([event]).charges
+        }
+        if len(shards) == 1:  # an event of exactly one shard: its partition is its shard's
+            by_partition[SHARDS.index(shards.pop())].append(event)
+    assert all(len(events) > 30 for events in by_partition.values())
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "enable.idempotence": True})
+    for partition, events in by_partition.items():
+        for event in events:
+            producer.produce(topic, value=_value(event), partition=partition)
+    assert producer.flush(30) == 0
+    events = [e for p in (0, 1, 2) for e in by_partition[p]]
+    healthy = len(by_partition[0]) + len(by_partition[2])
+    outage.down.add("s1")
+    landed_while_down: list[bool] = []
+
+    def on_batch(summary: WorkerSummary) -> None:
+        if outage.down and (summary.applied >= healthy or summary.retries >= 40):
+            landed_while_down.append(summary.applied == healthy)
+            outage.down.clear()
+
+    with writer, provider:
+        summary = Worker(
+            source=KafkaSource(
+                bootstrap_servers=kafka_broker.bootstrap,
+                topics=[topic],
+                group=group,
+                options={"session.timeout.ms": "6000"},
+            ),
+            processor=Pipeline(engine=comms.engine(), writer=writer),
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(
+                batch_size=30,
+                linger=0.05,
+                retry_backoff=0.05,
+                retry_backoff_max=0.2,
+                exit_when_idle=2.0,
+            ),
+            on_batch=on_batch,
+        ).run()
+    assert landed_while_down == [True]
+    assert summary.records == len(events)  # pause and resume skipped and repeated nothing
+    assert (summary.applied, summary.duplicates) == (len(events), 0)
+    committed = kafka_broker.committed(group, topic, 3)
+    assert committed == {p: len(by_partition[p]) for p in (0, 1, 2)}
     assert actual_rows(_Files(tmp_path)) == expected_rows(
         comms.engine().price_batch(events).charges
     )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -307,6 +310,12 @@ def test_time_spent_retrying_is_not_idle_time(sqlite: Backend) -> None:
             if not paused:
                 self.empty_polls = 3  # like a consumer fetching again after a resume
 
+        def pause_partitions(self, partitions: AbstractSet[tuple[str, int]]) -> None:
+            resumed = bool(self._held - partitions)
+            super().pause_partitions(partitions)
+            if resumed:
+                self.empty_polls = 3  # the same after a partition's resume
+
         def poll(self, max_records: int, timeout: float) -> Sequence[Record]:
             if self.empty_polls:
                 self.empty_polls -= 1
@@ -419,6 +428,8 @@ def test_prometheus_metrics_follow_the_summary(sqlite: Backend) -> None:
     assert sample("shardbill_worker_dead_letters_total", stage="rules") == 0
     assert sample("shardbill_worker_batches_total") == 3
     assert sample("shardbill_worker_uncommitted_records") == 0
+    assert sample("shardbill_worker_held_records") == 0
+    assert sample("shardbill_worker_paused_partitions") == 0
 
 
 def test_a_shard_down_through_the_drain_leaves_its_records_uncommitted_and_says_so(
@@ -458,3 +469,181 @@ def test_a_shard_down_through_the_drain_leaves_its_records_uncommitted_and_says_
     assert summary.uncommitted > 0
     assert summary.uncommitted == 40 - summary.applied  # every record not written is left
     assert broker.committed("g")[(TOPIC, 0)] <= first_s1
+
+
+def _shards_of(pipeline: Pipeline, event: UsageEvent) -> set[str]:
+    """The shards an event touches: its home shard (its id's) and its charges' (a parent
+    account or a split may move them)."""
+    charges = comms.engine().price_batch([event]).charges
+    home = pipeline.writer.locate(event.event_id)[1]
+    return {home} | {pipeline.writer.locate(c.account)[1] for c in charges}
+
+
+def test_a_shard_down_pauses_only_the_partitions_waiting_for_it(sqlite: Backend) -> None:
+    """Each partition carries one shard's events; with one shard down its partition is paused
+    and the other partitions are written and committed to their ends meanwhile; once the
+    shard is back, everything lands once."""
+    outage = Outage(sqlite.provider)
+    pipeline = _pipeline(sqlite, outage)
+    shards = sorted(sqlite.shards)
+    routed = [(e, _shards_of(pipeline, e)) for e in _events(1200)]
+    events = [e for e, to in routed if len(to) == 1]  # the events of exactly one shard
+    broker = MemoryBroker({TOPIC: 3})
+    for event, to in routed:  # partition i: the events of shard i, in their order
+        if len(to) == 1:
+            broker.produce(TOPIC, _value(event), partition=shards.index(to.pop()))
+    assert all(broker.end((TOPIC, p)) > 60 for p in range(3))
+    down = shards[1]
+    source = MemorySource(broker, topics=[TOPIC], group="g")
+    outage.down.add(down)
+    others_done_while_down: list[bool] = []
+    paused_while_down: list[int] = []
+    rounds = 0
+
+    def on_batch(summary: WorkerSummary) -> None:
+        nonlocal rounds
+        if not outage.down:
+            return
+        rounds += 1
+        paused_while_down.append(summary.paused_partitions)
+        committed = broker.committed("g")
+        done = all(committed.get((TOPIC, p)) == broker.end((TOPIC, p)) for p in (0, 2))
+        if done or rounds == 200:  # the healthy partitions are through (or give up)
+            others_done_while_down.append(done)
+            outage.down.clear()
+
+    with pipeline.writer:
+        summary = Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=20, retry_backoff_max=0.01, **FAST),
+            on_batch=on_batch,
+        ).run()
+    assert others_done_while_down == [True]
+    assert max(paused_while_down) == 1  # one partition paused: the failed shard's
+    assert summary.retries >= 1
+    assert summary.records == len(events)  # nothing read twice
+    assert (summary.applied, summary.duplicates) == (len(events), 0)
+    assert broker.committed("g") == _ends(broker)
+    assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+class _Slow:
+    """Wraps a provider; every connection to :attr:`slow` shards waits ``delay`` seconds."""
+
+    def __init__(self, inner: ConnectionProvider, slow: str, delay: float) -> None:
+        self._inner, self.slow, self._delay = inner, slow, delay
+
+    def connection(self, shard: str, *, readonly: bool = False) -> Any:
+        if shard == self.slow:
+            time.sleep(self._delay)
+        return self._inner.connection(shard, readonly=readonly)
+
+    def close(self) -> None:
+        """Nothing: the inner provider belongs to the caller."""
+
+
+@pytest.mark.parametrize("fault", ["down", "slow"])
+def test_records_held_stay_within_the_batch_size_under_a_failed_or_slow_shard(
+    sqlite: Backend, fault: str
+) -> None:
+    """A shard down for many retry rounds (or slow) while eight partitions mixing every shard
+    have far more records than the bound: the records held (the loop's count, and the offset
+    tracker's open records) never exceed ``max_held`` (twice ``batch_size`` by default), and
+    reach it while the shard is down; nothing is lost or doubled."""
+    batch_size = 25
+    events = _events(600, seed=11)
+    outage = Outage(sqlite.provider)
+    provider: ConnectionProvider = outage
+    pipeline = _pipeline(sqlite, outage)
+    shards = sorted(sqlite.shards)
+    if fault == "slow":
+        provider = _Slow(sqlite.provider, shards[2], 0.002)
+        pipeline = _pipeline(sqlite, provider)
+    broker = MemoryBroker({TOPIC: 8})
+    for i, event in enumerate(events):
+        broker.produce(TOPIC, _value(event), partition=i % 8)
+    source = MemorySource(broker, topics=[TOPIC], group="g")
+    held: list[int] = []
+    open_records: list[int] = []
+    rounds = 0
+    if fault == "down":
+        outage.down.add(shards[2])
+
+    def on_batch(summary: WorkerSummary) -> None:
+        nonlocal rounds
+        rounds += 1
+        held.append(summary.held)
+        open_records.append(summary.uncommitted)  # counted by the offset tracker
+        if rounds == 60:
+            outage.down.clear()
+
+    with pipeline.writer:
+        summary = Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=batch_size, retry_backoff_max=0.01, **FAST),
+            on_batch=on_batch,
+        ).run()
+    limit = 2 * batch_size  # max_held's default
+    assert summary.peak_held <= limit
+    assert max(held) <= limit
+    assert max(open_records) <= limit
+    if fault == "down":
+        assert summary.peak_held == limit  # the bound was reached: the shard held records back
+        assert summary.retries >= 1
+    assert summary.records == 600
+    assert (summary.applied, summary.duplicates) == (600, 0)
+    assert broker.committed("g") == _ends(broker)
+    assert actual_rows(sqlite) == expected_rows(comms.engine().price_batch(events).charges)
+
+
+def test_prometheus_gauges_show_the_records_held_and_the_paused_partitions(
+    sqlite: Backend,
+) -> None:
+    """While a shard is down the held-records gauge is the summary's (within ``max_held``)
+    and one partition is shown paused; afterwards both are back at 0."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from shardbill.worker.prometheus import WorkerMetrics
+
+    events = _events(120)
+    broker = MemoryBroker({TOPIC: 1})
+    for event in events:
+        broker.produce(TOPIC, _value(event))
+    registry = prometheus_client.CollectorRegistry()
+    metrics = WorkerMetrics(registry=registry)
+    outage = Outage(sqlite.provider)
+    pipeline = _pipeline(sqlite, outage)
+    outage.down.add("s1")
+    while_down: list[tuple[int, float | None, float | None]] = []
+
+    def on_batch(summary: WorkerSummary) -> None:
+        metrics(summary)
+        if outage.down:
+            while_down.append(
+                (
+                    summary.held,
+                    registry.get_sample_value("shardbill_worker_held_records"),
+                    registry.get_sample_value("shardbill_worker_paused_partitions"),
+                )
+            )
+            if summary.retries == 2:
+                outage.down.clear()
+
+    with pipeline.writer:
+        Worker(
+            source=MemorySource(broker, topics=[TOPIC], group="g"),
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=20, **FAST),
+            on_batch=on_batch,
+        ).run()
+    assert while_down
+    assert all(gauge == held for held, gauge, _ in while_down)
+    assert 0 < max(held for held, _, _ in while_down) <= 40
+    assert {paused for _, _, paused in while_down} == {1}
+    assert registry.get_sample_value("shardbill_worker_held_records") == 0
+    assert registry.get_sample_value("shardbill_worker_paused_partitions") == 0
+    assert broker.committed("g") == {(TOPIC, 0): 120}

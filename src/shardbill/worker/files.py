@@ -20,6 +20,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import IO
 
@@ -68,6 +69,7 @@ class DirectorySource:
         self._files: dict[Partition, IO[bytes]] = {}
         self._next: dict[Partition, int] = {}
         self._paused = False
+        self._held: frozenset[Partition] = frozenset()
         self._scanned = False
 
     def _load(self) -> dict[str, int]:
@@ -126,6 +128,8 @@ class DirectorySource:
         out: list[Record] = []
         if not self._paused:
             for partition, handle in self._files.items():
+                if partition in self._held:
+                    continue
                 while len(out) < max_records:
                     where = handle.tell()
                     line = handle.readline()
@@ -165,6 +169,10 @@ class DirectorySource:
     def pause(self, paused: bool) -> None:
         """Stop or resume returning records."""
         self._paused = paused
+
+    def pause_partitions(self, partitions: AbstractSet[Partition]) -> None:
+        """Return no lines of these files (until called again without them)."""
+        self._held = frozenset(partitions)
 
     def close(self) -> None:
         """Revoke every file (the worker commits what is done) and close them."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from shardbill.errors import ConfigurationError, DriverNotInstalledError, StreamError
@@ -107,6 +108,8 @@ class KafkaSource:
         self._consumer: confluent_kafka.Consumer | None = None
         self._listener: RebalanceListener | None = None
         self._paused = False
+        self._held: frozenset[Partition] = frozenset()
+        self._stale = False  # the consumer's paused partitions may differ from the wanted ones
 
     def __repr__(self) -> str:
         return f"KafkaSource(topics={self._topics!r}, group={self._group!r})"
@@ -133,6 +136,7 @@ class KafkaSource:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         assert self._listener is not None  # noqa: S101 - set in start()
+        self._stale = True  # a rebalance hands partitions over unpaused
         self._listener.assigned([(p.topic, p.partition) for p in partitions])
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -156,8 +160,8 @@ class KafkaSource:
         """
         consumer = self._live()
         kafka = _kafka()
-        if self._paused:
-            self._pause_assignment(consumer)
+        if self._paused or self._stale:
+            self._apply_pauses(consumer)
         try:
             messages = consumer.consume(num_messages=max_records, timeout=timeout)
         except kafka.KafkaException as exc:
@@ -187,11 +191,21 @@ class KafkaSource:
             )
         return out
 
-    def _pause_assignment(self, consumer: confluent_kafka.Consumer) -> None:
-        # A rebalance hands partitions over unpaused: pause what came in since.
+    def _apply_pauses(self, consumer: confluent_kafka.Consumer) -> None:
+        # Pause what must be (all when paused, else the held partitions), resume the rest.
+        self._stale = False
         assignment = consumer.assignment()
-        if assignment:
+        if not assignment:
+            return
+        if self._paused:
             consumer.pause(assignment)
+            return
+        stop = [tp for tp in assignment if (tp.topic, tp.partition) in self._held]
+        go = [tp for tp in assignment if (tp.topic, tp.partition) not in self._held]
+        if stop:
+            consumer.pause(stop)
+        if go:
+            consumer.resume(go)
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit synchronously.
@@ -214,16 +228,16 @@ class KafkaSource:
             )
 
     def pause(self, paused: bool) -> None:
-        """Pause or resume every assigned partition."""
+        """Pause or resume every assigned partition (resuming keeps the held ones paused)."""
         consumer = self._live()
         self._paused = paused
-        assignment = consumer.assignment()
-        if not assignment:
-            return
-        if paused:
-            consumer.pause(assignment)
-        else:
-            consumer.resume(assignment)
+        self._apply_pauses(consumer)
+
+    def pause_partitions(self, partitions: AbstractSet[Partition]) -> None:
+        """Pause exactly these assigned partitions; resume the others (unless all are paused)."""
+        consumer = self._live()
+        self._held = frozenset(partitions)
+        self._apply_pauses(consumer)
 
     def close(self) -> None:
         """Leave the group: the revoke callback runs (the worker commits), then the consumer

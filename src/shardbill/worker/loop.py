@@ -17,11 +17,27 @@ One :class:`Worker` runs one consumer of a consumer group (a
    * refused for its content (rules, writer, a conflicting id): a
      **dead letter**, done once the sink has stored it;
    * a shard failed past the writer's retry budget: **retry**: the record
-     stays in the batch, the source is paused (nothing new is fetched, so
-     memory stays bounded by the batch) and the batch is processed again
-     after a backoff that doubles up to ``retry_backoff_max``;
+     is held for a retry round after a backoff that doubles up to
+     ``retry_backoff_max``, and only *its partition* is paused
+     (:meth:`~shardbill.worker.protocols.Source.pause_partitions`): the other
+     partitions keep flowing, and their events for healthy shards keep
+     landing (an event of theirs for the failed shard is held too, and
+     pauses its partition in turn). A record fetched from a paused partition
+     before the pause took effect joins the held records unprocessed, so one
+     account's events are still written in partition order;
 
 4. **commit** per partition the offset below which every record is done.
+
+Memory is bounded by configuration: the records held (fetched, waiting for
+a retry, or for the dead-letter sink) never exceed ``max_held`` (default
+twice ``batch_size``), because each poll asks for at most the room left
+(and at most what fills the batch). While a failed shard's records wait,
+the healthy partitions keep the rest of that room; when the waiting records
+fill all of it, every partition is paused (nothing is fetched, the group is
+still served) until a retry round frees some. :attr:`WorkerSummary.held` and
+:attr:`WorkerSummary.peak_held` report it. The Kafka client's own prefetch
+is outside this bound: librdkafka's ``queued.max.messages.kbytes`` (and
+``fetch.max.bytes``) cap it; a paused partition is not fetched.
 
 Offsets are committed only after the ledger holds the events below them, so
 a crash at any point (before the write, between a shard's commit and the
@@ -84,13 +100,28 @@ def _idle(instance: object, attribute: attrs.Attribute[float | None], value: flo
         raise ValueError(f"{attribute.name!r} must be > 0 seconds or None: {value!r}")
 
 
+def _max_held(
+    instance: WorkerSettings, attribute: attrs.Attribute[int | None], value: int | None
+) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < instance.batch_size:
+        raise ValueError(
+            f"{attribute.name!r} must be an integer >= batch_size ({instance.batch_size}) "
+            f"or None (twice batch_size): {value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class WorkerSettings:
     """How a worker batches, retries and stops.
 
     Attributes:
-        batch_size: records per batch (and the most held in memory, with the
-            dead letters waiting to be sent).
+        batch_size: records per batch.
+        max_held: the most records held in memory at once: fetched, waiting
+            for a retry (a failed shard) or for the dead-letter sink. None:
+            twice ``batch_size`` (room for a batch of the healthy partitions
+            beside a batch waiting for a failed shard). At least ``batch_size``.
         linger: seconds the first record of a batch waits for the batch to fill.
         poll_timeout: the longest one poll waits (it bounds how late a stop
             request is seen).
@@ -106,12 +137,18 @@ class WorkerSettings:
     """
 
     batch_size: int = attrs.field(default=500, validator=_at_least_one)
+    max_held: int | None = attrs.field(default=None, validator=_max_held)
     linger: float = attrs.field(default=0.2, validator=_not_negative)
     poll_timeout: float = attrs.field(default=0.2, validator=_positive)
     retry_backoff: float = attrs.field(default=0.5, validator=_positive)
     retry_backoff_max: float = attrs.field(default=10.0, validator=_positive)
     drain_timeout: float = attrs.field(default=30.0, validator=_not_negative)
     exit_when_idle: float | None = attrs.field(default=None, validator=_idle)
+
+    @property
+    def held_limit(self) -> int:
+        """``max_held``, or twice ``batch_size`` when it is None."""
+        return self.max_held if self.max_held is not None else 2 * self.batch_size
 
 
 @attrs.frozen(kw_only=True)
@@ -130,6 +167,11 @@ class WorkerSummary:
         commits: offset commits that succeeded.
         commit_failures: offset commits the source refused (redelivered later).
         rebalances: assignments received.
+        held: records held in memory now (waiting for a batch, a retry or the
+            dead-letter sink); never more than ``max_held``.
+        peak_held: the most records held at once so far.
+        paused_partitions: partitions paused now because their records wait
+            for a failed shard (or the dead-letter sink).
         uncommitted: records received and not done when the worker stopped
             (delivered again to whoever reads their partition next).
         seconds: wall time since :meth:`Worker.run` started.
@@ -146,6 +188,9 @@ class WorkerSummary:
     commits: int = 0
     commit_failures: int = 0
     rebalances: int = 0
+    held: int = 0
+    peak_held: int = 0
+    paused_partitions: int = 0
     uncommitted: int = 0
     seconds: float = 0.0
 
@@ -248,7 +293,8 @@ class Worker:
         self._clock = clock
         self._on_batch = on_batch
         self._tracker = OffsetTracker()
-        self._pending: list[_Item] = []
+        self._pending: list[_Item] = []  # fetched, not processed yet
+        self._retrying: list[_Item] = []  # processed, waiting for a failed shard
         self._letters: list[DeadLetter] = []
         self._first_pending: float | None = None
         self._stopping = False
@@ -260,7 +306,10 @@ class Worker:
         self._last_activity = clock()
         self._last_poll: float | None = None  # when the loop last served the source
         self._backoff = 0.0
+        self._retry_at: float | None = None  # when the held records are processed again
         self._paused = False
+        self._held_partitions: frozenset[Partition] = frozenset()
+        self._peak = 0
         self._started = clock()
         self._left: int | None = None  # records not done when the worker stopped
         self._counts: Counter[str] = Counter()
@@ -301,6 +350,9 @@ class Worker:
             commits=self._counts["commits"],
             commit_failures=self._counts["commit_failures"],
             rebalances=self._counts["rebalances"],
+            held=self._held(),
+            peak_held=self._peak,
+            paused_partitions=len(self._held_partitions),
             uncommitted=self._tracker.open if self._left is None else self._left,
             seconds=self._clock() - self._started,
         )
@@ -341,8 +393,8 @@ class Worker:
     def revoked(self, partitions: Sequence[Partition]) -> None:
         """Finish the pending batch once, commit what is done, drop the rest of ``partitions``."""
         _log.info("revoked %s", _names(partitions))
-        if not self._closing and not self._flushing and (self._pending or self._letters):
-            self._flush()
+        if not self._closing and not self._flushing and self._held():
+            self._flush(everything=True)
         self._commit()
         self._drop(partitions)
 
@@ -356,43 +408,56 @@ class Worker:
     def _drop(self, partitions: Sequence[Partition]) -> None:
         gone = set(partitions)
         self._pending = [i for i in self._pending if i.record.source not in gone]
+        self._retrying = [i for i in self._retrying if i.record.source not in gone]
         self._letters = [d for d in self._letters if d.record.source not in gone]
         if not self._pending and not self._letters:
             self._first_pending = None
+        if not self._retrying and not self._letters:
             self._backoff = 0.0
-            if not (self._closing or self._draining):
-                self._set_paused(False)
+            self._retry_at = None
+        if not self._closing:
+            self._hold(self._held_partitions - gone)
         self._tracker.forget(gone)
         self._assigned -= gone
+
+    def _held(self) -> int:
+        return len(self._pending) + len(self._retrying) + len(self._letters)
 
     # ------------------------------------------------------------------ the loop
 
     def _loop(self) -> None:
         settings = self._settings
         while not self._stopping:
-            if self._backoff:
-                if self._wait(self._backoff):
-                    self._counts["retries"] += 1
-                    self._flush()
+            now = self._clock()
+            if self._retry_at is not None and now >= self._retry_at:
+                self._counts["retries"] += 1
+                self._flush(everything=True)
                 continue
-            held = len(self._pending) + len(self._letters)
+            held = self._held()
+            room = min(
+                settings.batch_size - len(self._pending) - len(self._letters),
+                settings.held_limit - held,
+            )
+            self._set_paused(room <= 0)  # no room: fetch nothing, keep serving the group
             timeout = settings.poll_timeout
             if self._first_pending is not None:
-                timeout = min(
-                    timeout, max(0.0, self._first_pending + settings.linger - self._clock())
-                )
-            records = self._source.poll(max(1, settings.batch_size - held), timeout)
+                timeout = min(timeout, max(0.0, self._first_pending + settings.linger - now))
+            if self._retry_at is not None:
+                timeout = min(timeout, max(0.0, self._retry_at - now))
+            records = self._source.poll(max(1, room), timeout)
             self._last_poll = self._clock()
             self._take(records)
-            held = len(self._pending) + len(self._letters)
+            held = self._held()
             now = self._clock()
-            if held and (
-                held >= settings.batch_size
+            fresh = len(self._pending) + (len(self._letters) if self._retry_at is None else 0)
+            if fresh and (
+                fresh >= settings.batch_size
+                or held >= settings.held_limit
                 or (
                     self._first_pending is not None and now - self._first_pending >= settings.linger
                 )
             ):
-                self._flush()
+                self._flush(everything=False)
             elif (
                 settings.exit_when_idle is not None
                 and self._ever_assigned
@@ -403,7 +468,7 @@ class Worker:
                 self._stopping = True
 
     def _wait(self, seconds: float) -> bool:
-        """Let ``seconds`` pass while serving the source (heartbeats, rebalances), paused.
+        """Let ``seconds`` pass while serving the source (heartbeats, rebalances), paused (drain).
 
         Returns:
             False when a stop request ended the wait early.
@@ -424,9 +489,9 @@ class Worker:
         self._set_paused(True)
         self._stopping = False  # let _wait serve the source while draining
         try:
-            while self._pending or self._letters:
-                self._flush()
-                if not (self._pending or self._letters) or self._clock() >= deadline:
+            while self._held():
+                self._flush(everything=True)
+                if not self._held() or self._clock() >= deadline:
                     break
                 self._wait(
                     min(self._backoff or self._settings.retry_backoff, deadline - self._clock())
@@ -444,6 +509,7 @@ class Worker:
         for record in records:
             self._counts["records"] += 1
             self._tracker.received(record.source, record.offset)
+            self._peak = max(self._peak, self._held() + 1)
             try:
                 event = self._decode(record.value)
             except (ValueError, TypeError, ShardbillError) as exc:
@@ -453,31 +519,49 @@ class Worker:
 
     # ------------------------------------------------------------------ a batch
 
-    def _flush(self) -> None:
-        """Process the pending batch once; commit what is done; keep what must be retried."""
+    def _flush(self, *, everything: bool) -> None:
+        """Process a batch once; commit what is done; hold what must be retried.
+
+        Args:
+            everything: a retry round: the held records and the fetched ones.
+                Otherwise only the fetched ones, those of a paused partition
+                joining the held records unprocessed (their partition's order
+                is kept).
+        """
+        if everything:
+            batch, blocked = self._retrying + self._pending, []
+        else:
+            paused = self._held_partitions
+            batch = [i for i in self._pending if i.record.source not in paused]
+            blocked = [i for i in self._pending if i.record.source in paused]
         self._flushing = True
         try:
-            keep = self._process()
+            keep = self._process(batch)
             sent = self._send_letters()
         finally:
             self._flushing = False
-        self._pending = keep
+        self._retrying = ([] if everything else self._retrying) + blocked + keep
+        self._pending = []
+        self._first_pending = None
         self._last_activity = self._clock()  # idle time counts from the last work done
-        if keep or not sent:
-            self._set_paused(True)
-            step = self._settings.retry_backoff
-            self._backoff = min(self._settings.retry_backoff_max, self._backoff * 2 or step)
+        if self._retrying or not sent:
+            if everything or self._retry_at is None:
+                step = self._settings.retry_backoff
+                grown = self._backoff * 2 if everything else self._backoff
+                self._backoff = min(self._settings.retry_backoff_max, grown or step)
+                self._retry_at = self._clock() + self._backoff
         else:
-            self._first_pending = None
             self._backoff = 0.0
-            if not self._draining:  # a drain fetches nothing new
-                self._set_paused(False)
+            self._retry_at = None
+        self._hold(
+            frozenset(i.record.source for i in self._retrying)
+            | frozenset(d.record.source for d in self._letters)
+        )
         self._commit()
         if self._on_batch is not None:
             self._on_batch(self.summary())
 
-    def _process(self) -> list[_Item]:
-        items = self._pending
+    def _process(self, items: list[_Item]) -> list[_Item]:
         if not items:
             return []
         self._counts["batches"] += 1
@@ -549,6 +633,12 @@ class Worker:
         if paused != self._paused:
             self._paused = paused
             self._source.pause(paused)
+
+    def _hold(self, partitions: frozenset[Partition]) -> None:
+        """Pause exactly ``partitions`` (those whose records wait), resume the others."""
+        if partitions != self._held_partitions:
+            self._held_partitions = partitions
+            self._source.pause_partitions(partitions)
 
 
 def _names(partitions: Sequence[Partition]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from shardbill.errors import StreamError
 from shardbill.worker.protocols import RebalanceListener
@@ -97,6 +98,7 @@ class MemorySource:
         self._listener: RebalanceListener | None = None
         self._positions: dict[Partition, int] = {}
         self._paused = False
+        self._held: frozenset[Partition] = frozenset()
         self._rebalance = True  # the first poll assigns
         self.fail_commits = 0
         """Refuse this many commits from now on (:class:`StreamError`), for fault tests."""
@@ -126,6 +128,8 @@ class MemorySource:
         out: list[Record] = []
         if not self._paused:
             for partition, position in self._positions.items():
+                if partition in self._held:
+                    continue
                 got = self._broker.read(partition, position, max_records - len(out))
                 self._positions[partition] = position + len(got)
                 out.extend(got)
@@ -146,6 +150,10 @@ class MemorySource:
     def pause(self, paused: bool) -> None:
         """Stop or resume returning records."""
         self._paused = paused
+
+    def pause_partitions(self, partitions: AbstractSet[Partition]) -> None:
+        """Return no records of these partitions (until called again without them)."""
+        self._held = frozenset(partitions)
 
     def close(self) -> None:
         """Revoke every partition (the worker commits what is done) and leave."""

@@ -25,6 +25,8 @@ metric                                           type       labels
 ``shardbill_worker_commit_failures_total``       counter
 ``shardbill_worker_rebalances_total``            counter
 ``shardbill_worker_uncommitted_records``         gauge
+``shardbill_worker_held_records``                gauge
+``shardbill_worker_paused_partitions``           gauge
 ===============================================  =========  ======
 
 Labels are the four dead-letter stages only. Consumer lag is the broker's to
@@ -79,6 +81,14 @@ class WorkerMetrics:
         self._uncommitted = prom.Gauge(
             "worker_uncommitted_records", "records received and not done yet", **where
         )
+        self._held = prom.Gauge(
+            "worker_held_records",
+            "records held in memory (fetched, or waiting for a retry); at most max_held",
+            **where,
+        )
+        self._paused = prom.Gauge(
+            "worker_paused_partitions", "partitions paused: their records wait for a shard", **where
+        )
         self._last = WorkerSummary()
 
     def __call__(self, summary: WorkerSummary) -> None:
@@ -93,3 +103,5 @@ class WorkerMetrics:
             if grown > 0:
                 self._dead.labels(stage).inc(grown)
         self._uncommitted.set(summary.uncommitted)
+        self._held.set(summary.held)
+        self._paused.set(summary.paused_partitions)

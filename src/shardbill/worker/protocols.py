@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -70,7 +71,20 @@ class Source(Protocol):
         """
 
     def pause(self, paused: bool) -> None:
-        """Stop (``True``) or resume (``False``) fetching from every assigned partition."""
+        """Stop (``True``) or resume (``False``) fetching from every assigned partition.
+
+        While paused, partitions assigned later are paused too; resuming leaves the
+        partitions of :meth:`pause_partitions` paused.
+        """
+
+    def pause_partitions(self, partitions: AbstractSet[Partition]) -> None:
+        """Fetch nothing from exactly these partitions (an empty set: from none of them).
+
+        The worker pauses the partitions whose records wait for a failed shard, so
+        the other partitions keep flowing. A partition not assigned (any more) is
+        ignored; a record of a paused partition fetched before the pause may still
+        be returned (the worker copes).
+        """
 
     def close(self) -> None:
         """Leave the group (revoking every partition first) and release the connection."""
