@@ -232,6 +232,31 @@ def test_close_is_idempotent_and_a_crash_half_way_is_finished_by_running_again(
     assert closer.status("2026-10")[0].state == "open"
 
 
+def test_closing_a_closed_period_again_waits_no_drain_but_a_resumed_close_does(
+    backend: Backend,
+) -> None:
+    """Closed everywhere already: a second close is a no-op at once (it waited the whole
+    drain, 90 s by default). A close resumed after a crash in its first phase still waits
+    it: the crashed run never drained the writers that began before it."""
+    store, writer = _setup(backend)
+    writer.close()
+    waits: list[float] = []
+    closer = PeriodCloser(provider=backend.provider, shard_map=store, sleep=waits.append)
+
+    class CrashError(Exception):
+        pass
+
+    def crash(shard: str, state: PeriodState, changed: bool) -> None:
+        raise CrashError
+
+    with pytest.raises(CrashError):
+        closer.close(NOV, drain_seconds=5, on_shard=crash)
+    closer.close(NOV, drain_seconds=5)
+    assert waits == [5]
+    assert closer.close(NOV, drain_seconds=5).state == "closed"
+    assert waits == [5]
+
+
 def test_a_write_holding_the_gate_commits_before_the_close_and_is_counted(
     two_kinds: Backend,
 ) -> None:

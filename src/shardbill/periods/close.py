@@ -196,9 +196,12 @@ class PeriodCloser:
                 "events are still arriving; close it after it ends, or pass early=True "
                 "(`--early`) to close it now"
             )
+        # Closed on every shard already: nothing can still be draining (the run that
+        # closed them drained), so a second close walks the shards without the wait.
+        drained = self.status(name)[0].state == PeriodState.CLOSED
         for state in (PeriodState.CLOSING, PeriodState.CLOSED):
             self._everywhere(name, state, reason, on_shard)
-            if state is PeriodState.CLOSING and drain_seconds:
+            if state is PeriodState.CLOSING and drain_seconds and not drained:
                 self._sleep(drain_seconds)
         return self.status(name)[0]
 
