@@ -198,7 +198,7 @@ class PeriodCloser:
             )
         # Closed on every shard already: nothing can still be draining (the run that
         # closed them drained), so a second close walks the shards without the wait.
-        drained = self.status(name)[0].state == PeriodState.CLOSED
+        drained = self.status(name)[0].state == PeriodState.CLOSED.value
         for state in (PeriodState.CLOSING, PeriodState.CLOSED):
             self._everywhere(name, state, reason, on_shard)
             if state is PeriodState.CLOSING and drain_seconds and not drained:
