@@ -754,3 +754,135 @@ def test_a_spread_event_over_a_row_in_motion_is_rejected_whole(backend: Backend,
     assert len(result.rejected_events) == 1, result
     assert not result.applied_events
     assert _sums(backend) == {account: (HALF, 1)}
+
+
+# ------------------------------------------ 4c. a writer whose map is older than the move
+#
+# Found by the simulation (seed 5066): a reshard fenced its slots and was killed before
+# it published, so writers still routed by the old map. The look-ahead asked the old
+# owner about a moved slot, was told "gone" and judged nothing: the event's other part
+# committed, its moved part was then refused by the new owner (no headroom) and the
+# event was left half applied, reported failed for ever.
+
+
+def _stale_writer(backend: Backend, old: ShardMap, **kw: Any) -> AggregationWriter:
+    return AggregationWriter(
+        shard_map=old, provider=backend.provider, tables=[_big_table()], clock=NOW.timestamp, **kw
+    )
+
+
+def _event_homed_on(shard_map: ShardMap, shard: str, prefix: str) -> str:
+    return next(
+        f"{prefix}-{n}" for n in range(10_000) if shard_map.shard_for(f"{prefix}-{n}") == shard
+    )
+
+
+@pytest.mark.parametrize("step", ["merge", "publish"])
+@pytest.mark.parametrize("shape", ["spread", "one-stale-shard"])
+@pytest.mark.parametrize("home", ["moved", "other"])
+def test_a_writer_with_the_old_map_rejects_a_moved_part_whole(
+    backend: Backend, step: str, shape: str, home: str
+) -> None:
+    """Fenced and not published: the old map routes the moved slot to its old owner.
+    The look-ahead follows the forwarding address (and judges again an event that a
+    fence turns into a spread one), so the event is rejected whole, never half applied.
+
+    ``spread``: the other part is on another shard by the old map too; ``one-stale-shard``:
+    by the old map both parts are on the old owner (one transaction there, until the
+    fence sends the moved part on)."""
+    results: list[Any] = []
+
+    def hook(name: str) -> None:
+        if results or name != ("publish" if step == "publish" else f"merge:{slot}:big_totals"):
+            return
+        owner = old.owner(slot) if home == "moved" else old.shard_for(other)
+        event_id = _event_homed_on(old, owner, "wide")
+        event = PricedEvent(
+            event_id=event_id,
+            time=NOW,
+            charges=(charge(event_id, other, "7"), charge(event_id, account, str(HALF))),
+        )
+        with _stale_writer(backend, old) as writer:
+            results.append(writer.write([event]))
+            results.append(writer.write([event]))  # its forwarding addresses known now
+
+    resharder, old, target, moved = _mover(backend, hook)
+    account = next(a for a in range(1, 10_000) if old.slot_for(a) in moved)
+    slot = old.slot_for(account)
+    source = old.owner(slot)
+    other = next(
+        a
+        for a in range(1, 10_000)
+        if old.slot_for(a) not in moved
+        and (old.shard_for(a) == source) == (shape == "one-stale-shard")
+    )
+    with _big_writer(backend, old) as writer:
+        assert writer.write([charge("first", account, str(HALF))]).applied_events == {"first"}
+    resharder.run(target)
+    assert len(results) == 2
+    for result in results:
+        assert len(result.rejected_events) == 1, result
+        assert "headroom" in next(iter(result.rejected)).reason
+        assert not result.applied_events, result
+        assert not result.retry
+    assert _sums(backend) == {account: (HALF, 1)}
+
+
+def test_a_half_applied_event_whose_claim_moved_is_never_reported_rejected(
+    backend: Backend,
+) -> None:
+    """Half applied (a race took its second part's headroom), then a reshard put its
+    identity claim on the shard of the refused part. Delivered again, the refusal comes
+    in the claim's own transaction, before the shard holding the applied part is asked:
+    it must still say *failed* (money is in) and keep the claim, never *rejected* (which
+    tells the caller nothing was applied, so that a fixed copy under a new id bills the
+    applied part twice). Found with the simulation's seed 5066."""
+    from shardbill.observe import Committed
+    from shardbill.resharding import MemoryMapStore, Resharder
+
+    old = ShardMap.create(backend.shards[:2], slots=64)
+    target = old.add_shard(backend.shards[2])
+    moved = {m.slot for m in old.plan_to(target).moves}
+    a, b = backend.shards[:2]
+    if not any(old.owner(s) == b for s in moved):
+        a, b = b, a
+    x = next(n for n in range(1, 10_000) if old.slot_for(n) not in moved and old.shard_for(n) == a)
+    y = next(n for n in range(1, 10_000) if old.slot_for(n) in moved and old.shard_for(n) == b)
+    event_id = next(
+        f"half-{n}"
+        for n in range(100_000)
+        if old.slot_for(f"half-{n}") in moved and old.shard_for(f"half-{n}") == a
+    )
+    event = PricedEvent(
+        event_id=event_id,
+        time=NOW,
+        charges=(charge(event_id, x, "7"), charge(event_id, y, str(HALF))),
+    )
+    raced: list[str] = []
+
+    def race(seen: object) -> None:  # after the claim's round: another writer fills y's row
+        if isinstance(seen, Committed) and seen.shard == a and not raced:
+            raced.append(seen.shard)
+            with _big_writer(backend, old) as other:
+                assert other.write([charge("fill", y, str(HALF))]).applied_events == {"fill"}
+
+    with _stale_writer(backend, old, observer=race) as writer:
+        writer.ensure_schema()
+        first = writer.write([event])
+    assert raced
+    assert first.events[event_id] is EventState.FAILED, first
+    store = MemoryMapStore(old)
+    Resharder(store=store, provider=backend.provider, tables=[_big_table()]).run(target)
+    assert target.shard_for(event_id) == target.shard_for(y) != target.shard_for(x)
+    with _big_writer(backend, target) as writer:
+        again = [writer.write([event]) for _ in range(2)]
+    for result in again:
+        assert result.events[event_id] is EventState.FAILED, result
+        assert not result.rejected_events
+        assert result.retry
+    claims = backend.rows(
+        target.shard_for(event_id),
+        f"SELECT event_id FROM shardbill_ledger WHERE event_id = '{event_id}'",
+    )
+    assert claims, "the identity claim of a half-applied event must stay"
+    assert _sums(backend) == {x: (7, 1), y: (HALF, 1)}

@@ -216,6 +216,7 @@ class EventTally:
         self._duplicate: dict[str, int] = {}
         self._money: set[str] = set()  # events with a unit holding rows applied (now or before)
         self._home: set[str] = set()  # events whose identity claim is in
+        self._claimed_before: set[str] = set()  # events whose claim was in before this call
         self._conflicts: list[Conflict] = []
         self._conflicting: set[str] = set()
         self._rejected: dict[str, Rejection] = {r.event_id: r for r in plan.rejected}
@@ -228,7 +229,34 @@ class EventTally:
 
     def duplicates(self, units: Iterable[Unit]) -> None:
         """These units were applied before this call."""
+        units = tuple(units)
         self._count(units, self._duplicate)
+        self._claimed_before.update(u.event_id for u in units if u.home)
+
+    @property
+    def units(self) -> tuple[Unit, ...]:
+        """Every unit of the call's plan."""
+        return self._plan.units
+
+    def unsure(self) -> frozenset[str]:
+        """Events refused in a transaction with none of their money seen by this call,
+        whose identity claim was in before it.
+
+        An earlier call got past such an event's claim, so a part of it may be
+        applied on a shard this call never asked (a reshard can put the claim
+        with the refused part). The writer reads those shards' ledgers and
+        reports what it finds (or cannot read) through :meth:`maybe_applied`.
+        """
+        stopped = self._conflicting | self._failures.keys() | self._rejected.keys()
+        return frozenset(
+            e
+            for e in self._late
+            if e in self._claimed_before and e not in self._money and e not in stopped
+        )
+
+    def maybe_applied(self, events: Iterable[str]) -> None:
+        """Some money of these events is (or may be) applied already: they fail, never reject."""
+        self._money.update(events)
 
     def _count(self, units: Iterable[Unit], into: dict[str, int]) -> None:
         for unit in units:

@@ -647,6 +647,14 @@ class AggregationWriter:
             )
             if second:
                 runs += self._write_round(second, confirmed, tally)
+            unsure = tally.unsure()
+            if unsure:  # refused in its claim's round: a part elsewhere may be in already
+                blocked, _ = self._verdicts(
+                    [u for u in plan.units if u.event_id in unsure and u.rows],
+                    unsure,
+                    respread=False,
+                )
+                tally.maybe_applied(blocked)
             released = tally.released()
             if released:
                 self._release_claims([u for u in plan.units if u.home and u.event_id in released])
@@ -699,46 +707,124 @@ class AggregationWriter:
         So when a call holds such events, every shard they touch is read
         first (ledger, slot states, the rows they add to; no locks) and an
         event some shard would refuse is rejected alone, with the reason.
-        The transactions still check everything: a concurrent writer that
-        takes the headroom between this read and the commit leaves the event
-        failed, to be completed (see the exactly-once explanation). A read
-        that fails judges nothing; the write goes on as without it.
+        A slot the shard no longer writes (handed over, or not fenced on its
+        old owner yet) is judged where its forwarding address points, as the
+        transaction would write it (seed 5066); and a fence met while writing
+        that turns an event into a spread one has it judged again then
+        (:meth:`_judge_rerouted`). The transactions still check everything: a
+        concurrent writer that takes the headroom between this read and the
+        commit leaves the event failed, to be completed (see the exactly-once
+        explanation). A read that fails judges nothing; the write goes on as
+        without it.
         """
         spread = spread_events(plan.units, self._route)
         if not spread:
             return plan
-        work = self._group(u for u in plan.units if u.rows or u.event_id in spread)
-        work = {s: w for s, w in work.items() if any(u.event_id in spread for u in w.units)}
-        if len(work) == 1:
-            verdicts = [self._judge(next(iter(work.values())), spread)]
-        else:
-            verdicts = [
-                f.result()
-                for f in [self._pool.submit(self._judge, w, spread) for w in work.values()]
-            ]
-        blocked: set[str] = set()
-        refused: dict[str, Rejection] = {}
-        for shard_blocked, shard_refused in verdicts:
-            blocked |= shard_blocked
-            for event_id, rejection in shard_refused.items():
-                refused.setdefault(event_id, rejection)
-        for event_id in blocked:
-            refused.pop(event_id, None)
+        _, refused = self._verdicts(plan.units, spread)
         if not refused:
             return plan
-        for rejection in refused.values():
-            log.warning("rejected event %s: %s", rejection.event_id, rejection.reason)
-        self._emit(Rejected(count=len(refused)))
+        self._rejected_ahead(refused)
         return attrs.evolve(
             plan,
             units=tuple(u for u in plan.units if u.event_id not in refused),
             rejected=(*plan.rejected, *refused.values()),
         )
 
+    def _rejected_ahead(self, refused: Mapping[str, Rejection]) -> None:
+        for rejection in refused.values():
+            log.warning("rejected event %s: %s", rejection.event_id, rejection.reason)
+        self._emit(Rejected(count=len(refused)))
+
+    def _verdicts(
+        self, units: Sequence[Unit], spread: frozenset[str], *, respread: bool = True
+    ) -> tuple[frozenset[str], dict[str, Rejection]]:
+        """Every shard's verdict on the ``spread`` events of ``units``, following forwards.
+
+        Returns the events no shard could judge (a unit in a ledger already,
+        or on a slot whose owner could not be found) and the refusals of the
+        others. A slot a shard says it does not write is routed on, as a
+        fence would route it, and the events judged again (at most
+        ``max_map_reloads`` times); an event no longer spread after that is
+        left to its one shard's transaction, which judges it whole (unless
+        ``respread`` is false: then ``spread`` is judged wherever it lands).
+        """
+        blocked: set[str] = set()
+        refused: dict[str, Rejection] = {}
+        for attempt in range(self._settings.max_map_reloads + 1):
+            work = self._group(u for u in units if u.rows or u.event_id in spread)
+            work = {s: w for s, w in work.items() if any(u.event_id in spread for u in w.units)}
+            if len(work) == 1:
+                verdicts = [self._judge(next(iter(work.values())), spread)]
+            else:
+                verdicts = [
+                    f.result()
+                    for f in [self._pool.submit(self._judge, w, spread) for w in work.values()]
+                ]
+            blocked, refused, moves = set(), {}, {}
+            for shard_blocked, shard_refused, shard_moves in verdicts:
+                blocked |= shard_blocked
+                moves.update(shard_moves)
+                for event_id, rejection in shard_refused.items():
+                    refused.setdefault(event_id, rejection)
+            for event_id in blocked:
+                refused.pop(event_id, None)
+            if not moves or attempt == self._settings.max_map_reloads:
+                break
+            if not self._redirect(moves, next(iter(work))):
+                break
+            if respread:
+                spread = spread_events(units, self._route)
+                if not spread:
+                    return frozenset(), {}
+        return frozenset(blocked), refused
+
+    def _redirect(self, moves: Mapping[int, str | None], shard: str) -> bool:
+        """Learn where the slots of ``moves`` are now (a forwarding address, or else a
+        fresher map); True when any of them routes elsewhere than before."""
+        before = {slot: self._route(slot) for slot in moves}
+        with self._lock:
+            self._forward.update({s: t for s, t in moves.items() if t is not None})
+        if self._source is not None and any(t is None for t in moves.values()):
+            self._reload(shard)
+        return any(self._route(slot) != was for slot, was in before.items())
+
+    def _judge_rerouted(
+        self, work: dict[str, ShardWork], tally: EventTally
+    ) -> dict[str, ShardWork]:
+        """After a fence rerouted ``work``: judge the events it made spread, and take the
+        ones a shard would refuse out of the retry (rejected whole; see :meth:`_look_ahead`).
+
+        Nothing of a rerouted unit is written yet (its shard's transaction was
+        fenced as a whole); a part of its event committed elsewhere is in that
+        shard's ledger now, so such an event is left to the transactions.
+        """
+        events = {u.event_id for w in work.values() for u in w.units if u.rows}
+        if not events:
+            return work
+        units = [u for u in tally.units if u.event_id in events]
+        spread = spread_events(units, self._route)
+        if not spread:
+            return work
+        _, refused = self._verdicts(units, spread)
+        if not refused:
+            return work
+        self._rejected_ahead(refused)
+        tally.withheld(refused)
+        kept = {
+            s: attrs.evolve(w, units=tuple(u for u in w.units if u.event_id not in refused))
+            for s, w in work.items()
+        }
+        return {s: w for s, w in kept.items() if w.units}
+
     def _judge(
         self, work: ShardWork, spread: frozenset[str]
-    ) -> tuple[frozenset[str], dict[str, Rejection]]:
-        """One shard's verdict on the spread events, from one read (see :meth:`_look_ahead`)."""
+    ) -> tuple[frozenset[str], dict[str, Rejection], dict[int, str | None]]:
+        """One shard's verdict on the spread events, from one read (see :meth:`_look_ahead`).
+
+        Returns the blocked events, the refusals, and the slots of ``work``
+        this shard does not write now -> where they are (their forwarding
+        address, or None when it does not say).
+        """
         mine = frozenset(u.event_id for u in work.units if u.event_id in spread)
         try:
             readonly = self.dialect(work.shard).name == "sqlite"  # never a replica for MySQL
@@ -756,6 +842,12 @@ class AggregationWriter:
                     )
                     found = cursor.fetchall()
                     states = {int(s): (str(st), int(m)) for s, st, m, _ in found}
+                    moves: dict[int, str | None] = {
+                        int(s): None if peer is None else str(peer)
+                        for s, st, _, peer in found
+                        if st == SlotState.GONE
+                    }
+                    moves.update({s: None for s in work.slots if s not in states})
                     incoming = {
                         int(s): str(peer)
                         for s, st, _, peer in found
@@ -766,8 +858,9 @@ class AggregationWriter:
                         peer_known, peer_marks, peer_states = self._peer_ledger(
                             work.units, incoming
                         )
-                        for s in self._unfenced(work.shard, incoming, peer_states):
-                            del incoming[s]  # not this shard's yet: left to the transactions
+                        for s, source in self._unfenced(work.shard, incoming, peer_states).items():
+                            del incoming[s]  # not this shard's yet: the source still owns it
+                            moves[s] = source
                         known.update(peer_known)
                         for s, mark in peer_marks.items():
                             if s in states:
@@ -787,14 +880,16 @@ class AggregationWriter:
                         )
         except Exception as exc:  # a look-ahead that cannot read judges nothing
             log.info("look-ahead on shard %s skipped: %s", work.shard, describe(exc))
-            return mine, {}
+            return mine, {}, {}
         # Incoming slots are judged too: their old owners' ledgers, watermarks and
         # unmerged rows were read with this shard's.
         owned = frozenset(s for s, (st, _) in states.items() if st == SlotState.OWNED) | set(
             incoming
         )
         marks = {s: m for s, (_, m) in states.items()}
-        return refusals_ahead(
+        judged = {u.slot for u in work.units if u.event_id in spread}
+        moves = {s: t for s, t in moves.items() if s in judged}
+        blocked, refused = refusals_ahead(
             work.units,
             mine,
             known=known,
@@ -803,6 +898,7 @@ class AggregationWriter:
             stored=stored,
             tables=self._tables,
         )
+        return blocked, refused, moves
 
     def _route(self, slot: int) -> str:
         return self._forward.get(slot) or self._map.owner(slot)
@@ -841,7 +937,7 @@ class AggregationWriter:
             if rerouted is None:  # nowhere to send them: they stay fenced
                 finished.extend(results[shard] for shard in fenced)
                 break
-            work = rerouted
+            work = self._judge_rerouted(rerouted, tally)
         for run in finished:
             _record(run, tally)
         return finished
