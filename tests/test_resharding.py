@@ -18,6 +18,7 @@ from shardbill import ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.errors import ReshardError
 from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
+from shardbill.retry import RetryPolicy
 from shardbill.rules import Charge
 from shardbill.writer import AggregationWriter, WriteResult
 from tests.support.backends import KINDS, Backend, make_backend
@@ -305,3 +306,37 @@ def test_reads_are_exact_at_every_step_of_a_move(four: Backend) -> None:
     fresh = Reader(shard_map=store.load(), provider=four.provider, tables=billing_tables())
     assert fresh.totals("account_balance", group_by=[])[()]["amount"] == Decimal(grand).scaleb(-6)
     assert actual_rows(four, slot_check=_owner_check(target)) == expected
+
+
+def test_a_run_that_rode_through_a_transient_failure_reports_every_slot_it_finished(
+    four: Backend,
+) -> None:
+    """A deadlock after some slots finished: run() retries, and its progress counts the
+    slots of both attempts (it counted only the last attempt's, so a run that finished
+    every slot said it finished a few)."""
+    from shardbill.errors import DeadlockError
+
+    store, writer = _setup(four, ["s0", "s1", "s2"])
+    with writer:
+        assert writer.write(make_charges(43, 300, accounts=60)).ok
+    target = store.load().add_shard("s3")
+    plan = store.load().plan_to(target)
+    merges: list[str] = []
+
+    def hook(step: str) -> None:
+        if step.startswith("merge:"):
+            merges.append(step)
+            if len(merges) == 3:
+                raise DeadlockError("injected: a deadlock in the third merge; retry it")
+
+    resharder = Resharder(
+        store=store,
+        provider=four.provider,
+        tables=billing_tables(),
+        settings=ReshardSettings(parallel_slots=1, retry=RetryPolicy(base_delay=0.0)),
+        before_step=hook,
+    )
+    progress = resharder.run(target)
+    assert progress.attempts == 2
+    assert progress.slots_finished == len(plan.moves)
+    assert store.load() == target

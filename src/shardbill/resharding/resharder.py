@@ -313,6 +313,7 @@ class Resharder:
         self._lock = threading.Lock()
         self._rows_moved = 0
         self._ledger_moved = 0
+        self._finished_before: int | None = None  # slots finished before this run() began
 
     # ------------------------------------------------------------------ public
 
@@ -490,6 +491,7 @@ class Resharder:
         started = time.monotonic()
         delays = self._settings.retry.delays()
         attempt = 0
+        self._finished_before = None
         while True:
             attempt += 1
             try:
@@ -582,6 +584,8 @@ class Resharder:
         pending = [m for m in plan.moves if states[m] != MoveState.FINISHED]
         empty = self._empty(pending)
         self._finish_empty([m for m in pending if m in empty])
+        if self._finished_before is None:  # the first attempt: the rest is this run's work
+            self._finished_before = len(plan.moves) - len(pending)
         done = len(plan.moves) - len(pending) + len(empty)
         with self._lock:
             self._report = (len(plan.moves), done, started, done)
@@ -599,7 +603,7 @@ class Resharder:
         self._release(FINISHED)
         return ReshardProgress(
             plan=plan,
-            slots_finished=len(pending),
+            slots_finished=len(plan.moves) - (self._finished_before or 0),
             rows_moved=self._rows_moved,
             ledger_rows_moved=self._ledger_moved,
             seconds=time.monotonic() - started,
