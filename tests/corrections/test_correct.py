@@ -1,0 +1,268 @@
+"""Corrections (cancel, amend) exactly once, on SQLite and MariaDB.
+
+Every expectation is recomputed by the test's own oracle
+(:mod:`tests.support.oracle`) from the events' *current* contents, not by
+shardbill's aggregation code, and the rows are read from the shards
+directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import types
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shardbill import ShardMap
+from shardbill.audit import audit
+from shardbill.catalog import billing_tables
+from shardbill.corrections import Corrector, RecordState
+from shardbill.periods import PeriodCloser
+from shardbill.pipeline import Pipeline
+from shardbill.resharding import MemoryMapStore
+from shardbill.rules import UsageEvent, comms
+from shardbill.writer import AggregationWriter
+from tests.support.backends import KINDS, Backend, make_backend
+from tests.support.oracle import actual_rows, expected_rows
+
+IN_NOV = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+SLOTS = 64
+
+
+@pytest.fixture(params=KINDS[:2])
+def shards(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Four shards on SQLite or on MariaDB (PyMySQL)."""
+    yield from make_backend(request.param, 4, tmp_path, request)
+
+
+class Deployment:
+    """A writer, a pipeline and a corrector over three of the backend's shards."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.used = list(backend.shards[:3])  # the shards with tables (a reshard adds one)
+        self.store = MemoryMapStore(ShardMap.create(list(backend.shards[:3]), slots=SLOTS))
+        self.engine = comms.engine()
+        self.writer = AggregationWriter(
+            shard_map=self.store, provider=backend.provider, tables=billing_tables()
+        )
+        self.writer.ensure_schema()
+        self.pipeline = Pipeline(engine=self.engine, writer=self.writer)
+        self.corrector = Corrector(
+            writer=self.writer, engine=self.engine, provider=backend.provider, clock=lambda: 1e9
+        )
+
+    def rows(self) -> Any:
+        return actual_rows(types.SimpleNamespace(shards=self.used, rows=self.backend.rows))
+
+
+@pytest.fixture
+def deploy(shards: Backend) -> Iterator[Deployment]:
+    deployment = Deployment(shards)
+    with deployment.writer:
+        yield deployment
+
+
+def event(event_id: str, account: int = 7, *, quantity: int = 1, chars: int = 100) -> UsageEvent:
+    return UsageEvent(
+        event_id=event_id,
+        account=account,
+        time=IN_NOV,
+        product="sms",
+        quantity=quantity,
+        dimensions={"country": "GB", "characters": chars},
+    )
+
+
+def oracle(
+    engine: Any, current: Iterable[UsageEvent], ever: Iterable[UsageEvent]
+) -> dict[str, dict[tuple[Any, ...], list[int]]]:
+    """The rows the shards must hold: sums of the current contents; every row any content
+    ever made (a cancelled row stays, at zero); a max is the max over every content ever
+    applied (a correction cannot take a max back)."""
+    now = expected_rows(c for e in current for c in engine.price(e).charges)
+    seen = expected_rows(c for e in ever for c in engine.price(e).charges)
+    out: dict[str, dict[tuple[Any, ...], list[int]]] = {}
+    for table, rows in seen.items():
+        out[table] = {}
+        for key, values in rows.items():
+            sums = now[table].get(key, [0] * len(values))
+            if table == "account_balance":
+                out[table][key] = [sums[0], sums[1], values[2]]
+            else:
+                out[table][key] = list(sums)
+    return out
+
+
+def _audit_exact(deploy: Deployment, events: list[UsageEvent]) -> None:
+    report = audit(
+        events,
+        engine=deploy.engine,
+        tables=billing_tables(),
+        provider=deploy.backend.provider,
+        shard_map=deploy.writer.shard_map,
+        corrections=deploy.corrector.records(),
+    )
+    assert report.exact, [d.describe() for d in report.differences[:5]]
+
+
+def test_cancel_reverses_the_exact_charges_once_and_a_repeat_is_a_duplicate(
+    deploy: Deployment,
+) -> None:
+    """A cancel takes the event's sums back to what the other events make; the same
+    correction again is a duplicate and changes nothing; the audit with the correction is
+    exact; the record says who, why and when."""
+    events = [event("a", 7), event("b", 7, chars=300), event("c", 9)]
+    assert deploy.pipeline.process(events).ok
+    done = deploy.corrector.cancel(events[1], correction_id="fix-1", reason="test", by="ana")
+    assert (done.state, done.revision, done.ledger_id) == ("applied", 1, "b~r1")
+    after = deploy.rows()
+    assert after == oracle(deploy.engine, [events[0], events[2]], events)
+    again = deploy.corrector.cancel(events[1], correction_id="fix-1", reason="test", by="ana")
+    assert again.state == "duplicate"
+    assert deploy.rows() == after
+    (record,) = deploy.corrector.records()
+    assert (record.correction_id, record.corrected_by, record.reason, record.corrected_at) == (
+        "fix-1",
+        "ana",
+        "test",
+        1_000_000_000,
+    )
+    assert record.state is RecordState.APPLIED
+    assert record.before == events[1]
+    _audit_exact(deploy, events)
+
+
+def test_redelivery_of_a_cancelled_event_is_a_duplicate(deploy: Deployment) -> None:
+    """After a cancel, the original delivered again is recognised by the ledger: nothing is
+    re-applied."""
+    original = event("r", 11)
+    assert deploy.pipeline.process([original]).ok
+    assert deploy.corrector.cancel(original, correction_id="c", reason="dup").state == "applied"
+    before = deploy.rows()
+    again = deploy.pipeline.process([original])
+    assert again.write.duplicate_events == {"r"}
+    assert deploy.rows() == before
+
+
+def test_a_second_different_correction_of_the_same_revision_is_refused(
+    deploy: Deployment,
+) -> None:
+    """Once revision 0 is cancelled, another correction (an amend, another id) is refused
+    with the reason, and the aggregates do not move."""
+    original = event("x", 5)
+    assert deploy.pipeline.process([original]).ok
+    assert deploy.corrector.cancel(original, correction_id="k1", reason="r").ok
+    before = deploy.rows()
+    other = deploy.corrector.amend(
+        event("x", 5, chars=500), correction_id="k2", reason="r", original=original
+    )
+    assert other.state == "refused"
+    assert "cancelled by correction 'k1'" in other.reason
+    assert deploy.rows() == before
+    same_id = deploy.corrector.amend(
+        event("x", 5, chars=500), correction_id="k1", reason="r", original=original
+    )
+    assert same_id.state == "refused"
+    assert "correction id 'k1' already names a cancel" in same_id.reason
+
+
+def test_a_race_of_two_corrections_of_one_revision_lets_one_in(deploy: Deployment) -> None:
+    """Two corrections of revision 0 whose records land on different shards (as across a
+    reshard): the ledger id (event, revision) lets only the first apply; the second is
+    refused and its record removed."""
+    original = event("y", 5)
+    assert deploy.pipeline.process([original]).ok
+    first = deploy.corrector.amend(
+        event("y", 5, chars=300), correction_id="k1", reason="r", original=original
+    )
+    assert first.state == "applied"
+    before = deploy.rows()
+    # The second corrector has not seen k1's record: it reads an empty history.
+    late = Corrector(writer=deploy.writer, engine=deploy.engine, provider=deploy.backend.provider)
+    late.records = lambda event_ids=None: []  # type: ignore[method-assign]
+    home = deploy.writer.locate("y")[1]
+    deploy.writer.locate = (  # type: ignore[method-assign]
+        lambda key, _real=deploy.writer.locate: (
+            (0, next(s for s in deploy.backend.shards[:3] if s != home))
+            if key == "y"
+            else _real(key)
+        )
+    )
+    second = late.cancel(original, correction_id="k2", reason="r")
+    assert second.state == "refused"
+    assert "corrected differently already" in second.reason
+    assert deploy.rows() == before
+    assert [r.correction_id for r in deploy.corrector.records()] == ["k1"]
+
+
+def test_amend_applies_the_difference_exactly_and_chains(deploy: Deployment) -> None:
+    """An amend (more characters: more segments) moves the sums to the new content's; a
+    second amend starts from the first's result; a cancel after both takes the event out;
+    each step is exact against the oracle and the audit."""
+    others = [event("o1", 3), event("o2", 4)]
+    v0 = event("m", 3, chars=100)
+    assert deploy.pipeline.process([*others, v0]).ok
+    v1 = event("m", 3, chars=400)
+    r1 = deploy.corrector.amend(v1, correction_id="a1", reason="resend", original=v0)
+    assert (r1.state, r1.revision) == ("applied", 1)
+    assert deploy.rows() == oracle(deploy.engine, [*others, v1], [*others, v0, v1])
+    v2 = event("m", 3, quantity=2, chars=400)
+    r2 = deploy.corrector.amend(v2, correction_id="a2", reason="quantity")
+    assert (r2.state, r2.revision) == ("applied", 2)
+    assert deploy.rows() == oracle(deploy.engine, [*others, v2], [*others, v0, v1, v2])
+    _audit_exact(deploy, [*others, v0])
+    r3 = deploy.corrector.cancel(v0, correction_id="c3", reason="gone")
+    assert (r3.state, r3.revision) == ("applied", 3)
+    assert deploy.rows() == oracle(deploy.engine, others, [*others, v0, v1, v2])
+    _audit_exact(deploy, [*others, v0])
+
+
+def test_a_correction_of_an_event_never_applied_is_refused(deploy: Deployment) -> None:
+    """No ledger row for the event: refused, naming the event and the fix; nothing
+    recorded."""
+    result = deploy.corrector.cancel(event("ghost"), correction_id="g", reason="r")
+    assert result.state == "refused"
+    assert "'ghost' was never applied" in result.reason
+    assert "ingest it instead" in result.reason
+    assert deploy.corrector.records() == []
+
+
+def test_a_correction_with_other_content_than_applied_is_refused(deploy: Deployment) -> None:
+    """The content given must be what the ledger holds: other content is refused."""
+    assert deploy.pipeline.process([event("z", 8)]).ok
+    result = deploy.corrector.cancel(event("z", 8, chars=900), correction_id="g", reason="r")
+    assert result.state == "refused"
+    assert "the ledger holds other content" in result.reason
+    assert deploy.corrector.records() == []
+
+
+def test_a_correction_of_a_closed_period_is_refused(deploy: Deployment) -> None:
+    """After November is closed, a cancel of a November event is refused with the period
+    and the reason; the aggregates and the corrections table do not change."""
+    original = event("n", 6)
+    assert deploy.pipeline.process([original]).ok
+    PeriodCloser(provider=deploy.backend.provider, shard_map=deploy.store).close(
+        "2026-11", drain_seconds=0, early=True
+    )
+    before = deploy.rows()
+    result = deploy.corrector.cancel(original, correction_id="p", reason="r")
+    assert result.state == "refused"
+    assert "period 2026-11, which is closed" in result.reason
+    assert deploy.rows() == before
+    assert deploy.corrector.records() == []
+
+
+def test_bad_input_names_the_field(deploy: Deployment) -> None:
+    """An empty correction id or reason is refused before anything is read, naming it."""
+    with pytest.raises(ValueError, match="'correction_id'"):
+        deploy.corrector.cancel(event("q"), correction_id="", reason="r")
+    with pytest.raises(ValueError, match="'reason'"):
+        deploy.corrector.cancel(event("q"), correction_id="k", reason=" ")
+
+
+def _as_mapping(rows: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(rows)
