@@ -9,6 +9,7 @@ directly.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import types
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ from shardbill.catalog import billing_tables
 from shardbill.corrections import Corrector, RecordState
 from shardbill.periods import PeriodCloser
 from shardbill.pipeline import Pipeline
-from shardbill.resharding import MemoryMapStore
+from shardbill.resharding import MemoryMapStore, Resharder
 from shardbill.rules import UsageEvent, comms
 from shardbill.writer import AggregationWriter
 from tests.support.backends import KINDS, Backend, make_backend
@@ -266,3 +267,51 @@ def test_bad_input_names_the_field(deploy: Deployment) -> None:
 
 def _as_mapping(rows: Mapping[str, Any]) -> dict[str, Any]:
     return dict(rows)
+
+
+def test_corrections_during_and_after_a_reshard_apply_once(deploy: Deployment) -> None:
+    """A shard is added while corrections run: a cancel in the middle of the move (the
+    ledger of moved slots half copied), an amend after it; every correction applies once,
+    redeliveries of the originals are duplicates, and the audit over every shard is exact."""
+    backend = deploy.backend
+    events = [event(f"e{i}", 1 + i % 12, chars=50 + 40 * i) for i in range(24)]
+    assert deploy.pipeline.process(events).ok
+    corrector = Corrector(
+        writer=deploy.writer,
+        engine=deploy.engine,
+        provider=backend.provider,
+        map_store=deploy.store,
+    )
+    target = deploy.store.load().add_shard(backend.shards[3])
+    moved = {e.event_id for e in events if target.shard_for(e.account) == backend.shards[3]}
+    assert moved, "the test needs events whose account moves"
+    mid = sorted(moved)[0]
+    results = []
+    once = threading.Lock()  # the resharder moves slots in parallel: one hook corrects
+
+    def correct_mid_move(name: str) -> None:
+        if name.startswith("merge:") and once.acquire(blocking=False):
+            original = next(e for e in events if e.event_id == mid)
+            results.append(corrector.cancel(original, correction_id="mid", reason="reshard"))
+
+    Resharder(
+        store=deploy.store,
+        provider=backend.provider,
+        tables=billing_tables(),
+        before_step=correct_mid_move,
+    ).run(target)
+    deploy.used.append(backend.shards[3])
+    assert [r.state for r in results] == ["applied"]
+    later = sorted(moved)[-1]
+    original = next(e for e in events if e.event_id == later)
+    amended = event(later, original.account, chars=999)
+    late = corrector.amend(amended, correction_id="after", reason="r", original=original)
+    assert late.state == "applied"
+    current = [amended if e.event_id == later else e for e in events if e.event_id != mid]
+    assert deploy.rows() == oracle(deploy.engine, current, [*events, amended])
+    again = deploy.pipeline.process(events)
+    assert again.write.duplicate_events == {e.event_id for e in events}
+    first = next(e for e in events if e.event_id == mid)
+    assert corrector.cancel(first, correction_id="mid", reason="reshard").state == "duplicate"
+    assert deploy.rows() == oracle(deploy.engine, current, [*events, amended])
+    _audit_exact(deploy, events)

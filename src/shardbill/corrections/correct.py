@@ -60,6 +60,8 @@ from shardbill.corrections.store import (
 )
 from shardbill.errors import InvalidInputError, ShardbillError
 from shardbill.extraction import RowDelta
+from shardbill.mapstore.base import MapStore
+from shardbill.periods.close import fleet_shards
 from shardbill.periods.months import period_of
 from shardbill.providers.base import ConnectionProvider
 from shardbill.results import EventState, WriteResult
@@ -152,6 +154,10 @@ class Corrector:
             through it.
         engine: the rules engine, with the price book the events were priced with.
         provider: lends connections to the shards (the writer's).
+        map_store: the map store, when the writer loads from one: then the
+            shards of an unfinished reshard are read too (a record or a
+            ledger row may be on a shard the reshard adds before it is
+            published).
         clock: Unix time, recorded as each correction's time.
 
     Example:
@@ -167,9 +173,11 @@ class Corrector:
         writer: AggregationWriter,
         engine: RulesEngine,
         provider: ConnectionProvider,
+        map_store: MapStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._writer = writer
+        self._store = map_store
         self._engine = engine
         self._provider = provider
         self._clock = clock
@@ -244,9 +252,15 @@ class Corrector:
 
     def records(self, event_ids: Sequence[str] | None = None) -> list[CorrectionRecord]:
         """The correction records (pending and applied) on every shard, by event and revision."""
-        return read_records(
-            self._provider, self._writer.known_shards(), self._system, event_ids=event_ids
-        )
+        return read_records(self._provider, self.shards(), self._system, event_ids=event_ids)
+
+    def shards(self) -> tuple[str, ...]:
+        """Every shard a correction reads: the writer's known shards, and an unfinished
+        reshard's (with ``map_store``)."""
+        names = set(self._writer.known_shards())
+        if self._store is not None:
+            names.update(fleet_shards(self._store))
+        return tuple(sorted(names))
 
     # ------------------------------------------------------------------ steps
 
@@ -419,7 +433,7 @@ class Corrector:
         """Refuse unless every unit is in the ledger with its fingerprint."""
         stored = ledger_prints(
             self._provider,
-            self._writer.known_shards(),
+            self.shards(),
             self._system,
             [(u.slot, u.event_id) for u in units],
         )
@@ -486,7 +500,7 @@ class Corrector:
 
     def _period_open(self, event_id: str, when: int) -> None:
         period = str(period_of(when))
-        states = period_states(self._provider, self._writer.known_shards(), self._system, period)
+        states = period_states(self._provider, self.shards(), self._system, period)
         if states:
             shard, state = sorted(states.items())[0]
             raise _Refused(
@@ -531,7 +545,7 @@ class Corrector:
         """Whether any of these units (with their own content) is in the ledger."""
         stored = ledger_prints(
             self._provider,
-            self._writer.known_shards(),
+            self.shards(),
             self._system,
             [(u.slot, u.event_id) for u in units],
         )
