@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import types
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from shardbill import ShardMap
 from shardbill.audit import audit
 from shardbill.catalog import billing_tables
 from shardbill.corrections import Corrector, RecordState
+from shardbill.errors import SchemaError
+from shardbill.migrate import migrate
 from shardbill.periods import PeriodCloser
 from shardbill.pipeline import Pipeline
 from shardbill.resharding import MemoryMapStore, Resharder
@@ -265,10 +267,6 @@ def test_bad_input_names_the_field(deploy: Deployment) -> None:
         deploy.corrector.cancel(event("q"), correction_id="k", reason=" ")
 
 
-def _as_mapping(rows: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(rows)
-
-
 def test_corrections_during_and_after_a_reshard_apply_once(deploy: Deployment) -> None:
     """A shard is added while corrections run: a cancel in the middle of the move (the
     ledger of moved slots half copied), an amend after it; every correction applies once,
@@ -315,3 +313,20 @@ def test_corrections_during_and_after_a_reshard_apply_once(deploy: Deployment) -
     assert corrector.cancel(first, correction_id="mid", reason="reshard").state == "duplicate"
     assert deploy.rows() == oracle(deploy.engine, current, [*events, amended])
     _audit_exact(deploy, events)
+
+
+def test_an_existing_install_gets_the_corrections_table_from_migrate(deploy: Deployment) -> None:
+    """A shard without shardbill_corrections (installed before corrections existed) is
+    refused by the schema check, naming the table and the command that creates it; migrate
+    creates it, and a correction then works."""
+    backend = deploy.backend
+    original = event("old", 4)
+    assert deploy.pipeline.process([original]).ok
+    backend.execute(backend.shards[0], "DROP TABLE shardbill_corrections")
+    with pytest.raises(SchemaError, match="shardbill_corrections") as caught:
+        deploy.writer.check_schema()
+    assert "shardbill init" in str(caught.value)
+    steps = migrate(backend.provider, list(backend.shards[:3]), billing_tables())
+    assert [(s.shard, s.table) for s in steps] == [(backend.shards[0], "shardbill_corrections")]
+    deploy.writer.check_schema()
+    assert deploy.corrector.cancel(original, correction_id="m", reason="r").state == "applied"

@@ -598,4 +598,4 @@ def _unix(event: UsageEvent) -> int:
 def _iso(seconds: int) -> str:
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat().replace("+00:00", "Z")
