@@ -21,6 +21,7 @@ correction finishes).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from collections.abc import Iterator
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     import argparse
 
     from shardbill.cli_common import Subparsers
-    from shardbill.corrections import CorrectionResult, Corrector
+    from shardbill.corrections import CorrectionResult, Corrector, EventFilter
     from shardbill.rules import UsageEvent
 
 __all__ = ["add_parser", "run"]
@@ -73,9 +74,13 @@ def add_parser(sub: Subparsers) -> None:
         "cancel",
         "reverse the exact charges of the events in FILE, once",
         "Each event of FILE (as it was ingested, or as its last amend made it) is cancelled: "
-        "its charges, checked against the ledger, are reversed once.",
+        "its charges, checked against the ledger, are reversed once. With --account, "
+        "--product, --from or --to, only the events of FILE that match all of them (a "
+        "correction by filter over the file).",
         "  shardbill correct cancel --id fix-42 --reason 'test traffic' bad.jsonl\n"
-        "  cat bad.jsonl | shardbill correct cancel --id fix-42 --reason duplicate -",
+        "  cat bad.jsonl | shardbill correct cancel --id fix-42 --reason duplicate -\n"
+        "  shardbill correct cancel day.jsonl --account 42 --from 2026-11-03T00:00:00Z "
+        "--to 2026-11-04T00:00:00Z --id fix-44 --reason 'meter fault'",
     )
     amend = command(
         actions,
@@ -96,6 +101,14 @@ def add_parser(sub: Subparsers) -> None:
         parser.add_argument("--by", help="who (recorded; default: the login name)")
     amend.add_argument(
         "--original", metavar="FILE", help="the events as ingested (or as last amended)"
+    )
+    cancel.add_argument("--account", help="only the events of this account (by filter)")
+    cancel.add_argument("--product", help="only the events of this product (by filter)")
+    cancel.add_argument(
+        "--from", dest="start", metavar="TIME", help="only events at or after TIME (ISO 8601)"
+    )
+    cancel.add_argument(
+        "--to", dest="end", metavar="TIME", help="only events before TIME (ISO 8601)"
     )
     for parser in (cancel, amend):
         add_config_and_json(parser)
@@ -160,6 +173,31 @@ def _list(corrector: Corrector, args: argparse.Namespace) -> int:
     return 0
 
 
+def _filter(args: argparse.Namespace) -> EventFilter:
+    from shardbill.corrections import EventFilter
+
+    def when(option: str, text: str | None) -> dt.datetime | None:
+        if text is None:
+            return None
+        try:
+            moment = dt.datetime.fromisoformat(text.strip())
+        except ValueError:
+            moment = None
+        if moment is None or moment.utcoffset() is None:
+            raise ConfigurationError(
+                f"{option} {text!r} is not an ISO 8601 time with an offset; give e.g. "
+                f"{option} 2026-11-03T00:00:00Z"
+            )
+        return moment
+
+    return EventFilter(
+        account=args.account,
+        product=args.product,
+        start=when("--from", args.start),
+        end=when("--to", args.end),
+    )
+
+
 def _correct(
     corrector: Corrector,
     args: argparse.Namespace,
@@ -170,6 +208,8 @@ def _correct(
 
     by = args.by or _who()
     results = []
+    if args.correct_command == "cancel":
+        events = _filter(args).select(events)
     for event in events:
         if args.correct_command == "cancel":
             results.append(

@@ -28,7 +28,8 @@ def _line(e: object, **changes: object) -> str:
 def test_cancel_amend_list_and_audit_from_the_command_line(tmp_path: Path) -> None:
     """Ingest a day; cancel two events from a file, then again (duplicates, exit 0); amend
     one with --original; cancel one never ingested (refused, exit 1, reason named); list
-    the records; the audit of the original file counts the corrections and is exact."""
+    the records; cancel by filter (an account, a time range) over the day's file; the
+    audit of the original file counts the corrections and is exact."""
     config = str(_config(tmp_path / "deploy"))
     assert run("init", "--config", config, cwd=tmp_path).returncode == 0
     events = list(
@@ -84,6 +85,22 @@ def test_cancel_amend_list_and_audit_from_the_command_line(tmp_path: Path) -> No
         ]
     )
     assert {r["corrected_by"] for r in records if r["correction_id"] == "fix-1"} == {"ana"}
+
+    taken = {events[3].account, events[7].account, events[10].account}
+    account = next(e.account for e in events if e.account not in taken)
+    expected = sorted(e.event_id for e in events if e.account == account)
+    by_filter = run(
+        "correct", "cancel", str(day), "--account", str(account), "--from",
+        events[0].time.isoformat(), "--to", "2099-01-01T00:00:00Z", "--id", "meter",
+        "--reason", "meter fault", "--config", config, "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert by_filter.returncode == 0, by_filter.stdout + by_filter.stderr
+    chosen = one_json(by_filter)["corrections"]
+    assert isinstance(chosen, list)
+    assert sorted(c["event_id"] for c in chosen) == [
+        e for e in expected if next(x for x in events if x.event_id == e).time >= events[0].time
+    ]
+    assert chosen
 
     audited = run("audit", str(day), "--config", config, cwd=tmp_path)
     assert audited.returncode == 0, audited.stdout

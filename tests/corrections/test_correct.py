@@ -20,7 +20,7 @@ import pytest
 from shardbill import ShardMap
 from shardbill.audit import audit
 from shardbill.catalog import billing_tables
-from shardbill.corrections import Corrector, RecordState
+from shardbill.corrections import Corrector, EventFilter, RecordState
 from shardbill.errors import SchemaError
 from shardbill.migrate import migrate
 from shardbill.periods import PeriodCloser
@@ -330,3 +330,60 @@ def test_an_existing_install_gets_the_corrections_table_from_migrate(deploy: Dep
     assert [(s.shard, s.table) for s in steps] == [(backend.shards[0], "shardbill_corrections")]
     deploy.writer.check_schema()
     assert deploy.corrector.cancel(original, correction_id="m", reason="r").state == "applied"
+
+
+def test_an_amend_that_moves_the_account_or_period_is_refused(deploy: Deployment) -> None:
+    """An amend keeps the event's account and period: another is refused, naming the
+    field; nothing changes."""
+    original = event("w", 4)
+    assert deploy.pipeline.process([original]).ok
+    before = deploy.rows()
+    moved = deploy.corrector.amend(event("w", 5), correction_id="k", reason="r", original=original)
+    assert moved.state == "refused"
+    assert "'account' 5" in moved.reason
+    december = UsageEvent(
+        event_id="w",
+        account=4,
+        time=dt.datetime(2026, 12, 2, tzinfo=dt.UTC),
+        product="sms",
+        quantity=1,
+        dimensions={"country": "GB", "characters": 100},
+    )
+    later = deploy.corrector.amend(december, correction_id="k", reason="r", original=original)
+    assert later.state == "refused"
+    assert "period 2026-12" in later.reason
+    assert deploy.rows() == before
+    assert deploy.corrector.records() == []
+
+
+def test_cancel_by_filter_takes_only_the_matching_events_of_the_file(deploy: Deployment) -> None:
+    """A filter (account and time range) over a supplied file cancels exactly the events
+    it matches; running it again is a duplicate for each."""
+    early = dt.datetime(2026, 11, 3, 9, tzinfo=dt.UTC)
+    events = [
+        UsageEvent(
+            event_id=f"f{i}",
+            account=1 + i % 3,
+            time=early + dt.timedelta(hours=6 * i),
+            product="sms",
+            quantity=1,
+            dimensions={"country": "GB", "characters": 100},
+        )
+        for i in range(12)
+    ]
+    assert deploy.pipeline.process(events).ok
+    where = EventFilter(
+        account=2,
+        start=dt.datetime(2026, 11, 3, 12, tzinfo=dt.UTC),
+        end=dt.datetime(2026, 11, 5, tzinfo=dt.UTC),
+    )
+    chosen = [e for e in events if e.account == 2 and where.start <= e.time < where.end]  # type: ignore[operator]
+    assert 0 < len(chosen) < len(events)
+    results = deploy.corrector.cancel_matching(events, where, correction_id="meter", reason="r")
+    assert [(r.event_id, r.state) for r in results] == [(e.event_id, "applied") for e in chosen]
+    kept = [e for e in events if e not in chosen]
+    assert deploy.rows() == oracle(deploy.engine, kept, events)
+    again = deploy.corrector.cancel_matching(events, where, correction_id="meter", reason="r")
+    assert {r.state for r in again} == {"duplicate"}
+    with pytest.raises(ValueError, match="'end'"):
+        EventFilter(start=where.end, end=where.start)

@@ -11,6 +11,7 @@ from shardbill.corrections.correct import CorrectionResult, Corrector
 from shardbill.corrections.records import (
     CorrectionKind,
     CorrectionRecord,
+    EventFilter,
     RecordState,
     ledger_id,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "CorrectionRecord",
     "CorrectionResult",
     "Corrector",
+    "EventFilter",
     "RecordState",
     "ledger_id",
     "read_records",

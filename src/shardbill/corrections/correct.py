@@ -34,7 +34,7 @@ The argument is in ``docs/explanation/exactly-once.md`` (corrections).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
 import attrs
@@ -43,6 +43,7 @@ from shardbill.batching import IdScope, Unit, plan_rows
 from shardbill.corrections.records import (
     CorrectionKind,
     CorrectionRecord,
+    EventFilter,
     RecordState,
     event_to_text,
     irreversible,
@@ -250,6 +251,26 @@ class Corrector:
             )
         )
 
+    def cancel_matching(
+        self,
+        events: Iterable[UsageEvent],
+        where: EventFilter,
+        *,
+        correction_id: str,
+        reason: str,
+        by: str = "shardbill",
+    ) -> list[CorrectionResult]:
+        """Cancel each event of ``events`` (as ingested) that ``where`` takes: a correction
+        by filter (account, product, time range) over a supplied events file.
+
+        Each event is cancelled as :meth:`cancel` does, under ``correction_id``
+        (so running the same filter again is a duplicate for each).
+        """
+        return [
+            self.cancel(event, correction_id=correction_id, reason=reason, by=by)
+            for event in where.select(events)
+        ]
+
     def records(self, event_ids: Sequence[str] | None = None) -> list[CorrectionRecord]:
         """The correction records (pending and applied) on every shard, by event and revision."""
         return read_records(self._provider, self.shards(), self._system, event_ids=event_ids)
@@ -311,15 +332,20 @@ class Corrector:
                 f"{period_of(_unix(new))}, the event's is {period_of(_unix(base))}; an amend "
                 "keeps the event in its period: cancel it and ingest a new event instead"
             )
+        if new is not None and new.account != base.account:
+            raise _Refused(
+                f"event {event_id!r}: the amended 'account' {new.account!r} is not the event's "
+                f"({base.account!r}); an amend keeps the account (its rows and ledger rows "
+                "stay where the event's are): cancel it and ingest a new event instead"
+            )
         deltas = self._verified_deltas(event_id, history, given, base, new)
         try:
             derived = ledger_id(event_id, revision)
-            before_text = event_to_text(base)
-            if new is not None:
-                event_to_text(new)
+            for content in (base, new):  # both must fit the record's columns
+                if content is not None:
+                    event_to_text(content)
         except InvalidInputError as exc:
             raise _Refused(str(exc)) from None
-        del before_text
         self._period_open(event_id, _unix(base))
         record = CorrectionRecord(
             event_id=event_id,

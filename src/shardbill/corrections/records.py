@@ -11,6 +11,7 @@ id, and the ledger lets only one of them in.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import json
 from collections import defaultdict
@@ -31,6 +32,7 @@ __all__ = [
     "SEPARATOR",
     "CorrectionKind",
     "CorrectionRecord",
+    "EventFilter",
     "RecordState",
     "event_from_text",
     "event_to_text",
@@ -112,6 +114,56 @@ class CorrectionRecord:
             "corrected_at": self.corrected_at,
             "shard": self.shard,
         }
+
+
+def _aware(instance: object, attribute: attrs.Attribute[dt.datetime | None], value: object) -> None:
+    if value is not None and (not isinstance(value, dt.datetime) or value.utcoffset() is None):
+        raise InvalidInputError(
+            f"{attribute.name!r} must be a timezone-aware datetime or None: {value!r}; give "
+            "an ISO 8601 time with its offset (e.g. 2026-11-01T00:00:00Z)"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class EventFilter:
+    """Which events of a supplied file a correction by filter takes (every field optional).
+
+    Attributes:
+        account: only this account (compared as text, so ``42`` and ``"42"`` match).
+        product: only this product.
+        start: only events at or after this time (timezone-aware).
+        end: only events before this time (timezone-aware).
+    """
+
+    account: str | int | None = None
+    product: str | None = None
+    start: dt.datetime | None = attrs.field(default=None, validator=_aware)
+    end: dt.datetime | None = attrs.field(default=None, validator=_aware)
+
+    def __attrs_post_init__(self) -> None:
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise InvalidInputError(
+                f"'end' {self.end.isoformat()} must be after 'start' {self.start.isoformat()}"
+            )
+
+    def matches(self, event: UsageEvent) -> bool:
+        """Whether ``event`` is one the filter takes."""
+        return (
+            (self.account is None or str(event.account) == str(self.account))
+            and (self.product is None or event.product == self.product)
+            and (self.start is None or event.time >= self.start)
+            and (self.end is None or event.time < self.end)
+        )
+
+    def select(self, events: Iterable[UsageEvent]) -> list[UsageEvent]:
+        """The events the filter takes, in order, each id once (its first occurrence)."""
+        seen: set[str] = set()
+        out = []
+        for event in events:
+            if event.event_id not in seen and self.matches(event):
+                seen.add(event.event_id)
+                out.append(event)
+        return out
 
 
 def shown_id(ledger: str) -> str:
