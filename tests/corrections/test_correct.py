@@ -387,3 +387,46 @@ def test_cancel_by_filter_takes_only_the_matching_events_of_the_file(deploy: Dep
     assert {r.state for r in again} == {"duplicate"}
     with pytest.raises(ValueError, match="'end'"):
         EventFilter(start=where.end, end=where.start)
+
+
+class CrashError(Exception):
+    """The process dies here (the test's fault injection)."""
+
+
+def test_a_correction_that_crashed_is_finished_by_running_it_again(
+    deploy: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the record and before the write leaves the record pending and the
+    rows unchanged; another correction of the event is refused meanwhile, naming the
+    pending one; the same correction run again applies once. A crash after the write and
+    before the record is settled: run again, the ledger finds the deltas in and the record
+    is settled without applying them twice."""
+    first, second = event("c1", 3), event("c2", 4, chars=300)
+    assert deploy.pipeline.process([first, second]).ok
+    before = deploy.rows()
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise CrashError
+
+    with monkeypatch.context() as patch:
+        patch.setattr(deploy.writer, "write_rows", crash)
+        with pytest.raises(CrashError):
+            deploy.corrector.cancel(first, correction_id="k1", reason="r")
+    assert deploy.rows() == before
+    (pending,) = deploy.corrector.records()
+    assert pending.state is RecordState.PENDING
+    other = deploy.corrector.cancel(first, correction_id="k2", reason="r")
+    assert other.state == "refused"
+    assert "'k1' of revision 0 is still pending" in other.reason
+    assert deploy.corrector.cancel(first, correction_id="k1", reason="r").state == "applied"
+    assert deploy.rows() == oracle(deploy.engine, [second], [first, second])
+
+    with monkeypatch.context() as patch:
+        patch.setattr("shardbill.corrections.correct.mark_applied", crash)
+        with pytest.raises(CrashError):
+            deploy.corrector.cancel(second, correction_id="k3", reason="r")
+    assert deploy.rows() == oracle(deploy.engine, [], [first, second])  # the write committed
+    again = deploy.corrector.cancel(second, correction_id="k3", reason="r")
+    assert again.state == "applied"
+    assert deploy.rows() == oracle(deploy.engine, [], [first, second])
+    assert {r.state for r in deploy.corrector.records()} == {RecordState.APPLIED}
