@@ -30,7 +30,7 @@ EVENTS = 6
 
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["cancel", "amend"]),
+        st.sampled_from(["cancel", "amend", "redeliver"]),
         st.integers(0, EVENTS - 1),  # which event
         st.integers(0, 4),  # the correction id's number (small: ids repeat)
         st.integers(1, 6),  # the amend's characters, in hundreds
@@ -45,8 +45,9 @@ steps = st.lists(
     plan=steps,
 )
 def test_random_corrections_match_the_model(accounts: list[int], plan: list[Any]) -> None:
-    """Each correction's outcome is the model's (applied, duplicate, refused), and after
-    every step the rows equal the oracle over the events' current contents."""
+    """Each correction's outcome is the model's (applied, duplicate, refused), a replay of
+    an original is always a duplicate, and after every step the rows equal the oracle over
+    the events' current contents."""
     engine = comms.engine()
     with tempfile.TemporaryDirectory() as tmp:
         shards = ("s0", "s1", "s2")
@@ -66,7 +67,8 @@ def test_random_corrections_match_the_model(accounts: list[int], plan: list[Any]
         try:
             writer.ensure_schema()
             originals = [event(f"p{i}", a, chars=100 + 37 * i) for i, a in enumerate(accounts)]
-            assert Pipeline(engine=engine, writer=writer).process(originals).ok
+            pipeline = Pipeline(engine=engine, writer=writer)
+            assert pipeline.process(originals).ok
             corrector = Corrector(writer=writer, engine=engine, provider=provider)
             current: dict[str, UsageEvent | None] = {e.event_id: e for e in originals}
             ever: list[UsageEvent] = list(originals)
@@ -75,6 +77,10 @@ def test_random_corrections_match_the_model(accounts: list[int], plan: list[Any]
                 original = originals[index]
                 event_id, cid = original.event_id, f"k{number}"
                 new = event(event_id, original.account, chars=100 * hundreds)
+                if kind == "redeliver":  # the stream replays the original: never re-applied
+                    replay = pipeline.process([original])
+                    assert replay.write.duplicate_events == {event_id}
+                    continue
                 if kind == "cancel":
                     result = corrector.cancel(original, correction_id=cid, reason="p")
                     asked: UsageEvent | None = None
@@ -97,6 +103,9 @@ def test_random_corrections_match_the_model(accounts: list[int], plan: list[Any]
                 found = actual_rows(types.SimpleNamespace(shards=shards, rows=backend.rows))
                 live = [e for e in current.values() if e is not None]
                 assert found == oracle(engine, live, ever)
+            found = actual_rows(types.SimpleNamespace(shards=shards, rows=backend.rows))
+            live = [e for e in current.values() if e is not None]
+            assert found == oracle(engine, live, ever)  # after the last step (maybe a replay)
         finally:
             writer.close()
             provider.close()
