@@ -202,6 +202,34 @@ def test_a_race_of_two_corrections_of_one_revision_lets_one_in(deploy: Deploymen
     assert [r.correction_id for r in deploy.corrector.records()] == ["k1"]
 
 
+def test_an_identical_correction_racing_the_first_is_refused_and_leaves_no_record(
+    deploy: Deployment,
+) -> None:
+    """Two identical cancels of revision 0 under different ids, the second not seeing the
+    first's record (as across a reshard): the ledger finds its deltas in already, so it is
+    refused and its own record removed; the money moved once."""
+    original = event("v", 5)
+    assert deploy.pipeline.process([original]).ok
+    assert deploy.corrector.cancel(original, correction_id="k1", reason="r").state == "applied"
+    before = deploy.rows()
+    late = Corrector(writer=deploy.writer, engine=deploy.engine, provider=deploy.backend.provider)
+    late.records = lambda event_ids=None: []  # type: ignore[method-assign]
+    home = deploy.writer.locate("v")[1]
+    real = deploy.writer.locate
+    deploy.writer.locate = (
+        lambda key: (  # type: ignore[method-assign]
+            (0, next(s for s in deploy.backend.shards[:3] if s != home))
+            if key == "v"
+            else real(key)
+        )
+    )
+    second = late.cancel(original, correction_id="k2", reason="r")
+    assert second.state == "refused"
+    assert "an identical correction of revision 0 was applied" in second.reason
+    assert deploy.rows() == before
+    assert [r.correction_id for r in deploy.corrector.records()] == ["k1"]
+
+
 def test_amend_applies_the_difference_exactly_and_chains(deploy: Deployment) -> None:
     """An amend (more characters: more segments) moves the sums to the new content's; a
     second amend starts from the first's result; a cancel after both takes the event out;

@@ -557,7 +557,9 @@ class Corrector:
             )
         why = _refusal(result, record)
         units = self._plan_deltas(record.ledger_id, record.event_time, deltas)
-        if fresh and not self._in_ledger(units):
+        # Fresh (this call's one write): a duplicate is another correction's deltas, not
+        # ours; otherwise ours may be in only if the ledger holds them with our content.
+        if fresh and (state is EventState.DUPLICATE or not self._in_ledger(units)):
             delete_pending(self._provider, record, self._system)
             return self._result(record, "refused", why)
         return self._result(
