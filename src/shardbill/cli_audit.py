@@ -114,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     repaired: RepairReport | None = None
     with config.open() as opened:
         current = live_map(config, opened.map_store)
+        corrections = read_records(
+            opened.provider,
+            sorted(current.shards),
+            config.writer.settings().system_tables,
+        )
         if args.repair:
             from shardbill.repair import repair
 
@@ -125,12 +130,8 @@ def run(args: argparse.Namespace) -> int:
                 provider=opened.provider,
                 shard_map=current,
                 system_tables=config.writer.settings().system_tables,
+                corrections=corrections,
             )
-        corrections = read_records(
-            opened.provider,
-            sorted(current.shards),
-            config.writer.settings().system_tables,
-        )
         report = audit(
             events,
             engine=config.engine(),

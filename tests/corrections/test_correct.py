@@ -25,6 +25,7 @@ from shardbill.errors import SchemaError
 from shardbill.migrate import migrate
 from shardbill.periods import PeriodCloser
 from shardbill.pipeline import Pipeline
+from shardbill.repair import repair
 from shardbill.resharding import MemoryMapStore, Resharder
 from shardbill.rules import UsageEvent, comms
 from shardbill.writer import AggregationWriter
@@ -458,3 +459,28 @@ def test_a_correction_that_crashed_is_finished_by_running_it_again(
     assert again.state == "applied"
     assert deploy.rows() == oracle(deploy.engine, [], [first, second])
     assert {r.state for r in deploy.corrector.records()} == {RecordState.APPLIED}
+
+
+def test_repair_counts_the_corrections_and_restores_a_corrected_row(deploy: Deployment) -> None:
+    """After a cancel, a row changed behind the writer's back is repaired to what the
+    events and the corrections imply (not to the events alone), and the audit is exact."""
+    events = [event("h1", 2), event("h2", 2, chars=300), event("h3", 3)]
+    assert deploy.pipeline.process(events).ok
+    assert deploy.corrector.cancel(events[1], correction_id="k", reason="r").state == "applied"
+    want = deploy.rows()
+    shard = deploy.writer.locate(2)[1]
+    deploy.backend.execute(
+        shard, "UPDATE `usage_monthly` SET `amount` = `amount` + 5 WHERE `account_id` = 2"
+    )
+    assert deploy.rows() != want
+    report = repair(
+        events,
+        engine=deploy.engine,
+        tables=billing_tables(),
+        provider=deploy.backend.provider,
+        shard_map=deploy.writer.shard_map,
+        corrections=deploy.corrector.records(),
+    )
+    assert report.actions, report.refused
+    assert deploy.rows() == want
+    _audit_exact(deploy, events)
