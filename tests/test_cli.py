@@ -77,6 +77,10 @@ HELP = [
     ("period",),
     ("period", "close"),
     ("period", "status"),
+    ("correct",),
+    ("correct", "cancel"),
+    ("correct", "amend"),
+    ("correct", "list"),
 ]
 
 

@@ -54,6 +54,7 @@ from shardbill.aggregates import (
     Quantity,
     VarChar,
 )
+from shardbill.corrections.records import CorrectionRecord, RecordState
 from shardbill.dialects.base import MergeKind
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import ConfigurationError
@@ -246,16 +247,25 @@ def _distinct_chunks(
 
 
 def expected_rows(
-    events: Iterable[UsageEvent], *, engine: RulesEngine, tables: Sequence[AggregateTable]
+    events: Iterable[UsageEvent],
+    *,
+    engine: RulesEngine,
+    tables: Sequence[AggregateTable],
+    corrections: Iterable[CorrectionRecord] = (),
 ) -> Expected:
     """Price ``events`` and aggregate their charges in plain Python, table by table.
 
     Every event counts once: give distinct events (a repeated id is priced once).
+    Then each applied correction counts once: its ``before`` content's sums
+    are taken away and its ``after`` content (an amend's) is added, so the
+    rows are Σ events + Σ corrections (a min or max is not taken back by a
+    correction, only merged with the amended value: as the writer does).
 
     Args:
         events: the events the shards should hold.
         engine: the rules engine that priced them.
         tables: the aggregate tables.
+        corrections: the correction records (pending ones are left out).
 
     Returns:
         The expected rows and the event counts.
@@ -280,7 +290,47 @@ def expected_rows(
             for name, key, values in deltas:
                 table_rows = rows[name]
                 table_rows[key] = _merge_into(table_rows.get(key), values, merges[name])
+    for record in corrections:
+        if record.state is not RecordState.APPLIED:
+            continue
+        _correct_into(
+            rows, merges=merges, recipe=recipe, engine=engine, event=record.before, sign=-1
+        )
+        if record.after is not None:
+            _correct_into(
+                rows, merges=merges, recipe=recipe, engine=engine, event=record.after, sign=1
+            )
     return Expected(rows=rows, events=len(seen), rejected=rejected, unwritable=unwritable)
+
+
+def _correct_into(
+    rows: Rows,
+    *,
+    merges: Mapping[str, Sequence[MergeKind]],
+    recipe: _Recipe,
+    engine: RulesEngine,
+    event: UsageEvent,
+    sign: int,
+) -> None:
+    """Add (``sign`` 1) or take away (-1: sums only) one corrected content's rows."""
+    try:
+        deltas = [row for c in engine.price(event).charges for row in recipe.rows(c)]
+    except _Unwritable:
+        return
+    for name, key, values in deltas:
+        table_rows = rows[name]
+        if sign > 0:
+            table_rows[key] = _merge_into(table_rows.get(key), values, merges[name])
+            continue
+        row = table_rows.get(key)
+        if row is None:  # the corrected content's rows should be there: a difference shows it
+            row = table_rows[key] = [
+                0 if kind is MergeKind.SUM else value
+                for kind, value in zip(merges[name], values, strict=True)
+            ]
+        for i, kind in enumerate(merges[name]):
+            if kind is MergeKind.SUM:
+                row[i] -= values[i]
 
 
 def events_on_slots(
@@ -712,6 +762,7 @@ def audit(
     provider: ConnectionProvider,
     shard_map: ShardMap,
     extra_shards: Sequence[str] = (),
+    corrections: Iterable[CorrectionRecord] = (),
 ) -> AuditReport:
     """Recompute, read and compare (:func:`expected_rows`, :func:`read_rows`, :func:`compare`).
 
@@ -722,11 +773,12 @@ def audit(
         provider: lends connections to the shards.
         shard_map: the current map: its shards are read, and placement is checked.
         extra_shards: more shards to read (e.g. ones a reshard emptied).
+        corrections: the applied corrections (see :func:`expected_rows`).
 
     Returns:
         The report.
     """
-    expected = expected_rows(events, engine=engine, tables=tables)
+    expected = expected_rows(events, engine=engine, tables=tables, corrections=corrections)
     shards = [*sorted(shard_map.shards), *(s for s in extra_shards if s not in shard_map.shards)]
     found = read_rows(provider, shards, tables)
     return compare(expected, found, tables=tables, shard_map=shard_map)

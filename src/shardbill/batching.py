@@ -54,7 +54,7 @@ from shardbill.aggregates import (
 from shardbill.dialects.base import MergeKind
 from shardbill.errors import InvalidInputError, ShardbillError
 from shardbill.extraction import RowDelta, RowExtractor
-from shardbill.fingerprints import digest, fingerprint
+from shardbill.fingerprints import canonical_text, digest, fingerprint
 from shardbill.rules.events import MAX_PARTS, PricedEvent
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "fingerprint",
     "merge_values",
     "plan_batch",
+    "plan_rows",
 ]
 
 
@@ -246,6 +247,33 @@ def plan_batch(
             collector.add_priced(item)
         else:
             collector.add_charge(item)
+    return collector.plan(home_slot, not_before)
+
+
+def plan_rows(
+    events: Iterable[tuple[str, int, Mapping[int, Sequence[RowDelta]]]],
+    *,
+    tables: Sequence[AggregateTable],
+    home_slot: Callable[[str], int] | None = None,
+    not_before: int | None = None,
+) -> Plan:
+    """Cut events given as row deltas per slot (not as charges) into units.
+
+    For writes whose deltas no charge expresses (a correction's negated
+    counts): each event is ``(event id, time in Unix seconds, slot -> its row
+    deltas)``, already validated (the deltas come from the extractor of
+    priced charges). Units, fingerprints, identity claims, the horizon and
+    the event's own overflow are as in :func:`plan_batch`.
+    """
+    collector_events: dict[str, _Event] = {}
+    for event_id, when, by_slot in events:
+        event = _Event(len(by_slot), when)
+        for number, (slot, rows) in enumerate(sorted(by_slot.items())):
+            listed = list(rows)
+            event.parts[number] = _Part(slot, listed, canonical_text(listed, tables))
+        collector_events[event_id] = event
+    collector = _Collector(RowExtractor(tables), (), lambda key: (0, ""))
+    collector.events = collector_events
     return collector.plan(home_slot, not_before)
 
 

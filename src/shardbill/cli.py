@@ -34,6 +34,9 @@ Commands (``shardbill COMMAND --help`` shows each one's options and examples):
 ``period close YYYY-MM`` / ``period status [YYYY-MM]``
     close a billing period on every shard (two phases, idempotent), or show
     each period's state per shard (:mod:`shardbill.cli_period`).
+``correct cancel|amend|list``
+    cancel or amend applied events, each correction exactly once, with who,
+    why and when recorded on the shards (:mod:`shardbill.cli_correct`).
 ``migrate``
     add new measures (0 in existing rows) and new tables to the live
     shards, shard by shard, resumably (``--dry-run`` shows the plan).
@@ -66,8 +69,8 @@ and runs it (``run``): :mod:`shardbill.cli_demo`, :mod:`shardbill.cli_init`,
 :mod:`shardbill.cli_ingest`, :mod:`shardbill.cli_audit`,
 :mod:`shardbill.cli_map`, :mod:`shardbill.cli_bench`,
 :mod:`shardbill.cli_reshard`, :mod:`shardbill.cli_prune`,
-:mod:`shardbill.cli_status`, :mod:`shardbill.cli_migrate` and
-:mod:`shardbill.cli_period`; what several
+:mod:`shardbill.cli_status`, :mod:`shardbill.cli_migrate`,
+:mod:`shardbill.cli_period` and :mod:`shardbill.cli_correct`; what several
 of them share (option groups, ``--json`` and progress output,
 :data:`EXIT_PROBLEM`) is in
 :mod:`shardbill.cli_common`. This module builds the parser, dispatches, and
@@ -86,6 +89,7 @@ from shardbill import (
     cli_audit,
     cli_bench,
     cli_common,
+    cli_correct,
     cli_demo,
     cli_ingest,
     cli_init,
@@ -158,6 +162,7 @@ def _build_parser() -> argparse.ArgumentParser:
         cli_status,
         cli_migrate,
         cli_period,
+        cli_correct,
     ):
         module.add_parser(sub)
     return parser
@@ -176,6 +181,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cli_status.run,
     "migrate": cli_migrate.run,
     "period": cli_period.run,
+    "correct": cli_correct.run,
 }
 
 

@@ -10,6 +10,9 @@ without FILE, from the demo's synthetic day (the same ``--model``,
 ``--max-differences`` differences (all are counted); exit 0 when exact,
 :data:`~shardbill.cli_common.EXIT_PROBLEM` on any difference.
 
+The corrections recorded on the shards (``shardbill correct``) count too:
+Σ events + Σ corrections = Σ aggregates.
+
 ``--repair`` first corrects what can be re-derived from the events
 (:func:`shardbill.repair.repair`: a changed measure, a deleted row, a row no
 event makes, on slots whose ledger shows the events are their whole truth),
@@ -94,6 +97,7 @@ def _file_events(
 def run(args: argparse.Namespace) -> int:
     """Run ``audit``; returns the exit code."""
     from shardbill.audit import audit
+    from shardbill.corrections import read_records
     from shardbill.workloads.synthetic import Traffic
 
     for name in args.files:
@@ -110,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     repaired: RepairReport | None = None
     with config.open() as opened:
         current = live_map(config, opened.map_store)
+        corrections = read_records(
+            opened.provider,
+            sorted(current.shards),
+            config.writer.settings().system_tables,
+        )
         if args.repair:
             from shardbill.repair import repair
 
@@ -121,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 provider=opened.provider,
                 shard_map=current,
                 system_tables=config.writer.settings().system_tables,
+                corrections=corrections,
             )
         report = audit(
             events,
@@ -128,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             tables=config.tables,
             provider=opened.provider,
             shard_map=current,
+            corrections=corrections,
         )
     if args.json:
         extra = {"repair": repaired.to_dict()} if repaired is not None else {}

@@ -46,6 +46,7 @@ from shardbill.audit import (
     expected_rows,
     read_rows,
 )
+from shardbill.corrections.records import CorrectionRecord, RecordState
 from shardbill.dialects.base import Dialect, MergeKind
 from shardbill.dialects.ddl import exclusive_lock_clause
 from shardbill.dialects.detect import dialect_for
@@ -125,6 +126,7 @@ def repair(
     provider: ConnectionProvider,
     shard_map: ShardMap,
     system_tables: SystemTables | None = None,
+    corrections: Iterable[CorrectionRecord] = (),
 ) -> RepairReport:
     """Audit, then correct every row that differs where the slot's events are all audited.
 
@@ -135,6 +137,9 @@ def repair(
         provider: lends connections to the shards.
         shard_map: the current map.
         system_tables: the names of shardbill's own tables.
+        corrections: the correction records (``shardbill correct``): the
+            applied ones count as part of the truth (their ledger ids are
+            audited too); a slot holding a pending one's is left alone.
 
     Returns:
         The audit before, the corrections and the refusals. Audit again to
@@ -142,7 +147,8 @@ def repair(
     """
     system = system_tables or SystemTables()
     audited = _distinct(events)
-    expected = expected_rows(audited, engine=engine, tables=tables)
+    applied = [r for r in corrections if r.state is RecordState.APPLIED]
+    expected = expected_rows(audited, engine=engine, tables=tables, corrections=applied)
     found = read_rows(provider, sorted(shard_map.shards), tables)
     before = compare(expected, found, tables=tables, shard_map=shard_map)
     refused: list[str] = []
@@ -162,7 +168,7 @@ def repair(
             continue
         assert difference.slot is not None  # noqa: S101 - a shard is named with its slot
         groups.setdefault((difference.shard, difference.slot), []).append(difference)
-    ids = {e.event_id for e in audited}
+    ids = {e.event_id for e in audited} | {r.ledger_id for r in applied}
     on_slot = events_on_slots(
         audited,
         engine=engine,

@@ -22,6 +22,15 @@ them. Two system tables live on every shard next to the aggregates:
     lock and a period close updates exclusively (see
     :mod:`shardbill.periods`).
 
+``shardbill_corrections``
+    The corrections recorded on this shard (cancel and amend, see
+    :mod:`shardbill.corrections`): per corrected event and revision, the
+    caller's correction id, who, why and when, the ledger id the
+    correction's deltas were applied under, and the event's content before
+    and after (the current revision, which the next correction of the event
+    starts from). Rows stay on the shard that recorded them (a reshard does
+    not move them): readers read every shard.
+
 ``shardbill_slots``
     The slots this shard owns (``state`` = ``owned``), is receiving during a
     reshard (``incoming``, with the source shard in ``peer``), or has handed
@@ -55,6 +64,7 @@ from shardbill.aggregates import (
 )
 
 __all__ = [
+    "CONTENT_LENGTH",
     "EVENT_ID_LENGTH",
     "Column",
     "ColumnKind",
@@ -66,6 +76,9 @@ __all__ = [
 
 #: Longest event id: 191 characters fit a utf8mb4 index prefix on every InnoDB row format.
 EVENT_ID_LENGTH = 191
+
+#: Longest event content (its JSON) a correction records, before and after.
+CONTENT_LENGTH = 4000
 
 
 class ColumnKind(enum.StrEnum):
@@ -244,6 +257,39 @@ class SystemTables:
             primary_key=("period",),
         )
 
+    @property
+    def corrections(self) -> str:
+        """The corrections audit table's name."""
+        return f"{self.prefix}_corrections"
+
+    def corrections_def(self) -> TableDef:
+        """The corrections audit table: one row per (corrected event, revision it creates)."""
+        return TableDef(
+            name=self.corrections,
+            columns=(
+                Column(name="event_id", kind=ColumnKind.VARCHAR, length=EVENT_ID_LENGTH),
+                # The revision this correction creates (1 corrects the event as ingested).
+                Column(name="revision", kind=ColumnKind.INT),
+                Column(name="correction_id", kind=ColumnKind.VARCHAR, length=EVENT_ID_LENGTH),
+                Column(name="kind", kind=ColumnKind.ASCII, length=16),  # cancel | amend
+                Column(name="state", kind=ColumnKind.ASCII, length=16),  # pending | applied
+                # The id the correction's deltas are in the ledger under.
+                Column(name="ledger_id", kind=ColumnKind.VARCHAR, length=EVENT_ID_LENGTH),
+                Column(name="event_time", kind=ColumnKind.BIGINT),  # the period's
+                Column(name="before_event", kind=ColumnKind.VARCHAR, length=CONTENT_LENGTH),
+                Column(
+                    name="after_event",
+                    kind=ColumnKind.VARCHAR,
+                    length=CONTENT_LENGTH,
+                    nullable=True,
+                ),
+                Column(name="corrected_by", kind=ColumnKind.VARCHAR, length=64),
+                Column(name="reason", kind=ColumnKind.VARCHAR, length=255),
+                Column(name="corrected_at", kind=ColumnKind.BIGINT),
+            ),
+            primary_key=("event_id", "revision"),
+        )
+
     def all_defs(self, aggregates: Sequence[AggregateTable]) -> tuple[TableDef, ...]:
         """Every table one shard holds: the system tables, then the aggregates."""
         return (
@@ -251,5 +297,6 @@ class SystemTables:
             self.slots_def(),
             self.moves_def(),
             self.periods_def(),
+            self.corrections_def(),
             *(aggregate_table_def(t) for t in aggregates),
         )

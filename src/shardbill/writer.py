@@ -85,6 +85,7 @@ from shardbill.batching import (
     deltas_fit,
     find_overflows,
     plan_batch,
+    plan_rows,
     refusals_ahead,
     split_by_claim,
     spread_events,
@@ -107,6 +108,7 @@ from shardbill.errors import (
     SchemaError,
     ShardbillError,
 )
+from shardbill.extraction import RowDelta
 from shardbill.mapstore.base import MapHistory
 from shardbill.motion import combine, merge_marks, read_rows, sql_value, unmerged_scope
 from shardbill.observe import Committed, Failed, MapReloaded, Observer, Rejected, Retried
@@ -572,6 +574,44 @@ class AggregationWriter:
             the reason, failed: retry), and what each shard did.
         """
         return self._execute(self._plan(items))
+
+    def plan_of(self, items: Iterable[ChargeLike | PricedEvent]) -> Plan:
+        """The plan a :meth:`write` of ``items`` would run: units, fingerprints, rejections.
+
+        Pure (no I/O, nothing logged): :mod:`shardbill.corrections` compares
+        an event's units with the ledger's fingerprints through it.
+        """
+        scope = self._settings.id_scope
+        return plan_batch(
+            items,
+            tables=self._extractor,
+            shard_key=self._shard_key,
+            locate=self.locate,
+            home_slot=self._home_slot if scope is IdScope.GLOBAL else None,
+            not_before=self.horizon(),
+        )
+
+    def write_rows(
+        self, events: Iterable[tuple[str, int, Mapping[int, Sequence[RowDelta]]]]
+    ) -> WriteResult:
+        """Apply events given as row deltas per slot exactly once (as :meth:`write` does).
+
+        Each event is ``(event id, time in Unix seconds, slot -> row deltas)``
+        with deltas from :meth:`plan_of`'s units (a correction's negated or
+        differing deltas, which no charge can express: a count only grows).
+        """
+        if self._closed:
+            raise ShardbillError("this AggregationWriter is closed; create a new one")
+        scope = self._settings.id_scope
+        plan = plan_rows(
+            events,
+            tables=self._tables,
+            home_slot=self._home_slot if scope is IdScope.GLOBAL else None,
+            not_before=self.horizon(),
+        )
+        for rejection in plan.rejected:
+            log.warning("rejected event %s: %s", rejection.event_id, rejection.reason)
+        return self._execute(plan)
 
     def write_stream(
         self, batches: Iterable[Iterable[ChargeLike | PricedEvent]], *, depth: int = 2

@@ -10,7 +10,8 @@
 * :mod:`shardbill.periods.close`: :class:`PeriodCloser`, the two-phase close
   on every shard, and the status of a period (``shardbill period``).
 
-Not built yet: corrections, the ``adjust`` late-event policy, statements.
+Corrections (cancel, amend) are :mod:`shardbill.corrections`. Not built yet: the
+``adjust`` late-event policy, statements.
 """
 
 from shardbill.periods.close import DEFAULT_DRAIN_SECONDS, PeriodCloser, PeriodStatus, fleet_shards

@@ -1,0 +1,238 @@
+"""Reading and writing ``shardbill_corrections`` and reading the ledger, on the shards' primaries.
+
+Corrections are rare, so every read here asks every shard it is given
+(the fleet: the map's shards and every kept epoch's): a record stays on the
+shard that recorded it, and a ledger row may be on either side of a
+reshard, so reading all of them finds every one wherever a reshard left it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from shardbill.aggregates import SLOT_COLUMN
+from shardbill.corrections.records import (
+    CorrectionKind,
+    CorrectionRecord,
+    RecordState,
+    event_from_text,
+    event_to_text,
+)
+from shardbill.dialects.detect import dialect_for
+from shardbill.periods.tables import GATE_ROW, PeriodState
+from shardbill.providers.base import ConnectionProvider
+from shardbill.tables import SystemTables
+
+__all__ = [
+    "delete_pending",
+    "insert_record",
+    "ledger_prints",
+    "mark_applied",
+    "period_states",
+    "read_records",
+]
+
+_COLUMNS = (
+    "event_id",
+    "revision",
+    "correction_id",
+    "kind",
+    "state",
+    "ledger_id",
+    "event_time",
+    "before_event",
+    "after_event",
+    "corrected_by",
+    "reason",
+    "corrected_at",
+)
+
+
+def read_records(
+    provider: ConnectionProvider,
+    shards: Iterable[str],
+    system: SystemTables,
+    *,
+    event_ids: Sequence[str] | None = None,
+) -> list[CorrectionRecord]:
+    """The correction records of ``event_ids`` (None: all) on ``shards``, by (event, revision)."""
+    found: list[CorrectionRecord] = []
+    for shard in shards:
+        with provider.connection(shard) as conn:
+            dialect = dialect_for(conn)
+            q = dialect.quote
+            cursor = conn.cursor()
+            try:
+                select = f"SELECT {', '.join(q(c) for c in _COLUMNS)} FROM {q(system.corrections)}"
+                batches: list[tuple[str, list[object]]]
+                if event_ids is None:
+                    batches = [(select, [])]
+                else:
+                    ids = sorted(set(event_ids))
+                    batches = [
+                        (
+                            f"{select} WHERE {q('event_id')} IN "
+                            f"({', '.join([dialect.placeholder] * len(ids[i : i + 500]))})",
+                            list(ids[i : i + 500]),
+                        )
+                        for i in range(0, len(ids), 500)
+                    ]
+                for sql, params in batches:
+                    cursor.execute(sql, params)
+                    found.extend(_record(row, shard) for row in cursor.fetchall())
+            finally:
+                cursor.close()
+    return sorted(found, key=lambda r: (r.event_id, r.revision, r.shard))
+
+
+def _record(row: Sequence[object], shard: str) -> CorrectionRecord:
+    (event_id, revision, correction_id, kind, state, ledger, at, before, after, by, why, when) = row
+    return CorrectionRecord(
+        event_id=str(event_id),
+        revision=int(str(revision)),
+        correction_id=str(correction_id),
+        kind=CorrectionKind(str(kind)),
+        state=RecordState(str(state)),
+        ledger_id=str(ledger),
+        event_time=int(str(at)),
+        before=event_from_text(str(before)),
+        after=None if after is None else event_from_text(str(after)),
+        corrected_by=str(by),
+        reason=str(why),
+        corrected_at=int(str(when)),
+        shard=shard,
+    )
+
+
+def insert_record(
+    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables
+) -> None:
+    """Insert ``record`` on its shard (a plain INSERT: one row per event and revision there)."""
+    with provider.connection(record.shard) as conn:
+        dialect = dialect_for(conn)
+        q = dialect.quote
+        cursor = conn.cursor()
+        try:
+            cursor.execute(
+                f"INSERT INTO {q(system.corrections)} ({', '.join(q(c) for c in _COLUMNS)}) "
+                f"VALUES ({', '.join([dialect.placeholder] * len(_COLUMNS))})",
+                (
+                    record.event_id,
+                    record.revision,
+                    record.correction_id,
+                    record.kind.value,
+                    record.state.value,
+                    record.ledger_id,
+                    record.event_time,
+                    event_to_text(record.before),
+                    None if record.after is None else event_to_text(record.after),
+                    record.corrected_by,
+                    record.reason,
+                    record.corrected_at,
+                ),
+            )
+        finally:
+            cursor.close()
+
+
+def _change(
+    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables, verb: str
+) -> int:
+    with provider.connection(record.shard) as conn:
+        dialect = dialect_for(conn)
+        q = dialect.quote
+        p = dialect.placeholder
+        cursor = conn.cursor()
+        try:
+            where = (
+                f"WHERE {q('event_id')} = {p} AND {q('revision')} = {p} AND "
+                f"{q('correction_id')} = {p} AND {q('state')} = {p}"
+            )
+            params: list[object] = [
+                record.event_id,
+                record.revision,
+                record.correction_id,
+                RecordState.PENDING.value,
+            ]
+            if verb == "delete":
+                cursor.execute(f"DELETE FROM {q(system.corrections)} {where}", params)
+            else:
+                cursor.execute(
+                    f"UPDATE {q(system.corrections)} SET {q('state')} = {p} {where}",
+                    [RecordState.APPLIED.value, *params],
+                )
+            return max(cursor.rowcount, 0)
+        finally:
+            cursor.close()
+
+
+def mark_applied(
+    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables
+) -> None:
+    """Mark a pending record applied (a no-op when it is already)."""
+    _change(provider, record, system, "update")
+
+
+def delete_pending(
+    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables
+) -> None:
+    """Delete a pending record whose deltas are in no ledger (the correction was refused)."""
+    _change(provider, record, system, "delete")
+
+
+def ledger_prints(
+    provider: ConnectionProvider,
+    shards: Iterable[str],
+    system: SystemTables,
+    pairs: Sequence[tuple[int, str]],
+) -> dict[tuple[str, int], str]:
+    """(event id, slot) -> stored fingerprint, for the ``(slot, event id)`` pairs, on any shard."""
+    wanted = {(event_id, slot) for slot, event_id in pairs}
+    found: dict[tuple[str, int], str] = {}
+    if not pairs:
+        return found
+    ordered = sorted(set(pairs))
+    for shard in shards:
+        with provider.connection(shard) as conn:
+            dialect = dialect_for(conn)
+            cursor = conn.cursor()
+            try:
+                select = (
+                    f"SELECT event_id, {SLOT_COLUMN}, fingerprint FROM "
+                    f"{dialect.quote(system.ledger)} WHERE "
+                )
+                for condition, params in dialect.pairs_statements(
+                    (SLOT_COLUMN, "event_id"), ordered
+                ):
+                    cursor.execute(select + condition, params)
+                    for event_id, slot, fingerprint in cursor.fetchall():
+                        key = (str(event_id), int(slot))
+                        if key in wanted:
+                            found[key] = str(fingerprint)
+            finally:
+                cursor.close()
+    return found
+
+
+def period_states(
+    provider: ConnectionProvider, shards: Iterable[str], system: SystemTables, period: str
+) -> dict[str, PeriodState]:
+    """Shard -> the state of ``period`` there, for the shards that hold it closing or closed."""
+    out: dict[str, PeriodState] = {}
+    for shard in shards:
+        with provider.connection(shard) as conn:
+            dialect = dialect_for(conn)
+            p = dialect.placeholder
+            cursor = conn.cursor()
+            try:
+                cursor.execute(
+                    f"SELECT state FROM {dialect.quote(system.periods)} WHERE period = {p} "
+                    f"AND period <> {p}",
+                    (period, GATE_ROW),
+                )
+                row = cursor.fetchone()
+                if row is not None:
+                    out[shard] = PeriodState(str(row[0]))
+            finally:
+                cursor.close()
+    return out
