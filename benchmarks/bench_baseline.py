@@ -56,13 +56,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_writer's helpe
 from bench_writer import _by_event, _connect, _price
 
 from shardbill import ShardMap
-from shardbill.aggregates import AggregateTable
-from shardbill.batching import IdScope
-from shardbill.catalog import billing_tables
 from shardbill.dialects.base import MergeKind
 from shardbill.providers import PooledProvider
 from shardbill.rules import Charge
+from shardbill.tables.aggregates import AggregateTable
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, WriterSettings
+from shardbill.writer.planning import IdScope
 
 WAYS = ("loop", "loop_no_ledger", "writer")
 PER_ACCOUNT = "writer_per_account"  # --per-account: the writer with IdScope.PER_ACCOUNT

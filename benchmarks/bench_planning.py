@@ -30,13 +30,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shardbill import ShardMap
-from shardbill.aggregates import Account
-from shardbill.batching import Unit, coalesce, plan_batch, split_by_claim, spread_events
-from shardbill.catalog import billing_tables
-from shardbill.extraction import RowExtractor
-from shardbill.fingerprints import canonical_text
 from shardbill.rules import Charge, comms
+from shardbill.tables.aggregates import Account
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
+from shardbill.writer.extraction import RowExtractor
+from shardbill.writer.fingerprints import canonical_text
+from shardbill.writer.planning import Unit, coalesce, plan_batch, split_by_claim, spread_events
 
 
 def _best_us(func: Callable[[], object], count: int, repeat: int) -> float:

@@ -43,11 +43,11 @@ from typing import Any
 import pymysql
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.observe import Stats, WriteEvent
 from shardbill.providers import PooledProvider
 from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
 from shardbill.rules import Charge, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import AggregationWriter, WriterSettings
 

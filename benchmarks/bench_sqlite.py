@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.providers import PooledProvider
 from shardbill.rules import Charge, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import AggregationWriter
 

@@ -49,14 +49,14 @@ import attrs
 import pymysql
 
 from shardbill import ShardMap
-from shardbill.aggregates import AggregateTable, Amount, Quantity
-from shardbill.batching import IdScope, coalesce, plan_batch
-from shardbill.catalog import billing_tables
 from shardbill.observe import Stats
 from shardbill.providers import PooledProvider
 from shardbill.rules import Charge, comms
+from shardbill.tables.aggregates import AggregateTable, Amount, Quantity
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import AggregationWriter, WriterSettings
+from shardbill.writer.planning import IdScope, coalesce, plan_batch
 
 
 def _pct(values: Sequence[float], q: float) -> float:

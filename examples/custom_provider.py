@@ -21,9 +21,9 @@ from typing import Any
 import pymysql
 
 from shardbill import AggregationWriter, Pipeline, Reader, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.providers import ConnectionProvider, DBAPIConnection, transaction
 from shardbill.rules import comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 
 

@@ -19,8 +19,8 @@ import sys
 import tempfile
 
 from shardbill import AggregationWriter, Pipeline, PooledProvider, Reader, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.rules import comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 
 

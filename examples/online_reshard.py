@@ -28,9 +28,9 @@ from decimal import Decimal
 from pathlib import Path
 
 from shardbill import AggregationWriter, JsonFileMapStore, PooledProvider, Reader, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.resharding import Resharder, ReshardSettings
 from shardbill.rules import Charge, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 
 SLOTS = 1024  # fewer than the default 16384: the example moves a quarter of them in seconds

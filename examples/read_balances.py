@@ -23,8 +23,8 @@ import tempfile
 from collections import Counter
 
 from shardbill import AggregationWriter, Pipeline, PooledProvider, Reader, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.rules import comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 
 NOVEMBER = dt.date(2026, 11, 1)

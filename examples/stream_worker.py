@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 
 from shardbill import AggregationWriter, Pipeline, PooledProvider, Reader, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.worker import (
     JsonlDeadLetters,
     MemoryBroker,

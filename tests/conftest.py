@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import shardbill.writer
+import shardbill.writer.aggregation
 from tests.support.clock import fixed_clock
 from tests.support.mysql import (
     SKIP_REASON,
@@ -29,7 +29,7 @@ _MYSQL_FIXTURES = {"mysql_server", "mysql_database", "mysql_database_url", "priv
 def _fixed_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Writers built without a clock read TEST_NOW, so the dedup horizon does not move
     with the date the suite runs on (its data is dated around November 2026)."""
-    monkeypatch.setattr(shardbill.writer, "wall_clock", fixed_clock)
+    monkeypatch.setattr(shardbill.writer.aggregation, "wall_clock", fixed_clock)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

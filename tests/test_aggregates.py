@@ -8,7 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from shardbill.aggregates import (
+from shardbill.dialects.base import MergeKind
+from shardbill.errors import ConfigurationError, InvalidInputError, MoneyTypeError
+from shardbill.rules import Charge
+from shardbill.tables.aggregates import (
     Account,
     AggregateTable,
     Amount,
@@ -23,9 +26,6 @@ from shardbill.aggregates import (
     Quantity,
     VarChar,
 )
-from shardbill.dialects.base import MergeKind
-from shardbill.errors import ConfigurationError, InvalidInputError, MoneyTypeError
-from shardbill.rules import Charge
 
 
 def charge(**overrides: object) -> Charge:

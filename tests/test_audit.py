@@ -9,10 +9,10 @@ from decimal import Decimal
 import pytest
 
 from shardbill import AggregateTable, AggregationWriter, KeyColumn, Measure, Pipeline, ShardMap
-from shardbill.aggregates import Account, Amount, BigInt, Count, Dimension, Quantity, VarChar
 from shardbill.audit import AuditReport, Difference, audit, expected_rows
-from shardbill.catalog import billing_tables
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.aggregates import Account, Amount, BigInt, Count, Dimension, Quantity, VarChar
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 from tests.support import oracle
 from tests.support.backends import Backend

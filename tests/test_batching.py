@@ -10,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardbill import ShardMap
-from shardbill.aggregates import BIGINT_MAX, Account
-from shardbill.batching import (
+from shardbill.rules import Charge
+from shardbill.tables.aggregates import BIGINT_MAX, Account
+from shardbill.tables.catalog import billing_tables
+from shardbill.writer.planning import (
     Plan,
     Rejection,
     Unit,
@@ -22,8 +24,6 @@ from shardbill.batching import (
     split_by_claim,
     spread_events,
 )
-from shardbill.catalog import billing_tables
-from shardbill.rules import Charge
 from tests.test_aggregates import charge
 
 TABLES = billing_tables()
@@ -117,7 +117,15 @@ def test_a_time_past_the_calendar_in_the_tables_zone_rejects_only_its_event() ->
     """9999-12-31 23:00 UTC is year 10000 in Tokyo: that event is rejected, the batch goes on."""
     from zoneinfo import ZoneInfo
 
-    from shardbill.aggregates import AggregateTable, BigInt, Count, Date, Day, KeyColumn, Measure
+    from shardbill.tables.aggregates import (
+        AggregateTable,
+        BigInt,
+        Count,
+        Date,
+        Day,
+        KeyColumn,
+        Measure,
+    )
 
     tokyo_daily = AggregateTable(
         name="tokyo_daily",

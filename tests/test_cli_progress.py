@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from shardbill.audit import expected_rows
-from shardbill.catalog import billing_tables
 from shardbill.rules import comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.progress import Progress
 from shardbill.workloads.synthetic import Traffic
 from tests.support.clock import recent_start

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shardbill import cli, cli_status
+from shardbill import cli
+from shardbill.cli import status as cli_status
 from shardbill.metrics import PrometheusObserver
 from shardbill.observe import Committed, Failed, Rejected, Retried
 from shardbill.status import parse_metrics

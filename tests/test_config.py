@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from shardbill.aggregates import Account, BigInt, Dimension, VarChar
 from shardbill.config import Config, find_config
 from shardbill.dialects.base import MergeKind
 from shardbill.errors import ConfigurationError
 from shardbill.resharding import JsonFileMapStore, SqlMapStore
 from shardbill.rules import UsageEvent, comms
 from shardbill.rules.comms import RULE_NAMES
+from shardbill.tables.aggregates import Account, BigInt, Dimension, VarChar
 
 FULL = """
 slots = 256

@@ -11,12 +11,20 @@ from pathlib import Path
 import pytest
 
 from shardbill import resharding
-from shardbill.aggregates import Account, AggregateTable, BigInt, Count, KeyColumn, Measure, Product
-from shardbill.aggregates import VarChar as Text
-from shardbill.catalog import billing_tables
 from shardbill.errors import ConfigurationError
 from shardbill.providers.url import ConnectionURL
 from shardbill.rules import comms
+from shardbill.tables.aggregates import (
+    Account,
+    AggregateTable,
+    BigInt,
+    Count,
+    KeyColumn,
+    Measure,
+    Product,
+)
+from shardbill.tables.aggregates import VarChar as Text
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.demo import DEMO_SHARDS, _write_demo_config, run_demo
 from shardbill.workloads.synthetic import Traffic
 from tests.support.mysql import ServerAddress

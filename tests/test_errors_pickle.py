@@ -20,7 +20,7 @@ import pytest
 import shardbill
 from shardbill.errors import FencedError
 from shardbill.ingest import IngestSummary
-from shardbill.results import EventState, WriteResult
+from shardbill.writer.results import EventState, WriteResult
 
 SAMPLES: dict[str, Any] = {
     "errno": 1213,

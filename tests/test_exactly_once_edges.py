@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 
 from shardbill import ShardMap
-from shardbill.aggregates import (
+from shardbill.errors import CannotConnectError, CommitOutcomeUnknownError
+from shardbill.retry import RetryPolicy
+from shardbill.rules import Charge
+from shardbill.tables.aggregates import (
     BIGINT_MAX,
     Account,
     AggregateTable,
@@ -29,11 +32,8 @@ from shardbill.aggregates import (
     KeyColumn,
     Measure,
 )
-from shardbill.aggregates import BigInt as BigIntColumn
-from shardbill.catalog import billing_tables
-from shardbill.errors import CannotConnectError, CommitOutcomeUnknownError
-from shardbill.retry import RetryPolicy
-from shardbill.rules import Charge
+from shardbill.tables.aggregates import BigInt as BigIntColumn
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, EventState, PricedEvent, WriterSettings
 from tests.support.backends import Backend
 from tests.support.oracle import actual_rows, expected_rows

@@ -46,9 +46,9 @@ from hypothesis.stateful import (
 )
 
 from shardbill import ShardMap
-from shardbill.aggregates import BIGINT_MAX, WIDE_MAX, AggregateTable, Amount
-from shardbill.catalog import billing_tables
 from shardbill.rules import Charge, PricedEvent
+from shardbill.tables.aggregates import BIGINT_MAX, WIDE_MAX, AggregateTable, Amount
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, EventState
 from tests.support.backends import KINDS, Backend, make_backend
 

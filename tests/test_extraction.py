@@ -1,7 +1,7 @@
 """The compiled row extractor gives exactly what the declared tables say, or their error (pure).
 
 The oracle is independent of the extractor: each table's own ``key_of`` and
-``deltas_of`` for the rows, :func:`shardbill.fingerprints.canonical_text` for
+``deltas_of`` for the rows, :func:`shardbill.writer.fingerprints.canonical_text` for
 the fingerprint text. Charges are drawn valid and invalid (wrong types, float
 money, naive or foreign-zone times, non-ASCII and over-long text, values out
 of range), so both the compiled path and its fall-back are exercised.
@@ -19,7 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardbill.aggregates import (
+from shardbill.dialects.base import MergeKind
+from shardbill.errors import InvalidInputError, MoneyTypeError
+from shardbill.tables.aggregates import (
     Account,
     AggregateTable,
     Amount,
@@ -35,11 +37,9 @@ from shardbill.aggregates import (
     Quantity,
     VarChar,
 )
-from shardbill.catalog import billing_tables
-from shardbill.dialects.base import MergeKind
-from shardbill.errors import InvalidInputError, MoneyTypeError
-from shardbill.extraction import RowExtractor
-from shardbill.fingerprints import canonical_text
+from shardbill.tables.catalog import billing_tables
+from shardbill.writer.extraction import RowExtractor
+from shardbill.writer.fingerprints import canonical_text
 
 
 @attrs.frozen

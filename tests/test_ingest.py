@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from shardbill import AggregationWriter, Pipeline, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.errors import ConfigurationError
 from shardbill.ingest import (
     FileEvent,
@@ -23,6 +22,7 @@ from shardbill.ingest import (
     read_events,
 )
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 from tests.support.backends import Backend
 from tests.support.clock import recent_start

@@ -7,8 +7,8 @@ import pytest
 prometheus_client = pytest.importorskip("prometheus_client")
 
 from shardbill import ShardMap  # noqa: E402
-from shardbill.catalog import billing_tables  # noqa: E402
 from shardbill.metrics import PrometheusObserver  # noqa: E402
+from shardbill.tables.catalog import billing_tables  # noqa: E402
 from shardbill.writer import AggregationWriter  # noqa: E402
 from tests.support.backends import Backend  # noqa: E402
 from tests.test_writer import make_charges  # noqa: E402

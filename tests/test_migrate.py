@@ -8,11 +8,19 @@ import attrs
 import pytest
 
 from shardbill import AggregateTable, AggregationWriter, KeyColumn, Measure, Pipeline, ShardMap
-from shardbill.aggregates import Account, BigInt, Count, Dimension, Product, Quantity, VarChar
-from shardbill.catalog import billing_tables
 from shardbill.errors import ConfigurationError, SchemaError
 from shardbill.migrate import MigrationStep, migrate, plan_migration
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.aggregates import (
+    Account,
+    BigInt,
+    Count,
+    Dimension,
+    Product,
+    Quantity,
+    VarChar,
+)
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 from tests.support.backends import Backend
 from tests.support.clock import recent_start

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from shardbill import Pipeline, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 from shardbill.writer import AggregationWriter
 from tests.support.backends import Backend

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from shardbill import Reader, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.errors import ConfigurationError, SlotsMovedDuringReadError
 from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
 from shardbill.rules import Charge
-from shardbill.schema import apply_schema
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
+from shardbill.writer.schema import apply_schema
 from tests.support.backends import KINDS, Backend, make_backend
 from tests.support.oracle import expected_rows
 from tests.test_writer import make_charges

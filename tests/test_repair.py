@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from shardbill import AggregationWriter, Pipeline, ShardMap
 from shardbill.audit import AuditReport, audit
-from shardbill.catalog import billing_tables
 from shardbill.repair import RepairReport, repair
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 from tests.support import oracle
 from tests.support.backends import Backend

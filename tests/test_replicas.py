@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from shardbill import Reader, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.errors import (
     ConfigurationError,
     InvalidInputError,
@@ -27,6 +26,7 @@ from shardbill.errors import (
 from shardbill.observe import ReadEvent, ReadFellBack, ReplicaDown
 from shardbill.providers import PooledProvider
 from shardbill.rules import Charge
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, WriteResult, WriterSettings
 from tests.support.oracle import expected_rows
 from tests.support.replication import Topology, start_replication
@@ -431,7 +431,7 @@ def test_replica_reads_stay_exact_when_a_replica_is_behind_a_reshard(
     so the reader reads that call from the primaries: totals and point reads stay exact
     (on the replicas alone the moved rows would be missing)."""
     from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
-    from shardbill.schema import apply_schema
+    from shardbill.writer.schema import apply_schema
     from tests.support.replication import READER_PASSWORD
 
     first = start_replication(private_servers, replicas=1)

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.errors import ReshardClaimedError, ReshardError
 from shardbill.resharding import JsonFileMapStore, MemoryMapStore, Resharder, ReshardSettings
 from shardbill.rules import Charge
-from shardbill.schema import apply_schema
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
+from shardbill.writer.schema import apply_schema
 from tests.support.backends import KINDS, Backend, make_backend
 from tests.support.oracle import actual_rows, expected_rows
 from tests.test_writer import make_charges

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.errors import ReshardError
 from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
 from shardbill.retry import RetryPolicy
 from shardbill.rules import Charge
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, WriteResult
 from tests.support.backends import KINDS, Backend, make_backend
 from tests.support.oracle import actual_rows, expected_rows

@@ -34,7 +34,6 @@ import attrs
 import pytest
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.errors import ShardbillError
 from shardbill.observe import Stats
 from shardbill.providers import PooledProvider
@@ -43,6 +42,7 @@ from shardbill.resharding import JsonFileMapStore, Resharder, ReshardSettings
 from shardbill.retry import RetryPolicy
 from shardbill.rules import Charge
 from shardbill.shardmap import ReshardPlan
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, MapSource, WriteResult, WriterSettings
 from tests.support import reshard_worker
 from tests.support.backends import Backend

@@ -26,7 +26,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from shardbill.aggregates import (
+from shardbill.dialects import MySQLDialect, SQLiteDialect, UpsertSpec, validate_identifier
+from shardbill.errors import ConfigurationError, DatabaseError, FatalDatabaseError
+from shardbill.providers import PooledProvider
+from shardbill.providers.url import ConnectionURL
+from shardbill.tables import SystemTables
+from shardbill.tables.aggregates import (
     Account,
     AggregateTable,
     Amount,
@@ -34,12 +39,7 @@ from shardbill.aggregates import (
     KeyColumn,
     Measure,
 )
-from shardbill.catalog import billing_tables
-from shardbill.dialects import MySQLDialect, SQLiteDialect, UpsertSpec, validate_identifier
-from shardbill.errors import ConfigurationError, DatabaseError, FatalDatabaseError
-from shardbill.providers import PooledProvider
-from shardbill.providers.url import ConnectionURL
-from shardbill.tables import SystemTables
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
 from tests.faults.cluster import DRIVERS, ShardCluster
 from tests.faults.invariants import Recorder, assert_invariants

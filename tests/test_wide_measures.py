@@ -23,7 +23,17 @@ from pathlib import Path
 import pytest
 
 from shardbill import Reader, ShardMap
-from shardbill.aggregates import (
+from shardbill.audit import audit
+from shardbill.cli import main
+from shardbill.config import Config
+from shardbill.dialects.ddl import create_statements
+from shardbill.dialects.mysql import MySQLDialect
+from shardbill.errors import ConfigurationError, InvalidInputError, SchemaError
+from shardbill.providers import PooledProvider
+from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
+from shardbill.rules import Charge, UsageEvent, comms
+from shardbill.tables import aggregate_table_def
+from shardbill.tables.aggregates import (
     WIDE_MAX,
     Account,
     AggregateTable,
@@ -36,19 +46,9 @@ from shardbill.aggregates import (
     Quantity,
     VarChar,
 )
-from shardbill.audit import audit
-from shardbill.batching import CoalescedRow, deltas_fit
-from shardbill.cli import main
-from shardbill.config import Config
-from shardbill.dialects.ddl import create_statements
-from shardbill.dialects.mysql import MySQLDialect
-from shardbill.errors import ConfigurationError, InvalidInputError, SchemaError
-from shardbill.extraction import RowExtractor
-from shardbill.providers import PooledProvider
-from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
-from shardbill.rules import Charge, UsageEvent, comms
-from shardbill.tables import aggregate_table_def
 from shardbill.writer import AggregationWriter, EventState
+from shardbill.writer.extraction import RowExtractor
+from shardbill.writer.planning import CoalescedRow, deltas_fit
 from tests.support.backends import KINDS, Backend, make_backend
 
 MYSQL_KINDS = [k for k in KINDS if k.id != "sqlite"]

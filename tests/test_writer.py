@@ -13,10 +13,10 @@ from decimal import Decimal
 import pytest
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.errors import FencedError, SchemaError
 from shardbill.observe import Stats
 from shardbill.rules import Charge
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, WriterSettings
 from tests.support.backends import Backend
 from tests.support.oracle import actual_rows, expected_rows

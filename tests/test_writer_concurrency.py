@@ -11,9 +11,9 @@ import random
 import threading
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.observe import Stats
 from shardbill.rules import Charge
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, WriteResult
 from tests.support.backends import Backend
 from tests.support.oracle import actual_rows, expected_rows

@@ -14,12 +14,12 @@ from decimal import Decimal
 from pathlib import Path
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.observe import MapReloaded
 from shardbill.providers import PooledProvider
 from shardbill.resharding import MemoryMapStore
 from shardbill.retry import RetryPolicy
 from shardbill.rules import Charge
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, WriterSettings
 
 NOW = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.providers import PooledProvider
 from shardbill.rules import Charge
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
 from tests.support.backends import Backend
 from tests.support.mysql import configured_address

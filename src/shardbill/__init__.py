@@ -1,7 +1,7 @@
 """shardbill: price usage events and write them exactly once into sharded MySQL aggregates.
 
 The public names are listed in ``__all__``; the documented public submodules
-are ``shardbill.aggregates``, ``shardbill.audit``, ``shardbill.catalog``,
+are ``shardbill.tables.aggregates``, ``shardbill.audit``, ``shardbill.tables.catalog``,
 ``shardbill.config``, ``shardbill.dialects``, ``shardbill.errors``,
 ``shardbill.ingest``, ``shardbill.keys``, ``shardbill.metrics``,
 ``shardbill.money``, ``shardbill.observe``, ``shardbill.providers``,
@@ -10,7 +10,6 @@ are ``shardbill.aggregates``, ``shardbill.audit``, ``shardbill.catalog``,
 """
 
 from shardbill._version import __version__
-from shardbill.aggregates import AggregateTable, KeyColumn, Measure
 from shardbill.config import Config
 from shardbill.errors import (
     CannotConnectError,
@@ -57,6 +56,7 @@ from shardbill.rules import (
     UsageEvent,
 )
 from shardbill.shardmap import ReshardPlan, ShardChange, ShardMap, SlotMove
+from shardbill.tables.aggregates import AggregateTable, KeyColumn, Measure
 from shardbill.workloads.synthetic import Traffic, TrafficModel
 from shardbill.writer import AggregationWriter, EventState, WriteResult, WriterSettings
 

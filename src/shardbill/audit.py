@@ -4,7 +4,7 @@ The audit trusts none of the write path. :func:`expected_rows` prices the
 events with the rules engine and then aggregates the charges in plain
 Python, with its own reading of each table spec (what each key column's
 projection means, how a measure becomes integer units, how sum, min and max
-merge), not with :mod:`shardbill.batching` or the writer. :func:`read_rows`
+merge), not with :mod:`shardbill.writer.planning` or the writer. :func:`read_rows`
 reads what every shard holds with one plain ``SELECT`` per table.
 :func:`compare` then reports every difference:
 
@@ -37,7 +37,13 @@ from decimal import Decimal
 
 import attrs
 
-from shardbill.aggregates import (
+from shardbill.corrections.records import CorrectionRecord, RecordState
+from shardbill.dialects.detect import dialect_for
+from shardbill.errors import ConfigurationError
+from shardbill.providers.base import ConnectionProvider
+from shardbill.rules import Charge, RulesEngine, UsageEvent
+from shardbill.shardmap import ShardMap
+from shardbill.tables.aggregates import (
     SLOT_COLUMN,
     Account,
     AggregateTable,
@@ -49,18 +55,12 @@ from shardbill.aggregates import (
     Day,
     Dimension,
     KeyValue,
+    MergeKind,
     Month,
     Product,
     Quantity,
     VarChar,
 )
-from shardbill.corrections.records import CorrectionRecord, RecordState
-from shardbill.dialects.base import MergeKind
-from shardbill.dialects.detect import dialect_for
-from shardbill.errors import ConfigurationError
-from shardbill.providers.base import ConnectionProvider
-from shardbill.rules import Charge, RulesEngine, UsageEvent
-from shardbill.shardmap import ShardMap
 
 __all__ = [
     "AuditReport",

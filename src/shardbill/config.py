@@ -92,28 +92,6 @@ from typing import Literal
 import attrs
 
 from shardbill._parsing import toml_loads
-from shardbill.aggregates import (
-    Account,
-    AggregateTable,
-    Amount,
-    BigInt,
-    ColumnType,
-    Count,
-    Currency,
-    Date,
-    Day,
-    Dimension,
-    KeyColumn,
-    Measure,
-    MeasureValue,
-    Month,
-    Product,
-    Projection,
-    Quantity,
-    VarChar,
-)
-from shardbill.catalog import billing_tables
-from shardbill.dialects.base import MergeKind
 from shardbill.errors import (
     ConfigurationError,
     InvalidInputError,
@@ -127,6 +105,28 @@ from shardbill.providers.url import ConnectionURL
 from shardbill.retry import RetryPolicy
 from shardbill.rules import PriceBook, RulesEngine
 from shardbill.shardmap import ShardMap
+from shardbill.tables.aggregates import (
+    Account,
+    AggregateTable,
+    Amount,
+    BigInt,
+    ColumnType,
+    Count,
+    Currency,
+    Date,
+    Day,
+    Dimension,
+    KeyColumn,
+    Measure,
+    MeasureValue,
+    MergeKind,
+    Month,
+    Product,
+    Projection,
+    Quantity,
+    VarChar,
+)
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import WriterSettings
 
 __all__ = [

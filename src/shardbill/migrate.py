@@ -54,7 +54,6 @@ from typing import Literal
 
 import attrs
 
-from shardbill.aggregates import AggregateTable, KeyColumn, KeyValue
 from shardbill.dialects.base import Dialect
 from shardbill.dialects.ddl import (
     LiveTable,
@@ -68,8 +67,9 @@ from shardbill.dialects.mysql import MySQLDialect
 from shardbill.errors import SchemaError
 from shardbill.periods.store import ensure_gate
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
-from shardbill.schema import schema_problems
 from shardbill.tables import Column, ColumnKind, SystemTables, TableDef
+from shardbill.tables.aggregates import AggregateTable, KeyColumn, KeyValue
+from shardbill.writer.schema import schema_problems
 
 __all__ = ["MigrationStep", "migrate", "plan_migration"]
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 import attrs
 
 from shardbill.rules import RulesEngine, UsageEvent
-from shardbill.rules.engine import Rejection as PricingRejection
+from shardbill.rules.engine import PricingRejection
 from shardbill.writer import AggregationWriter, WriteResult
 
 __all__ = ["Pipeline", "PipelineResult"]

@@ -45,8 +45,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import attrs
 
 from shardbill import money
-from shardbill.aggregates import SLOT_COLUMN, Account, AggregateTable, Date, KeyValue, Projection
-from shardbill.dialects.base import Dialect, MergeKind
+from shardbill.dialects.base import Dialect
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import (
     CannotConnectError,
@@ -56,10 +55,20 @@ from shardbill.errors import (
     NoReplicaAvailableError,
     SlotsMovedDuringReadError,
 )
+from shardbill.protocols import MapSource
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
-from shardbill.results import WriteResult
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SlotState, SystemTables
+from shardbill.tables.aggregates import (
+    SLOT_COLUMN,
+    Account,
+    AggregateTable,
+    Date,
+    KeyValue,
+    MergeKind,
+    Projection,
+)
+from shardbill.writer.results import WriteResult
 
 if TYPE_CHECKING:
     from shardbill.providers.pooled import ReadRoute
@@ -224,14 +233,6 @@ class AggregateRow:
 
     key: Mapping[str, KeyValue]
     measures: Mapping[str, Measure]
-
-
-class MapSource(Protocol):
-    """Where a reader loads the shard map from: every map store satisfies it."""
-
-    def load(self) -> ShardMap:
-        """The current shard map."""
-        ...
 
 
 @attrs.frozen

@@ -37,7 +37,6 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from shardbill.aggregates import SLOT_COLUMN, AggregateTable, KeyValue
 from shardbill.audit import (
     AuditReport,
     Difference,
@@ -47,13 +46,14 @@ from shardbill.audit import (
     read_rows,
 )
 from shardbill.corrections.records import CorrectionRecord, RecordState
-from shardbill.dialects.base import Dialect, MergeKind
+from shardbill.dialects.base import Dialect
 from shardbill.dialects.ddl import exclusive_lock_clause
 from shardbill.dialects.detect import dialect_for
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.rules import RulesEngine, UsageEvent
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SlotState, SystemTables
+from shardbill.tables.aggregates import SLOT_COLUMN, AggregateTable, KeyValue, MergeKind
 
 __all__ = ["RepairAction", "RepairReport", "repair"]
 

@@ -32,7 +32,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
-from shardbill.aggregates import AggregateTable
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import ShardbillError
 from shardbill.mapstore import MapStore
@@ -41,6 +40,7 @@ from shardbill.resharding.resharder import Resharder
 from shardbill.retry import describe
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SystemTables
+from shardbill.tables.aggregates import AggregateTable
 
 __all__ = ["FleetStatus", "ShardStatus", "WriterMetrics", "fleet_status", "parse_metrics"]
 

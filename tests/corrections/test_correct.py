@@ -19,7 +19,6 @@ import pytest
 
 from shardbill import ShardMap
 from shardbill.audit import audit
-from shardbill.catalog import billing_tables
 from shardbill.corrections import Corrector, EventFilter, RecordState
 from shardbill.errors import SchemaError
 from shardbill.migrate import migrate
@@ -28,6 +27,7 @@ from shardbill.pipeline import Pipeline
 from shardbill.repair import repair
 from shardbill.resharding import MemoryMapStore, Resharder
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
 from tests.support.backends import KINDS, Backend, make_backend
 from tests.support.oracle import actual_rows, expected_rows

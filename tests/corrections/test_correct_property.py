@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.corrections import Corrector
 from shardbill.pipeline import Pipeline
 from shardbill.providers import PooledProvider
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
 from tests.corrections.test_correct import event, oracle
 from tests.support.backends import Backend

@@ -17,10 +17,10 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.observe import Observer
 from shardbill.providers import PooledProvider
 from shardbill.retry import RetryPolicy
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, WriterSettings
 from tests.support.clock import fixed_clock
 from tests.support.proxy import FaultProxy

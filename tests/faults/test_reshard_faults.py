@@ -29,8 +29,8 @@ from shardbill.observe import Stats
 from shardbill.providers import PooledProvider
 from shardbill.resharding import MemoryMapStore, Resharder, ReshardProgress, ReshardSettings
 from shardbill.retry import RetryPolicy
-from shardbill.schema import apply_schema
 from shardbill.writer import AggregationWriter, WriterSettings
+from shardbill.writer.schema import apply_schema
 from tests.faults.cluster import ShardCluster, default_retry
 from tests.faults.conftest import ClusterFactory
 from tests.faults.invariants import Recorder, assert_invariants

@@ -13,9 +13,9 @@ import random
 from multiprocessing.connection import Connection
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.providers import PooledProvider
 from shardbill.retry import RetryPolicy
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, WriterSettings
 from tests.faults.invariants import BatchReport, summarize
 from tests.faults.workload import batches, charges_of, priced_events

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.observe import Committed, WriteEvent
 from shardbill.periods import Period, PeriodCloser, PeriodState
 from shardbill.providers import ConnectionProvider
 from shardbill.providers.base import DBAPIConnection
 from shardbill.resharding import MemoryMapStore, Resharder
 from shardbill.rules import Charge
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
 from tests.support.backends import KINDS, Backend, make_backend
 from tests.support.oracle import actual_rows, expected_rows

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shardbill.batching import Unit
 from shardbill.periods import Period
 from shardbill.periods.gate import withhold_closed
+from shardbill.writer.planning import Unit
 
 NOV = Period.parse("2026-11")
 DEC = NOV.next()

@@ -47,8 +47,6 @@ from shardbill import (
     UsageEvent,
     WriterSettings,
 )
-from shardbill.aggregates import SLOT_COLUMN, Account, Amount, BigInt, Count, Product, Quantity
-from shardbill.aggregates import VarChar as VarCharType
 from shardbill.dialects.base import MergeKind
 from shardbill.errors import (
     DatabaseError,
@@ -61,6 +59,16 @@ from shardbill.mapstore.claim import ABORTED, MOVING
 from shardbill.resharding import MemoryMapStore, Resharder, ReshardSettings
 from shardbill.retry import RetryPolicy
 from shardbill.rules.engine import rule as pricing_rule
+from shardbill.tables.aggregates import (
+    SLOT_COLUMN,
+    Account,
+    Amount,
+    BigInt,
+    Count,
+    Product,
+    Quantity,
+)
+from shardbill.tables.aggregates import VarChar as VarCharType
 from tests.simulation.actors import FAULTS, Actor, GatedProvider, HungError, SimulatedCrash
 from tests.simulation.backends import BACKENDS
 from tests.simulation.config import SimConfig

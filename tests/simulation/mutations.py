@@ -17,12 +17,12 @@ from typing import Any
 import attrs
 import pytest
 
-import shardbill.extraction
+import shardbill.writer.extraction
 from shardbill import AggregateRow, AggregationWriter, Reader, WriterSettings
-from shardbill.batching import IdScope
 from shardbill.errors import FencedError
 from shardbill.resharding import Resharder
 from shardbill.rules import Charge
+from shardbill.writer.planning import IdScope
 
 
 @attrs.frozen
@@ -103,12 +103,13 @@ def _unchecked_read(mp: pytest.MonkeyPatch) -> None:
 
 def _drop_overflow_check(mp: pytest.MonkeyPatch) -> None:
     """No range check in Python at all: of a charge, of an event's own sum, of a row's sum."""
-    from shardbill import batching, writer
+    from shardbill.writer import aggregation as writer
+    from shardbill.writer import planning as batching
 
     # The compiled fast path refuses out-of-range values and hands them to the
     # reference path, whose range check reads these module names.
-    mp.setattr(shardbill.extraction, "BIGINT_MAX", 2**80)
-    mp.setattr(shardbill.extraction, "BIGINT_MIN", -(2**80))
+    mp.setattr(shardbill.writer.extraction, "BIGINT_MAX", 2**80)
+    mp.setattr(shardbill.writer.extraction, "BIGINT_MIN", -(2**80))
     mp.setattr(batching, "_own_overflow", lambda event_id, event, tables: None)
     mp.setattr(batching, "find_overflows", lambda units, current, tables: (list(units), {}))
     mp.setattr(writer, "find_overflows", lambda units, current, tables: (list(units), {}))
@@ -116,7 +117,7 @@ def _drop_overflow_check(mp: pytest.MonkeyPatch) -> None:
 
 def _fold_nothing(mp: pytest.MonkeyPatch) -> None:
     """The writer takes every charge of a call as one more part of its event (no folding)."""
-    from shardbill import writer as module
+    from shardbill.writer import aggregation as module
 
     original = module.plan_batch
 

@@ -1,7 +1,7 @@
 """An independent oracle for the standard billing tables: what the totals must be.
 
 It recomputes, from the charges alone and with none of shardbill's
-aggregation code, the rows of :func:`shardbill.catalog.billing_tables`, so a
+aggregation code, the rows of :func:`shardbill.tables.catalog.billing_tables`, so a
 test can compare them with what the shards hold.
 """
 

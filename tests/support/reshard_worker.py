@@ -22,11 +22,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.observe import Stats
 from shardbill.providers import PooledProvider
 from shardbill.resharding import JsonFileMapStore, Resharder, ReshardSettings
 from shardbill.rules import Charge
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter, WriteResult
 from tests.support.clock import fixed_clock
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from shardbill import ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.providers import PooledProvider
+from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
 from tests.support.clock import fixed_clock
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shardbill.cli import main
-from shardbill.cli_worker import _install_signals
+from shardbill.cli.worker import _install_signals
 from shardbill.rules import UsageEvent, comms
 from shardbill.worker import MemoryBroker, MemoryDeadLetters, MemorySource, Worker
 from shardbill.workloads.synthetic import Traffic

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from shardbill import AggregationWriter, Pipeline, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.errors import ConfigurationError
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.worker import MemoryDeadLetters, Worker, WorkerSettings, WorkerSummary
 from shardbill.worker.files import DirectorySource
 from shardbill.workloads.synthetic import Traffic

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from shardbill import AggregationWriter, Pipeline, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.rules import comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.worker import MemoryBroker, MemoryDeadLetters, MemorySource, Worker, WorkerSettings
 from shardbill.worker.http import WorkerHttp, worker_health
 from shardbill.workloads.synthetic import Traffic

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 from shardbill import AggregationWriter, Pipeline, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.providers import PooledProvider
 from shardbill.retry import RetryPolicy
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.worker import MemoryDeadLetters, Worker, WorkerSettings, WorkerSummary
 from shardbill.worker.kafka import KafkaSource
 from shardbill.workloads.synthetic import Traffic

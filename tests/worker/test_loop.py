@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from shardbill import AggregationWriter, Pipeline, ShardMap
-from shardbill.catalog import billing_tables
 from shardbill.providers import ConnectionProvider
 from shardbill.retry import RetryPolicy
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.catalog import billing_tables
 from shardbill.worker import (
     JsonlDeadLetters,
     MemoryBroker,

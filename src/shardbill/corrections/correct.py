@@ -39,7 +39,6 @@ from typing import Literal
 
 import attrs
 
-from shardbill.batching import IdScope, Unit, plan_rows
 from shardbill.corrections.records import (
     CorrectionKind,
     CorrectionRecord,
@@ -60,15 +59,16 @@ from shardbill.corrections.store import (
     read_records,
 )
 from shardbill.errors import InvalidInputError, ShardbillError
-from shardbill.extraction import RowDelta
 from shardbill.mapstore.base import MapStore
 from shardbill.periods.close import fleet_shards
 from shardbill.periods.months import period_of
 from shardbill.providers.base import ConnectionProvider
-from shardbill.results import EventState, WriteResult
 from shardbill.rules import PricedEvent, RulesEngine, UsageEvent
 from shardbill.tables import EVENT_ID_LENGTH
 from shardbill.writer import AggregationWriter
+from shardbill.writer.extraction import RowDelta
+from shardbill.writer.planning import IdScope, Unit, plan_rows
+from shardbill.writer.results import EventState, WriteResult
 
 __all__ = ["CorrectionResult", "Corrector"]
 

@@ -20,13 +20,12 @@ from decimal import Decimal
 
 import attrs
 
-from shardbill.aggregates import AggregateTable, KeyValue
-from shardbill.batching import Unit
-from shardbill.dialects.base import MergeKind
 from shardbill.errors import InvalidInputError
-from shardbill.extraction import RowDelta
 from shardbill.rules import UsageEvent
 from shardbill.tables import CONTENT_LENGTH, EVENT_ID_LENGTH
+from shardbill.tables.aggregates import AggregateTable, KeyValue, MergeKind
+from shardbill.writer.extraction import RowDelta
+from shardbill.writer.planning import Unit
 
 __all__ = [
     "SEPARATOR",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from shardbill.aggregates import SLOT_COLUMN
 from shardbill.corrections.records import (
     CorrectionKind,
     CorrectionRecord,
@@ -22,6 +21,7 @@ from shardbill.dialects.detect import dialect_for
 from shardbill.periods.tables import GATE_ROW, PeriodState
 from shardbill.providers.base import ConnectionProvider
 from shardbill.tables import SystemTables
+from shardbill.tables.aggregates import SLOT_COLUMN
 
 __all__ = [
     "delete_pending",

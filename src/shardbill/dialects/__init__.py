@@ -10,7 +10,7 @@
 Importing this package never imports a MySQL driver.
 """
 
-from shardbill.dialects.base import Dialect, MergeKind, UpsertSpec, validate_identifier
+from shardbill.dialects.base import Dialect, UpsertSpec, validate_identifier
 from shardbill.dialects.detect import dialect_for
 from shardbill.dialects.mysql import MySQLDialect, parse_server_version
 from shardbill.dialects.sqlite import SQLiteDialect
@@ -21,6 +21,7 @@ from shardbill.dialects.translate import (
     translate,
     translating,
 )
+from shardbill.tables.aggregates import MergeKind
 
 __all__ = [
     "Dialect",

@@ -15,7 +15,6 @@ quoted; values are always bound parameters.
 from __future__ import annotations
 
 import abc
-import enum
 import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,8 +23,13 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from shardbill.errors import ConfigurationError, InvalidInputError, MoneyTypeError
-from shardbill.providers.base import ParameterTypeError
+from shardbill.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    MoneyTypeError,
+    ParameterTypeError,
+)
+from shardbill.tables.aggregates import MergeKind
 
 __all__ = ["Dialect", "MergeKind", "UpsertSpec", "checked_int", "validate_identifier"]
 
@@ -56,19 +60,6 @@ def checked_int(value: object) -> int:
     if type(value) is not int:
         raise TypeError(f"expected an int to render into SQL, got {type(value).__name__} {value!r}")
     return value
-
-
-class MergeKind(enum.StrEnum):
-    """How an incoming value merges into the value already stored under the same key."""
-
-    SUM = "sum"
-    """``stored + incoming`` (counters, amounts)."""
-    MIN = "min"
-    """The smaller of the two (first seen)."""
-    MAX = "max"
-    """The larger of the two (last seen, peak)."""
-    REPLACE = "replace"
-    """The incoming value (last writer wins; not commutative, so not replay-order safe)."""
 
 
 def _as_names(value: Iterable[str]) -> tuple[str, ...]:

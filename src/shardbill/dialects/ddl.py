@@ -17,12 +17,12 @@ from collections.abc import Sequence
 
 import attrs
 
-from shardbill.aggregates import SLOT_COLUMN
 from shardbill.dialects.base import Dialect
 from shardbill.dialects.mysql import MySQLDialect
 from shardbill.errors import SchemaError
-from shardbill.providers.base import DBAPICursor
+from shardbill.protocols import DBAPICursor
 from shardbill.tables import Column, ColumnKind, TableDef
+from shardbill.tables.aggregates import SLOT_COLUMN
 
 __all__ = [
     "LiveColumn",

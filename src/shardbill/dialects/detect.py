@@ -25,6 +25,7 @@ from shardbill.dialects.mysql import MySQLDialect
 from shardbill.dialects.sqlite import SQLiteDialect
 from shardbill.dialects.translate import is_driver_error, translate
 from shardbill.errors import ConfigurationError
+from shardbill.protocols import KnowsDialect
 
 __all__ = ["detect_dialect", "dialect_for"]
 
@@ -50,9 +51,7 @@ def dialect_for(connection: object) -> Dialect:
         >>> dialect_for(sqlite3.connect(":memory:")).name
         'sqlite'
     """
-    from shardbill.providers.pool import LentConnection
-
-    if isinstance(connection, LentConnection):
+    if isinstance(connection, KnowsDialect):  # a pooled connection: detected once
         return connection.dialect
     return detect_dialect(connection)
 

@@ -27,8 +27,9 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from shardbill.dialects.base import Dialect, MergeKind, UpsertSpec, checked_int
+from shardbill.dialects.base import Dialect, UpsertSpec, checked_int
 from shardbill.errors import ConfigurationError
+from shardbill.tables.aggregates import MergeKind
 
 __all__ = ["MySQLDialect", "parse_server_version"]
 

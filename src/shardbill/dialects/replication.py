@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from shardbill.dialects.base import Dialect
 from shardbill.errors import FatalDatabaseError
-from shardbill.providers.base import DBAPICursor
+from shardbill.protocols import DBAPICursor
 
 __all__ = ["last_position", "replica_lag", "wait_for_position", "write_position"]
 

@@ -25,7 +25,7 @@ re-exports :class:`MapStore`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 from shardbill.errors import (
     ClaimConflictError,
@@ -33,95 +33,13 @@ from shardbill.errors import (
     ReshardClaimedError,
     ShardMapError,
 )
+from shardbill.protocols import ClaimStore, MapHistory, MapStore
 from shardbill.shardmap import ShardMap
 
 if TYPE_CHECKING:
     from shardbill.mapstore.claim import ReshardClaim
 
 __all__ = ["ClaimStore", "MapHistory", "MapStore"]
-
-
-class MapStore(Protocol):
-    """Where the live shard map lives, shared by every writer process.
-
-    Implementations must make :meth:`publish` an atomic compare-and-set, so
-    that of several publishers that read the same epoch at most one succeeds.
-    """
-
-    def load(self) -> ShardMap:
-        """The current map (the one with the highest epoch).
-
-        Raises:
-            MapNotPublishedError: nothing was published yet; the message says how.
-            ShardMapError: the stored document is damaged; the message names the store.
-        """
-        ...
-
-    def epoch(self) -> int | None:
-        """The current map's epoch (``None`` when empty), cheaper than :meth:`load`."""
-        ...
-
-    def publish(self, new_map: ShardMap, *, expected_epoch: int | None) -> None:
-        """Make ``new_map`` current if the store still holds ``expected_epoch``.
-
-        Args:
-            new_map: the map to publish; its epoch must be greater than the stored one.
-            expected_epoch: the epoch the publisher planned from; ``None`` for
-                the first publish to an empty store.
-
-        Raises:
-            EpochConflictError: the store holds another epoch than
-                ``expected_epoch``, or ``new_map.epoch`` is not greater.
-            ShardMapError: ``new_map`` has another slot count than the stored
-                map, or an argument is invalid.
-        """
-        ...
-
-
-@runtime_checkable
-class MapHistory(Protocol):
-    """A map store that also keeps every published epoch.
-
-    The file, SQL and memory stores implement it. The writer uses it to find
-    every shard a fence may point at; the resharder uses it to rebuild the
-    map before a published epoch when resuming a move. A store without
-    history simply does not satisfy it (``isinstance(store, MapHistory)``
-    is false), and both fall back to what the current map says.
-    """
-
-    def history(self) -> tuple[int, ...]:
-        """The epochs kept, ascending."""
-        ...
-
-    def load_epoch(self, epoch: int) -> ShardMap:
-        """The map published at ``epoch``; :class:`~shardbill.errors.ShardMapError` if not kept."""
-        ...
-
-
-@runtime_checkable
-class ClaimStore(Protocol):
-    """A map store that also keeps a reshard's claim (every shipped store does).
-
-    The claim (:class:`~shardbill.mapstore.claim.ReshardClaim`) is one
-    document next to the map, changed only by compare-and-set on its
-    ``version``, so that of several resharders at most one holds it.
-    """
-
-    def load_claim(self) -> ReshardClaim | None:
-        """The stored claim, or ``None`` when no reshard ever claimed this store."""
-        ...
-
-    def swap_claim(self, claim: ReshardClaim, *, expected_version: int | None) -> None:
-        """Store ``claim`` if the stored claim still has ``expected_version``.
-
-        Args:
-            claim: the claim to store (its ``version`` must be greater).
-            expected_version: the version read before (``None``: no claim stored).
-
-        Raises:
-            ClaimConflictError: the stored claim changed since it was read.
-        """
-        ...
 
 
 def _check_claim_swap(

@@ -24,8 +24,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Set
 
-from shardbill.batching import Rejection, Unit
 from shardbill.periods.months import period_of
+from shardbill.writer.planning import Rejection, Unit
 
 __all__ = ["REFUSE", "withhold_closed"]
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import TypeVar
 
 from shardbill.errors import MoneyTypeError, ParameterTypeError
+from shardbill.protocols import ConnectionProvider, DBAPIConnection, DBAPICursor, Row, SQLValue
 
 __all__ = [
     "ConnectionProvider",
@@ -37,104 +38,6 @@ __all__ = [
     "check_params",
     "transaction",
 ]
-
-SQLValue: TypeAlias = int | str | bytes | Decimal | datetime.date | datetime.datetime | None
-"""A value shardbill binds to a statement (``datetime.datetime`` is also a ``date``)."""
-
-Row: TypeAlias = tuple[Any, ...]
-"""A fetched row. Its values are whatever the driver decoded, hence ``Any``."""
-
-
-class DBAPICursor(Protocol):
-    """The part of a DB-API 2.0 cursor shardbill uses.
-
-    Parameters are positional-only so that ``pymysql``, ``MySQLdb`` and
-    ``sqlite3`` cursors (which name them differently) all match.
-    """
-
-    @property
-    def rowcount(self) -> int:
-        """Rows the last ``execute`` changed (drivers differ on SELECT; do not rely on it there)."""
-        ...
-
-    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> object:
-        """Run one statement with bound ``params`` (placeholders per the dialect's paramstyle)."""
-        ...
-
-    def executemany(self, sql: str, seq_of_params: Iterable[Sequence[Any]], /) -> object:
-        """Run one statement once per parameter sequence."""
-        ...
-
-    def fetchone(self) -> Row | None:
-        """The next row of the last SELECT, or ``None`` when there is none."""
-        ...
-
-    def fetchall(self) -> Sequence[Row]:
-        """Every remaining row of the last SELECT."""
-        ...
-
-    def close(self) -> None:
-        """Release the cursor."""
-        ...
-
-
-class DBAPIConnection(Protocol):
-    """The part of a DB-API 2.0 connection shardbill uses (autocommit off)."""
-
-    def cursor(self) -> DBAPICursor:
-        """A new cursor on this connection."""
-        ...
-
-    def commit(self) -> None:
-        """Commit the current transaction."""
-        ...
-
-    def rollback(self) -> None:
-        """Roll the current transaction back."""
-        ...
-
-    def close(self) -> None:
-        """Close the connection."""
-        ...
-
-
-class ConnectionProvider(Protocol):
-    """Lends connections to shards. Implement this to use your own pool or secrets manager.
-
-    Example:
-        A provider over a user's own pool (``examples/custom_provider.py`` has
-        a complete one)::
-
-            class MyProvider:
-                @contextlib.contextmanager
-                def connection(self, shard, *, readonly=False):
-                    with my_pool.get(shard) as conn, transaction(conn):
-                        yield conn
-
-                def close(self):
-                    my_pool.close()
-    """
-
-    def connection(
-        self, shard: str, *, readonly: bool = False
-    ) -> contextlib.AbstractContextManager[DBAPIConnection]:
-        """Lend a connection to ``shard``'s primary (or a replica when ``readonly``).
-
-        The connection has autocommit off: the with-block is one transaction.
-        On normal exit of the with-block: commit; on exception: rollback, then
-        re-raise; either way the connection goes back to its pool (or is
-        discarded when it is broken).
-
-        Args:
-            shard: the shard name, as the shard map knows it.
-            readonly: the block only reads; a provider with replicas for
-                ``shard`` may lend one of them (replicas may lag the primary).
-        """
-        ...
-
-    def close(self) -> None:
-        """Close every idle connection and refuse new loans. Idempotent."""
-        ...
 
 
 # Exact types first (one set lookup per value); subclasses (a datetime

@@ -32,12 +32,16 @@ from shardbill.errors import InvalidURLError
 
 __all__ = ["ConnectionURL", "SSLMode", "Secret"]
 
-Driver = Literal["pymysql", "mysqldb", "sqlite"]
+DriverName = Literal["pymysql", "mysqldb", "sqlite"]
+"""The name of a driver, as a URL's scheme picks it.
+
+The driver itself is a :class:`~shardbill.providers.pool.Driver`.
+"""
 
 MAX_URL_LENGTH: Final = 4096
 """The longest connection URL :meth:`ConnectionURL.parse` reads."""
 
-_SCHEMES: Final[dict[str, Driver]] = {
+_SCHEMES: Final[dict[str, DriverName]] = {
     "mysql+pymysql": "pymysql",
     "mysql+mysqldb": "mysqldb",
     "sqlite": "sqlite",
@@ -275,7 +279,9 @@ class ConnectionURL:
     )
     """The query options a ``sqlite`` URL accepts."""
 
-    driver: Driver = attrs.field(validator=attrs.validators.in_(("pymysql", "mysqldb", "sqlite")))
+    driver: DriverName = attrs.field(
+        validator=attrs.validators.in_(("pymysql", "mysqldb", "sqlite"))
+    )
     """``"pymysql"``, ``"mysqldb"`` or ``"sqlite"`` (from the scheme)."""
     host: str | None = None
     """MySQL server host name or address (IPv6 in brackets)."""
@@ -641,7 +647,7 @@ _BOOLEANS: Final[dict[str, bool]] = {
 }
 
 
-def _parse_options(query: str, driver: Driver, text: str) -> dict[str, Any]:
+def _parse_options(query: str, driver: DriverName, text: str) -> dict[str, Any]:
     valid = ConnectionURL.SQLITE_OPTIONS if driver == "sqlite" else ConnectionURL.MYSQL_OPTIONS
     options: dict[str, Any] = {}
     if not query:

@@ -49,7 +49,6 @@ from typing import Any
 import attrs
 import xxhash
 
-from shardbill.aggregates import SLOT_COLUMN, AggregateTable, Date
 from shardbill.dialects.base import Dialect, UpsertSpec
 from shardbill.dialects.ddl import describe_table, share_lock_clause
 from shardbill.dialects.detect import dialect_for
@@ -75,12 +74,13 @@ from shardbill.mapstore.claim import (
 )
 from shardbill.periods.store import copy_closures
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
-from shardbill.rendering import RowStatements
 from shardbill.resharding.move_state import MoveState
 from shardbill.retry import RetryPolicy, describe, is_retryable
-from shardbill.schema import apply_schema
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
 from shardbill.tables import Column, ColumnKind, SlotState, SystemTables, aggregate_table_def
+from shardbill.tables.aggregates import SLOT_COLUMN, AggregateTable, Date
+from shardbill.writer.schema import apply_schema
+from shardbill.writer.statements import RowStatements
 
 __all__ = ["ReshardProgress", "ReshardReport", "ReshardSettings", "Resharder", "SlotStatus"]
 

@@ -5,7 +5,7 @@ The public names are re-exported here; each lives in one submodule:
 * :mod:`shardbill.rules.events`: :class:`UsageEvent`, :class:`Charge`, :class:`Dimensions`.
 * :mod:`shardbill.rules.engine`: the :class:`Rule` protocol, :func:`rule`,
   :class:`RuleContext`, :class:`RulesEngine`, :class:`PricingResult`,
-  :class:`BatchPricing`, :class:`Rejection`, entry-point discovery.
+  :class:`BatchPricing`, :class:`PricingRejection`, entry-point discovery.
 * :mod:`shardbill.rules.models`: the charge models (per unit, package,
   graduated and volume tiers, free allowance, minimum charge).
 * :mod:`shardbill.rules.pricebook`: :class:`PriceBook` (TOML or JSON) and the
@@ -20,8 +20,8 @@ from shardbill.rules.engine import (
     ENTRY_POINT_GROUP,
     BatchPricing,
     FunctionRule,
+    PricingRejection,
     PricingResult,
-    Rejection,
     Rule,
     RuleContext,
     RulesEngine,
@@ -66,10 +66,10 @@ __all__ = [
     "PriceBook",
     "PriceBookRule",
     "PricedEvent",
+    "PricingRejection",
     "PricingResult",
     "PricingSettings",
     "ProductPrice",
-    "Rejection",
     "Rule",
     "RuleContext",
     "RulesEngine",

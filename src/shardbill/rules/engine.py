@@ -39,12 +39,13 @@ import importlib.metadata
 import pickle
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Final, Protocol, runtime_checkable
+from typing import Final
 
 import attrs
 
 from shardbill import money
 from shardbill.errors import ConfigurationError, InvalidInputError, RuleError
+from shardbill.protocols import Rule
 from shardbill.rules.events import (
     Account,
     Charge,
@@ -64,8 +65,8 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "BatchPricing",
     "FunctionRule",
+    "PricingRejection",
     "PricingResult",
-    "Rejection",
     "Rule",
     "RuleContext",
     "RulesEngine",
@@ -76,49 +77,6 @@ __all__ = [
 
 ENTRY_POINT_GROUP: Final = "shardbill.rules"
 """The entry-point group rules are published under."""
-
-
-@runtime_checkable
-class Rule(Protocol):
-    """A billing rule: turns an event (and the charges so far) into the event's charges.
-
-    Any callable with ``name`` and ``version`` attributes is a rule: a
-    function decorated with :func:`rule`, or an instance of a class (frozen
-    attrs classes with ``name`` and ``version`` fields work).
-    """
-
-    @property
-    def name(self) -> str:
-        """A token naming the rule, e.g. ``"comms.sms"``, recorded on every charge it makes.
-
-        Entry points publish a rule under this name.
-        """
-        ...
-
-    @property
-    def version(self) -> str:
-        """The rule's version, recorded on every charge it makes.
-
-        Change it whenever the rule would price an event differently.
-        """
-        ...
-
-    def __call__(self, event: UsageEvent, context: RuleContext, /) -> Iterable[Charge] | None:
-        """Price one event.
-
-        Called once per event, in chain order, with the charges the earlier
-        rules produced in ``context.charges``. Must not do I/O or keep state
-        between events.
-
-        Args:
-            event: the usage event.
-            context: the read-only context.
-
-        Returns:
-            None if the rule does not apply (the charges so far pass on), or
-            the complete new list of charges for the event (empty: no charges).
-        """
-        ...
 
 
 RuleFunction = Callable[[UsageEvent, "RuleContext"], Iterable[Charge] | None]
@@ -283,7 +241,7 @@ class RuleContext:
 
 
 @attrs.frozen(kw_only=True)
-class Rejection:
+class PricingRejection:
     """Why one event was not priced.
 
     Attributes:
@@ -325,7 +283,7 @@ class PricingResult:
 
     event_id: str
     charges: tuple[Charge, ...] = ()
-    rejection: Rejection | None = None
+    rejection: PricingRejection | None = None
 
     @property
     def accepted(self) -> bool:
@@ -344,7 +302,7 @@ class BatchPricing:
     """
 
     charges: tuple[Charge, ...]
-    rejected: tuple[Rejection, ...]
+    rejected: tuple[PricingRejection, ...]
     events: int
 
 
@@ -494,7 +452,7 @@ class RulesEngine:
                 error: build events with ``UsageEvent`` or ``UsageEvent.from_dict``).
         """
         charges: list[Charge] = []
-        rejected: list[Rejection] = []
+        rejected: list[PricingRejection] = []
         count = 0
         run = self._run
         with decimal.localcontext(money.PRICING):
@@ -506,13 +464,13 @@ class RulesEngine:
                     rejected.append(rejection)
         return BatchPricing(charges=tuple(charges), rejected=tuple(rejected), events=count)
 
-    def _run(self, event: UsageEvent) -> tuple[tuple[Charge, ...], Rejection | None]:
+    def _run(self, event: UsageEvent) -> tuple[tuple[Charge, ...], PricingRejection | None]:
         price_book = self.price_book
         settings = self.settings
         if event.correction:
             priced = price_book.products.get(event.product)
             if priced is not None and not priced.corrections:
-                return (), Rejection(
+                return (), PricingRejection(
                     event_id=event.event_id,
                     rule=None,
                     reason=(
@@ -547,7 +505,7 @@ class RulesEngine:
                     ):
                         _bad_charge(charge, event, scale)
             except Exception as exc:  # a rule's failure rejects its event alone
-                return (), Rejection(
+                return (), PricingRejection(
                     event_id=event.event_id,
                     rule=label,
                     reason=_reason(exc, event),
@@ -563,7 +521,7 @@ class RulesEngine:
         elif charges and charges[0].parts != 1:
             charges = (_replace_charge(charges[0], part=0, parts=1),)
         if not applied and self.reject_unpriced:
-            return (), Rejection(
+            return (), PricingRejection(
                 event_id=event.event_id,
                 rule=None,
                 reason=(

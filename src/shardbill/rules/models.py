@@ -29,12 +29,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Protocol
 
 import attrs
 
 from shardbill import money
 from shardbill.errors import InvalidInputError, PriceBookError
+from shardbill.protocols import ChargeModel
 
 __all__ = [
     "ChargeModel",
@@ -49,22 +49,6 @@ __all__ = [
 
 _EXACT = money.EXACT
 _ZERO = Decimal(0)
-
-
-class ChargeModel(Protocol):
-    """What every charge model is: an exact price for a quantity."""
-
-    def price(self, quantity: Decimal, /) -> Decimal:
-        """The exact, unrounded amount for ``quantity``.
-
-        Args:
-            quantity: one event's quantity (per-event models) or a period's
-                total (per-period models).
-
-        Returns:
-            The amount in major currency units, not rounded.
-        """
-        ...
 
 
 def _rate_converter(value: Decimal | int) -> Decimal:

@@ -25,8 +25,6 @@ from typing import Any
 
 import attrs
 
-from shardbill.aggregates import AggregateTable
-from shardbill.catalog import billing_tables
 from shardbill.errors import ConfigurationError
 from shardbill.observe import Stats
 from shardbill.providers.pooled import PooledProvider
@@ -34,6 +32,8 @@ from shardbill.providers.url import ConnectionURL
 from shardbill.rules import Charge, RulesEngine
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SystemTables
+from shardbill.tables.aggregates import AggregateTable
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.demo import drop_tables, round_ms, table_names
 from shardbill.workloads.progress import Progress
 from shardbill.workloads.synthetic import Traffic

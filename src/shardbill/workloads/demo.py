@@ -38,9 +38,7 @@ from pathlib import Path
 
 import attrs
 
-from shardbill.aggregates import AggregateTable
 from shardbill.audit import audit
-from shardbill.catalog import billing_tables
 from shardbill.dialects.ddl import describe_table
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import ConfigurationError
@@ -53,6 +51,8 @@ from shardbill.providers.url import ConnectionURL
 from shardbill.rules import RulesEngine, UsageEvent
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SystemTables
+from shardbill.tables.aggregates import AggregateTable
+from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.progress import Progress
 from shardbill.workloads.synthetic import Traffic, TrafficModel
 from shardbill.writer import AggregationWriter, WriterSettings

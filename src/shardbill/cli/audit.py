@@ -8,7 +8,7 @@ the FILEs, read as ``shardbill ingest`` reads them and in the order given, or,
 without FILE, from the demo's synthetic day (the same ``--model``,
 ``--events`` and ``--seed`` as ``shardbill demo``). Prints the first
 ``--max-differences`` differences (all are counted); exit 0 when exact,
-:data:`~shardbill.cli_common.EXIT_PROBLEM` on any difference.
+:data:`~shardbill.cli._common.EXIT_PROBLEM` on any difference.
 
 The corrections recorded on the shards (``shardbill correct``) count too:
 Σ events + Σ corrections = Σ aggregates.
@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     DEMO_EVENTS,
     DEMO_SEED,
     EXIT_PROBLEM,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable, Iterator, Sequence
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
     from shardbill.repair import RepairReport
     from shardbill.rules import UsageEvent
 

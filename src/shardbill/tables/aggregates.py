@@ -42,6 +42,7 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -50,7 +51,6 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from shardbill import money
-from shardbill.dialects.base import MergeKind
 from shardbill.errors import ConfigurationError, InvalidInputError, MoneyTypeError
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "KeyValue",
     "Measure",
     "MeasureValue",
+    "MergeKind",
     "Month",
     "Product",
     "Projection",
@@ -94,6 +95,20 @@ WIDE_MAX = 10**65 - 1
 WIDE_MIN = -WIDE_MAX
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _RESERVED = frozenset({SLOT_COLUMN})
+
+
+class MergeKind(enum.StrEnum):
+    """How an incoming value merges into the value already stored under the same key."""
+
+    SUM = "sum"
+    """``stored + incoming`` (counters, amounts)."""
+    MIN = "min"
+    """The smaller of the two (first seen)."""
+    MAX = "max"
+    """The larger of the two (last seen, peak)."""
+    REPLACE = "replace"
+    """The incoming value (last writer wins; not commutative, so not replay-order safe)."""
+
 
 KeyValue = int | str | dt.date
 

@@ -7,7 +7,7 @@ says), then the ledger rows of older events are deleted in short chunks,
 retried like writes. ``--dry-run`` counts them and changes nothing. The
 horizon is ``[writer] ledger_retention_days`` before now (this host's clock,
 or ``--now``). Exit 0 when every shard was pruned,
-:data:`~shardbill.cli_common.EXIT_DATABASE`-style failures as the other
+:data:`~shardbill.cli._common.EXIT_DATABASE`-style failures as the other
 commands report them.
 """
 
@@ -17,7 +17,7 @@ import datetime as dt
 import sys
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     add_config_and_json,
     command,
     live_map,
@@ -31,7 +31,7 @@ from shardbill.errors import ConfigurationError
 if TYPE_CHECKING:
     import argparse
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
 
 __all__ = ["add_parser", "run"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     add_config_and_json,
     command,
     load_config,
@@ -30,7 +30,7 @@ from shardbill.cli_common import (
 if TYPE_CHECKING:
     import argparse
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
     from shardbill.config import Config
     from shardbill.providers.base import ConnectionProvider
     from shardbill.shardmap import ShardMap
@@ -115,10 +115,10 @@ def _check_slot_tables(provider: ConnectionProvider, current: ShardMap, config: 
     Raises:
         ConfigurationError: naming the shard, some slots, and what to do.
     """
-    from shardbill.aggregates import SLOT_COLUMN
     from shardbill.dialects.detect import dialect_for
     from shardbill.errors import ConfigurationError
     from shardbill.tables import SlotState
+    from shardbill.tables.aggregates import SLOT_COLUMN
 
     writable = {SlotState.OWNED.value, SlotState.INCOMING.value}
     table = config.writer.settings().system_tables.slots

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     EXIT_INTERRUPTED,
     add_config_and_json,
     command,
@@ -32,7 +32,7 @@ from shardbill.errors import ConfigurationError
 if TYPE_CHECKING:
     import argparse
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
     from shardbill.periods import PeriodStatus
 
 __all__ = ["add_parser", "run"]

@@ -12,7 +12,7 @@ The writer's plan for one call, in four steps:
    event older than the dedup horizon is rejected as too late.
 2. **Units.** One event's charges that fall on one slot form a *unit*, the
    grain of the ledger ``(slot, event_id)``. Each carries a fingerprint
-   (:mod:`shardbill.fingerprints`) of its row deltas.
+   (:mod:`shardbill.writer.fingerprints`) of its row deltas.
 3. **The identity claim.** Under the default :attr:`IdScope.GLOBAL`, every
    event also has a *home unit* on the slot its id hashes to: its ledger row
    holds the fingerprint of the whole event, so a redelivery of the id with
@@ -28,7 +28,7 @@ The writer's plan for one call, in four steps:
 A charge that fails validation (a wrong key type, a missing dimension, float
 money, a value out of range) rejects its whole event, before any SQL runs;
 the rest of the batch is written. The row deltas come from
-:class:`shardbill.extraction.RowExtractor`.
+:class:`shardbill.writer.extraction.RowExtractor`.
 """
 
 from __future__ import annotations
@@ -43,19 +43,19 @@ from typing import NamedTuple
 
 import attrs
 
-from shardbill.aggregates import (
+from shardbill.errors import InvalidInputError, ShardbillError
+from shardbill.rules.events import MAX_PARTS, PricedEvent
+from shardbill.tables.aggregates import (
     BIGINT_MAX,
     BIGINT_MIN,
     AggregateTable,
     ChargeLike,
     KeyValue,
+    MergeKind,
     Projection,
 )
-from shardbill.dialects.base import MergeKind
-from shardbill.errors import InvalidInputError, ShardbillError
-from shardbill.extraction import RowDelta, RowExtractor
-from shardbill.fingerprints import canonical_text, digest, fingerprint
-from shardbill.rules.events import MAX_PARTS, PricedEvent
+from shardbill.writer.extraction import RowDelta, RowExtractor
+from shardbill.writer.fingerprints import canonical_text, digest, fingerprint
 
 __all__ = [
     "Classified",

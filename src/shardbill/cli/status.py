@@ -11,7 +11,7 @@ reads a writer's or worker's Prometheus endpoint and shows its units
 applied, commits, failures and retries by shard and error, rejected events
 and dead letters (totals since it started; units applied per second with
 ``--watch``). Exit 0 when every shard and endpoint answered, else
-:data:`~shardbill.cli_common.EXIT_PROBLEM`.
+:data:`~shardbill.cli._common.EXIT_PROBLEM`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     EXIT_PROBLEM,
     add_config_and_json,
     command,
@@ -38,7 +38,7 @@ from shardbill.workloads.progress import interactive
 if TYPE_CHECKING:
     import argparse
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
     from shardbill.config import Config, Opened
     from shardbill.status import FleetStatus, WriterMetrics
 

@@ -35,8 +35,8 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from shardbill.batching import Plan, Rejection, Unit
 from shardbill.errors import PeriodClosedError, RowOverflowError, ShardbillError
+from shardbill.writer.planning import Plan, Rejection, Unit
 
 __all__ = ["Conflict", "EventState", "EventTally", "Rejection", "ShardResult", "WriteResult"]
 

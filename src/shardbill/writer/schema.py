@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shardbill.aggregates import SLOT_COLUMN, AggregateTable
 from shardbill.dialects.ddl import create_statements, describe_table, sqlite_refusals
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import SchemaError
@@ -21,6 +20,7 @@ from shardbill.periods.store import ensure_gate
 from shardbill.providers.base import ConnectionProvider
 from shardbill.shardmap import ShardMap
 from shardbill.tables import ColumnKind, SlotState, SystemTables, TableDef
+from shardbill.tables.aggregates import SLOT_COLUMN, AggregateTable
 
 __all__ = ["apply_schema", "check_schema", "schema_problems"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     EXIT_INTERRUPTED,
     add_config_and_json,
     command,
@@ -30,7 +30,7 @@ from shardbill.cli_common import (
 if TYPE_CHECKING:
     import argparse
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
     from shardbill.migrate import MigrationStep
 
 __all__ = ["add_parser", "run"]

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from shardbill.cli_common import refuse_present_shard
+from shardbill.cli._common import refuse_present_shard
 from shardbill.config import Config, find_config
 from shardbill.errors import ConfigurationError, ReshardStoppedError
 from shardbill.resharding import Resharder, ReshardReport, ReshardSettings

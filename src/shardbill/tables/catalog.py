@@ -17,7 +17,7 @@ reference system's 10-40 UPSERTs per transaction once batches coalesce:
 
 from __future__ import annotations
 
-from shardbill.aggregates import (
+from shardbill.tables.aggregates import (
     Account,
     AggregateTable,
     Amount,
@@ -29,12 +29,12 @@ from shardbill.aggregates import (
     Dimension,
     KeyColumn,
     Measure,
+    MergeKind,
     Month,
     Product,
     Quantity,
     VarChar,
 )
-from shardbill.dialects.base import MergeKind
 
 __all__ = ["billing_tables"]
 

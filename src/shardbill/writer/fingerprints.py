@@ -12,7 +12,7 @@ that are stable across Python versions). The ledger keeps fingerprints for
 the retention window, so this encoding is pinned by a golden test: changing
 it would make replays of events applied before the change look like
 conflicts. The writer's fast path renders the same text from a template
-(:class:`shardbill.extraction.RowExtractor`); a property test holds the two
+(:class:`shardbill.writer.extraction.RowExtractor`); a property test holds the two
 equal.
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import xxhash
 
-from shardbill.aggregates import AggregateTable
-from shardbill.extraction import RowDelta
+from shardbill.tables.aggregates import AggregateTable
+from shardbill.writer.extraction import RowDelta
 
 __all__ = ["canonical_text", "digest", "fingerprint"]
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from shardbill.cli_common import add_config_and_json, command, live_map, load_config, positive
+from shardbill.cli._common import add_config_and_json, command, live_map, load_config, positive
 from shardbill.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
     from shardbill.config import Config
     from shardbill.observe import Observer
     from shardbill.worker import DeadLetterSink, Source, Worker, WorkerSettings, WorkerSummary

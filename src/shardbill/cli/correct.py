@@ -29,7 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     EXIT_PROBLEM,
     add_config_and_json,
     add_format,
@@ -43,7 +43,7 @@ from shardbill.errors import ConfigurationError, InvalidInputError, ShardbillErr
 if TYPE_CHECKING:
     import argparse
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
     from shardbill.corrections import CorrectionResult, Corrector, EventFilter
     from shardbill.rules import UsageEvent
 
@@ -204,7 +204,7 @@ def _correct(
     events: list[UsageEvent],
     originals: dict[str, UsageEvent],
 ) -> list[CorrectionResult]:
-    from shardbill.cli_period import _who
+    from shardbill.cli.period import _who
 
     by = args.by or _who()
     results = []

@@ -54,7 +54,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from shardbill.aggregates import (
+from shardbill.tables.aggregates import (
     SLOT_COLUMN,
     AggregateTable,
     BigInt,

@@ -20,23 +20,23 @@ Commands (``shardbill COMMAND --help`` shows each one's options and examples):
 ``bench``
     throughput and commit latency per traffic model (uniform, skewed, hot).
 ``reshard plan|run|status|verify|abort``
-    add, remove or re-weight shards online (:mod:`shardbill.cli_reshard`).
+    add, remove or re-weight shards online (:mod:`shardbill.cli.reshard`).
 ``prune``
     delete the ledger rows of events older than the dedup horizon
     (``--dry-run`` counts them).
 ``worker``
     consume usage events from Kafka in a consumer group and write them
     exactly once, committing offsets only after the ledger has them
-    (:mod:`shardbill.cli_worker`).
+    (:mod:`shardbill.cli.worker`).
 ``status``
     the fleet in one view: each shard's state, slots, rows and ledger, the
     map epoch, a reshard in progress; ``--watch`` adds write rates.
 ``period close YYYY-MM`` / ``period status [YYYY-MM]``
     close a billing period on every shard (two phases, idempotent), or show
-    each period's state per shard (:mod:`shardbill.cli_period`).
+    each period's state per shard (:mod:`shardbill.cli.period`).
 ``correct cancel|amend|list``
     cancel or amend applied events, each correction exactly once, with who,
-    why and when recorded on the shards (:mod:`shardbill.cli_correct`).
+    why and when recorded on the shards (:mod:`shardbill.cli.correct`).
 ``migrate``
     add new measures (0 in existing rows) and new tables to the live
     shards, shard by shard, resumably (``--dry-run`` shows the plan).
@@ -65,15 +65,15 @@ not at all, and running the same command again completes the work exactly
 once.
 
 Each command lives in its own module, which registers it (``add_parser``)
-and runs it (``run``): :mod:`shardbill.cli_demo`, :mod:`shardbill.cli_init`,
-:mod:`shardbill.cli_ingest`, :mod:`shardbill.cli_audit`,
-:mod:`shardbill.cli_map`, :mod:`shardbill.cli_bench`,
-:mod:`shardbill.cli_reshard`, :mod:`shardbill.cli_prune`,
-:mod:`shardbill.cli_status`, :mod:`shardbill.cli_migrate`,
-:mod:`shardbill.cli_period` and :mod:`shardbill.cli_correct`; what several
+and runs it (``run``): :mod:`shardbill.cli.demo`, :mod:`shardbill.cli.init`,
+:mod:`shardbill.cli.ingest`, :mod:`shardbill.cli.audit`,
+:mod:`shardbill.cli.map`, :mod:`shardbill.cli.bench`,
+:mod:`shardbill.cli.reshard`, :mod:`shardbill.cli.prune`,
+:mod:`shardbill.cli.status`, :mod:`shardbill.cli.migrate`,
+:mod:`shardbill.cli.period` and :mod:`shardbill.cli.correct`; what several
 of them share (option groups, ``--json`` and progress output,
 :data:`EXIT_PROBLEM`) is in
-:mod:`shardbill.cli_common`. This module builds the parser, dispatches, and
+:mod:`shardbill.cli._common`. This module builds the parser, dispatches, and
 turns errors into the exit codes above.
 """
 
@@ -85,24 +85,22 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from shardbill import (
-    cli_audit,
-    cli_bench,
-    cli_common,
-    cli_correct,
-    cli_demo,
-    cli_ingest,
-    cli_init,
-    cli_map,
-    cli_migrate,
-    cli_period,
-    cli_prune,
-    cli_reshard,
-    cli_status,
-    cli_worker,
-)
 from shardbill._version import __version__
-from shardbill.cli_common import Formatter
+from shardbill.cli import _common as cli_common
+from shardbill.cli import audit as cli_audit
+from shardbill.cli import bench as cli_bench
+from shardbill.cli import correct as cli_correct
+from shardbill.cli import demo as cli_demo
+from shardbill.cli import ingest as cli_ingest
+from shardbill.cli import init as cli_init
+from shardbill.cli import map as cli_map
+from shardbill.cli import migrate as cli_migrate
+from shardbill.cli import period as cli_period
+from shardbill.cli import prune as cli_prune
+from shardbill.cli import reshard as cli_reshard
+from shardbill.cli import status as cli_status
+from shardbill.cli import worker as cli_worker
+from shardbill.cli._common import Formatter
 from shardbill.errors import (
     ConfigurationError,
     DriverNotInstalledError,

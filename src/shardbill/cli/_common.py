@@ -1,7 +1,7 @@
 """What the ``shardbill`` sub-commands share: option groups, output helpers, deployment checks.
 
 :mod:`shardbill.cli` builds the parser and dispatches; each command lives in
-its own ``shardbill.cli_*`` module (``add_parser(sub)`` registers it,
+its own ``shardbill.cli.*`` module (``add_parser(sub)`` registers it,
 ``run(args)`` runs it) and takes from here:
 
 * :data:`EXIT_PROBLEM`, the exit code of a command that ran and found a

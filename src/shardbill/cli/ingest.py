@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     EXIT_INTERRUPTED,
     add_config_and_json,
     add_format,
@@ -32,7 +32,7 @@ from shardbill.cli_common import (
 from shardbill.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
 
 __all__ = ["add_parser", "run"]
 

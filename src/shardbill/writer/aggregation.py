@@ -1,6 +1,6 @@
 """The aggregation writer: deliveries in, aggregate rows updated exactly once on the right shard.
 
-:meth:`AggregationWriter.write` plans a call (:mod:`shardbill.batching`:
+:meth:`AggregationWriter.write` plans a call (:mod:`shardbill.writer.planning`:
 events, units, identity claims, rejections), then runs it in at most two
 rounds of shard transactions, each round in parallel on a bounded pool:
 
@@ -58,38 +58,10 @@ import weakref
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
-from shardbill.aggregates import (
-    SLOT_COLUMN,
-    Account,
-    AggregateTable,
-    BigInt,
-    ChargeLike,
-    Projection,
-    VarChar,
-)
-from shardbill.batching import (
-    CoalescedRow,
-    IdScope,
-    Plan,
-    Rejection,
-    RowExtractor,
-    ShardWork,
-    Unit,
-    by_event,
-    classify,
-    coalesce,
-    deltas_fit,
-    find_overflows,
-    plan_batch,
-    plan_rows,
-    refusals_ahead,
-    split_by_claim,
-    spread_events,
-)
 from shardbill.dialects.base import Dialect, UpsertSpec
 from shardbill.dialects.ddl import (
     exclusive_lock_clause,
@@ -108,20 +80,49 @@ from shardbill.errors import (
     SchemaError,
     ShardbillError,
 )
-from shardbill.extraction import RowDelta
 from shardbill.mapstore.base import MapHistory
-from shardbill.motion import combine, merge_marks, read_rows, sql_value, unmerged_scope
 from shardbill.observe import Committed, Failed, MapReloaded, Observer, Rejected, Retried
 from shardbill.periods.gate import withhold_closed
 from shardbill.periods.store import read_states, split_states
+from shardbill.protocols import MapSource
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
-from shardbill.rendering import RowStatements
-from shardbill.results import Conflict, EventState, EventTally, ShardResult, WriteResult
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.rules.events import PricedEvent
-from shardbill.schema import apply_schema, check_schema
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SlotState, SystemTables, aggregate_table_def
+from shardbill.tables.aggregates import (
+    SLOT_COLUMN,
+    Account,
+    AggregateTable,
+    BigInt,
+    ChargeLike,
+    Projection,
+    VarChar,
+)
+from shardbill.writer.extraction import RowDelta
+from shardbill.writer.motion import combine, merge_marks, read_rows, sql_value, unmerged_scope
+from shardbill.writer.planning import (
+    CoalescedRow,
+    IdScope,
+    Plan,
+    Rejection,
+    RowExtractor,
+    ShardWork,
+    Unit,
+    by_event,
+    classify,
+    coalesce,
+    deltas_fit,
+    find_overflows,
+    plan_batch,
+    plan_rows,
+    refusals_ahead,
+    split_by_claim,
+    spread_events,
+)
+from shardbill.writer.results import Conflict, EventState, EventTally, ShardResult, WriteResult
+from shardbill.writer.schema import apply_schema, check_schema
+from shardbill.writer.statements import RowStatements
 
 __all__ = [
     "AggregationWriter",
@@ -152,17 +153,6 @@ def wall_clock() -> float:
     return time.time()
 
 
-class MapSource(Protocol):
-    """Where the writer reloads the shard map from when a shard fences a slot.
-
-    :class:`shardbill.resharding.MapStore` implementations satisfy it.
-    """
-
-    def load(self) -> ShardMap:
-        """The current shard map."""
-        ...
-
-
 @attrs.frozen(kw_only=True)
 class WriterSettings:
     """How the writer runs.
@@ -184,8 +174,8 @@ class WriterSettings:
             :meth:`AggregationWriter.prune` deletes ledger rows of events
             older than this. Keep it longer than any replay of the stream.
         id_scope: where an event id must be unique (see
-            :class:`~shardbill.batching.IdScope`); the default
-            :attr:`~shardbill.batching.IdScope.GLOBAL` makes the same id with
+            :class:`~shardbill.writer.planning.IdScope`); the default
+            :attr:`~shardbill.writer.planning.IdScope.GLOBAL` makes the same id with
             other content a conflict on any account.
         track_positions: after each shard transaction, ask the primary for its
             replication position (MariaDB ``@@last_gtid``; one more round trip
@@ -867,57 +857,50 @@ class AggregationWriter:
         """
         mine = frozenset(u.event_id for u in work.units if u.event_id in spread)
         try:
-            readonly = self.dialect(work.shard).name == "sqlite"  # never a replica for MySQL
-            with self._provider.connection(work.shard, readonly=readonly) as conn:
-                dialect = self.dialect(work.shard, conn)
-                with self._cursor(conn) as cursor:
-                    if not readonly:
-                        self._prepare(conn, dialect, cursor)
-                    table = dialect.quote(self._settings.system_tables.slots)
-                    literal = ", ".join(str(s) for s in work.slots)  # validated ints
-                    cursor.execute(
-                        f"SELECT {SLOT_COLUMN}, state, pruned_below, peer FROM {table} "
-                        f"WHERE {SLOT_COLUMN} IN ({literal})",
-                        (),
+            with self._read_cursor(work.shard) as (cursor, dialect):
+                table = dialect.quote(self._settings.system_tables.slots)
+                literal = ", ".join(str(s) for s in work.slots)  # validated ints
+                cursor.execute(
+                    f"SELECT {SLOT_COLUMN}, state, pruned_below, peer FROM {table} "
+                    f"WHERE {SLOT_COLUMN} IN ({literal})",
+                    (),
+                )
+                found = cursor.fetchall()
+                states = {int(s): (str(st), int(m)) for s, st, m, _ in found}
+                moves: dict[int, str | None] = {
+                    int(s): None if peer is None else str(peer)
+                    for s, st, _, peer in found
+                    if st == SlotState.GONE
+                }
+                moves.update({s: None for s in work.slots if s not in states})
+                incoming = {
+                    int(s): str(peer)
+                    for s, st, _, peer in found
+                    if st == SlotState.INCOMING and peer is not None
+                }
+                known: dict[tuple[str, int], tuple[str, str | None]] = {}
+                if incoming:  # as the transaction does: the old owner's ledger first
+                    peer_known, peer_marks, peer_states = self._peer_ledger(work.units, incoming)
+                    for s, source in self._unfenced(work.shard, incoming, peer_states).items():
+                        del incoming[s]  # not this shard's yet: the source still owns it
+                        moves[s] = source
+                    known.update(peer_known)
+                    for s, mark in peer_marks.items():
+                        if s in states:
+                            states[s] = (states[s][0], max(states[s][1], mark))
+                known.update(self._ledger_lookup(cursor, dialect, work.units))
+                touched = [u for u in work.units if u.event_id in spread]
+                moving = sorted({u.slot for u in touched if u.slot in incoming})
+                progress = (
+                    merge_marks(cursor, dialect, self._settings.system_tables.moves, moving)
+                    if moving
+                    else {}
+                )
+                stored = self._stored_rows(cursor, dialect, touched, lock=False)
+                if moving:  # rows in motion: their old owners' parts count too
+                    stored = combine(
+                        self._tables, stored, self._old_parts(touched, incoming, progress)
                     )
-                    found = cursor.fetchall()
-                    states = {int(s): (str(st), int(m)) for s, st, m, _ in found}
-                    moves: dict[int, str | None] = {
-                        int(s): None if peer is None else str(peer)
-                        for s, st, _, peer in found
-                        if st == SlotState.GONE
-                    }
-                    moves.update({s: None for s in work.slots if s not in states})
-                    incoming = {
-                        int(s): str(peer)
-                        for s, st, _, peer in found
-                        if st == SlotState.INCOMING and peer is not None
-                    }
-                    known: dict[tuple[str, int], tuple[str, str | None]] = {}
-                    if incoming:  # as the transaction does: the old owner's ledger first
-                        peer_known, peer_marks, peer_states = self._peer_ledger(
-                            work.units, incoming
-                        )
-                        for s, source in self._unfenced(work.shard, incoming, peer_states).items():
-                            del incoming[s]  # not this shard's yet: the source still owns it
-                            moves[s] = source
-                        known.update(peer_known)
-                        for s, mark in peer_marks.items():
-                            if s in states:
-                                states[s] = (states[s][0], max(states[s][1], mark))
-                    known.update(self._ledger_lookup(cursor, dialect, work.units))
-                    touched = [u for u in work.units if u.event_id in spread]
-                    moving = sorted({u.slot for u in touched if u.slot in incoming})
-                    progress = (
-                        merge_marks(cursor, dialect, self._settings.system_tables.moves, moving)
-                        if moving
-                        else {}
-                    )
-                    stored = self._stored_rows(cursor, dialect, touched, lock=False)
-                    if moving:  # rows in motion: their old owners' parts count too
-                        stored = combine(
-                            self._tables, stored, self._old_parts(touched, incoming, progress)
-                        )
         except Exception as exc:  # a look-ahead that cannot read judges nothing
             log.info("look-ahead on shard %s skipped: %s", work.shard, describe(exc))
             return mine, {}, {}
@@ -1190,6 +1173,19 @@ class AggregationWriter:
         finally:
             cursor.close()
 
+    @contextlib.contextmanager
+    def _read_cursor(self, shard: str) -> Iterator[tuple[DBAPICursor, Dialect]]:
+        """A cursor for reads on ``shard``'s primary (a replica may lag, so never one for
+        MySQL) outside this writer's transactions: a read transaction on SQLite, which
+        takes no write lock (another writer may hold this shard's while it reads here)."""
+        readonly = self.dialect(shard).name == "sqlite"
+        with self._provider.connection(shard, readonly=readonly) as conn:
+            dialect = self.dialect(shard, conn)
+            with self._cursor(conn) as cursor:
+                if not readonly:
+                    self._prepare(conn, dialect, cursor)
+                yield cursor, dialect
+
     def _prepare(self, conn: DBAPIConnection, dialect: Dialect, cursor: DBAPICursor) -> None:
         if not self._settings.read_committed or dialect.name == "sqlite":
             return
@@ -1405,23 +1401,18 @@ class AggregationWriter:
         states: dict[int, tuple[str, str]] = {}
         for peer, peer_units in by_peer.items():
             slots = sorted({u.slot for u in peer_units})
-            readonly = self.dialect(peer).name == "sqlite"  # never a replica for MySQL
-            with self._provider.connection(peer, readonly=readonly) as conn:
-                dialect = self.dialect(peer, conn)
-                with self._cursor(conn) as cursor:
-                    if not readonly:
-                        self._prepare(conn, dialect, cursor)
-                    hits = self._ledger_lookup(cursor, dialect, peer_units)
-                    table = dialect.quote(self._settings.system_tables.slots)
-                    literal = ", ".join(str(s) for s in slots)  # validated ints
-                    cursor.execute(
-                        f"SELECT {SLOT_COLUMN}, pruned_below, state, peer FROM {table} "
-                        f"WHERE {SLOT_COLUMN} IN ({literal})",
-                        (),
-                    )
-                    for s, m, state, its_peer in cursor.fetchall():
-                        marks[int(s)] = int(m)
-                        states[int(s)] = (str(state), "" if its_peer is None else str(its_peer))
+            with self._read_cursor(peer) as (cursor, dialect):
+                hits = self._ledger_lookup(cursor, dialect, peer_units)
+                table = dialect.quote(self._settings.system_tables.slots)
+                literal = ", ".join(str(s) for s in slots)  # validated ints
+                cursor.execute(
+                    f"SELECT {SLOT_COLUMN}, pruned_below, state, peer FROM {table} "
+                    f"WHERE {SLOT_COLUMN} IN ({literal})",
+                    (),
+                )
+                for s, m, state, its_peer in cursor.fetchall():
+                    marks[int(s)] = int(m)
+                    states[int(s)] = (str(state), "" if its_peer is None else str(its_peer))
             wanted = set(slots)
             found.update({k: v for k, v in hits.items() if k[1] in wanted})
         return found, marks, states
@@ -1496,24 +1487,19 @@ class AggregationWriter:
             if peer is not None and unit.rows:
                 by_peer[peer].append(unit)
         for peer, peer_units in sorted(by_peer.items()):
-            readonly = self.dialect(peer).name == "sqlite"  # never a replica for MySQL
-            with self._provider.connection(peer, readonly=readonly) as conn:
-                dialect = self.dialect(peer, conn)
-                with self._cursor(conn) as cursor:
-                    if not readonly:
-                        self._prepare(conn, dialect, cursor)
-                    for t, table in enumerate(self._tables):
-                        by_slot: dict[int, set[tuple[Any, ...]]] = defaultdict(set)
-                        for unit in peer_units:
-                            by_slot[unit.slot].update(k for ti, k, _ in unit.rows if ti == t)
-                        for slot, keys in sorted(by_slot.items()):
-                            unmerged, after = unmerged_scope(marks, slot, table.name)
-                            if keys and unmerged:
-                                out[t].update(
-                                    read_rows(
-                                        cursor, dialect, table, sorted(keys), slot=slot, after=after
-                                    )
+            with self._read_cursor(peer) as (cursor, dialect):
+                for t, table in enumerate(self._tables):
+                    by_slot: dict[int, set[tuple[Any, ...]]] = defaultdict(set)
+                    for unit in peer_units:
+                        by_slot[unit.slot].update(k for ti, k, _ in unit.rows if ti == t)
+                    for slot, keys in sorted(by_slot.items()):
+                        unmerged, after = unmerged_scope(marks, slot, table.name)
+                        if keys and unmerged:
+                            out[t].update(
+                                read_rows(
+                                    cursor, dialect, table, sorted(keys), slot=slot, after=after
                                 )
+                            )
         return out
 
     def _motion_headroom(
@@ -1527,7 +1513,7 @@ class AggregationWriter:
         """Refuse the events that would overflow a row in motion once it is merged.
 
         A row of an incoming slot has a second part on the old owner until the
-        merge (see :mod:`shardbill.motion`): the check counts both, in an order
+        merge (see :mod:`shardbill.writer.motion`): the check counts both, in an order
         that can over-count in a race but never under-count.
         """
         moving = [u for u in units if u.rows and u.slot in incoming]

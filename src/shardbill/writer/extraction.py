@@ -25,7 +25,7 @@ layers:
 
 The compiled path also renders the charge's *canonical text*: the text whose
 xxh3 is the fingerprint of a unit made of this one charge
-(:func:`shardbill.fingerprints.fingerprint`), from a template made once, so
+(:func:`shardbill.writer.fingerprints.fingerprint`), from a template made once, so
 the common unit (one charge, one slot) does not sort and ``repr`` its rows.
 
 The generated source contains only names made here, integer literals and
@@ -41,7 +41,8 @@ from decimal import Decimal
 from typing import Any
 
 from shardbill import money
-from shardbill.aggregates import (
+from shardbill.errors import ConfigurationError
+from shardbill.tables.aggregates import (
     BIGINT_MAX,
     BIGINT_MIN,
     Account,
@@ -62,7 +63,6 @@ from shardbill.aggregates import (
     VarChar,
     measure_range_error,
 )
-from shardbill.errors import ConfigurationError
 
 __all__ = ["RowDelta", "RowExtractor"]
 
@@ -83,7 +83,7 @@ class RowExtractor:
             names must be distinct.
 
     Example:
-        >>> from shardbill.catalog import billing_tables
+        >>> from shardbill.tables.catalog import billing_tables
         >>> extractor = RowExtractor(billing_tables())
         >>> len(extractor.tables)
         4
@@ -141,7 +141,7 @@ class RowExtractor:
     def extract(self, charge: ChargeLike) -> tuple[list[RowDelta], str]:
         """The row deltas and the canonical fingerprint text of ``charge`` alone.
 
-        The text is what :func:`shardbill.fingerprints.canonical_text` gives
+        The text is what :func:`shardbill.writer.fingerprints.canonical_text` gives
         for these rows; its xxh3 is the fingerprint of a unit holding only
         this charge.
 
@@ -231,7 +231,7 @@ class RowExtractor:
         text_args = _tuple_source([names[j] for j in self._text_args])
         code.emit(f"    return [{', '.join(rows)}], TEMPLATE % {text_args}")
         source = "\n".join(code.lines) + "\n"
-        exec(compile(source, "<shardbill.extraction>", "exec"), code.namespace)  # noqa: S102 - see the module docstring
+        exec(compile(source, "<shardbill.writer.extraction>", "exec"), code.namespace)  # noqa: S102 - see the module docstring
         return source, code.namespace["extract"]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     MODELS,
     add_json,
     add_servers,
@@ -33,7 +33,7 @@ from shardbill.errors import ConfigurationError
 if TYPE_CHECKING:
     import argparse
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
 
 __all__ = ["add_parser", "run"]
 

@@ -39,10 +39,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shardbill.aggregates import SLOT_COLUMN, AggregateTable
-from shardbill.batching import merge_values
 from shardbill.dialects.base import Dialect
 from shardbill.providers.base import DBAPICursor
+from shardbill.tables.aggregates import SLOT_COLUMN, AggregateTable
+from shardbill.writer.planning import merge_values
 
 __all__ = ["MERGED", "combine", "merge_marks", "read_rows", "sql_value", "unmerged_scope"]
 

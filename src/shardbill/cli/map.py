@@ -8,14 +8,14 @@ must have a URL under ``[shards]``).
 * ``plan --add NAME[:WEIGHT] | --remove NAME | --reweight NAME=W ...`` prints
   which slots the change would move, per shard and per flow, and notes the
   shards of the target that have no URL yet. A plan only: nothing is
-  published (``shardbill reshard``, :mod:`shardbill.cli_reshard`, executes one).
+  published (``shardbill reshard``, :mod:`shardbill.cli.reshard`, executes one).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     add_config_and_json,
     command,
     live_map,
@@ -29,7 +29,7 @@ from shardbill.errors import ConfigurationError
 if TYPE_CHECKING:
     import argparse
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
     from shardbill.config import Config
     from shardbill.shardmap import ShardMap
 

@@ -7,7 +7,7 @@ databases are created) or the shards of ``--config FILE``. ``--reset`` drops
 the demo's tables on the servers first; else they must be empty.
 
 Prints the demo's report (or, with ``--json``, its JSON object). Exit 0 only
-when the audit is exact, else :data:`~shardbill.cli_common.EXIT_PROBLEM`.
+when the audit is exact, else :data:`~shardbill.cli._common.EXIT_PROBLEM`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shardbill.cli_common import (
+from shardbill.cli._common import (
     DEMO_EVENTS,
     DEMO_SEED,
     EXIT_INTERRUPTED,
@@ -35,7 +35,7 @@ from shardbill.cli_common import (
 if TYPE_CHECKING:
     import argparse
 
-    from shardbill.cli_common import Subparsers
+    from shardbill.cli._common import Subparsers
 
 __all__ = ["add_parser", "run"]
 

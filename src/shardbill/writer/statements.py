@@ -1,6 +1,6 @@
 """The writer's multi-row statements, built fast and safely.
 
-The writer's rows are validated before any SQL (:mod:`shardbill.aggregates`):
+The writer's rows are validated before any SQL (:mod:`shardbill.tables.aggregates`):
 every integer column holds an ``int`` within its range (BIGINT, or DECIMAL(65,0)
 for a wide measure), every text column a
 ``str`` within its declared length, every date column a ``datetime.date``.
