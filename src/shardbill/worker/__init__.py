@@ -29,11 +29,12 @@ from shardbill.worker.offsets import OffsetTracker
 from shardbill.worker.protocols import (
     DeadLetterSink,
     Decoder,
+    KnowsEnds,
     Processor,
     RebalanceListener,
     Source,
 )
-from shardbill.worker.records import DeadLetter, Partition, Record, Stage
+from shardbill.worker.records import DeadLetter, Partition, PartitionState, Record, Stage
 from shardbill.worker.sinks import JsonlDeadLetters
 
 __all__ = [
@@ -42,11 +43,13 @@ __all__ = [
     "Decoder",
     "DirectorySource",
     "JsonlDeadLetters",
+    "KnowsEnds",
     "MemoryBroker",
     "MemoryDeadLetters",
     "MemorySource",
     "OffsetTracker",
     "Partition",
+    "PartitionState",
     "Processor",
     "RebalanceListener",
     "Record",

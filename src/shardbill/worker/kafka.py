@@ -288,6 +288,25 @@ class KafkaSource:
         self._held = frozenset(partitions)
         self._apply_pauses(consumer)
 
+    def end_offsets(self, partitions: AbstractSet[Partition]) -> dict[Partition, int]:
+        """The high watermarks librdkafka cached from its last fetch responses (no round trip);
+        a partition with none known yet is left out."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        kafka = _kafka()
+        out: dict[Partition, int] = {}
+        for topic, number in partitions:
+            try:
+                marks = consumer.get_watermark_offsets(
+                    kafka.TopicPartition(topic, number), cached=True
+                )
+            except kafka.KafkaException:
+                continue
+            if marks is not None and marks[1] >= 0:
+                out[(topic, number)] = int(marks[1])
+        return out
+
     def close(self) -> None:
         """Leave the group: the revoke callback runs (the worker commits), then the consumer
         closes. Idempotent."""

@@ -68,8 +68,8 @@ import attrs
 from shardbill.errors import ShardbillError, StreamError
 from shardbill.worker.decoding import json_decoder
 from shardbill.worker.offsets import OffsetTracker
-from shardbill.worker.protocols import DeadLetterSink, Decoder, Processor, Source
-from shardbill.worker.records import DeadLetter, Partition, Record, Stage
+from shardbill.worker.protocols import DeadLetterSink, Decoder, KnowsEnds, Processor, Source
+from shardbill.worker.records import DeadLetter, Partition, PartitionState, Record, Stage
 
 if TYPE_CHECKING:
     from shardbill.pipeline import PipelineResult
@@ -314,6 +314,12 @@ class Worker:
         self._left: int | None = None  # records not done when the worker stopped
         self._counts: Counter[str] = Counter()
         self._dead: Counter[str] = Counter()
+        # Per partition, for Worker.partitions() (health): read by other threads as one tuple.
+        self._behind_since: dict[Partition, float] = {}
+        self._committed_at: dict[Partition, float] = {}
+        self._ends: dict[Partition, int] = {}
+        self._ends_at: float | None = None
+        self._view: tuple[PartitionState, ...] = ()
 
     # ------------------------------------------------------------------ control
 
@@ -335,6 +341,11 @@ class Worker:
     def waiting_for_retry(self) -> bool:
         """True while a batch waits for a failed shard (or dead-letter sink) to come back."""
         return self._backoff > 0
+
+    def partitions(self) -> tuple[PartitionState, ...]:
+        """The assigned partitions as the loop last saw them (after its last poll or commit),
+        sorted; safe from another thread (the HTTP health check's)."""
+        return self._view
 
     def summary(self) -> WorkerSummary:
         """What the worker did so far."""
@@ -389,6 +400,7 @@ class Worker:
         self._last_activity = self._clock()
         self._counts["rebalances"] += 1
         _log.info("assigned %s", _names(partitions))
+        self._observe()
 
     def revoked(self, partitions: Sequence[Partition]) -> None:
         """Finish the pending batch once, commit what is done, drop the rest of ``partitions``."""
@@ -419,6 +431,10 @@ class Worker:
             self._hold(self._held_partitions - gone)
         self._tracker.forget(gone)
         self._assigned -= gone
+        for known in (self._behind_since, self._committed_at, self._ends):
+            for partition in gone:
+                known.pop(partition, None)
+        self._observe()
 
     def _held(self) -> int:
         return len(self._pending) + len(self._retrying) + len(self._letters)
@@ -447,6 +463,7 @@ class Worker:
             records = self._source.poll(max(1, room), timeout)
             self._last_poll = self._clock()
             self._take(records)
+            self._observe()
             held = self._held()
             now = self._clock()
             fresh = len(self._pending) + (len(self._letters) if self._retry_at is None else 0)
@@ -480,6 +497,7 @@ class Worker:
             remaining = until - self._clock()
             self._take(self._source.poll(1, min(self._settings.poll_timeout, max(0.0, remaining))))
             self._last_poll = self._clock()
+            self._observe()
         return True
 
     def _drain(self) -> None:
@@ -625,20 +643,69 @@ class Worker:
         except StreamError as exc:
             self._counts["commit_failures"] += 1
             _log.warning("offset commit failed (%s); the records are delivered again if lost", exc)
+            self._observe()
             return
         self._tracker.committed(offsets)
         self._counts["commits"] += 1
+        now = self._clock()
+        for partition in offsets:
+            self._committed_at[partition] = now
+            if partition in self._behind_since:  # what is still behind counts from this commit
+                self._behind_since[partition] = now
+        self._observe()
+
+    def _observe(self) -> None:
+        """Rebuild :meth:`partitions`' view (the loop's thread only)."""
+        now = self._clock()
+        tracker = self._tracker
+        if isinstance(self._source, KnowsEnds) and (
+            self._ends_at is None or now - self._ends_at >= 1.0
+        ):
+            self._ends_at = now
+            try:
+                self._ends.update(self._source.end_offsets(frozenset(self._assigned)))
+            except StreamError as exc:  # only the health view's lag is missing then
+                _log.debug("end offsets unknown: %s", exc)
+        held: Counter[Partition] = Counter(
+            i.record.source for i in (*self._pending, *self._retrying)
+        )
+        held.update(d.record.source for d in self._letters)
+        view: list[PartitionState] = []
+        for partition in sorted(self._assigned):
+            position = tracker.next_offset(partition)
+            committed = tracker.last_committed(partition)
+            if position is None or (committed is not None and committed >= position):
+                self._behind_since.pop(partition, None)
+            else:
+                self._behind_since.setdefault(partition, now)
+            view.append(
+                PartitionState(
+                    topic=partition[0],
+                    partition=partition[1],
+                    paused=self._paused or partition in self._held_partitions,
+                    held=held[partition],
+                    open=tracker.open_in(partition),
+                    position=position,
+                    committed=committed,
+                    committed_at=self._committed_at.get(partition),
+                    end=self._ends.get(partition),
+                    behind_since=self._behind_since.get(partition),
+                )
+            )
+        self._view = tuple(view)
 
     def _set_paused(self, paused: bool) -> None:
         if paused != self._paused:
             self._paused = paused
             self._source.pause(paused)
+            self._observe()
 
     def _hold(self, partitions: frozenset[Partition]) -> None:
         """Pause exactly ``partitions`` (those whose records wait), resume the others."""
         if partitions != self._held_partitions:
             self._held_partitions = partitions
             self._source.pause_partitions(partitions)
+            self._observe()
 
 
 def _names(partitions: Sequence[Partition]) -> str:

@@ -13,7 +13,7 @@ import enum
 
 import attrs
 
-__all__ = ["DeadLetter", "Partition", "Record", "Stage"]
+__all__ = ["DeadLetter", "Partition", "PartitionState", "Record", "Stage"]
 
 Partition = tuple[str, int]
 """A topic partition: ``(topic, partition number)``."""
@@ -110,3 +110,47 @@ class DeadLetter:
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
+
+
+@attrs.frozen(kw_only=True)
+class PartitionState:
+    """One assigned partition as the worker last saw it (:meth:`Worker.partitions`).
+
+    Times are the worker's clock (monotonic seconds), so that a health check
+    can say how long ago they were.
+
+    Attributes:
+        topic: the topic.
+        partition: the partition number.
+        paused: no record of it is fetched now (its records wait for a failed
+            shard or the dead-letter sink, or the worker is at ``max_held``).
+        held: its records in memory (fetched, waiting for a retry or the sink).
+        open: its records received and not done.
+        position: one past the highest offset received (None: nothing yet).
+        committed: the offset this worker last committed (None: none since
+            the partition was assigned).
+        committed_at: when that commit was made (None: no commit yet).
+        end: the offset the partition's next record will get, as far as the
+            source knows (None: the source does not say).
+        behind_since: since when records of it have been received and not
+            committed, or since the last commit that left some (None: everything
+            received is committed).
+    """
+
+    topic: str
+    partition: int
+    paused: bool
+    held: int
+    open: int
+    position: int | None
+    committed: int | None
+    committed_at: float | None
+    end: int | None
+    behind_since: float | None
+
+    @property
+    def lag(self) -> int | None:
+        """Records between the last commit and the partition's end (None: not known)."""
+        if self.end is None or self.committed is None:
+            return None
+        return max(0, self.end - self.committed)
