@@ -79,6 +79,7 @@ __all__ = [
     "events_of",
     "ingest",
     "read_events",
+    "read_stream",
 ]
 
 Stage = Literal["parse", "event", "conflict", "rules", "writer", "failed"]
@@ -354,46 +355,67 @@ def read_events(
     Raises:
         OSError: the file cannot be opened.
     """
-    seen: dict[str, tuple[int, int]] = {}  # event id -> (hash of the event, first line)
     with open(path, "rb") as handle:
-        lines = _Lines(handle)
-        records = _json_records(lines) if fmt is Format.JSONL else _csv_records(lines)
-        for number, text, data, error in records:
-            if on_bytes is not None:
-                on_bytes(lines.bytes_read)
-            shown = text[:_MAX_TEXT]
-            if data is None:
-                assert error is not None  # noqa: S101 - _records gives one of the two
-                yield RejectedLine(
-                    line=number, event_id=None, stage="parse", reason=error, text=shown
-                )
-                continue
-            try:
-                event = UsageEvent.from_dict(data, account_as_int=account_as_int)
-            except (ShardbillError, ValueError, TypeError) as exc:
-                yield RejectedLine(
-                    line=number, event_id=_id_of(data), stage="event", reason=str(exc), text=shown
-                )
-                continue
-            digest = hash(event)
-            first = seen.get(event.event_id)
-            if first is None:
-                seen[event.event_id] = (digest, number)
-                yield FileEvent(line=number, event=event, text=shown)
-            elif first[0] == digest:
-                yield Repeat(line=number, event_id=event.event_id, first_line=first[1])
-            else:
-                yield RejectedLine(
-                    line=number,
-                    event_id=event.event_id,
-                    stage="conflict",
-                    reason=(
-                        f"event id {event.event_id!r} was first seen at line {first[1]} with "
-                        "different content; an id names one event (the first one is used): "
-                        "give this event its own id"
-                    ),
-                    text=shown,
-                )
+        yield from read_stream(handle, fmt=fmt, account_as_int=account_as_int, on_bytes=on_bytes)
+
+
+def read_stream(
+    handle: IO[bytes],
+    *,
+    fmt: Format,
+    account_as_int: bool,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[Item]:
+    """:func:`read_events` on an open binary stream (standard input's ``sys.stdin.buffer``).
+
+    The stream is read, not closed.
+
+    Args:
+        handle: the stream.
+        fmt: its format.
+        account_as_int: parse a text ``account`` as an integer.
+        on_bytes: called with the number of bytes read so far.
+
+    Yields:
+        :class:`FileEvent`, :class:`Repeat` or :class:`RejectedLine`, in stream order.
+    """
+    seen: dict[str, tuple[int, int]] = {}  # event id -> (hash of the event, first line)
+    lines = _Lines(handle)
+    records = _json_records(lines) if fmt is Format.JSONL else _csv_records(lines)
+    for number, text, data, error in records:
+        if on_bytes is not None:
+            on_bytes(lines.bytes_read)
+        shown = text[:_MAX_TEXT]
+        if data is None:
+            assert error is not None  # noqa: S101 - _records gives one of the two
+            yield RejectedLine(line=number, event_id=None, stage="parse", reason=error, text=shown)
+            continue
+        try:
+            event = UsageEvent.from_dict(data, account_as_int=account_as_int)
+        except (ShardbillError, ValueError, TypeError) as exc:
+            yield RejectedLine(
+                line=number, event_id=_id_of(data), stage="event", reason=str(exc), text=shown
+            )
+            continue
+        digest = hash(event)
+        first = seen.get(event.event_id)
+        if first is None:
+            seen[event.event_id] = (digest, number)
+            yield FileEvent(line=number, event=event, text=shown)
+        elif first[0] == digest:
+            yield Repeat(line=number, event_id=event.event_id, first_line=first[1])
+        else:
+            yield RejectedLine(
+                line=number,
+                event_id=event.event_id,
+                stage="conflict",
+                reason=(
+                    f"event id {event.event_id!r} was first seen at line {first[1]} with "
+                    "different content; an id names one event (the first one is used): "
+                    "give this event its own id"
+                ),
+                text=shown,
+            )
 
 
 def events_of(items: Iterable[Item]) -> Iterator[UsageEvent]:

@@ -68,7 +68,14 @@ import attrs
 from shardbill.errors import ShardbillError, StreamError
 from shardbill.worker.decoding import json_decoder
 from shardbill.worker.offsets import OffsetTracker
-from shardbill.worker.protocols import DeadLetterSink, Decoder, KnowsEnds, Processor, Source
+from shardbill.worker.protocols import (
+    DeadLetterSink,
+    Decoder,
+    Finite,
+    KnowsEnds,
+    Processor,
+    Source,
+)
 from shardbill.worker.records import DeadLetter, Partition, PartitionState, Record, Stage
 
 if TYPE_CHECKING:
@@ -466,15 +473,20 @@ class Worker:
             self._observe()
             held = self._held()
             now = self._clock()
+            ended = isinstance(self._source, Finite) and self._source.exhausted
             fresh = len(self._pending) + (len(self._letters) if self._retry_at is None else 0)
             if fresh and (
                 fresh >= settings.batch_size
                 or held >= settings.held_limit
+                or ended  # nothing more will come to fill the batch
                 or (
                     self._first_pending is not None and now - self._first_pending >= settings.linger
                 )
             ):
                 self._flush(everything=False)
+            elif ended and not held:
+                _log.info("the source is exhausted and every record is done: stopping")
+                self._stopping = True
             elif (
                 settings.exit_when_idle is not None
                 and self._ever_assigned
@@ -528,6 +540,13 @@ class Worker:
             self._counts["records"] += 1
             self._tracker.received(record.source, record.offset)
             self._peak = max(self._peak, self._held() + 1)
+            if record.refused is not None:  # the source parsed it and found no event
+                stage, reason = record.refused
+                self._letters.append(DeadLetter(record=record, stage=stage, reason=reason))
+                continue
+            if record.event is not None:  # the source parsed it (an events file)
+                self._pending.append(_Item(record=record, event=record.event))
+                continue
             try:
                 event = self._decode(record.value)
             except (ValueError, TypeError, ShardbillError) as exc:

@@ -10,7 +10,9 @@
   :class:`~shardbill.pipeline.Pipeline`);
 * :data:`Decoder`: turns a record's bytes into a usage event;
 * :class:`KnowsEnds`: optional, a source that can tell where its partitions
-  end (the worker then reports each partition's lag).
+  end (the worker then reports each partition's lag);
+* :class:`Finite`: optional, a source with an end (an events file): the
+  worker stops by itself once it is exhausted and every record is done.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ if TYPE_CHECKING:
     from shardbill.rules import UsageEvent
     from shardbill.worker.records import DeadLetter, Partition, Record
 
-__all__ = ["DeadLetterSink", "Decoder", "KnowsEnds", "Processor", "RebalanceListener", "Source"]
+__all__ = [
+    "DeadLetterSink",
+    "Decoder",
+    "Finite",
+    "KnowsEnds",
+    "Processor",
+    "RebalanceListener",
+    "Source",
+]
 
 Decoder = Callable[[bytes], "UsageEvent"]
 """Turns a record's value into an event; raises ``ValueError`` (or a
@@ -103,6 +113,22 @@ class KnowsEnds(Protocol):
     def end_offsets(self, partitions: AbstractSet[Partition]) -> Mapping[Partition, int]:
         """The offset each partition's next record will get, as far as known without a
         round trip to the broker; a partition not known is left out."""
+        ...  # pragma: no cover - a protocol
+
+
+@runtime_checkable
+class Finite(Protocol):
+    """A :class:`Source` that ends (optional): an events file, standard input.
+
+    Once :attr:`exhausted` is true the worker processes what it holds at once
+    (no linger: nothing more will fill the batch), commits, and stops once
+    every record is done (records waiting for a failed shard are retried as
+    usual first), then drains and closes as after a stop request.
+    """
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every record was returned by :meth:`Source.poll`."""
         ...  # pragma: no cover - a protocol
 
 

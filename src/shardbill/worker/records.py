@@ -10,8 +10,12 @@ silently.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    from shardbill.rules import UsageEvent
 
 __all__ = ["DeadLetter", "Partition", "PartitionState", "Record", "Stage"]
 
@@ -45,6 +49,11 @@ class Record:
             partition is the offset of the next record to read).
         value: the message's bytes (for the JSON decoder, one event object).
         key: the message key, if any.
+        event: the event, when the source parsed the record itself (an events
+            file read by :func:`shardbill.ingest.read_events`): the worker then
+            does not decode ``value``.
+        refused: instead, why the source found no event in it (stage, reason):
+            the record goes straight to the dead letters.
     """
 
     topic: str
@@ -52,6 +61,8 @@ class Record:
     offset: int
     value: bytes
     key: bytes | None = None
+    event: UsageEvent | None = attrs.field(default=None, eq=False, repr=False)
+    refused: tuple[Stage, str] | None = None
 
     @property
     def source(self) -> Partition:

@@ -1,0 +1,181 @@
+"""An events file (or standard input) as a finite worker source, read by ``ingest``'s reader.
+
+The worker's loop runs a :class:`~shardbill.worker.eventfile.FileSource` to its
+end and stops by itself; each line's fate matches what ``ingest`` does with the
+same file (the same lines set aside at the same stages, the same totals).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shardbill import AggregationWriter, Pipeline, ShardMap
+from shardbill.catalog import billing_tables
+from shardbill.ingest import Format, ingest
+from shardbill.rules import UsageEvent, comms
+from shardbill.worker import MemoryDeadLetters, Worker, WorkerSettings, WorkerSummary
+from shardbill.worker.eventfile import FileSource
+from shardbill.workloads.synthetic import Traffic
+from tests.support.backends import Backend, make_backend
+from tests.support.clock import recent_start
+from tests.support.oracle import actual_rows, expected_rows
+
+# No exit_when_idle: a finite source ends the run by itself.
+SETTINGS = {"linger": 0.0, "poll_timeout": 0.001, "retry_backoff": 0.001}
+# ingest's stages as the worker's dead-letter stages.
+STAGES = {"parse": "decode", "event": "decode", "conflict": "conflict", "rules": "rules"}
+STAGES["writer"] = "writer"
+
+
+@pytest.fixture
+def two(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Backend, Backend]]:
+    """Two independent deployments of three SQLite shards: one for the worker, one for ingest."""
+    first = make_backend("sqlite", 3, tmp_path / "worker", request)
+    second = make_backend("sqlite", 3, tmp_path / "ingest", request)
+    yield next(first), next(second)
+    for rest in (first, second):
+        next(rest, None)
+
+
+def _pipeline(backend: Backend) -> Pipeline:
+    writer = AggregationWriter(
+        shard_map=ShardMap.create(backend.shards, slots=64),
+        provider=backend.provider,
+        tables=billing_tables(),
+    )
+    writer.ensure_schema()
+    return Pipeline(engine=comms.engine(), writer=writer)
+
+
+def _events(n: int) -> list[UsageEvent]:
+    return list(
+        Traffic(model="skewed", events=n, seed=23, accounts=40, start=recent_start()).distinct()
+    )
+
+
+def _as_dict(event: UsageEvent) -> dict[str, object]:
+    return {
+        "event_id": event.event_id,
+        "account": event.account,
+        "time": event.time.isoformat(),
+        "product": event.product,
+        "quantity": str(event.quantity),
+        "dimensions": dict(event.dimensions),
+    }
+
+
+def _day(tmp_path: Path) -> tuple[Path, list[UsageEvent]]:
+    good = _events(120)
+    lines = [json.dumps(_as_dict(e)) for e in good]
+    lines.insert(5, "oops")  # line 6: not JSON
+    lines.insert(9, json.dumps(_as_dict(good[2])))  # line 10: a repeat of line 3
+    lines.insert(14, "")  # line 15: blank
+    fax = {**_as_dict(good[0]), "event_id": "fax-1", "product": "fax"}
+    lines.insert(20, json.dumps(fax))  # line 21: no rule for fax
+    lines.insert(30, json.dumps({**_as_dict(good[1]), "quantity": "77"}))  # line 31: conflict
+    lines.insert(40, json.dumps({"event_id": "x-1", "account": 1}))  # line 41: not an event
+    path = tmp_path / "day.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, good
+
+
+def _run(
+    source: FileSource, pipeline: Pipeline, batch_size: int
+) -> tuple[WorkerSummary, list[tuple[int, str]]]:
+    sink = MemoryDeadLetters()
+    with pipeline.writer:
+        summary = Worker(
+            source=source,
+            processor=pipeline,
+            dead_letters=sink,
+            settings=WorkerSettings(batch_size=batch_size, **SETTINGS),
+        ).run()
+    return summary, [(d.record.offset, d.stage.value) for d in sink.letters]
+
+
+def test_a_file_runs_to_its_end_with_the_fates_ingest_gives_its_lines(
+    two: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """The worker on a FileSource stops at the file's end by itself; its dead letters are
+    ingest's rejected lines (same line numbers, matching stages), its totals ingest's and
+    the oracle's, every line is committed, and the repeat is counted, not sent."""
+    path, good = _day(tmp_path)
+    on_worker, on_ingest = two
+    source = FileSource(path)
+    summary, letters = _run(source, _pipeline(on_worker), batch_size=16)
+    pipeline = _pipeline(on_ingest)
+    with pipeline.writer:
+        reference = ingest(path, pipeline=pipeline, fmt=Format.JSONL, account_as_int=False,
+                           batch_size=16)  # fmt: skip
+    rejects = [
+        json.loads(line)
+        for line in Path(reference.rejects_path).read_text(encoding="utf-8").splitlines()
+    ]
+    assert sorted(letters) == [(r["line"], STAGES[r["stage"]]) for r in rejects]
+    assert [line for line, _ in sorted(letters)] == [6, 21, 31, 41]
+    assert summary.applied == reference.applied == len(good)
+    assert summary.uncommitted == 0
+    assert source.repeats == reference.repeats == 1
+    assert source.committed == len(good) + 6 + 1  # the next line to read: past the last one
+    oracle = expected_rows(comms.engine().price_batch(good).charges)
+    assert actual_rows(on_worker) == oracle
+    assert actual_rows(on_ingest) == oracle
+
+
+def test_a_second_run_of_the_same_file_adds_nothing(
+    two: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """Running the same file again through the worker: every event a duplicate, the same
+    lines set aside, the totals unchanged."""
+    path, good = _day(tmp_path)
+    backend = two[0]
+    first, letters = _run(FileSource(path), _pipeline(backend), batch_size=50)
+    assert first.applied == len(good)
+    rows = actual_rows(backend)
+    again, letters_again = _run(FileSource(path), _pipeline(backend), batch_size=7)
+    assert (again.applied, again.duplicates) == (0, len(good))
+    assert sorted(letters_again) == sorted(letters)
+    assert actual_rows(backend) == rows
+
+
+def test_csv_from_a_stream_with_no_name(two: tuple[Backend, Backend], tmp_path: Path) -> None:
+    """A CSV stream (standard input, here a BytesIO) named ``-``: the records' partition is
+    ``("-", 0)`` and their offsets the records' first line numbers; a bad record is a dead
+    letter and the rest land exactly."""
+    good = _events(30)
+    names = sorted({name for e in good for name in e.dimensions})
+    header = ",".join(["event_id", "account", "time", "product", "quantity"])
+    header += "".join(f",dimensions.{n}" for n in names) + "\n"
+    rows = [
+        f"{e.event_id},{e.account},{e.time.isoformat()},{e.product},{e.quantity}"
+        + "".join(f",{e.dimensions.get(n, '')}" for n in names)
+        + "\n"
+        for e in good
+    ]
+    rows.insert(3, "only,three,fields\n")  # line 5 (the header is line 1)
+    stream = io.BytesIO((header + "".join(rows)).encode())
+    backend = two[0]
+    source = FileSource(stream, fmt="csv", account_as_int=True)
+    summary, letters = _run(source, _pipeline(backend), batch_size=8)
+    assert letters == [(5, "decode")]
+    assert summary.applied == len(good)
+    assert source.partition == ("-", 0)
+    assert actual_rows(backend) == expected_rows(comms.engine().price_batch(good).charges)
+
+
+def test_a_stream_needs_its_format_and_a_path_without_a_known_extension_too(
+    tmp_path: Path,
+) -> None:
+    """No format for a stream, or a path whose extension says none: a ConfigurationError
+    saying to give ``fmt``."""
+    from shardbill.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="give fmt"):
+        FileSource(io.BytesIO(b""))
+    with pytest.raises(ConfigurationError, match=r"--format jsonl\|csv"):
+        FileSource(tmp_path / "events.txt")
