@@ -17,10 +17,12 @@ import pytest
 from shardbill import AggregationWriter, Pipeline, ShardMap
 from shardbill.catalog import billing_tables
 from shardbill.ingest import Format, ingest
+from shardbill.retry import RetryPolicy
 from shardbill.rules import UsageEvent, comms
 from shardbill.worker import MemoryDeadLetters, Worker, WorkerSettings, WorkerSummary
 from shardbill.worker.eventfile import FileSource
 from shardbill.workloads.synthetic import Traffic
+from shardbill.writer import WriterSettings
 from tests.support.backends import Backend, make_backend
 from tests.support.clock import recent_start
 from tests.support.oracle import actual_rows, expected_rows
@@ -179,3 +181,64 @@ def test_a_stream_needs_its_format_and_a_path_without_a_known_extension_too(
         FileSource(io.BytesIO(b""))
     with pytest.raises(ConfigurationError, match=r"--format jsonl\|csv"):
         FileSource(tmp_path / "events.txt")
+
+
+class _SpinGuard:
+    """A fake monotonic clock that only a sleep moves; reading it a million times without a
+    sleep means the loop spins, and fails the test instead of hanging it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        if self.reads > 1_000_000:
+            raise AssertionError("the worker's loop spun without waiting")
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.reads = 0
+        self.now += seconds
+
+
+def test_a_shard_down_at_the_end_of_the_file_is_waited_for_then_the_run_ends_exact(
+    two: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """The file is read to its end while a shard is down: the worker waits (the source sleeps
+    its polls, the loop does not spin) through the retry rounds, and once the shard is back
+    every event lands exactly and the run ends by itself."""
+    from tests.support.outage import Outage
+
+    path, good = _day(tmp_path)
+    backend = two[0]
+    outage = Outage(backend.provider)
+    writer = AggregationWriter(
+        shard_map=ShardMap.create(backend.shards, slots=64),
+        provider=outage,
+        tables=billing_tables(),
+        settings=WriterSettings(retry=RetryPolicy(max_attempts=1, base_delay=0.0)),
+    )
+    writer.ensure_schema()
+    pipeline = Pipeline(engine=comms.engine(), writer=writer)
+    outage.down.add(backend.shards[1])
+    clock = _SpinGuard()
+
+    def on_batch(summary: WorkerSummary) -> None:
+        if summary.retries >= 3:
+            outage.down.clear()
+
+    with pipeline.writer:
+        summary = Worker(
+            source=FileSource(path, sleep=clock.sleep),
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(
+                batch_size=500, linger=0.0, poll_timeout=0.05, retry_backoff=0.5
+            ),
+            clock=clock,
+            on_batch=on_batch,
+        ).run()
+    assert summary.retries >= 3
+    assert (summary.applied, summary.uncommitted) == (len(good), 0)
+    assert actual_rows(backend) == expected_rows(comms.engine().price_batch(good).charges)

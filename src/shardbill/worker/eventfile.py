@@ -24,7 +24,8 @@ same reader, batching, commit and shutdown code for a file as for a stream.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import IO
@@ -46,6 +47,7 @@ class FileSource:
         fmt: ``"jsonl"`` or ``"csv"`` (default: from the path's extension; a stream needs it).
         account_as_int: parse a text ``account`` as an integer (an integer account column).
         name: the partition's topic name (default: the file's name, ``-`` for a stream).
+        sleep: how a poll with nothing to return waits (paused, or at the end).
 
     Raises:
         ConfigurationError: no format given for a stream, or none to tell from the path.
@@ -58,6 +60,7 @@ class FileSource:
         fmt: str | None = None,
         account_as_int: bool = False,
         name: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         from shardbill.ingest import Format, detect_format
 
@@ -76,6 +79,7 @@ class FileSource:
             self._format = Format(detect_format("-", fmt))
             default = "-"
         self._account_as_int = account_as_int
+        self._sleep = sleep
         self.partition: Partition = (name or default, 0)
         """The one partition, ``(NAME, 0)``."""
         self._listener: RebalanceListener | None = None
@@ -127,6 +131,8 @@ class FileSource:
             self._listener.assigned([self.partition])
         out: list[Record] = []
         if self._paused or self._held or self._exhausted:
+            if timeout > 0:  # a worker waiting for a failed shard must not spin
+                self._sleep(timeout)
             return out
         topic = self.partition[0]
         while len(out) < max_records:
