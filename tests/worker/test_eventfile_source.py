@@ -242,3 +242,97 @@ def test_a_shard_down_at_the_end_of_the_file_is_waited_for_then_the_run_ends_exa
     assert summary.retries >= 3
     assert (summary.applied, summary.uncommitted) == (len(good), 0)
     assert actual_rows(backend) == expected_rows(comms.engine().price_batch(good).charges)
+
+
+def test_set_aside_makes_the_events_of_a_failed_shard_dead_letters_instead_of_retrying(
+    two: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """With ``shard_failures="set_aside"`` an event whose shard fails past the writer's
+    retries becomes a dead letter of stage ``failed`` naming the shard's error and what to do,
+    nothing is retried, the run ends by itself, and every other event lands exactly; the
+    same file run again once the shard is back applies exactly the missing events."""
+    from tests.support.outage import Outage
+
+    path, good = _day(tmp_path)
+    backend = two[0]
+    outage = Outage(backend.provider)
+    writer = AggregationWriter(
+        shard_map=ShardMap.create(backend.shards, slots=64),
+        provider=outage,
+        tables=billing_tables(),
+        settings=WriterSettings(retry=RetryPolicy(max_attempts=1, base_delay=0.0)),
+    )
+    writer.ensure_schema()
+    pipeline = Pipeline(engine=comms.engine(), writer=writer)
+    outage.down.add(backend.shards[1])
+    sink = MemoryDeadLetters()
+    with pipeline.writer:
+        summary = Worker(
+            source=FileSource(path),
+            processor=pipeline,
+            dead_letters=sink,
+            settings=WorkerSettings(batch_size=16, shard_failures="set_aside", **SETTINGS),
+        ).run()
+        failed = [d for d in sink.letters if d.stage.value == "failed"]
+        assert failed
+        assert summary.retries == 0
+        assert summary.uncommitted == 0
+        assert summary.applied == len(good) - len(failed)
+        assert all("s1" in d.reason and "again" in d.reason for d in failed)
+        assert {d.event_id for d in failed} <= {e.event_id for e in good}
+        outage.down.clear()
+        again = Worker(
+            source=FileSource(path),
+            processor=pipeline,
+            dead_letters=MemoryDeadLetters(),
+            settings=WorkerSettings(batch_size=16, shard_failures="set_aside", **SETTINGS),
+        ).run()
+    assert again.applied == len(failed)
+    assert actual_rows(backend) == expected_rows(comms.engine().price_batch(good).charges)
+
+
+def test_shard_failures_takes_retry_or_set_aside() -> None:
+    """Any other value is refused naming the field, the value and the choices."""
+    with pytest.raises(ValueError, match=r"'shard_failures' must be 'retry' or 'set_aside'"):
+        WorkerSettings(shard_failures="drop")  # type: ignore[arg-type]
+
+
+def test_batches_of_events_leave_the_lines_set_aside_out_of_the_count(
+    two: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """With ``batch_counts="events"`` (and no linger) every batch but the last has exactly
+    ``batch_size`` events, however many lines around them are set aside; with the default
+    (``"records"``) the lines set aside take room in the batch."""
+    path, good = _day(tmp_path)
+    sizes: dict[str, list[int]] = {"events": [], "records": []}
+    for counts, backend in zip(("events", "records"), two, strict=True):
+        done = [0]
+
+        def on_batch(summary: WorkerSummary, counts: str = counts, done: list[int] = done) -> None:
+            settled = summary.applied + summary.duplicates + summary.free
+            settled += summary.dead_letters.get("rules", 0)  # the fax event: priced, refused
+            if settled > done[0]:
+                sizes[counts].append(settled - done[0])
+                done[0] = settled
+
+        pipeline = _pipeline(backend)
+        with pipeline.writer:
+            Worker(
+                source=FileSource(path),
+                processor=pipeline,
+                dead_letters=MemoryDeadLetters(),
+                settings=WorkerSettings(
+                    batch_size=16, batch_counts=counts, **{**SETTINGS, "linger": float("inf")}
+                ),
+                on_batch=on_batch,
+            ).run()
+    events = len(good) + 1  # the good ones and the fax event no rule prices
+    assert sizes["events"] == [16] * (events // 16) + [events % 16]
+    assert sizes["records"] != sizes["events"]
+    assert sum(sizes["records"]) == sum(sizes["events"]) == events
+
+
+def test_batch_counts_takes_records_or_events() -> None:
+    """Any other value is refused naming the field and the choices."""
+    with pytest.raises(ValueError, match=r"'batch_counts' must be 'records' or 'events'"):
+        WorkerSettings(batch_counts="bytes")  # type: ignore[arg-type]

@@ -61,11 +61,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
 from shardbill.errors import ShardbillError, StreamError
+from shardbill.retry import describe
 from shardbill.worker.decoding import json_decoder
 from shardbill.worker.offsets import OffsetTracker
 from shardbill.worker.protocols import (
@@ -119,6 +120,16 @@ def _max_held(
         )
 
 
+def _batch_counts(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("records", "events"):
+        raise ValueError(f"{attribute.name!r} must be 'records' or 'events': {value!r}")
+
+
+def _shard_failures(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("retry", "set_aside"):
+        raise ValueError(f"{attribute.name!r} must be 'retry' or 'set_aside': {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class WorkerSettings:
     """How a worker batches, retries and stops.
@@ -141,6 +152,16 @@ class WorkerSettings:
         exit_when_idle: stop after this many seconds with nothing received and
             nothing pending, counted from the first assignment (None: run until
             stopped). For batch-like runs and tests.
+        batch_counts: what fills a batch: ``"records"`` (events and the records
+            set aside as dead letters alike: a stream's default, so that a run of
+            bad records is flushed too) or ``"events"`` (only the events: a batch
+            is ``batch_size`` events however many lines around them are set
+            aside, as ``ingest`` batches a file).
+        shard_failures: what happens to an event whose shard failed past the
+            writer's retries: ``"retry"`` (hold it, pause its partition, process
+            it again after a backoff: a stream's default) or ``"set_aside"``
+            (a dead letter of stage ``failed``, its offset committed: for a
+            file run again later, as ``ingest`` does).
     """
 
     batch_size: int = attrs.field(default=500, validator=_at_least_one)
@@ -151,6 +172,12 @@ class WorkerSettings:
     retry_backoff_max: float = attrs.field(default=10.0, validator=_positive)
     drain_timeout: float = attrs.field(default=30.0, validator=_not_negative)
     exit_when_idle: float | None = attrs.field(default=None, validator=_idle)
+    batch_counts: Literal["records", "events"] = attrs.field(
+        default="records", validator=_batch_counts
+    )
+    shard_failures: Literal["retry", "set_aside"] = attrs.field(
+        default="retry", validator=_shard_failures
+    )
 
     @property
     def held_limit(self) -> int:
@@ -457,10 +484,10 @@ class Worker:
                 self._flush(everything=True)
                 continue
             held = self._held()
-            room = min(
-                settings.batch_size - len(self._pending) - len(self._letters),
-                settings.held_limit - held,
+            filling = len(self._pending) + (
+                len(self._letters) if settings.batch_counts == "records" else 0
             )
+            room = min(settings.batch_size - filling, settings.held_limit - held)
             self._set_paused(room <= 0)  # no room: fetch nothing, keep serving the group
             timeout = settings.poll_timeout
             if self._first_pending is not None:
@@ -475,8 +502,11 @@ class Worker:
             now = self._clock()
             ended = isinstance(self._source, Finite) and self._source.exhausted
             fresh = len(self._pending) + (len(self._letters) if self._retry_at is None else 0)
+            full = (
+                len(self._pending) if settings.batch_counts == "events" else fresh
+            ) >= settings.batch_size
             if fresh and (
-                fresh >= settings.batch_size
+                full
                 or held >= settings.held_limit
                 or ended  # nothing more will come to fill the batch
                 or (
@@ -606,10 +636,13 @@ class Worker:
         outcome = verdicts(result)
         keep: list[_Item] = []
         seen: set[str] = set()
+        set_aside = self._settings.shard_failures == "set_aside"
         for item in items:
             event_id = item.event.event_id
             verdict = outcome.get(event_id)
-            if verdict == _RETRY:
+            if verdict == _RETRY and set_aside:
+                verdict = (Stage.FAILED, _failed_reason(result, event_id))
+            elif verdict == _RETRY:
                 keep.append(item)
                 continue
             if event_id in seen:
@@ -725,6 +758,22 @@ class Worker:
             self._held_partitions = partitions
             self._source.pause_partitions(partitions)
             self._observe()
+
+
+def _failed_reason(result: PipelineResult, event_id: str) -> str:
+    """Why an event was set aside: its shards' errors, and what to do."""
+    write = result.write
+    errors = [
+        f"shard {shard}: {describe(outcome.error)}"
+        for shard, outcome in sorted(write.shards.items())
+        if event_id in outcome.failed and outcome.error is not None
+    ]
+    if not errors and event_id in write.failures:
+        errors = [describe(write.failures[event_id])]
+    return (
+        f"not written ({'; '.join(errors) or 'a shard failed'}); deliver it again once the "
+        "shard is back: the ledger applies what is missing exactly once"
+    )
 
 
 def _names(partitions: Sequence[Partition]) -> str:

@@ -29,13 +29,17 @@ class Stage(enum.StrEnum):
     ``decode``: not JSON, or not a valid event; ``rules``: a billing rule
     refused the event; ``writer``: a charge does not fit the aggregate tables
     (or is older than the dedup horizon); ``conflict``: its event id was
-    applied before (or is repeated in the batch) with different content.
+    applied before (or is repeated in the batch) with different content;
+    ``failed``: a shard failed past the writer's retries and the worker was
+    told to set such events aside (``WorkerSettings(shard_failures="set_aside")``)
+    rather than retry them: deliver them again once the shard is back.
     """
 
     DECODE = "decode"
     RULES = "rules"
     WRITER = "writer"
     CONFLICT = "conflict"
+    FAILED = "failed"
 
 
 @attrs.frozen(kw_only=True)
