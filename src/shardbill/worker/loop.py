@@ -566,10 +566,9 @@ class Worker:
         self._last_activity = self._clock()
         if self._first_pending is None:
             self._first_pending = self._last_activity
+        self._counts["records"] += len(records)
         for record in records:
-            self._counts["records"] += 1
             self._tracker.received(record.source, record.offset)
-            self._peak = max(self._peak, self._held() + 1)
             if record.refused is not None:  # the source parsed it and found no event
                 stage, reason = record.refused
                 self._letters.append(DeadLetter(record=record, stage=stage, reason=reason))
@@ -583,6 +582,7 @@ class Worker:
                 self._letters.append(DeadLetter(record=record, stage=Stage.DECODE, reason=str(exc)))
             else:
                 self._pending.append(_Item(record=record, event=event))
+        self._peak = max(self._peak, self._held())  # what is held only grew in here
 
     # ------------------------------------------------------------------ a batch
 
@@ -595,8 +595,11 @@ class Worker:
                 joining the held records unprocessed (their partition's order
                 is kept).
         """
+        blocked: list[_Item] = []
         if everything:
-            batch, blocked = self._retrying + self._pending, []
+            batch = self._retrying + self._pending
+        elif not self._held_partitions:
+            batch = self._pending  # replaced below, never changed in place
         else:
             paused = self._held_partitions
             batch = [i for i in self._pending if i.record.source not in paused]

@@ -67,10 +67,11 @@ class Record:
     key: bytes | None = None
     event: UsageEvent | None = attrs.field(default=None, eq=False, repr=False)
     refused: tuple[Stage, str] | None = None
+    source: Partition = attrs.field(init=False, eq=False, repr=False)
+    """``(topic, partition)`` (computed once: the loop asks for it several times a record)."""
 
-    @property
-    def source(self) -> Partition:
-        """``(topic, partition)``."""
+    @source.default
+    def _source(self) -> Partition:
         return (self.topic, self.partition)
 
 
