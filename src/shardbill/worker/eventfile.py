@@ -17,8 +17,8 @@ Commits are kept in memory (:attr:`FileSource.committed`: the line below
 which every record is done); a file is made whole again by running it again,
 the ledger skipping what was applied, as with ``ingest``.
 
-This is the first step of ``ingest`` on the worker's loop (issue 19): the
-same reader, batching, commit and shutdown code for a file as for a stream.
+:func:`shardbill.ingest.ingest` runs on it: the same batching, commit and
+shutdown code for a file as for a stream (issue 19).
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from shardbill.errors import ConfigurationError, StreamError
 from shardbill.worker.protocols import RebalanceListener
 from shardbill.worker.records import Partition, Record, Stage
+
+if TYPE_CHECKING:
+    from shardbill.ingest import Item, RejectedLine
 
 __all__ = ["FileSource"]
 
@@ -48,6 +51,7 @@ class FileSource:
         account_as_int: parse a text ``account`` as an integer (an integer account column).
         name: the partition's topic name (default: the file's name, ``-`` for a stream).
         sleep: how a poll with nothing to return waits (paused, or at the end).
+        on_bytes: called with the bytes read so far (for progress).
 
     Raises:
         ConfigurationError: no format given for a stream, or none to tell from the path.
@@ -61,6 +65,7 @@ class FileSource:
         account_as_int: bool = False,
         name: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         from shardbill.ingest import Format, detect_format
 
@@ -80,11 +85,19 @@ class FileSource:
             default = "-"
         self._account_as_int = account_as_int
         self._sleep = sleep
+        self._on_bytes = on_bytes
+        self._rejected: dict[int, RejectedLine] = {}
+        self.items = 0
+        """Records read (repeats and the ones with no event included; blank lines not)."""
+        self.events = 0
+        """Records read with an event, the first of their id in the stream."""
+        self.last_line = 0
+        """The line number of the last record read."""
         self.partition: Partition = (name or default, 0)
         """The one partition, ``(NAME, 0)``."""
         self._listener: RebalanceListener | None = None
         self._handle: IO[bytes] | None = None
-        self._items: Iterator[object] | None = None
+        self._items: Iterator[Item] | None = None
         self._assigned = False
         self._exhausted = False
         self._paused = False
@@ -118,7 +131,9 @@ class FileSource:
                 raise StreamError(f"{self._path}: cannot read the events file: {exc}") from exc
         stream = self._handle if self._handle is not None else self._stream
         assert stream is not None  # noqa: S101 - a path was opened, or a stream given
-        self._items = read_stream(stream, fmt=self._format, account_as_int=self._account_as_int)
+        self._items = read_stream(
+            stream, fmt=self._format, account_as_int=self._account_as_int, on_bytes=self._on_bytes
+        )
 
     def poll(self, max_records: int, timeout: float) -> Sequence[Record]:
         """Up to ``max_records`` records in stream order (none while paused)."""
@@ -140,9 +155,12 @@ class FileSource:
             if item is None:
                 self._exhausted = True
                 break
+            self.items += 1
+            self.last_line = item.line
             if isinstance(item, Repeat):
                 self.repeats += 1
             elif isinstance(item, FileEvent):
+                self.events += 1
                 value = item.text.encode("utf-8", errors="replace")
                 out.append(
                     Record(
@@ -150,6 +168,7 @@ class FileSource:
                     )
                 )
             elif isinstance(item, RejectedLine):
+                self._rejected[item.line] = item
                 value = item.text.encode("utf-8", errors="replace")
                 out.append(
                     Record(
@@ -161,6 +180,11 @@ class FileSource:
                     )
                 )
         return out
+
+    def pop_rejected(self, line: int) -> RejectedLine | None:
+        """The reader's own rejection of the record at ``line`` (its ``ingest`` stage, ``parse``,
+        ``event`` or ``conflict``, and text), once; None for a record delivered with an event."""
+        return self._rejected.pop(line, None)
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Remember the committed line (in memory)."""
