@@ -57,7 +57,9 @@ optional except ``[shards]``::
     group = "billing"
     dead_letter_topic = "usage.dead-letters"   # or dead_letters = "dead.jsonl"
     linger_ms = 200
+    max_held = 4000                     # records held in memory at most (default 2 x batch)
     drain_timeout_seconds = 30
+    connect_timeout_seconds = 30        # a broker must answer within this at the start
 
     [worker.kafka]                      # librdkafka settings; secrets only as "env:NAME"
     "security.protocol" = "SASL_SSL"
@@ -81,6 +83,7 @@ silently. The complete reference is ``docs/reference/configuration.md``.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import tomllib
@@ -187,6 +190,19 @@ def _int(value: object, key: str, *, low: int, high: int | None = None) -> int:
         bound = f">= {low}" if high is None else f"from {low} to {high}"
         raise _KeyProblemError(key, f"must be an integer {bound}, got {_show(value)}")
     return value
+
+
+def _seconds(value: object, key: str) -> float:
+    """A positive, finite number of seconds (an integer or a float)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and 0 < value <= 86_400)
+    ):
+        raise _KeyProblemError(
+            key, f"must be a number of seconds > 0 (at most 86400), got {_show(value)}"
+        )
+    return float(value)
 
 
 def _str(value: object, key: str) -> str:
@@ -434,8 +450,13 @@ class WorkerConfig:
         dead_letter_topic: where dead letters go (default: the first topic + ``.dead-letters``).
         dead_letters: instead, a JSON Lines file of dead letters.
         batch_size: records per batch (default: ``[writer] batch_size``).
+        max_held: the most records held in memory at once (fetched, or waiting
+            for a failed shard or the dead-letter sink); at least the batch
+            size (None: twice the batch size).
         linger_ms: how long a batch's first record waits for the batch to fill.
         drain_timeout_seconds: on SIGTERM, how long to finish the pending batch.
+        connect_timeout_seconds: at the start, how long to wait for a Kafka
+            broker to answer before the worker fails.
         kafka: librdkafka settings (``[worker.kafka]``); a value ``env:NAME`` is
             read from the environment when the worker starts (secrets must be).
     """
@@ -447,8 +468,10 @@ class WorkerConfig:
     dead_letter_topic: str | None = None
     dead_letters: Path | None = None
     batch_size: int | None = None
+    max_held: int | None = None
     linger_ms: int = 200
     drain_timeout_seconds: int = 30
+    connect_timeout_seconds: float = 30.0
     kafka: Mapping[str, str] = attrs.field(converter=_options, factory=dict)
 
 
@@ -1077,7 +1100,8 @@ def _worker_source(value: object, base: Path) -> Literal["kafka"] | Path | None:
 def _worker(value: object, base: Path) -> WorkerConfig:
     section = _table(value, "worker")
     allowed = (*_WORKER_TEXT, "source", "topics", "dead_letters", "batch_size", "linger_ms")
-    _known(section, (*allowed, "drain_timeout_seconds", "kafka"), "worker")
+    timeouts = ("drain_timeout_seconds", "connect_timeout_seconds")
+    _known(section, (*allowed, "max_held", *timeouts, "kafka"), "worker")
     if "dead_letter_topic" in section and "dead_letters" in section:
         raise _KeyProblemError(
             "worker", "give either dead_letter_topic or dead_letters (a file), not both"
@@ -1103,6 +1127,22 @@ def _worker(value: object, base: Path) -> WorkerConfig:
                 "a secret never belongs in the file (it was not shown); write "
                 '"env:NAME" and put the value in the environment variable NAME',
             )
+    batch_size = (
+        _int(section["batch_size"], "worker.batch_size", low=1, high=10_000_000)
+        if "batch_size" in section
+        else None
+    )
+    max_held = (
+        _int(section["max_held"], "worker.max_held", low=1, high=100_000_000)
+        if "max_held" in section
+        else None
+    )
+    if max_held is not None and batch_size is not None and max_held < batch_size:
+        raise _KeyProblemError(
+            "worker.max_held",
+            f"{max_held} is below worker.batch_size ({batch_size}): a batch could never fill; "
+            f"give max_held = {batch_size} or more (or leave it out: twice the batch size)",
+        )
     return WorkerConfig(
         source=_worker_source(section.get("source"), base),
         bootstrap_servers=text.get("bootstrap_servers"),
@@ -1112,17 +1152,17 @@ def _worker(value: object, base: Path) -> WorkerConfig:
         dead_letters=(base / _str(dead, "worker.dead_letters")).resolve()
         if dead is not None
         else None,
-        batch_size=(
-            _int(section["batch_size"], "worker.batch_size", low=1, high=10_000_000)
-            if "batch_size" in section
-            else None
-        ),
+        batch_size=batch_size,
+        max_held=max_held,
         linger_ms=_int(section.get("linger_ms", 200), "worker.linger_ms", low=0, high=3_600_000),
         drain_timeout_seconds=_int(
             section.get("drain_timeout_seconds", 30),
             "worker.drain_timeout_seconds",
             low=0,
             high=86_400,
+        ),
+        connect_timeout_seconds=_seconds(
+            section.get("connect_timeout_seconds", 30.0), "worker.connect_timeout_seconds"
         ),
         kafka={str(k): str(v) for k, v in kafka.items()},
     )

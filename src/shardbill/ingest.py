@@ -12,15 +12,16 @@ record of CSV) and yields, in file order, one of:
   content (``conflict``: an id names one event; the first one wins).
 
 :func:`ingest` feeds the events through a :class:`~shardbill.pipeline.Pipeline`
-in batches and writes every line that was not applied for a reason in the
-data to a *rejects file* (JSON Lines: ``line``, ``event_id``, ``stage``,
-``reason``, ``text``), adding the stages ``rules`` (a billing rule refused
-the event), ``writer`` (a charge does not fit the aggregate tables),
-``conflict`` (the ledger holds this id with different content, from an
-earlier file) and ``failed`` (a shard stayed unavailable past the retry
-budget: run the file again). Good lines are written; re-running the same file
-changes nothing (the ledger reports every event as a duplicate) and rejects
-the same lines again.
+in batches, on the stream worker's loop (:class:`~shardbill.worker.Worker`
+on a :class:`~shardbill.worker.FileSource`), and writes every line that was
+not applied for a reason in the data to a *rejects file* (JSON Lines:
+``line``, ``event_id``, ``stage``, ``reason``, ``text``), adding the stages
+``rules`` (a billing rule refused the event), ``writer`` (a charge does not
+fit the aggregate tables), ``conflict`` (the ledger holds this id with
+different content, from an earlier file) and ``failed`` (a shard stayed
+unavailable past the retry budget: run the file again). Good lines are
+written; re-running the same file changes nothing (the ledger reports every
+event as a duplicate) and rejects the same lines again.
 
 Formats:
 
@@ -52,7 +53,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -67,6 +68,10 @@ from shardbill.pipeline import Pipeline
 from shardbill.retry import describe
 from shardbill.rules import UsageEvent
 
+if TYPE_CHECKING:
+    from shardbill.pipeline import PipelineResult
+    from shardbill.worker import DeadLetter, FileSource, WorkerSummary
+
 __all__ = [
     "FileEvent",
     "Format",
@@ -79,6 +84,7 @@ __all__ = [
     "events_of",
     "ingest",
     "read_events",
+    "read_stream",
 ]
 
 Stage = Literal["parse", "event", "conflict", "rules", "writer", "failed"]
@@ -354,46 +360,67 @@ def read_events(
     Raises:
         OSError: the file cannot be opened.
     """
-    seen: dict[str, tuple[int, int]] = {}  # event id -> (hash of the event, first line)
     with open(path, "rb") as handle:
-        lines = _Lines(handle)
-        records = _json_records(lines) if fmt is Format.JSONL else _csv_records(lines)
-        for number, text, data, error in records:
-            if on_bytes is not None:
-                on_bytes(lines.bytes_read)
-            shown = text[:_MAX_TEXT]
-            if data is None:
-                assert error is not None  # noqa: S101 - _records gives one of the two
-                yield RejectedLine(
-                    line=number, event_id=None, stage="parse", reason=error, text=shown
-                )
-                continue
-            try:
-                event = UsageEvent.from_dict(data, account_as_int=account_as_int)
-            except (ShardbillError, ValueError, TypeError) as exc:
-                yield RejectedLine(
-                    line=number, event_id=_id_of(data), stage="event", reason=str(exc), text=shown
-                )
-                continue
-            digest = hash(event)
-            first = seen.get(event.event_id)
-            if first is None:
-                seen[event.event_id] = (digest, number)
-                yield FileEvent(line=number, event=event, text=shown)
-            elif first[0] == digest:
-                yield Repeat(line=number, event_id=event.event_id, first_line=first[1])
-            else:
-                yield RejectedLine(
-                    line=number,
-                    event_id=event.event_id,
-                    stage="conflict",
-                    reason=(
-                        f"event id {event.event_id!r} was first seen at line {first[1]} with "
-                        "different content; an id names one event (the first one is used): "
-                        "give this event its own id"
-                    ),
-                    text=shown,
-                )
+        yield from read_stream(handle, fmt=fmt, account_as_int=account_as_int, on_bytes=on_bytes)
+
+
+def read_stream(
+    handle: IO[bytes],
+    *,
+    fmt: Format,
+    account_as_int: bool,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[Item]:
+    """:func:`read_events` on an open binary stream (standard input's ``sys.stdin.buffer``).
+
+    The stream is read, not closed.
+
+    Args:
+        handle: the stream.
+        fmt: its format.
+        account_as_int: parse a text ``account`` as an integer.
+        on_bytes: called with the number of bytes read so far.
+
+    Yields:
+        :class:`FileEvent`, :class:`Repeat` or :class:`RejectedLine`, in stream order.
+    """
+    seen: dict[str, tuple[int, int]] = {}  # event id -> (hash of the event, first line)
+    lines = _Lines(handle)
+    records = _json_records(lines) if fmt is Format.JSONL else _csv_records(lines)
+    for number, text, data, error in records:
+        if on_bytes is not None:
+            on_bytes(lines.bytes_read)
+        shown = text[:_MAX_TEXT]
+        if data is None:
+            assert error is not None  # noqa: S101 - _records gives one of the two
+            yield RejectedLine(line=number, event_id=None, stage="parse", reason=error, text=shown)
+            continue
+        try:
+            event = UsageEvent.from_dict(data, account_as_int=account_as_int)
+        except (ShardbillError, ValueError, TypeError) as exc:
+            yield RejectedLine(
+                line=number, event_id=_id_of(data), stage="event", reason=str(exc), text=shown
+            )
+            continue
+        digest = hash(event)
+        first = seen.get(event.event_id)
+        if first is None:
+            seen[event.event_id] = (digest, number)
+            yield FileEvent(line=number, event=event, text=shown)
+        elif first[0] == digest:
+            yield Repeat(line=number, event_id=event.event_id, first_line=first[1])
+        else:
+            yield RejectedLine(
+                line=number,
+                event_id=event.event_id,
+                stage="conflict",
+                reason=(
+                    f"event id {event.event_id!r} was first seen at line {first[1]} with "
+                    "different content; an id names one event (the first one is used): "
+                    "give this event its own id"
+                ),
+                text=shown,
+            )
 
 
 def events_of(items: Iterable[Item]) -> Iterator[UsageEvent]:
@@ -505,15 +532,88 @@ class IngestInterrupted(KeyboardInterrupt):
         )
 
 
-class _Batch:
-    def __init__(self) -> None:
-        self.events: list[UsageEvent] = []
-        self.lines: dict[str, tuple[int, str]] = {}  # event id -> (line, text)
-        self.rejected: list[RejectedLine] = []
-        self.last_line = 0
+class _Recorder:
+    """The pipeline as the worker's processor, keeping the last batch's result (for the
+    rejects file's ``failed`` reasons)."""
 
-    def __len__(self) -> int:
-        return len(self.events)
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self.last: PipelineResult | None = None
+
+    def process(self, events: Iterable[UsageEvent]) -> PipelineResult:
+        self.last = self._pipeline.process(events)
+        return self.last
+
+
+class _RejectsNotWrittenError(Exception):
+    """The rejects file could not be written (an OSError the worker must not retry)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _RejectsFile:
+    """The worker's dead-letter sink: each letter becomes a line of the rejects file."""
+
+    def __init__(self, out: IO[str], source: FileSource, recorder: _Recorder) -> None:
+        self._out = out
+        self._source = source
+        self._recorder = recorder
+        self.rejected = 0
+        self.failed = 0
+        self.refused = 0
+        self.event_rows = 0  # rows for events the pipeline saw (rules, writer, conflict, failed)
+
+    def send(self, letters: Iterable[DeadLetter]) -> None:
+        rows: list[RejectedLine] = []
+        for letter in letters:
+            line = letter.record.offset
+            read = self._source.pop_rejected(line)
+            if read is not None:  # the reader's own: parse, event, conflict in the file
+                rows.append(read)
+                continue
+            self.event_rows += 1
+            stage: Stage = letter.stage.value  # type: ignore[assignment]
+            reason = letter.reason
+            if letter.stage.value == "failed" and letter.event_id is not None:
+                reason = self._failed(letter.event_id)
+            rows.append(
+                RejectedLine(
+                    line=line,
+                    event_id=letter.event_id,
+                    stage=stage,
+                    reason=reason,
+                    text=letter.record.value.decode("utf-8", errors="replace"),
+                )
+            )
+        try:
+            for row in sorted(rows, key=lambda r: r.line):
+                self._out.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+                if row.stage == "failed":
+                    self.failed += 1
+                else:
+                    self.rejected += 1
+            self._out.flush()
+        except OSError as exc:
+            raise _RejectsNotWrittenError(exc) from exc
+
+    def _failed(self, event_id: str) -> str:
+        result = self._recorder.last
+        if result is None:  # pragma: no cover - a failed event comes from a processed batch
+            return "not written; run the same file again"
+        write = result.write
+        errors = {s: r.error for s, r in write.shards.items() if r.error is not None}
+        shards = sorted(s for s, r in write.shards.items() if event_id in r.failed)
+        reason = "; ".join(f"shard {s}: {describe(errors[s])}" for s in shards if s in errors)
+        fatal = any(isinstance(errors.get(s), FatalDatabaseError) for s in shards)
+        if fatal:
+            self.refused += 1
+        return (
+            f"not written ({reason or 'shard failed'}); "
+            f"{'fix the cause, then ' if fatal else ''}run the same file again: the ledger "
+            "applies what is missing exactly once"
+        )
 
 
 def ingest(
@@ -532,6 +632,12 @@ def ingest(
     Each batch is one transaction per shard (its ledger rows and its UPSERTs
     commit together), so an interruption leaves whole batches applied or not
     applied, and running the file again completes it exactly.
+
+    The file runs on the stream worker's loop (:class:`~shardbill.worker.Worker`
+    on a :class:`~shardbill.worker.FileSource`): the same batching, offset
+    commits and shutdown as ``shardbill worker``, with batches of
+    ``batch_size`` events (``batch_counts="events"``) and the events of a
+    shard that stays down set aside (``shard_failures="set_aside"``).
 
     Args:
         path: the events file.
@@ -552,133 +658,93 @@ def ingest(
         IngestInterrupted: Ctrl-C; it carries the summary so far.
         OSError: the events file cannot be read or the rejects file written.
     """
+    from shardbill.worker import Worker, WorkerSettings
+    from shardbill.worker.eventfile import FileSource
+
     source = Path(path)
     rejects = Path(rejects_path) if rejects_path is not None else Path(f"{source}.rejects.jsonl")
     started = time.perf_counter()
-    counts = dict.fromkeys(
-        (
-            "records",
-            "events",
-            "applied",
-            "duplicates",
-            "repeats",
-            "free",
-            "rejected",
-            "failed",
-            "refused",
-        ),
-        0,
-    )
-    done = {"through_line": 0, "events": 0}
-
-    def summary(*, interrupted: bool = False) -> IngestSummary:
-        return IngestSummary(
-            path=str(source),
-            rejects_path=str(rejects),
-            seconds=time.perf_counter() - started,
-            interrupted=interrupted,
-            done_through_line=done["through_line"],
-            **counts,
+    with open(rejects, "w", encoding="utf-8") as out, open(source, "rb") as handle:
+        files = FileSource(
+            handle,
+            fmt=fmt.value,
+            account_as_int=account_as_int,
+            name=source.name,
+            on_bytes=on_bytes,
         )
+        recorder = _Recorder(pipeline)
+        sink = _RejectsFile(out, files, recorder)
+        last = {"through": 0, "settled": 0, "applied": 0, "duplicates": 0, "rows": 0}
+        last_at = [time.perf_counter()]
 
-    with open(rejects, "w", encoding="utf-8") as out:
-
-        def flush(batch: _Batch) -> None:
-            began = time.perf_counter()
-            applied, duplicates = counts["applied"], counts["duplicates"]
-            if batch.events:
-                batch.rejected.extend(_process(pipeline, batch, counts))
-            for item in sorted(batch.rejected, key=lambda r: r.line):
-                out.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
-                counts["failed" if item.stage == "failed" else "rejected"] += 1
-            out.flush()
-            first = done["through_line"] + 1
-            done["through_line"] = max(done["through_line"], batch.last_line)
-            done["events"] += len(batch.events)
+        def on_batch(progress: WorkerSummary) -> None:
+            settled = progress.applied + progress.duplicates + progress.free + sink.event_rows
+            through = max(last["through"], files.committed - 1)
+            rows = sink.rejected + sink.failed
+            now = time.perf_counter()
             log.info(
                 "%s lines %d-%d: %d events, %d applied, %d already applied, %d lines set aside "
                 "(%.0f ms)",
                 source.name,
-                first,
-                done["through_line"],
-                len(batch.events),
-                counts["applied"] - applied,
-                counts["duplicates"] - duplicates,
-                len(batch.rejected),
-                (time.perf_counter() - began) * 1000,
+                last["through"] + 1,
+                through,
+                settled - last["settled"],
+                progress.applied - last["applied"],
+                progress.duplicates - last["duplicates"],
+                rows - last["rows"],
+                (now - last_at[0]) * 1000,
             )
+            last.update(
+                through=through,
+                settled=settled,
+                applied=progress.applied,
+                duplicates=progress.duplicates,
+                rows=rows,
+            )
+            last_at[0] = now
             if on_events is not None:
-                on_events(done["events"])
+                on_events(settled)
 
-        batch = _Batch()
-        items = read_events(source, fmt=fmt, account_as_int=account_as_int, on_bytes=on_bytes)
+        worker = Worker(
+            source=files,
+            processor=recorder,
+            dead_letters=sink,
+            settings=WorkerSettings(
+                batch_size=batch_size,
+                linger=float("inf"),  # a batch is full, or the file ended
+                poll_timeout=0.001,
+                batch_counts="events",
+                shard_failures="set_aside",
+            ),
+            on_batch=on_batch,
+        )
+
+        def summary(*, interrupted: bool = False) -> IngestSummary:
+            done = worker.summary()
+            through = files.committed - 1 if files.committed else 0
+            if not interrupted and files.exhausted and not done.uncommitted:
+                through = max(through, files.last_line)  # trailing repeats are done too
+            return IngestSummary(
+                path=str(source),
+                rejects_path=str(rejects),
+                records=files.items,
+                events=files.events,
+                applied=done.applied,
+                duplicates=done.duplicates,
+                repeats=files.repeats,
+                free=done.free,
+                rejected=sink.rejected,
+                failed=sink.failed,
+                refused=sink.refused,
+                seconds=time.perf_counter() - started,
+                interrupted=interrupted,
+                done_through_line=through,
+            )
+
         try:
-            for item in items:
-                counts["records"] += 1
-                batch.last_line = item.line
-                if isinstance(item, Repeat):
-                    counts["repeats"] += 1
-                elif isinstance(item, RejectedLine):
-                    batch.rejected.append(item)
-                else:
-                    counts["events"] += 1
-                    batch.events.append(item.event)
-                    batch.lines[item.event.event_id] = (item.line, item.text)
-                    if len(batch) >= batch_size:
-                        flush(batch)
-                        batch = _Batch()
-            flush(batch)
+            worker.run()
         except KeyboardInterrupt:
             raise IngestInterrupted(summary(interrupted=True)) from None
+        except _RejectsNotWrittenError as exc:
+            raise exc.error from None
     return summary()
-
-
-def _process(pipeline: Pipeline, batch: _Batch, counts: dict[str, int]) -> list[RejectedLine]:
-    result = pipeline.process(batch.events)
-    write = result.write
-    out: list[RejectedLine] = []
-
-    def reject(event_id: str, stage: Stage, reason: str) -> None:
-        line, text = batch.lines[event_id]
-        out.append(
-            RejectedLine(line=line, event_id=event_id, stage=stage, reason=reason, text=text)
-        )
-
-    for rejection in result.pricing_rejected:
-        who = rejection.rule or "engine"
-        reject(
-            rejection.event_id,
-            "rules",
-            f"{who}: {rejection.error_type.__name__}: {rejection.reason}",
-        )
-    for refused in write.rejected:
-        reject(refused.event_id, "writer", f"{refused.error}: {refused.reason}")
-    conflicts = write.conflict_events | set(result.conflicting_repeats)
-    for event_id in sorted(conflicts):
-        reject(
-            event_id,
-            "conflict",
-            "this event id was applied before with different content (the ledger's "
-            "fingerprint differs); not applied: give the event its own id, or send the "
-            "original content",
-        )
-    errors = {s: r.error for s, r in write.shards.items() if r.error is not None}
-    for event_id in sorted(write.failed_events - conflicts):
-        shards = sorted(s for s, r in write.shards.items() if event_id in r.failed)
-        reason = "; ".join(f"shard {s}: {describe(errors[s])}" for s in shards if s in errors)
-        fatal = any(isinstance(errors.get(s), FatalDatabaseError) for s in shards)
-        if fatal:
-            counts["refused"] += 1
-        reject(
-            event_id,
-            "failed",
-            f"not written ({reason or 'shard failed'}); "
-            f"{'fix the cause, then ' if fatal else ''}run the same file again: the ledger "
-            "applies what is missing exactly once",
-        )
-    applied, duplicates = write.applied_events, write.duplicate_events
-    counts["applied"] += len(applied)
-    counts["duplicates"] += len(duplicates)
-    settled = {r.event_id for r in out}
-    counts["free"] += len(batch.events) - len(settled | applied | duplicates)
-    return out

@@ -434,3 +434,74 @@ def test_max_held_below_the_batch_size_is_refused_with_the_fix(
     err = capsys.readouterr().err
     assert "--max-held 20: below the batch size (50)" in err
     assert "give --max-held 50 or more" in err
+
+
+def test_max_held_below_the_batch_size_in_the_file_is_refused_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``[worker] max_held`` smaller than the batch size the command ends up with (here the
+    ``--batch-size`` option's): exit 2 naming the key, the value and the fix."""
+    config = tmp_path / "shardbill.toml"
+    config.write_text(
+        '[shards]\ns0 = "sqlite:///s0.db"\n[worker]\nmax_held = 20\n', encoding="utf-8"
+    )
+    code = main(
+        ["worker", "--source", f"dir:{tmp_path}", "--batch-size", "50", "--config", str(config)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"[worker] max_held = 20 (in {config}): below the batch size (50)" in err
+    assert "max_held = 50 or more" in err
+
+
+def test_no_reachable_broker_ends_the_worker_with_the_servers_and_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``shardbill worker`` against a closed port stops after ``--connect-timeout`` seconds
+    with an error naming the bootstrap servers and the fix, instead of waiting for ever;
+    nothing was written."""
+    pytest.importorskip("confluent_kafka")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        servers = f"127.0.0.1:{sock.getsockname()[1]}"
+    config = _config(tmp_path)
+    assert main(["init", "--config", config]) == 0
+    capsys.readouterr()
+    code = main(
+        ["worker", "--topic", "usage", "--group", "g", "--bootstrap-servers", servers,
+         "--dead-letters", str(tmp_path / "dead.jsonl"), "--connect-timeout", "0.5",
+         "--config", config]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 3, err  # a broker unreachable: run again once it answers
+    assert f"no broker of {servers} answered within 0.5 s" in err
+    assert "--bootstrap-servers" in err
+    assert not (tmp_path / "dead.jsonl").exists()
+
+
+def test_the_connect_timeout_comes_from_the_file_when_the_option_is_absent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``[worker] connect_timeout_seconds`` bounds the start when ``--connect-timeout`` is not
+    given (the error says the bound it waited)."""
+    pytest.importorskip("confluent_kafka")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        servers = f"127.0.0.1:{sock.getsockname()[1]}"
+    config = tmp_path / "shardbill.toml"
+    config.write_text(
+        '[shards]\ns0 = "sqlite:///s0.db"\n[worker]\nconnect_timeout_seconds = 0.25\n',
+        encoding="utf-8",
+    )
+    assert main(["init", "--config", str(config)]) == 0
+    capsys.readouterr()
+    code = main(
+        ["worker", "--topic", "usage", "--group", "g", "--bootstrap-servers", servers,
+         "--dead-letters", str(tmp_path / "dead.jsonl"), "--config", str(config)]
+    )  # fmt: skip
+    assert code == 3
+    assert "answered within 0.25 s" in capsys.readouterr().err

@@ -29,8 +29,10 @@ def test_every_key_lands_and_a_relative_file_is_next_to_the_config(tmp_path: Pat
         group = "billing"
         dead_letters = "dead/letters.jsonl"
         batch_size = 300
+        max_held = 900
         linger_ms = 50
         drain_timeout_seconds = 12
+        connect_timeout_seconds = 7.5
 
         [worker.kafka]
         "security.protocol" = "SASL_SSL"
@@ -44,6 +46,7 @@ def test_every_key_lands_and_a_relative_file_is_next_to_the_config(tmp_path: Pat
     assert worker.group == "billing"
     assert worker.dead_letters == tmp_path / "dead" / "letters.jsonl"
     assert (worker.batch_size, worker.linger_ms, worker.drain_timeout_seconds) == (300, 50, 12)
+    assert (worker.max_held, worker.connect_timeout_seconds) == (900, 7.5)
     assert dict(worker.kafka) == {
         "security.protocol": "SASL_SSL",
         "sasl.password": "env:KAFKA_PASSWORD",
@@ -59,6 +62,7 @@ def test_no_section_gives_the_defaults(tmp_path: Path) -> None:
         None,
         200,
     )
+    assert (worker.max_held, worker.connect_timeout_seconds) == (None, 30.0)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +76,20 @@ def test_no_section_gives_the_defaults(tmp_path: Path) -> None:
             "give either dead_letter_topic or dead_letters",
         ),
         ('[worker.kafka]\n"acks" = 1\n', "worker.kafka.acks: must be a string"),
+        ("[worker]\nmax_held = 0\n", "worker.max_held: must be an integer from 1"),
+        ('[worker]\nmax_held = "lots"\n', "worker.max_held: must be an integer"),
+        (
+            "[worker]\nconnect_timeout_seconds = 0\n",
+            "worker.connect_timeout_seconds: must be a number of seconds > 0",
+        ),
+        (
+            '[worker]\nconnect_timeout_seconds = "5s"\n',
+            "worker.connect_timeout_seconds: must be a number of seconds > 0",
+        ),
+        (
+            "[worker]\nbatch_size = 100\nmax_held = 50\n",
+            r"worker.max_held: 50 is below worker.batch_size \(100\)",
+        ),
     ],
 )
 def test_an_error_names_the_key(tmp_path: Path, text: str, message: str) -> None:

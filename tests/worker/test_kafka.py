@@ -516,3 +516,103 @@ def test_a_shard_down_leaves_the_other_partitions_flowing_on_the_real_broker(
     assert actual_rows(_Files(tmp_path)) == expected_rows(
         comms.engine().price_batch(events).charges
     )
+
+
+def test_a_slow_shard_pauses_its_partition_holds_memory_bounded_and_ends_exact(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """A shard that answers but is slow: another connection holds its SQLite file's write
+    lock, so its transactions wait out the lock timeout and fail past the writer's retries.
+    Partition i carries only shard i's events. While s1 is slow, only partition 1 is paused,
+    the records held never exceed ``max_held`` (the loop's count, per partition too), and
+    every event of partitions 0 and 2 lands; once the lock is released, every record was
+    received once, the totals equal the oracle's and every partition is committed to its
+    end."""
+    from confluent_kafka import Producer
+
+    topic, group = _names()
+    kafka_broker.create_topic(topic, 3)
+    provider = PooledProvider.sqlite_directory(tmp_path, SHARDS, options="busy_timeout=0.02")
+    writer = AggregationWriter(
+        shard_map=ShardMap.create(SHARDS, slots=64),
+        provider=provider,
+        tables=billing_tables(),
+        settings=WriterSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.0)),
+    )
+    writer.ensure_schema()
+    by_partition: dict[int, list[UsageEvent]] = {0: [], 1: [], 2: []}
+    for event in _events(2000, seed=43):
+        home = writer.locate(event.event_id)[1]
+        shards = {home} | {
+            writer.locate(c.account)[1] for c in comms.engine().price_batch([event]).charges
+        }
+        if len(shards) == 1:  # an event of exactly one shard: its partition is its shard's
+            by_partition[SHARDS.index(shards.pop())].append(event)
+    assert all(len(events) > 60 for events in by_partition.values())
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "enable.idempotence": True})
+    for partition, events in by_partition.items():
+        for event in events:
+            producer.produce(topic, value=_value(event), partition=partition)
+    assert producer.flush(30) == 0
+    events = [e for p in (0, 1, 2) for e in by_partition[p]]
+    healthy = len(by_partition[0]) + len(by_partition[2])
+    lock = sqlite3.connect(tmp_path / "s1.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # s1's write lock, held until released below
+    slow = True
+    max_held = 60
+    landed_while_slow: list[bool] = []
+    held: list[int] = []
+    held_by_partition: list[int] = []
+    paused_sets: list[frozenset[int]] = []
+    holder: list[Worker] = []
+
+    def on_batch(summary: WorkerSummary) -> None:
+        nonlocal slow
+        held.append(summary.held)
+        states = holder[0].partitions()
+        held_by_partition.extend(s.held for s in states)
+        if slow:
+            paused_sets.append(frozenset(s.partition for s in states if s.paused))
+            if summary.applied >= healthy or summary.retries >= 60:
+                landed_while_slow.append(summary.applied == healthy)
+                lock.execute("ROLLBACK")
+                slow = False
+
+    try:
+        with writer, provider:
+            worker = Worker(
+                source=KafkaSource(
+                    bootstrap_servers=kafka_broker.bootstrap,
+                    topics=[topic],
+                    group=group,
+                    options={"session.timeout.ms": "6000"},
+                ),
+                processor=Pipeline(engine=comms.engine(), writer=writer),
+                dead_letters=MemoryDeadLetters(),
+                settings=WorkerSettings(
+                    batch_size=30,
+                    max_held=max_held,
+                    linger=0.05,
+                    retry_backoff=0.05,
+                    retry_backoff_max=0.2,
+                    exit_when_idle=2.0,
+                ),
+                on_batch=on_batch,
+            )
+            holder.append(worker)
+            summary = worker.run()
+    finally:
+        lock.close()
+    assert landed_while_slow == [True]
+    assert frozenset({1}) in paused_sets  # partition 1 alone paused while the others flowed
+    assert summary.retries >= 1
+    assert summary.peak_held <= max_held
+    assert max(held) <= max_held
+    assert max(held_by_partition) <= max_held
+    assert summary.records == len(events)  # pause and resume skipped and repeated nothing
+    assert (summary.applied, summary.duplicates) == (len(events), 0)
+    committed = kafka_broker.committed(group, topic, 3)
+    assert committed == {p: len(by_partition[p]) for p in (0, 1, 2)}
+    assert actual_rows(_Files(tmp_path)) == expected_rows(
+        comms.engine().price_batch(events).charges
+    )

@@ -17,8 +17,9 @@ summary as one JSON object on standard output and progress lines (every
 ``--progress`` seconds) as JSON on standard error.
 
 Exit codes: 0 stopped cleanly; 3 stopped with records not done (a shard
-stayed down while draining: they are delivered again); 2 a usage or
-configuration error (or the ``kafka`` extra missing).
+stayed down while draining: they are delivered again), or no Kafka broker
+answered within ``--connect-timeout`` seconds at the start (nothing was
+read); 2 a usage or configuration error (or the ``kafka`` extra missing).
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def add_parser(sub: Subparsers) -> None:
         type=positive,
         metavar="N",
         help="the most records held in memory at once (fetched, or waiting for a failed "
-        "shard); at least the batch size (default twice the batch size)",
+        "shard); at least the batch size (default [worker] max_held, else twice the batch "
+        "size)",
     )
     worker.add_argument(
         "--linger-ms",
@@ -201,6 +203,13 @@ def add_parser(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="on SIGTERM / Ctrl-C, seconds to finish the pending batch (default [worker] "
         "drain_timeout_seconds, else 30)",
+    )
+    worker.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="at the start, how long to wait for a Kafka broker to answer before failing "
+        "(exit 3; default [worker] connect_timeout_seconds, else 30)",
     )
     worker.add_argument(
         "--exit-when-idle",
@@ -284,6 +293,7 @@ class _Plan:
     settings: WorkerSettings
     dead_file: str | None
     dead_topic: str | None
+    connect_timeout: float = 30.0
 
 
 _KAFKA_ONLY = (
@@ -292,6 +302,7 @@ _KAFKA_ONLY = (
     ("bootstrap_servers", "--bootstrap-servers"),
     ("dead_letter_topic", "--dead-letter-topic"),
     ("kafka_option", "--kafka-option"),
+    ("connect_timeout", "--connect-timeout"),
 )
 
 
@@ -302,14 +313,20 @@ def _settings(args: argparse.Namespace, config: Config) -> WorkerSettings:
     linger = args.linger_ms if args.linger_ms is not None else section.linger_ms
     drain = args.drain_timeout
     batch_size = args.batch_size or section.batch_size or config.writer.batch_size
-    if args.max_held is not None and args.max_held < batch_size:
+    max_held = args.max_held if args.max_held is not None else section.max_held
+    if max_held is not None and max_held < batch_size:
+        given, fix = (
+            (f"--max-held {max_held}", "--max-held")
+            if args.max_held is not None
+            else (f"[worker] max_held = {max_held} (in {config.source})", "max_held =")
+        )
         raise ConfigurationError(
-            f"--max-held {args.max_held}: below the batch size ({batch_size}), a batch could "
-            f"never fill; give --max-held {batch_size} or more (default {2 * batch_size})"
+            f"{given}: below the batch size ({batch_size}), a batch could never fill; give "
+            f"{fix} {batch_size} or more (default {2 * batch_size})"
         )
     return WorkerSettings(
         batch_size=batch_size,
-        max_held=args.max_held,
+        max_held=max_held,
         linger=linger / 1000,
         drain_timeout=drain if drain is not None else section.drain_timeout_seconds,
         exit_when_idle=args.exit_when_idle,
@@ -399,6 +416,11 @@ def _plan(args: argparse.Namespace, config: Config) -> _Plan:
         settings=settings,
         dead_file=str(dead_file) if dead_file else None,
         dead_topic=dead_topic,
+        connect_timeout=(
+            args.connect_timeout
+            if args.connect_timeout is not None
+            else section.connect_timeout_seconds
+        ),
     )
 
 
@@ -481,7 +503,11 @@ def _source_and_sink(plan: _Plan) -> tuple[Source, DeadLetterSink, Callable[[], 
         )
         sink, close = producer, producer.close  # close flushes what is in flight
     kafka = KafkaSource(
-        bootstrap_servers=plan.bootstrap, topics=plan.topics, group=plan.group, options=plan.options
+        bootstrap_servers=plan.bootstrap,
+        topics=plan.topics,
+        group=plan.group,
+        options=plan.options,
+        connect_timeout=plan.connect_timeout,
     )
     return kafka, sink, close
 

@@ -16,12 +16,15 @@ Modules: :mod:`~shardbill.worker.loop` (the worker),
 :mod:`~shardbill.worker.protocols` (the interfaces),
 :mod:`~shardbill.worker.decoding`, :mod:`~shardbill.worker.sinks`,
 :mod:`~shardbill.worker.files` (a directory of JSON Lines files, no broker),
+:mod:`~shardbill.worker.eventfile` (one events file or standard input, read
+as ``ingest`` reads it),
 :mod:`~shardbill.worker.http` (``/metrics`` and ``/healthz``),
 :mod:`~shardbill.worker.memory` (in-memory broker for tests) and
 :mod:`~shardbill.worker.kafka` (confluent-kafka; imported only when used).
 """
 
 from shardbill.worker.decoding import json_decoder
+from shardbill.worker.eventfile import FileSource
 from shardbill.worker.files import DirectorySource
 from shardbill.worker.loop import Worker, WorkerSettings, WorkerSummary
 from shardbill.worker.memory import MemoryBroker, MemoryDeadLetters, MemorySource
@@ -29,11 +32,13 @@ from shardbill.worker.offsets import OffsetTracker
 from shardbill.worker.protocols import (
     DeadLetterSink,
     Decoder,
+    Finite,
+    KnowsEnds,
     Processor,
     RebalanceListener,
     Source,
 )
-from shardbill.worker.records import DeadLetter, Partition, Record, Stage
+from shardbill.worker.records import DeadLetter, Partition, PartitionState, Record, Stage
 from shardbill.worker.sinks import JsonlDeadLetters
 
 __all__ = [
@@ -41,12 +46,16 @@ __all__ = [
     "DeadLetterSink",
     "Decoder",
     "DirectorySource",
+    "FileSource",
+    "Finite",
     "JsonlDeadLetters",
+    "KnowsEnds",
     "MemoryBroker",
     "MemoryDeadLetters",
     "MemorySource",
     "OffsetTracker",
     "Partition",
+    "PartitionState",
     "Processor",
     "RebalanceListener",
     "Record",

@@ -8,9 +8,25 @@
 * ``GET /healthz``: ``200`` with ``{"ok": true, ...}`` when the health check
   passes, ``503`` with ``{"ok": false, "reason": "..."}`` otherwise.
 
-:func:`worker_health` is the check ``shardbill worker --http`` uses: the loop
-is alive (it polled within ``stale_after`` seconds) and its shards are
-reachable (no batch waits for a failed shard or dead-letter sink).
+:func:`worker_health` is the check ``shardbill worker --http`` uses. It is
+healthy when
+
+* the loop is alive: it polled within ``stale_after`` seconds;
+* its shards are reachable: no batch waits for a failed shard or dead-letter sink;
+* no partition is **stuck**: a partition is stuck when records of it have
+  been received and not committed for more than ``stuck_after`` seconds
+  (counted from when the first of them arrived, or from the last commit that
+  moved its offset and left some behind). A failed shard, a dead-letter sink
+  that refuses letters, or offset commits the broker refuses all make one.
+
+Its JSON body always lists the assigned partitions (:meth:`Worker.partitions
+<shardbill.worker.loop.Worker.partitions>`), each with ``topic``,
+``partition``, ``paused``, ``held`` (records in memory), ``uncommitted``
+(received, not done), ``position`` (one past the highest offset received),
+``committed`` (the last offset committed, ``null`` before the first commit
+since the assignment), ``last_commit_seconds_ago``, ``lag`` (the partition's
+end minus ``committed``, where the source knows the end: Kafka's cached high
+watermark, ``null`` otherwise), ``behind_seconds`` and ``stuck``.
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ from shardbill.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from shardbill.worker.loop import Worker
+    from shardbill.worker.records import PartitionState
 
 __all__ = ["Health", "WorkerHttp", "worker_health"]
 
@@ -33,31 +50,69 @@ Health = Callable[[], tuple[bool, dict[str, object]]]
 """A health check: ``(healthy, details)``; details go into the ``/healthz`` JSON body."""
 
 
+def _ago(now: float, then: float | None) -> float | None:
+    return None if then is None else round(now - then, 3)
+
+
+def _row(state: PartitionState, now: float, stuck_after: float) -> dict[str, object]:
+    behind = _ago(now, state.behind_since)
+    return {
+        "topic": state.topic,
+        "partition": state.partition,
+        "paused": state.paused,
+        "held": state.held,
+        "uncommitted": state.open,
+        "position": state.position,
+        "committed": state.committed,
+        "last_commit_seconds_ago": _ago(now, state.committed_at),
+        "lag": state.lag,
+        "behind_seconds": behind,
+        "stuck": behind is not None and behind > stuck_after,
+    }
+
+
 def worker_health(
-    worker: Worker, *, stale_after: float = 30.0, clock: Callable[[], float] = time.monotonic
+    worker: Worker,
+    *,
+    stale_after: float = 30.0,
+    stuck_after: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Health:
     """The health check of a running worker (see the module docstring).
 
     Args:
         worker: the worker (its clock must be ``clock``).
         stale_after: seconds without a poll after which the loop counts as stuck.
+        stuck_after: seconds a partition's records may stay uncommitted before
+            the partition counts as stuck (above the linger time and a few
+            retry backoffs, so that a blip is not an alarm).
         clock: monotonic seconds.
     """
 
     def check() -> tuple[bool, dict[str, object]]:
+        now = clock()
+        rows = [_row(state, now, stuck_after) for state in worker.partitions()]
         last = worker.last_poll
         if last is None:
-            return False, {"reason": "the worker has not polled its source yet"}
-        age = clock() - last
+            return False, {"reason": "the worker has not polled its source yet", "partitions": rows}
+        age = now - last
+        reasons: list[str] = []
         if age > stale_after:
-            return False, {
-                "reason": f"the loop has not polled for {age:.1f} s (more than {stale_after:g} s)"
-            }
+            reasons.append(f"the loop has not polled for {age:.1f} s (more than {stale_after:g} s)")
+        stuck = [r for r in rows if r["stuck"]]
+        if stuck:
+            names = ", ".join(
+                f"{r['topic']}[{r['partition']}] ({r['behind_seconds']:.0f} s)" for r in stuck
+            )
+            reasons.append(
+                f"{len(stuck)} partition(s) stuck, records received and no commit for more than "
+                f"{stuck_after:g} s: {names}"
+            )
         if worker.waiting_for_retry:
-            return False, {
-                "reason": "a batch waits for a failed shard or dead-letter sink (see the log)"
-            }
-        return True, {"last_poll_seconds_ago": round(age, 3)}
+            reasons.append("a batch waits for a failed shard or dead-letter sink (see the log)")
+        if reasons:
+            return False, {"reason": "; ".join(reasons), "partitions": rows}
+        return True, {"last_poll_seconds_ago": round(age, 3), "partitions": rows}
 
     return check
 

@@ -21,6 +21,7 @@ logged or shown in an error (a ``sasl.password`` is one).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
@@ -32,9 +33,12 @@ from shardbill.worker.records import DeadLetter, Partition, Record
 if TYPE_CHECKING:
     import confluent_kafka
 
-__all__ = ["KafkaDeadLetters", "KafkaSource"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "KafkaDeadLetters", "KafkaSource"]
 
 _log = logging.getLogger("shardbill.worker.kafka")
+
+DEFAULT_CONNECT_TIMEOUT = 30.0
+"""Seconds a :class:`KafkaSource` waits at its start for a broker to answer."""
 
 _FIXED = ("group.id", "enable.auto.commit", "enable.auto.offset.store", "bootstrap.servers")
 
@@ -63,11 +67,15 @@ def _error(what: str, exc: BaseException) -> StreamError:
     return StreamError(f"Kafka {what} failed: {exc}")
 
 
+def _detail(exc: Any) -> str:
+    """A KafkaException's own text (its KafkaError's), else ``str(exc)``."""
+    return str(exc.args[0].str()) if exc.args and hasattr(exc.args[0], "str") else str(exc)
+
+
 def _refused(what: str, exc: Any) -> ConfigurationError:
     # librdkafka refuses a setting when the client is created: name it, say where it came from.
-    detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
     return ConfigurationError(
-        f"Kafka refused the {what} settings: {detail}; check the --kafka-option values"
+        f"Kafka refused the {what} settings: {_detail(exc)}; check the --kafka-option values"
     )
 
 
@@ -80,6 +88,11 @@ class KafkaSource:
         group: the consumer group id (all workers of a fleet share it).
         options: more librdkafka settings (``session.timeout.ms``,
             ``security.protocol``...).
+        connect_timeout: seconds :meth:`start` waits for a broker to answer
+            (a metadata request) before it fails.
+
+    Raises:
+        ConfigurationError: no topic, no group, or a connect timeout not > 0.
     """
 
     def __init__(
@@ -89,11 +102,20 @@ class KafkaSource:
         topics: Sequence[str],
         group: str,
         options: Mapping[str, str] | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         if not topics:
             raise ConfigurationError("KafkaSource needs at least one topic (--topic NAME)")
         if not group:
             raise ConfigurationError("KafkaSource needs a consumer group id (--group NAME)")
+        number = isinstance(connect_timeout, int | float) and not isinstance(connect_timeout, bool)
+        if not (number and math.isfinite(connect_timeout) and connect_timeout > 0):
+            raise ConfigurationError(
+                f"'connect_timeout' must be > 0 seconds: {connect_timeout!r} (the default is "
+                f"{DEFAULT_CONNECT_TIMEOUT:g})"
+            )
+        self._connect_timeout = float(connect_timeout)
+        self._bootstrap = bootstrap_servers
         self._config: dict[str, str | bool] = {
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "range,roundrobin",  # eager: revoke all, then assign
@@ -105,6 +127,8 @@ class KafkaSource:
         }
         self._topics = list(topics)
         self._group = group
+        strategy = str(self._config["partition.assignment.strategy"])
+        self._cooperative = "cooperative" in strategy  # incremental assignments
         self._consumer: confluent_kafka.Consumer | None = None
         self._listener: RebalanceListener | None = None
         self._paused = False
@@ -115,10 +139,12 @@ class KafkaSource:
         return f"KafkaSource(topics={self._topics!r}, group={self._group!r})"
 
     def start(self, listener: RebalanceListener) -> None:
-        """Create the consumer and subscribe (the group is joined in the first polls).
+        """Create the consumer, check that a broker answers, and subscribe (the group is
+        joined in the first polls).
 
         Raises:
             ConfigurationError: librdkafka refused a setting (an unknown or bad option).
+            StreamError: no broker answered within ``connect_timeout`` seconds.
         """
         kafka = _kafka()
         self._listener = listener
@@ -126,6 +152,19 @@ class KafkaSource:
             consumer = kafka.Consumer(self._config)
         except kafka.KafkaException as exc:
             raise _refused("consumer", exc) from None
+        try:
+            # librdkafka itself retries an unreachable broker for ever, and an empty group
+            # looks like an idle one: ask for the cluster's metadata, within a bound.
+            consumer.list_topics(timeout=self._connect_timeout)
+        except kafka.KafkaException as exc:
+            consumer.close()
+            raise StreamError(
+                f"Kafka: no broker of {self._bootstrap} answered within "
+                f"{self._connect_timeout:g} s ({_detail(exc)}): check --bootstrap-servers "
+                "(or [worker] bootstrap_servers, $SHARDBILL_KAFKA_BOOTSTRAP), that the brokers "
+                "run and that this host reaches them (and the --kafka-option security "
+                "settings); --connect-timeout SECONDS waits longer"
+            ) from None
         consumer.subscribe(
             self._topics,
             on_assign=self._on_assign,
@@ -136,8 +175,18 @@ class KafkaSource:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         assert self._listener is not None  # noqa: S101 - set in start()
-        self._stale = True  # a rebalance hands partitions over unpaused
+        self._stale = True  # the next poll applies the wanted pauses to the whole assignment
         self._listener.assigned([(p.topic, p.partition) for p in partitions])
+        # librdkafka hands the partitions over unpaused (a pause before the assignment does
+        # not stick), and this very poll would fetch from them: assign them here, then pause
+        # what must not flow (every one while paused, else the held ones).
+        stop = [p for p in partitions if self._paused or (p.topic, p.partition) in self._held]
+        if stop:
+            if self._cooperative:
+                consumer.incremental_assign(partitions)
+            else:
+                consumer.assign(partitions)
+            consumer.pause(stop)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         assert self._listener is not None  # noqa: S101 - set in start()
@@ -238,6 +287,25 @@ class KafkaSource:
         consumer = self._live()
         self._held = frozenset(partitions)
         self._apply_pauses(consumer)
+
+    def end_offsets(self, partitions: AbstractSet[Partition]) -> dict[Partition, int]:
+        """The high watermarks librdkafka cached from its last fetch responses (no round trip);
+        a partition with none known yet is left out."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        kafka = _kafka()
+        out: dict[Partition, int] = {}
+        for topic, number in partitions:
+            try:
+                marks = consumer.get_watermark_offsets(
+                    kafka.TopicPartition(topic, number), cached=True
+                )
+            except kafka.KafkaException:
+                continue
+            if marks is not None and marks[1] >= 0:
+                out[(topic, number)] = int(marks[1])
+        return out
 
     def close(self) -> None:
         """Leave the group: the revoke callback runs (the worker commits), then the consumer

@@ -61,15 +61,23 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
 from shardbill.errors import ShardbillError, StreamError
+from shardbill.retry import describe
 from shardbill.worker.decoding import json_decoder
 from shardbill.worker.offsets import OffsetTracker
-from shardbill.worker.protocols import DeadLetterSink, Decoder, Processor, Source
-from shardbill.worker.records import DeadLetter, Partition, Record, Stage
+from shardbill.worker.protocols import (
+    DeadLetterSink,
+    Decoder,
+    Finite,
+    KnowsEnds,
+    Processor,
+    Source,
+)
+from shardbill.worker.records import DeadLetter, Partition, PartitionState, Record, Stage
 
 if TYPE_CHECKING:
     from shardbill.pipeline import PipelineResult
@@ -112,6 +120,16 @@ def _max_held(
         )
 
 
+def _batch_counts(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("records", "events"):
+        raise ValueError(f"{attribute.name!r} must be 'records' or 'events': {value!r}")
+
+
+def _shard_failures(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("retry", "set_aside"):
+        raise ValueError(f"{attribute.name!r} must be 'retry' or 'set_aside': {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class WorkerSettings:
     """How a worker batches, retries and stops.
@@ -134,6 +152,16 @@ class WorkerSettings:
         exit_when_idle: stop after this many seconds with nothing received and
             nothing pending, counted from the first assignment (None: run until
             stopped). For batch-like runs and tests.
+        batch_counts: what fills a batch: ``"records"`` (events and the records
+            set aside as dead letters alike: a stream's default, so that a run of
+            bad records is flushed too) or ``"events"`` (only the events: a batch
+            is ``batch_size`` events however many lines around them are set
+            aside, as ``ingest`` batches a file).
+        shard_failures: what happens to an event whose shard failed past the
+            writer's retries: ``"retry"`` (hold it, pause its partition, process
+            it again after a backoff: a stream's default) or ``"set_aside"``
+            (a dead letter of stage ``failed``, its offset committed: for a
+            file run again later, as ``ingest`` does).
     """
 
     batch_size: int = attrs.field(default=500, validator=_at_least_one)
@@ -144,6 +172,12 @@ class WorkerSettings:
     retry_backoff_max: float = attrs.field(default=10.0, validator=_positive)
     drain_timeout: float = attrs.field(default=30.0, validator=_not_negative)
     exit_when_idle: float | None = attrs.field(default=None, validator=_idle)
+    batch_counts: Literal["records", "events"] = attrs.field(
+        default="records", validator=_batch_counts
+    )
+    shard_failures: Literal["retry", "set_aside"] = attrs.field(
+        default="retry", validator=_shard_failures
+    )
 
     @property
     def held_limit(self) -> int:
@@ -314,6 +348,12 @@ class Worker:
         self._left: int | None = None  # records not done when the worker stopped
         self._counts: Counter[str] = Counter()
         self._dead: Counter[str] = Counter()
+        # Per partition, for Worker.partitions() (health): read by other threads as one tuple.
+        self._behind_since: dict[Partition, float] = {}
+        self._committed_at: dict[Partition, float] = {}
+        self._ends: dict[Partition, int] = {}
+        self._ends_at: float | None = None
+        self._view: tuple[PartitionState, ...] = ()
 
     # ------------------------------------------------------------------ control
 
@@ -335,6 +375,11 @@ class Worker:
     def waiting_for_retry(self) -> bool:
         """True while a batch waits for a failed shard (or dead-letter sink) to come back."""
         return self._backoff > 0
+
+    def partitions(self) -> tuple[PartitionState, ...]:
+        """The assigned partitions as the loop last saw them (after its last poll or commit),
+        sorted; safe from another thread (the HTTP health check's)."""
+        return self._view
 
     def summary(self) -> WorkerSummary:
         """What the worker did so far."""
@@ -389,6 +434,7 @@ class Worker:
         self._last_activity = self._clock()
         self._counts["rebalances"] += 1
         _log.info("assigned %s", _names(partitions))
+        self._observe()
 
     def revoked(self, partitions: Sequence[Partition]) -> None:
         """Finish the pending batch once, commit what is done, drop the rest of ``partitions``."""
@@ -419,6 +465,10 @@ class Worker:
             self._hold(self._held_partitions - gone)
         self._tracker.forget(gone)
         self._assigned -= gone
+        for known in (self._behind_since, self._committed_at, self._ends):
+            for partition in gone:
+                known.pop(partition, None)
+        self._observe()
 
     def _held(self) -> int:
         return len(self._pending) + len(self._retrying) + len(self._letters)
@@ -434,10 +484,10 @@ class Worker:
                 self._flush(everything=True)
                 continue
             held = self._held()
-            room = min(
-                settings.batch_size - len(self._pending) - len(self._letters),
-                settings.held_limit - held,
+            filling = len(self._pending) + (
+                len(self._letters) if settings.batch_counts == "records" else 0
             )
+            room = min(settings.batch_size - filling, settings.held_limit - held)
             self._set_paused(room <= 0)  # no room: fetch nothing, keep serving the group
             timeout = settings.poll_timeout
             if self._first_pending is not None:
@@ -447,17 +497,26 @@ class Worker:
             records = self._source.poll(max(1, room), timeout)
             self._last_poll = self._clock()
             self._take(records)
+            self._observe()
             held = self._held()
             now = self._clock()
+            ended = isinstance(self._source, Finite) and self._source.exhausted
             fresh = len(self._pending) + (len(self._letters) if self._retry_at is None else 0)
+            full = (
+                len(self._pending) if settings.batch_counts == "events" else fresh
+            ) >= settings.batch_size
             if fresh and (
-                fresh >= settings.batch_size
+                full
                 or held >= settings.held_limit
+                or ended  # nothing more will come to fill the batch
                 or (
                     self._first_pending is not None and now - self._first_pending >= settings.linger
                 )
             ):
                 self._flush(everything=False)
+            elif ended and not held:
+                _log.info("the source is exhausted and every record is done: stopping")
+                self._stopping = True
             elif (
                 settings.exit_when_idle is not None
                 and self._ever_assigned
@@ -480,6 +539,7 @@ class Worker:
             remaining = until - self._clock()
             self._take(self._source.poll(1, min(self._settings.poll_timeout, max(0.0, remaining))))
             self._last_poll = self._clock()
+            self._observe()
         return True
 
     def _drain(self) -> None:
@@ -506,16 +566,23 @@ class Worker:
         self._last_activity = self._clock()
         if self._first_pending is None:
             self._first_pending = self._last_activity
+        self._counts["records"] += len(records)
         for record in records:
-            self._counts["records"] += 1
             self._tracker.received(record.source, record.offset)
-            self._peak = max(self._peak, self._held() + 1)
+            if record.refused is not None:  # the source parsed it and found no event
+                stage, reason = record.refused
+                self._letters.append(DeadLetter(record=record, stage=stage, reason=reason))
+                continue
+            if record.event is not None:  # the source parsed it (an events file)
+                self._pending.append(_Item(record=record, event=record.event))
+                continue
             try:
                 event = self._decode(record.value)
             except (ValueError, TypeError, ShardbillError) as exc:
                 self._letters.append(DeadLetter(record=record, stage=Stage.DECODE, reason=str(exc)))
             else:
                 self._pending.append(_Item(record=record, event=event))
+        self._peak = max(self._peak, self._held())  # what is held only grew in here
 
     # ------------------------------------------------------------------ a batch
 
@@ -528,8 +595,11 @@ class Worker:
                 joining the held records unprocessed (their partition's order
                 is kept).
         """
+        blocked: list[_Item] = []
         if everything:
-            batch, blocked = self._retrying + self._pending, []
+            batch = self._retrying + self._pending
+        elif not self._held_partitions:
+            batch = self._pending  # replaced below, never changed in place
         else:
             paused = self._held_partitions
             batch = [i for i in self._pending if i.record.source not in paused]
@@ -569,10 +639,13 @@ class Worker:
         outcome = verdicts(result)
         keep: list[_Item] = []
         seen: set[str] = set()
+        set_aside = self._settings.shard_failures == "set_aside"
         for item in items:
             event_id = item.event.event_id
             verdict = outcome.get(event_id)
-            if verdict == _RETRY:
+            if verdict == _RETRY and set_aside:
+                verdict = (Stage.FAILED, _failed_reason(result, event_id))
+            elif verdict == _RETRY:
                 keep.append(item)
                 continue
             if event_id in seen:
@@ -625,20 +698,85 @@ class Worker:
         except StreamError as exc:
             self._counts["commit_failures"] += 1
             _log.warning("offset commit failed (%s); the records are delivered again if lost", exc)
+            self._observe()
             return
         self._tracker.committed(offsets)
         self._counts["commits"] += 1
+        now = self._clock()
+        for partition in offsets:
+            self._committed_at[partition] = now
+            if partition in self._behind_since:  # what is still behind counts from this commit
+                self._behind_since[partition] = now
+        self._observe()
+
+    def _observe(self) -> None:
+        """Rebuild :meth:`partitions`' view (the loop's thread only)."""
+        now = self._clock()
+        tracker = self._tracker
+        if isinstance(self._source, KnowsEnds) and (
+            self._ends_at is None or now - self._ends_at >= 1.0
+        ):
+            self._ends_at = now
+            try:
+                self._ends.update(self._source.end_offsets(frozenset(self._assigned)))
+            except StreamError as exc:  # only the health view's lag is missing then
+                _log.debug("end offsets unknown: %s", exc)
+        held: Counter[Partition] = Counter(
+            i.record.source for i in (*self._pending, *self._retrying)
+        )
+        held.update(d.record.source for d in self._letters)
+        view: list[PartitionState] = []
+        for partition in sorted(self._assigned):
+            position = tracker.next_offset(partition)
+            committed = tracker.last_committed(partition)
+            if position is None or (committed is not None and committed >= position):
+                self._behind_since.pop(partition, None)
+            else:
+                self._behind_since.setdefault(partition, now)
+            view.append(
+                PartitionState(
+                    topic=partition[0],
+                    partition=partition[1],
+                    paused=self._paused or partition in self._held_partitions,
+                    held=held[partition],
+                    open=tracker.open_in(partition),
+                    position=position,
+                    committed=committed,
+                    committed_at=self._committed_at.get(partition),
+                    end=self._ends.get(partition),
+                    behind_since=self._behind_since.get(partition),
+                )
+            )
+        self._view = tuple(view)
 
     def _set_paused(self, paused: bool) -> None:
         if paused != self._paused:
             self._paused = paused
             self._source.pause(paused)
+            self._observe()
 
     def _hold(self, partitions: frozenset[Partition]) -> None:
         """Pause exactly ``partitions`` (those whose records wait), resume the others."""
         if partitions != self._held_partitions:
             self._held_partitions = partitions
             self._source.pause_partitions(partitions)
+            self._observe()
+
+
+def _failed_reason(result: PipelineResult, event_id: str) -> str:
+    """Why an event was set aside: its shards' errors, and what to do."""
+    write = result.write
+    errors = [
+        f"shard {shard}: {describe(outcome.error)}"
+        for shard, outcome in sorted(write.shards.items())
+        if event_id in outcome.failed and outcome.error is not None
+    ]
+    if not errors and event_id in write.failures:
+        errors = [describe(write.failures[event_id])]
+    return (
+        f"not written ({'; '.join(errors) or 'a shard failed'}); deliver it again once the "
+        "shard is back: the ledger applies what is missing exactly once"
+    )
 
 
 def _names(partitions: Sequence[Partition]) -> str:

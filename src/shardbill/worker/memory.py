@@ -155,6 +155,10 @@ class MemorySource:
         """Return no records of these partitions (until called again without them)."""
         self._held = frozenset(partitions)
 
+    def end_offsets(self, partitions: AbstractSet[Partition]) -> dict[Partition, int]:
+        """The broker's end of each assigned partition asked for."""
+        return {p: self._broker.end(p) for p in partitions if p in self._positions}
+
     def close(self) -> None:
         """Revoke every partition (the worker commits what is done) and leave."""
         if self._listener is not None and self._positions:

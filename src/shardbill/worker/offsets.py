@@ -68,6 +68,18 @@ class OffsetTracker:
             self._next.pop(partition, None)
             self._committed.pop(partition, None)
 
+    def next_offset(self, partition: Partition) -> int | None:
+        """One past the highest offset received in ``partition`` (None: nothing received)."""
+        return self._next.get(partition)
+
+    def last_committed(self, partition: Partition) -> int | None:
+        """The offset last committed for ``partition`` (None: none since it was assigned)."""
+        return self._committed.get(partition)
+
+    def open_in(self, partition: Partition) -> int:
+        """Records of ``partition`` received and not done."""
+        return len(self._open.get(partition, ()))
+
     @property
     def open(self) -> int:
         """Records received and not done, over all partitions."""

@@ -8,21 +8,33 @@
 * :class:`DeadLetterSink`: where records that cannot be applied go;
 * :class:`Processor`: prices and writes a batch (a
   :class:`~shardbill.pipeline.Pipeline`);
-* :data:`Decoder`: turns a record's bytes into a usage event.
+* :data:`Decoder`: turns a record's bytes into a usage event;
+* :class:`KnowsEnds`: optional, a source that can tell where its partitions
+  end (the worker then reports each partition's lag);
+* :class:`Finite`: optional, a source with an end (an events file): the
+  worker stops by itself once it is exhausted and every record is done.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from shardbill.pipeline import PipelineResult
     from shardbill.rules import UsageEvent
     from shardbill.worker.records import DeadLetter, Partition, Record
 
-__all__ = ["DeadLetterSink", "Decoder", "Processor", "RebalanceListener", "Source"]
+__all__ = [
+    "DeadLetterSink",
+    "Decoder",
+    "Finite",
+    "KnowsEnds",
+    "Processor",
+    "RebalanceListener",
+    "Source",
+]
 
 Decoder = Callable[[bytes], "UsageEvent"]
 """Turns a record's value into an event; raises ``ValueError`` (or a
@@ -88,6 +100,36 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Leave the group (revoking every partition first) and release the connection."""
+
+
+@runtime_checkable
+class KnowsEnds(Protocol):
+    """A :class:`Source` that can also tell where its partitions end (optional).
+
+    The worker asks from its own thread, at most once a second, and reports
+    each partition's lag (the end minus the last committed offset).
+    """
+
+    def end_offsets(self, partitions: AbstractSet[Partition]) -> Mapping[Partition, int]:
+        """The offset each partition's next record will get, as far as known without a
+        round trip to the broker; a partition not known is left out."""
+        ...  # pragma: no cover - a protocol
+
+
+@runtime_checkable
+class Finite(Protocol):
+    """A :class:`Source` that ends (optional): an events file, standard input.
+
+    Once :attr:`exhausted` is true the worker processes what it holds at once
+    (no linger: nothing more will fill the batch), commits, and stops once
+    every record is done (records waiting for a failed shard are retried as
+    usual first), then drains and closes as after a stop request.
+    """
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every record was returned by :meth:`Source.poll`."""
+        ...  # pragma: no cover - a protocol
 
 
 class DeadLetterSink(Protocol):

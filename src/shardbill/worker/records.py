@@ -10,10 +10,14 @@ silently.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 import attrs
 
-__all__ = ["DeadLetter", "Partition", "Record", "Stage"]
+if TYPE_CHECKING:
+    from shardbill.rules import UsageEvent
+
+__all__ = ["DeadLetter", "Partition", "PartitionState", "Record", "Stage"]
 
 Partition = tuple[str, int]
 """A topic partition: ``(topic, partition number)``."""
@@ -25,13 +29,17 @@ class Stage(enum.StrEnum):
     ``decode``: not JSON, or not a valid event; ``rules``: a billing rule
     refused the event; ``writer``: a charge does not fit the aggregate tables
     (or is older than the dedup horizon); ``conflict``: its event id was
-    applied before (or is repeated in the batch) with different content.
+    applied before (or is repeated in the batch) with different content;
+    ``failed``: a shard failed past the writer's retries and the worker was
+    told to set such events aside (``WorkerSettings(shard_failures="set_aside")``)
+    rather than retry them: deliver them again once the shard is back.
     """
 
     DECODE = "decode"
     RULES = "rules"
     WRITER = "writer"
     CONFLICT = "conflict"
+    FAILED = "failed"
 
 
 @attrs.frozen(kw_only=True)
@@ -45,6 +53,11 @@ class Record:
             partition is the offset of the next record to read).
         value: the message's bytes (for the JSON decoder, one event object).
         key: the message key, if any.
+        event: the event, when the source parsed the record itself (an events
+            file read by :func:`shardbill.ingest.read_events`): the worker then
+            does not decode ``value``.
+        refused: instead, why the source found no event in it (stage, reason):
+            the record goes straight to the dead letters.
     """
 
     topic: str
@@ -52,10 +65,13 @@ class Record:
     offset: int
     value: bytes
     key: bytes | None = None
+    event: UsageEvent | None = attrs.field(default=None, eq=False, repr=False)
+    refused: tuple[Stage, str] | None = None
+    source: Partition = attrs.field(init=False, eq=False, repr=False)
+    """``(topic, partition)`` (computed once: the loop asks for it several times a record)."""
 
-    @property
-    def source(self) -> Partition:
-        """``(topic, partition)``."""
+    @source.default
+    def _source(self) -> Partition:
         return (self.topic, self.partition)
 
 
@@ -110,3 +126,47 @@ class DeadLetter:
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
+
+
+@attrs.frozen(kw_only=True)
+class PartitionState:
+    """One assigned partition as the worker last saw it (:meth:`Worker.partitions`).
+
+    Times are the worker's clock (monotonic seconds), so that a health check
+    can say how long ago they were.
+
+    Attributes:
+        topic: the topic.
+        partition: the partition number.
+        paused: no record of it is fetched now (its records wait for a failed
+            shard or the dead-letter sink, or the worker is at ``max_held``).
+        held: its records in memory (fetched, waiting for a retry or the sink).
+        open: its records received and not done.
+        position: one past the highest offset received (None: nothing yet).
+        committed: the offset this worker last committed (None: none since
+            the partition was assigned).
+        committed_at: when that commit was made (None: no commit yet).
+        end: the offset the partition's next record will get, as far as the
+            source knows (None: the source does not say).
+        behind_since: since when records of it have been received and not
+            committed, or since the last commit that left some (None: everything
+            received is committed).
+    """
+
+    topic: str
+    partition: int
+    paused: bool
+    held: int
+    open: int
+    position: int | None
+    committed: int | None
+    committed_at: float | None
+    end: int | None
+    behind_since: float | None
+
+    @property
+    def lag(self) -> int | None:
+        """Records between the last commit and the partition's end (None: not known)."""
+        if self.end is None or self.committed is None:
+            return None
+        return max(0, self.end - self.committed)
