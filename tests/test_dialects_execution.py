@@ -285,7 +285,6 @@ def test_pair_lookups_read_only_the_pairs_asked_for(provider: PooledProvider) ->
     times ids is too many ranges for its optimizer: its cost would grow with
     the ledger.)
     """
-    from shardbill.dialects.ddl import create_statements
     from shardbill.tables import SystemTables
 
     system = SystemTables(prefix=f"sb{secrets.token_hex(3)}")
@@ -296,7 +295,7 @@ def test_pair_lookups_read_only_the_pairs_asked_for(provider: PooledProvider) ->
                       key_columns=ledger.primary_key)  # fmt: skip
     with provider.connection("s") as conn:
         cur = conn.cursor()
-        for statement in create_statements(dialect, ledger):
+        for statement in dialect.create_statements(ledger):
             cur.execute(statement)
         for sql, params in dialect.upsert_statements(spec, rows, max_rows=1000):
             cur.execute(sql, params)

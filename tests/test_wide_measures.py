@@ -26,7 +26,6 @@ from shardbill import Reader, ShardMap
 from shardbill.audit import audit
 from shardbill.cli import main
 from shardbill.config import Config
-from shardbill.dialects.ddl import create_statements
 from shardbill.dialects.mysql import MySQLDialect
 from shardbill.errors import ConfigurationError, InvalidInputError, SchemaError
 from shardbill.providers import PooledProvider
@@ -118,9 +117,8 @@ def _stored(backend: Backend, account: int) -> list[tuple[object, ...]]:
 
 def test_a_wide_measure_is_a_decimal_65_column_on_mysql() -> None:
     """The DDL gives a wide measure DECIMAL(65,0) and a narrow one BIGINT."""
-    (sql,) = create_statements(
-        MySQLDialect(flavor="mariadb", version=(10, 11, 19)),
-        aggregate_table_def(tables(wide=True)[0]),
+    (sql,) = (MySQLDialect(flavor="mariadb", version=(10, 11, 19))).create_statements(
+        aggregate_table_def(tables(wide=True)[0])
     )
     assert "`quantity` DECIMAL(65,0) NOT NULL" in sql
     assert "`biggest` DECIMAL(65,0) NOT NULL" in sql

@@ -55,20 +55,14 @@ from typing import Literal
 import attrs
 
 from shardbill.dialects.base import Dialect
-from shardbill.dialects.ddl import (
-    LiveTable,
-    add_key_column_statements,
-    create_statements,
-    describe_table,
-    temporary_table_name,
-)
 from shardbill.dialects.detect import dialect_for
-from shardbill.dialects.mysql import MySQLDialect
+from shardbill.dialects.sqlite import temporary_table_name
 from shardbill.errors import SchemaError
 from shardbill.periods.store import ensure_gate
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.tables import Column, ColumnKind, SystemTables, TableDef
 from shardbill.tables.aggregates import AggregateTable, KeyColumn, KeyValue
+from shardbill.tables.definitions import LiveTable
 from shardbill.writer.schema import schema_problems
 
 __all__ = ["MigrationStep", "migrate", "plan_migration"]
@@ -214,21 +208,21 @@ def _apply(provider: ConnectionProvider, step: MigrationStep, want: TableDef) ->
         cursor = conn.cursor()
         try:
             if step.column is None:
-                for statement in create_statements(dialect, want):
+                for statement in dialect.create_statements(want):
                     cursor.execute(statement, ())
                 return
-            live = describe_table(cursor, dialect, step.table)
+            live = dialect.describe_table(cursor, step.table)
             column = next(c for c in want.columns if c.name == step.column)
             if live is None or column not in _missing(want, live):
                 return  # done already (by a run that stopped before reporting it)
             if step.kind == "key":
                 assert step.existing is not None  # noqa: S101 - planned with one
-                for statement, params in add_key_column_statements(
-                    dialect, want, live, column, _bound(step.existing)
+                for statement, params in dialect.add_key_column_statements(
+                    want, live, column, _bound(step.existing)
                 ):
                     cursor.execute(statement, params)
             else:
-                cursor.execute(_add_measure(dialect, step.table, column), ())
+                cursor.execute(dialect.add_measure_statement(step.table, column), ())
         finally:
             cursor.close()
 
@@ -246,7 +240,7 @@ def _plan_table(
     declared: Mapping[str, AggregateTable],
 ) -> tuple[list[MigrationStep], list[str]]:
     """The steps one table of one shard needs (key columns first), and the refusals."""
-    live = describe_table(cursor, dialect, want.name)
+    live = dialect.describe_table(cursor, want.name)
     if live is None:
         return [MigrationStep(shard=shard, table=want.name)], []
     steps: list[MigrationStep] = []
@@ -258,9 +252,9 @@ def _plan_table(
         if key is None:
             continue
         problem = _key_refusal(shard, want, live, key, dialect)
-        if problem is None and dialect.name == "sqlite":
+        if problem is None and dialect.embedded:  # SQLite adds a key column by a rebuild
             temporary = temporary_table_name(want.name)
-            if describe_table(cursor, dialect, temporary) is not None:
+            if dialect.describe_table(cursor, temporary) is not None:
                 problem = (
                     f"shard {shard!r}: table {want.name!r}: adding key column {key.name!r} "
                     f"rebuilds the table through {temporary!r}, which exists already; "
@@ -308,7 +302,7 @@ def _key_refusal(
             f"{where}, and its primary key {list(live.primary_key)} is not the declared one "
             f"{list(want.primary_key)} without the new columns; re-create the table"
         )
-    if dialect.name == "sqlite":
+    if dialect.embedded:  # the rebuild copies the declared columns only
         declared = {c.name.lower() for c in want.columns}
         extra = [c.name for c in live.columns if c.name.lower() not in declared]
         if extra:
@@ -330,14 +324,3 @@ def _shown(value: KeyValue | None) -> str:
 
 def _is_measure(column: Column) -> bool:
     return column.exact_integer and column.kind is ColumnKind.BIGINT
-
-
-def _add_measure(dialect: Dialect, table: str, column: Column) -> str:
-    q = dialect.quote
-    if isinstance(dialect, MySQLDialect):
-        return f"ALTER TABLE {q(table)} ADD COLUMN {q(column.name)} BIGINT NOT NULL DEFAULT 0"
-    # SQLite: the same CHECK as a created table, so sums stay exact integers.
-    return (
-        f"ALTER TABLE {q(table)} ADD COLUMN {q(column.name)} INTEGER NOT NULL DEFAULT 0 "
-        f"CHECK (typeof({q(column.name)}) = 'integer')"
-    )

@@ -737,7 +737,7 @@ class Reader:
             dialect = dialect_for(conn)
             cursor = conn.cursor()
             try:
-                if dialect.name != "sqlite":
+                if not dialect.embedded:
                     # Pooled connections may carry the writer's READ COMMITTED.
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", ())
                 yield cursor, dialect

@@ -47,7 +47,6 @@ from shardbill.audit import (
 )
 from shardbill.corrections.records import CorrectionRecord, RecordState
 from shardbill.dialects.base import Dialect
-from shardbill.dialects.ddl import exclusive_lock_clause
 from shardbill.dialects.detect import dialect_for
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.rules import RulesEngine, UsageEvent
@@ -230,7 +229,7 @@ def _slot_refusal(
     q, p = dialect.quote, dialect.placeholder
     cursor.execute(
         f"SELECT {q('state')} FROM {q(system.slots)} WHERE {q(SLOT_COLUMN)} = {p}"
-        f"{exclusive_lock_clause(dialect)}",
+        f"{dialect.exclusive_lock_suffix}",
         (slot,),
     )
     row = cursor.fetchone()
@@ -275,7 +274,7 @@ def _repair_row(
     bound = [*(_bound(v) for v in key), slot]
     cursor.execute(
         f"SELECT {', '.join(q(m) for m in table.measure_names)} FROM {q(table.name)} "
-        f"WHERE {where}{exclusive_lock_clause(dialect)}",
+        f"WHERE {where}{dialect.exclusive_lock_suffix}",
         bound,
     )
     found = cursor.fetchall()

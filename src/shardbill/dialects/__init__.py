@@ -3,6 +3,13 @@
 * :class:`UpsertSpec` and :class:`MergeKind` describe a multi-row UPSERT;
   a :class:`Dialect` renders it (:class:`MySQLDialect` for MySQL and MariaDB,
   :class:`SQLiteDialect`) and splits batches under the server's limits.
+* Everything else that differs per family is a method or attribute of the
+  dialect, never a switch on its class or name at the call site: the DDL
+  (``create_statements``, ``add_key_column_statements``,
+  ``add_measure_statement``, ``describe_table``, ``refusals``), the lock
+  suffixes (``share_lock_suffix``, ``exclusive_lock_suffix``),
+  ``insert_ignore_verb``, the ledger prune (``prune_statement``), and
+  :attr:`Dialect.embedded` (no replication, no isolation levels).
 * :func:`dialect_for` asks a connection which dialect it speaks.
 * :func:`translate` (and :func:`translating`) turn PyMySQL, mysqlclient and
   sqlite3 exceptions into :mod:`shardbill.errors` classes, by errno.

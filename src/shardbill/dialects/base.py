@@ -28,8 +28,11 @@ from shardbill.errors import (
     InvalidInputError,
     MoneyTypeError,
     ParameterTypeError,
+    SchemaError,
 )
-from shardbill.tables.aggregates import MergeKind
+from shardbill.protocols import DBAPICursor
+from shardbill.tables.aggregates import SLOT_COLUMN, MergeKind
+from shardbill.tables.definitions import Column, LiveTable, TableDef
 
 __all__ = ["Dialect", "MergeKind", "UpsertSpec", "checked_int", "validate_identifier"]
 
@@ -189,6 +192,18 @@ class Dialect(abc.ABC):
     """The placeholder for one bound value (``%s`` or ``?``)."""
     quote_char: ClassVar[str]
     """The identifier quote character (backtick or double quote)."""
+    embedded: ClassVar[bool]
+    """An embedded database (SQLite: one file, no server). It has no replication
+    (no binlog positions, no replica lag), no session isolation levels (a
+    transaction is serializable), and a ``readonly`` connection reads the same
+    file, so reads outside a write transaction may use one (a server's
+    read-only connection may be a lagging replica)."""
+    share_lock_suffix: ClassVar[str]
+    """What makes a SELECT take shared row locks (``''`` where writers serialise)."""
+    exclusive_lock_suffix: ClassVar[str]
+    """What makes a SELECT lock its rows for update (``''`` where writers serialise)."""
+    insert_ignore_verb: ClassVar[str]
+    """The INSERT verb that skips a row whose primary key exists (no error, no change)."""
 
     @property
     @abc.abstractmethod
@@ -239,6 +254,68 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def _pairs_condition(self, first: str, second: str, pairs: Sequence[tuple[int, str]]) -> str:
         """One condition for ``pairs`` (quoted column names; one placeholder per text)."""
+
+    # ------------------------------------------------------------------ DDL and upkeep
+
+    @abc.abstractmethod
+    def create_statements(self, table: TableDef) -> list[str]:
+        """The statements that create ``table`` if it does not exist (run each separately)."""
+
+    @abc.abstractmethod
+    def add_key_column_statements(
+        self, want: TableDef, live: LiveTable, column: Column, existing: int | str
+    ) -> list[tuple[str, tuple[object, ...]]]:
+        """Add key ``column`` to live table ``want.name``, ``existing`` in every row there.
+
+        Returns ``(statement, params)`` pairs to run in order. The new
+        primary key is ``want.primary_key`` restricted to the columns the
+        table then has; the rows that exist stay unique under it (they all
+        get the same value in the new column), so nothing is merged.
+        ``existing`` is bound (dates as ISO text), never rendered.
+        """
+
+    @abc.abstractmethod
+    def add_measure_statement(self, table: str, column: Column) -> str:
+        """Add exact-integer measure ``column`` to ``table``, 0 in every row that exists."""
+
+    @abc.abstractmethod
+    def describe_table(self, cursor: DBAPICursor, name: str) -> LiveTable | None:
+        """How the server describes table ``name`` now, or None when it does not exist."""
+
+    def refusals(self, tables: Sequence[TableDef]) -> list[SchemaError]:
+        """What of ``tables`` this server family cannot hold exactly (nothing, by default)."""
+        del tables
+        return []
+
+    @abc.abstractmethod
+    def prune_statement(self, table: str, slots_table: str) -> str:
+        """Delete at most N ledger rows of events before a cutoff; bind (cutoff, cutoff, N).
+
+        Only rows of slots this shard owns and whose watermark
+        (``pruned_below``) is at the cutoff already: a slot in motion is pruned
+        by neither side, and an event older than a row that is gone is refused
+        by the watermark.
+        """
+
+    def _prune_guard(self, slots_table: str) -> str:
+        q = self.quote
+        p = self.placeholder
+        slot = q(SLOT_COLUMN)
+        return (
+            f"{q('event_time')} < {p} AND {slot} IN (SELECT {slot} FROM {q(slots_table)} "
+            f"WHERE {q('state')} = 'owned' AND {q('pruned_below')} >= {p})"
+        )
+
+    def raise_watermark_statement(self, slots_table: str) -> str:
+        """Raise the dedup watermark of every owned slot to a cutoff; bind (cutoff, cutoff)."""
+        q = self.quote
+        p = self.placeholder
+        return (
+            f"UPDATE {q(slots_table)} SET {q('pruned_below')} = {p} "
+            f"WHERE {q('state')} = 'owned' AND {q('pruned_below')} < {p}"
+        )
+
+    # ------------------------------------------------------------------ UPSERTs
 
     def upsert_sql(self, spec: UpsertSpec, rows: int) -> str:
         """The multi-row UPSERT statement for ``rows`` rows of ``spec`` (cached).

@@ -29,7 +29,9 @@ import attrs
 
 from shardbill.dialects.base import Dialect, UpsertSpec, checked_int
 from shardbill.errors import ConfigurationError
+from shardbill.protocols import DBAPICursor
 from shardbill.tables.aggregates import MergeKind
+from shardbill.tables.definitions import Column, ColumnKind, LiveColumn, LiveTable, TableDef
 
 __all__ = ["MySQLDialect", "parse_server_version"]
 
@@ -110,6 +112,10 @@ class MySQLDialect(Dialect):
     paramstyle: ClassVar[Literal["format", "qmark"]] = "format"
     placeholder: ClassVar[str] = "%s"
     quote_char: ClassVar[str] = "`"
+    embedded: ClassVar[bool] = False
+    share_lock_suffix: ClassVar[str] = " LOCK IN SHARE MODE"
+    exclusive_lock_suffix: ClassVar[str] = " FOR UPDATE"
+    insert_ignore_verb: ClassVar[str] = "INSERT IGNORE"
 
     flavor: Literal["mysql", "mariadb"] = attrs.field(
         default="mysql", validator=attrs.validators.in_(("mysql", "mariadb"))
@@ -127,6 +133,120 @@ class MySQLDialect(Dialect):
     def name(self) -> str:
         """``"mysql"`` or ``"mariadb"``."""
         return self.flavor
+
+    # ------------------------------------------------------------------ DDL and upkeep
+    #
+    # Text key columns compare exactly: on MariaDB they use utf8mb4_nopad_bin and on
+    # MySQL 8 utf8mb4_0900_bin (both NO PAD: 'a' and 'a ' are two keys). MySQL 5.7
+    # has no NO PAD binary collation; there utf8mb4_bin ignores trailing spaces, so
+    # shardbill's key validation is the guard.
+
+    @property
+    def text_collation(self) -> str:
+        """The binary, NO PAD (where the server has one) collation of text key columns."""
+        if self.flavor == "mariadb":
+            return "utf8mb4_nopad_bin"
+        if self.version >= (8, 0, 0):
+            return "utf8mb4_0900_bin"
+        return "utf8mb4_bin"
+
+    def column_type(self, column: Column) -> str:
+        """The column type ``column`` is created with."""
+        if column.kind is ColumnKind.BIGINT:
+            return "BIGINT"
+        if column.kind is ColumnKind.DECIMAL:
+            return "DECIMAL(65,0)"
+        if column.kind is ColumnKind.INT:
+            return "INT"
+        if column.kind is ColumnKind.DATE:
+            return "DATE"
+        if column.kind is ColumnKind.ASCII:
+            return f"VARCHAR({column.length}) CHARACTER SET ascii COLLATE ascii_bin"
+        return f"VARCHAR({column.length}) CHARACTER SET utf8mb4 COLLATE {self.text_collation}"
+
+    def create_statements(self, table: TableDef) -> list[str]:
+        """One ``CREATE TABLE IF NOT EXISTS`` (InnoDB, utf8mb4), its indexes inline."""
+        q = self.quote
+        parts = []
+        for column in table.columns:
+            null = "NULL" if column.nullable else "NOT NULL"
+            default = f" DEFAULT {int(column.default)}" if column.default is not None else ""
+            parts.append(f"{q(column.name)} {self.column_type(column)} {null}{default}")
+        parts.append(f"PRIMARY KEY ({', '.join(q(c) for c in table.primary_key)})")
+        for index in table.indexes:
+            name = q(f"{'_'.join(index)}_idx")
+            parts.append(f"KEY {name} ({', '.join(q(c) for c in index)})")
+        return [
+            f"CREATE TABLE IF NOT EXISTS {q(table.name)} ({', '.join(parts)}) "
+            "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        ]
+
+    def add_key_column_statements(
+        self, want: TableDef, live: LiveTable, column: Column, existing: int | str
+    ) -> list[tuple[str, tuple[object, ...]]]:
+        """One atomic, online ``ALTER TABLE ... ADD COLUMN c ... NOT NULL DEFAULT %s,
+        DROP PRIMARY KEY, ADD PRIMARY KEY (...), ALGORITHM=INPLACE, LOCK=NONE``.
+
+        InnoDB rebuilds the table in place while writes go on (the server
+        refuses the statement, changing nothing, if it cannot do that online).
+        ``existing`` is the column's DEFAULT, so writers that do not know the
+        column go on writing: their rows get ``existing``.
+        """
+        q = self.quote
+        have = {c.name.lower() for c in live.columns} | {column.name.lower()}
+        primary = ", ".join(q(c) for c in want.primary_key if c.lower() in have)
+        return [
+            (
+                f"ALTER TABLE {q(want.name)} ADD COLUMN {q(column.name)} "
+                f"{self.column_type(column)} NOT NULL DEFAULT {self.placeholder}, "
+                f"DROP PRIMARY KEY, ADD PRIMARY KEY ({primary}), ALGORITHM=INPLACE, LOCK=NONE",
+                (existing,),
+            )
+        ]
+
+    def add_measure_statement(self, table: str, column: Column) -> str:
+        """``ALTER TABLE ... ADD COLUMN c BIGINT NOT NULL DEFAULT 0``."""
+        q = self.quote
+        return f"ALTER TABLE {q(table)} ADD COLUMN {q(column.name)} BIGINT NOT NULL DEFAULT 0"
+
+    def describe_table(self, cursor: DBAPICursor, name: str) -> LiveTable | None:
+        """From ``information_schema`` (COLUMNS, and STATISTICS for the primary key)."""
+        cursor.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, IS_NULLABLE, COLUMN_TYPE,"
+            " CHARACTER_SET_NAME FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+            (name,),
+        )
+        rows: Sequence[tuple[object, ...]] = cursor.fetchall()
+        if not rows:
+            return None
+        columns = []
+        for col, data_type, length, nullable, declared, charset in rows:
+            kind = _KINDS.get(str(data_type).lower())
+            if str(declared).lower().replace(" ", "") == "decimal(65,0)":
+                kind = ColumnKind.DECIMAL  # a wide measure; any other DECIMAL is foreign
+            if kind is ColumnKind.VARCHAR and str(charset).lower() == "ascii":
+                kind = ColumnKind.ASCII
+            columns.append(
+                LiveColumn(
+                    name=str(col),
+                    kinds=frozenset({kind} if kind else ()),
+                    length=int(str(length)) if length is not None else None,
+                    nullable=str(nullable).upper() == "YES",
+                    declared=str(declared),
+                )
+            )
+        cursor.execute(
+            "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()"
+            " AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX",
+            (name,),
+        )
+        primary = tuple(str(r[0]) for r in cursor.fetchall())
+        return LiveTable(name=name, columns=tuple(columns), primary_key=primary)
+
+    def prune_statement(self, table: str, slots_table: str) -> str:
+        """``DELETE ... LIMIT %s`` directly."""
+        return f"DELETE FROM {self.quote(table)} WHERE {self._prune_guard(slots_table)} LIMIT %s"
 
     @property
     def row_alias(self) -> bool:
@@ -211,3 +331,11 @@ def _value_bytes(value: object) -> int:  # noqa: PLR0911 - one return per type r
     if isinstance(value, datetime.date):
         return _DATE_BYTES
     return 2 + 2 * len(str(value).encode("utf-8"))
+
+
+_KINDS = {
+    "bigint": ColumnKind.BIGINT,
+    "int": ColumnKind.INT,
+    "date": ColumnKind.DATE,
+    "varchar": ColumnKind.VARCHAR,
+}

@@ -81,7 +81,7 @@ class _Statements:
         t = dialect.quote(table)
         c = dialect.quote(claim_table)
         p = "?" if dialect.paramstyle == "qmark" else "%s"
-        sqlite = dialect.name == "sqlite"
+        sqlite = dialect.embedded
         if sqlite:
             create = (
                 f"CREATE TABLE IF NOT EXISTS {t} ("

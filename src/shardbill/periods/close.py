@@ -39,7 +39,6 @@ from typing import Literal, TypeVar
 import attrs
 
 from shardbill.dialects.base import Dialect
-from shardbill.dialects.ddl import create_statements, describe_table
 from shardbill.dialects.detect import dialect_for
 from shardbill.dialects.translate import is_driver_error, translate
 from shardbill.errors import ConfigurationError, ShardbillError
@@ -230,8 +229,8 @@ class PeriodCloser:
         def gate(cursor: DBAPICursor, dialect: Dialect) -> bool:
             # A reshard's target may be listed before the resharder created its tables.
             # Only then: DDL on the live table would queue behind every writer's metadata lock.
-            if describe_table(cursor, dialect, table) is None:
-                for statement in create_statements(dialect, self._system.periods_def()):
+            if dialect.describe_table(cursor, table) is None:
+                for statement in dialect.create_statements(self._system.periods_def()):
                     cursor.execute(statement, ())
             ensure_gate(cursor, dialect, table)
             return False

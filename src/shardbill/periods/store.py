@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from shardbill.dialects.base import Dialect
-from shardbill.dialects.ddl import exclusive_lock_clause, insert_missing_clause, share_lock_clause
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import SchemaError
 from shardbill.periods.tables import GATE_ROW, RANK, PeriodState
@@ -28,7 +27,7 @@ def ensure_gate(cursor: DBAPICursor, dialect: Dialect, table: str) -> None:
     """Insert the gate row if it is missing (idempotent; commit it before relying on its lock)."""
     p = dialect.placeholder
     cursor.execute(
-        f"{insert_missing_clause(dialect)} INTO {dialect.quote(table)} "
+        f"{dialect.insert_ignore_verb} INTO {dialect.quote(table)} "
         f"(period, state, generation) VALUES ({p}, {p}, 0)",
         (GATE_ROW, PeriodState.GATE.value),
     )
@@ -47,7 +46,7 @@ def read_states(
             exclude the writers (run ``shardbill init`` or ``shardbill migrate``).
     """
     q = dialect.quote
-    lock = exclusive_lock_clause(dialect) if exclusive else share_lock_clause(dialect)
+    lock = dialect.exclusive_lock_suffix if exclusive else dialect.share_lock_suffix
     cursor.execute(f"SELECT period, state, generation FROM {q(table)}{lock}", ())
     generation: int | None = None
     states: dict[str, PeriodState] = {}

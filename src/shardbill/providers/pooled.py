@@ -532,7 +532,7 @@ class PooledProvider:
             cursor = conn.cursor()
             try:
                 # A SQLite "replica" is a file copy: nothing says how current it is.
-                lag = None if conn.dialect.name == "sqlite" else replica_lag(cursor, shard=shard)
+                lag = None if conn.dialect.embedded else replica_lag(cursor, shard=shard)
             finally:
                 cursor.close()
         with server.lock:

@@ -50,7 +50,6 @@ import attrs
 import xxhash
 
 from shardbill.dialects.base import Dialect, UpsertSpec
-from shardbill.dialects.ddl import describe_table, share_lock_clause
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import (
     ClaimConflictError,
@@ -1090,7 +1089,7 @@ class Resharder:
         found: dict[SlotMove, tuple[str, str | None]] = {}
         for shard, chunk in _by_shard(moves, side):
             with self._cursor(shard) as (cursor, dialect):
-                if missing_ok and describe_table(cursor, dialect, self._system.slots) is None:
+                if missing_ok and dialect.describe_table(cursor, self._system.slots) is None:
                     continue
                 cursor.execute(
                     f"SELECT {SLOT_COLUMN}, state, peer FROM {dialect.quote(self._system.slots)} "
@@ -1249,7 +1248,7 @@ class Resharder:
         )
         cursor.execute(
             f"SELECT state, peer FROM {dialect.quote(self._system.slots)} "
-            f"WHERE {SLOT_COLUMN} = {int(move.slot)}{share_lock_clause(dialect)}",
+            f"WHERE {SLOT_COLUMN} = {int(move.slot)}{dialect.share_lock_suffix}",
             (),
         )
         row = cursor.fetchone()

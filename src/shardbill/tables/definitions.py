@@ -68,6 +68,8 @@ __all__ = [
     "EVENT_ID_LENGTH",
     "Column",
     "ColumnKind",
+    "LiveColumn",
+    "LiveTable",
     "SlotState",
     "SystemTables",
     "TableDef",
@@ -300,3 +302,23 @@ class SystemTables:
             self.corrections_def(),
             *(aggregate_table_def(t) for t in aggregates),
         )
+
+
+@attrs.frozen(kw_only=True)
+class LiveColumn:
+    """A column as the server reports it, with the logical kinds it can hold (empty: foreign)."""
+
+    name: str
+    kinds: frozenset[ColumnKind]
+    length: int | None
+    nullable: bool
+    declared: str
+
+
+@attrs.frozen(kw_only=True)
+class LiveTable:
+    """A table as the server reports it."""
+
+    name: str
+    columns: tuple[LiveColumn, ...]
+    primary_key: tuple[str, ...]

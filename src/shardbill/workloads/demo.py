@@ -39,7 +39,6 @@ from pathlib import Path
 import attrs
 
 from shardbill.audit import audit
-from shardbill.dialects.ddl import describe_table
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import ConfigurationError
 from shardbill.mapstore import JsonFileMapStore
@@ -164,7 +163,7 @@ def _occupied(
             cursor = conn.cursor()
             try:
                 for name in names:
-                    if describe_table(cursor, dialect, name) is None:
+                    if dialect.describe_table(cursor, name) is None:
                         continue
                     cursor.execute(f"SELECT COUNT(*) FROM {dialect.quote(name)}", ())
                     row = cursor.fetchone()

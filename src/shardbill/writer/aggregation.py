@@ -63,12 +63,6 @@ from typing import Any
 import attrs
 
 from shardbill.dialects.base import Dialect, UpsertSpec
-from shardbill.dialects.ddl import (
-    exclusive_lock_clause,
-    prune_statement,
-    raise_watermark_statement,
-    share_lock_clause,
-)
 from shardbill.dialects.detect import dialect_for
 from shardbill.dialects.replication import write_position
 from shardbill.dialects.translate import is_driver_error, translate
@@ -503,7 +497,7 @@ class AggregationWriter:
             return self._retrying(shard, count)
 
         def raise_watermark(cursor: DBAPICursor, dialect: Dialect) -> int:
-            cursor.execute(raise_watermark_statement(dialect, system.slots), (cutoff, cutoff))
+            cursor.execute(dialect.raise_watermark_statement(system.slots), (cutoff, cutoff))
             return 0
 
         self._retrying(shard, raise_watermark)
@@ -512,7 +506,7 @@ class AggregationWriter:
 
             def delete(cursor: DBAPICursor, dialect: Dialect) -> int:
                 cursor.execute(
-                    prune_statement(dialect, system.ledger, system.slots),
+                    dialect.prune_statement(system.ledger, system.slots),
                     (cutoff, cutoff, chunk_rows),
                 )
                 return max(cursor.rowcount, 0)
@@ -1178,7 +1172,7 @@ class AggregationWriter:
         """A cursor for reads on ``shard``'s primary (a replica may lag, so never one for
         MySQL) outside this writer's transactions: a read transaction on SQLite, which
         takes no write lock (another writer may hold this shard's while it reads here)."""
-        readonly = self.dialect(shard).name == "sqlite"
+        readonly = self.dialect(shard).embedded
         with self._provider.connection(shard, readonly=readonly) as conn:
             dialect = self.dialect(shard, conn)
             with self._cursor(conn) as cursor:
@@ -1187,7 +1181,7 @@ class AggregationWriter:
                 yield cursor, dialect
 
     def _prepare(self, conn: DBAPIConnection, dialect: Dialect, cursor: DBAPICursor) -> None:
-        if not self._settings.read_committed or dialect.name == "sqlite":
+        if not self._settings.read_committed or dialect.embedded:
             return
         raw = getattr(conn, "raw", conn)
         try:
@@ -1301,7 +1295,7 @@ class AggregationWriter:
         self, conn: DBAPIConnection, cursor: DBAPICursor, dialect: Dialect, *, wrote: bool
     ) -> str | None:
         """With ``track_positions``: commit now, then the position a replica must reach."""
-        if not self._settings.track_positions or dialect.name == "sqlite":
+        if not self._settings.track_positions or dialect.embedded:
             return None
         conn.commit()  # a lost COMMIT raises here exactly as at the block's end
         return write_position(cursor, dialect, wrote=wrote)
@@ -1318,13 +1312,13 @@ class AggregationWriter:
         table = dialect.quote(self._settings.system_tables.slots)
         literal = ", ".join(str(s) for s in slots)  # validated ints from the shard map
         exclusive = frozenset(s for s in slots if s in self._moving_hint)
-        if exclusive and exclusive_lock_clause(dialect):
+        if exclusive and dialect.exclusive_lock_suffix:
             cursor.execute(
                 f"SELECT {SLOT_COLUMN} FROM {table} WHERE {SLOT_COLUMN} IN "
-                f"({', '.join(str(s) for s in sorted(exclusive))}){exclusive_lock_clause(dialect)}",
+                f"({', '.join(str(s) for s in sorted(exclusive))}){dialect.exclusive_lock_suffix}",
                 (),
             )
-        lock = share_lock_clause(dialect)
+        lock = dialect.share_lock_suffix
         cursor.execute(
             f"SELECT {SLOT_COLUMN}, state, peer, pruned_below FROM {table} "
             f"WHERE {SLOT_COLUMN} IN ({literal}){lock}",
@@ -1456,7 +1450,7 @@ class AggregationWriter:
         self, cursor: DBAPICursor, dialect: Dialect, units: Sequence[Unit], *, lock: bool = True
     ) -> list[dict[tuple[Any, ...], tuple[int, ...]]]:
         """The stored measures of every row ``units`` touch, locked for update (careful mode)."""
-        lock_clause = exclusive_lock_clause(dialect) if lock else ""
+        lock_clause = dialect.exclusive_lock_suffix if lock else ""
         return [
             read_rows(
                 cursor,
@@ -1520,7 +1514,7 @@ class AggregationWriter:
         if not moving:
             return list(units), {}
         slots = sorted({u.slot for u in moving})
-        lock = exclusive_lock_clause(dialect)
+        lock = dialect.exclusive_lock_suffix
         upgrade = [s for s in slots if s not in exclusive]
         if lock and upgrade:
             # Writers of a slot in motion take turns (each sees the others' deltas).

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shardbill.dialects.ddl import create_statements, describe_table, sqlite_refusals
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import SchemaError
 from shardbill.periods.store import ensure_gate
@@ -51,13 +50,13 @@ def apply_schema(
     for shard in shards if shards is not None else sorted(shard_map.shards):
         with provider.connection(shard) as conn:
             dialect = dialect_for(conn)
-            refused = sqlite_refusals(defs) if dialect.name == "sqlite" else []
+            refused = dialect.refusals(defs)
             if refused:  # before any table is created: a refusal changes nothing
                 raise SchemaError(f"shard {shard!r}: {refused[0]}")
             cursor = conn.cursor()
             try:
                 for table in defs:
-                    for statement in create_statements(dialect, table):
+                    for statement in dialect.create_statements(table):
                         cursor.execute(statement, ())
             finally:
                 cursor.close()
@@ -97,7 +96,7 @@ def apply_schema(
 
 
 def _compare(shard: str, want: TableDef, live_table: object) -> list[str]:
-    from shardbill.dialects.ddl import LiveTable
+    from shardbill.tables.definitions import LiveTable
 
     assert isinstance(live_table, LiveTable)  # noqa: S101 - internal helper
     problems = []
@@ -173,14 +172,14 @@ def schema_problems(
     for shard in shards:
         with provider.connection(shard, readonly=False) as conn:
             dialect = dialect_for(conn)
-            refused = sqlite_refusals(defs) if dialect.name == "sqlite" else []
+            refused = dialect.refusals(defs)
             if refused:
                 problems.extend(f"shard {shard!r}: {e}" for e in refused)
                 continue
             cursor = conn.cursor()
             try:
                 for want in defs:
-                    live = describe_table(cursor, dialect, want.name)
+                    live = dialect.describe_table(cursor, want.name)
                     if live is None:
                         problems.append(
                             f"shard {shard!r}: table {want.name!r} does not exist; run "
