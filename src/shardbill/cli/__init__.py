@@ -75,6 +75,8 @@ of them share (option groups, ``--json`` and progress output,
 :data:`EXIT_PROBLEM`) is in
 :mod:`shardbill.cli._common`. This module builds the parser, dispatches, and
 turns errors into the exit codes above.
+
+Level: the top (``tests/test_layers.py``): may import anything; nothing imports it.
 """
 
 from __future__ import annotations

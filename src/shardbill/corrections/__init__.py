@@ -5,6 +5,10 @@
 * :mod:`shardbill.corrections.store`: the ``shardbill_corrections`` table
   and the ledger, read on every shard;
 * :mod:`shardbill.corrections.correct`: :class:`Corrector`.
+
+Level: with the pipeline and the resharder, above the writer, the periods and
+the map stores (``corrections.records`` is pure); the audit and repair import it
+(``tests/test_layers.py``).
 """
 
 from shardbill.corrections.correct import CorrectionResult, Corrector

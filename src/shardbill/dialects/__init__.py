@@ -15,6 +15,9 @@
   sqlite3 exceptions into :mod:`shardbill.errors` classes, by errno.
 
 Importing this package never imports a MySQL driver.
+
+Level: above the pure core and :mod:`shardbill.protocols`, below the providers:
+a dialect never imports a connection pool (``tests/test_layers.py``).
 """
 
 from shardbill.dialects.base import Dialect, UpsertSpec, validate_identifier

@@ -49,6 +49,9 @@ Example:
     2 1
     >>> CachedMap(store).current.epoch
     2
+
+Level: above the providers and the dialects, below the periods and the writer
+(``tests/test_layers.py``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@
 
 Corrections (cancel, amend) are :mod:`shardbill.corrections`. Not built yet: the
 ``adjust`` late-event policy, statements.
+
+Level: above the map stores, below the writer, which reads the gate in every
+transaction (``tests/test_layers.py``).
 """
 
 from shardbill.periods.close import DEFAULT_DRAIN_SECONDS, PeriodCloser, PeriodStatus, fleet_shards

@@ -13,6 +13,9 @@
 
 Importing this package never imports a MySQL driver: PyMySQL or mysqlclient
 is imported when a provider first needs it.
+
+Level: above the dialects, below the map stores and the writer
+(``tests/test_layers.py``).
 """
 
 from shardbill.providers.base import (

@@ -8,6 +8,9 @@
 * :mod:`shardbill.resharding.resharder`: :class:`Resharder` moves slots
   online (fence, switch, copy the ledger, merge the aggregates, verify),
   resumably.
+
+Level: above the writer and the reader, below the operator's tools and the
+programs (``tests/test_layers.py``).
 """
 
 from shardbill.mapstore import (

@@ -14,6 +14,9 @@ The public names are re-exported here; each lives in one submodule:
 * :mod:`shardbill.rules.comms`: the example rule set (SMS, voice, email).
 
 Money helpers are in :mod:`shardbill.money`.
+
+Level: the pure core (``tests/test_layers.py``): imports only the pure core
+and the bottom level (errors, protocols), never anything that does I/O.
 """
 
 from shardbill.rules.engine import (

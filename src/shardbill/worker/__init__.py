@@ -21,6 +21,9 @@ as ``ingest`` reads it),
 :mod:`~shardbill.worker.http` (``/metrics`` and ``/healthz``),
 :mod:`~shardbill.worker.memory` (in-memory broker for tests) and
 :mod:`~shardbill.worker.kafka` (confluent-kafka; imported only when used).
+
+Level: above the writer, the pipeline and the operator's tools' level, below
+the configuration and the command line (``tests/test_layers.py``).
 """
 
 from shardbill.worker.decoding import json_decoder

@@ -11,8 +11,10 @@
 - :mod:`shardbill.writer.statements`: multi-row UPSERT text, rendered once per shape.
 - :mod:`shardbill.writer.motion`: reading a row that lives in two parts during a reshard.
 - :mod:`shardbill.writer.schema`: creating and checking the per-shard tables.
-- :mod:`shardbill.observe` and :mod:`shardbill.metrics`: what the
-  writer reports, and the Prometheus observer.
+
+What the writer reports goes through :mod:`shardbill.observe` (a vocabulary
+the connection pools use too, so it sits below them); :mod:`shardbill.metrics`
+turns it into Prometheus metrics.
 
 Layers: this package sits above :mod:`shardbill.tables`, :mod:`shardbill.dialects`,
 :mod:`shardbill.providers` and :mod:`shardbill.mapstore`, and below
