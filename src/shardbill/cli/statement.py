@@ -99,6 +99,17 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def _print_bytes(data: bytes) -> None:
+    """The canonical bytes on standard output as they are (text only where it has no bytes)."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # replaced by a text stream (a test, an embedding program)
+        sys.stdout.write(data.decode("utf-8"))
+        return
+    sys.stdout.flush()
+    buffer.write(data)
+    buffer.flush()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``statement``; returns the exit code."""
     from shardbill.errors import PeriodNotClosedError
@@ -135,9 +146,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(statements)} statements: CSV goes to standard output one statement at "
                 "a time; give --account ACCOUNT, or --out DIR for one file each"
             )
-        sys.stdout.flush()
         for statement in statements:
-            sys.stdout.buffer.write(render(statement))
+            _print_bytes(render(statement))
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,6 @@ def price_lines(
             continue
         priced = price_book.products.get(total.product)
         where = f"statement {period} account {account!r} product {total.product!r}"
-        exact = total.usage_amount
         pricing = "per_event"
         if priced is not None and priced.period is not None:
             if total.currency != price_book.currency:
@@ -188,11 +187,16 @@ def price_lines(
                     f"book {price_book.name!r} prices in {price_book.currency}; price the "
                     "product in one currency per price book"
                 )
-            try:
-                exact = priced.period.price(total.quantity)
+            pricing = "period"
+        if total.currency == price_book.currency:
+            try:  # the price book's one statement-time rounding point
+                amount = price_book.statement_amount(
+                    total.product, quantity=total.quantity, amount=total.usage_amount
+                )
             except InvalidInputError as exc:
                 raise InvalidInputError(f"{where}: {exc}") from None
-            pricing = "period"
+        else:  # per-event usage in another currency: its own minor unit, the same rounding
+            amount = money.round_to_currency(total.usage_amount, total.currency, rounding)
         lines.append(
             StatementLine(
                 product=total.product,
@@ -202,7 +206,7 @@ def price_lines(
                 usage_amount=total.usage_amount,
                 charges=total.charges,
                 pricing=pricing,
-                amount=money.round_to_currency(exact, total.currency, rounding),
+                amount=amount,
             )
         )
     return tuple(lines)
