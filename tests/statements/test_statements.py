@@ -452,3 +452,79 @@ def test_a_negative_period_total_names_the_account_and_product() -> None:
             account=7,
             period=Period.parse("2026-11"),
         )
+
+
+# ------------------------------------------------------------------ configuration and names
+
+
+def test_a_table_that_cannot_give_statements_is_refused(tmp_path: Path) -> None:
+    """A table not in the set, one without month/product keys, and one keyed by a local
+    month are refused when the builder is made, each saying what is missing and what to use."""
+    import zoneinfo
+
+    from shardbill.errors import ConfigurationError
+    from shardbill.providers import PooledProvider
+    from shardbill.tables.aggregates import Account as AccountKey
+    from shardbill.tables.aggregates import (
+        AggregateTable,
+        Amount,
+        BigInt,
+        Date,
+        KeyColumn,
+        Measure,
+        Month,
+        Product,
+        Quantity,
+        VarChar,
+    )
+
+    provider = PooledProvider.sqlite_directory(tmp_path, ["s0"])
+    common = {
+        "provider": provider,
+        "shard_map": ShardMap.create(["s0"]),
+        "price_book": make_engine().price_book,
+    }
+    with pytest.raises(ConfigurationError, match="'nope' is not among the tables"):
+        StatementBuilder(tables=billing_tables(), table="nope", **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="lacks a month key, a product key"):
+        StatementBuilder(tables=billing_tables(), table="account_balance", **common)  # type: ignore[arg-type]
+    local = AggregateTable(
+        name="local_monthly",
+        keys=(
+            KeyColumn(name="account_id", type=BigInt(), projection=AccountKey()),
+            KeyColumn(
+                name="month",
+                type=Date(),
+                projection=Month(tz=zoneinfo.ZoneInfo("Europe/Berlin")),
+            ),
+            KeyColumn(name="product", type=VarChar(64), projection=Product()),
+        ),
+        measures=(
+            Measure(name="quantity", value=Quantity(scale=6)),
+            Measure(name="amount", value=Amount(scale=6)),
+        ),
+    )
+    with pytest.raises(ConfigurationError, match=r"Europe/Berlin.*UTC month"):
+        StatementBuilder(tables=[local], table="local_monthly", **common)  # type: ignore[arg-type]
+    provider.close()
+
+
+def test_string_accounts_sort_and_name_files_safely() -> None:
+    """A statement of a string account keeps it as a JSON string; the CLI's file name
+    percent-encodes it, so no account can name a path outside the directory."""
+    from shardbill.cli.statement import file_name
+    from shardbill.statements import Statement
+
+    statement = Statement(
+        period="2026-11",
+        account="../acme corp/ü",
+        price_book="b",
+        price_book_version="1",
+        rounding="ROUND_HALF_EVEN",
+        table="usage_monthly",
+        lines=(),
+    )
+    assert json.loads(statement.to_json())["account"] == "../acme corp/ü"
+    assert verify_json(statement.to_json())
+    assert file_name(statement, "csv") == "statement-2026-11-..%2Facme%20corp%2F%C3%BC.csv"
+    assert "/" not in file_name(statement, "json")
