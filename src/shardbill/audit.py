@@ -52,7 +52,7 @@ import attrs
 from shardbill.corrections.records import CorrectionRecord, RecordState
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import ConfigurationError
-from shardbill.periods.months import Period
+from shardbill.periods.months import Period, is_utc_calendar
 from shardbill.providers.base import ConnectionProvider
 from shardbill.rules import Charge, RulesEngine, UsageEvent
 from shardbill.shardmap import ShardMap
@@ -831,7 +831,7 @@ def audit(
     notes = dict(skipped)
     for table in audited:
         tz = table.keys[columns[table.name]].projection.tz  # type: ignore[attr-defined]
-        if tz is not dt.UTC and tz.utcoffset(None) != dt.timedelta(0):
+        if not is_utc_calendar(tz):
             notes[table.name] = (
                 f"audited; its {table.keys[columns[table.name]].name!r} key is in time zone "
                 f"{tz}, so its rows of {wanted} are those of that zone's calendar month, not "

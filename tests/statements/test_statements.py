@@ -16,6 +16,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -506,6 +507,15 @@ def test_a_table_that_cannot_give_statements_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigurationError, match=r"Europe/Berlin.*UTC month"):
         StatementBuilder(tables=[local], table="local_monthly", **common)  # type: ignore[arg-type]
+    utc_zone = attrs.evolve(
+        local,
+        keys=(
+            local.keys[0],
+            attrs.evolve(local.keys[1], projection=Month(tz=zoneinfo.ZoneInfo("Etc/UTC"))),
+            local.keys[2],
+        ),
+    )
+    StatementBuilder(tables=[utc_zone], table="local_monthly", **common)  # type: ignore[arg-type]
     provider.close()
 
 

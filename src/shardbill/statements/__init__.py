@@ -18,6 +18,10 @@ Example:
     ...     tables=billing_tables(), price_book=engine.price_book)  # doctest: +SKIP
     >>> for statement in builder.statements("2026-11"):  # doctest: +SKIP
     ...     print(statement.account, statement.totals, statement.checksum)
+
+Level: the operator's tools, with the audit: above the reader, the periods and
+the rules it reads through; only the command line imports it
+(``tests/test_layers.py``).
 """
 
 from shardbill.statements.build import DEFAULT_TABLE, StatementBuilder

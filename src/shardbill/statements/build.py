@@ -21,7 +21,7 @@ from decimal import Decimal
 from shardbill.errors import ConfigurationError, PeriodNotClosedError
 from shardbill.mapstore.base import MapStore
 from shardbill.periods.close import PeriodCloser
-from shardbill.periods.months import Period
+from shardbill.periods.months import Period, is_utc_calendar
 from shardbill.providers.base import ConnectionProvider
 from shardbill.reader import Reader
 from shardbill.rules.events import Account
@@ -84,7 +84,7 @@ class _Columns:
             )
         account, month, product, quantity, amount = (str(name) for name in found.values())
         tz = next(c.projection for c in table.keys if c.name == month).tz  # type: ignore[attr-defined]
-        if tz is not dt.UTC and tz.utcoffset(None) != dt.timedelta(0):
+        if not is_utc_calendar(tz):
             raise ConfigurationError(
                 f"statement table {table.name!r}: its month key {month!r} is in time zone "
                 f"{tz}, but a billing period is a UTC month; use a table whose Month() "
