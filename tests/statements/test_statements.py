@@ -538,3 +538,15 @@ def test_string_accounts_sort_and_name_files_safely() -> None:
     assert verify_json(statement.to_json())
     assert file_name(statement, "csv") == "statement-2026-11-..%2Facme%20corp%2F%C3%BC.csv"
     assert "/" not in file_name(statement, "json")
+
+
+def test_accounts_may_be_any_iterable_even_a_generator(deploy: Deployment) -> None:
+    """``accounts=`` read once (a generator) gives the same statements as a list, in account
+    order, each account once."""
+    assert deploy.pipeline.process(month_of_events(7, 30)).ok
+    deploy.close()
+    wanted = [103, 101, 103]
+    from_list = deploy.builder.statements("2026-11", accounts=wanted)
+    from_generator = deploy.builder.statements("2026-11", accounts=(a for a in wanted))
+    assert [s.account for s in from_list] == [101, 103]
+    assert [s.to_json() for s in from_generator] == [s.to_json() for s in from_list]

@@ -181,8 +181,9 @@ class StatementBuilder:
                 :func:`~shardbill.statements.document.price_lines`).
         """
         wanted = self.check_closed(period)
-        per_account = self._totals(wanted, accounts)
-        chosen = list(per_account) if accounts is None else list(dict.fromkeys(accounts))
+        named = None if accounts is None else list(dict.fromkeys(accounts))  # read once
+        per_account = self._totals(wanted, named)
+        chosen = list(per_account) if named is None else named
         return tuple(
             Statement(
                 period=str(wanted),
@@ -207,7 +208,7 @@ class StatementBuilder:
         return found
 
     def _totals(
-        self, period: Period, accounts: Iterable[Account] | None
+        self, period: Period, accounts: Sequence[Account] | None
     ) -> dict[Account, list[UsageTotal]]:
         c = self._columns
         group = [c.account, c.product, *([c.currency] if c.currency else [])]
@@ -216,7 +217,7 @@ class StatementBuilder:
         if accounts is None:
             filters = [{c.month: month}]
         else:
-            filters = [{c.month: month, c.account: a} for a in dict.fromkeys(accounts)]
+            filters = [{c.month: month, c.account: a} for a in accounts]
         out: dict[Account, list[UsageTotal]] = {}
         for where in filters:
             rows = self._reader.totals(self._spec.name, group_by=group, where=where)
