@@ -550,3 +550,63 @@ def test_accounts_may_be_any_iterable_even_a_generator(deploy: Deployment) -> No
     from_generator = deploy.builder.statements("2026-11", accounts=(a for a in wanted))
     assert [s.account for s in from_list] == [101, 103]
     assert [s.to_json() for s in from_generator] == [s.to_json() for s in from_list]
+
+
+def test_a_month_written_corrected_resharded_closed_then_stated_and_audited(
+    deploy: Deployment,
+) -> None:
+    """The issue's whole month-end: half a month written, a fourth shard added while the
+    rest is written and an event is cancelled mid-move, an amend after the move, the
+    close; then `audit --period` is exact on every shard with the corrections, and every
+    statement equals the oracle over the events' current contents."""
+    from shardbill.audit import audit
+
+    backend = deploy.backend
+    events = month_of_events(8, 90)
+    first, rest = events[:45], events[45:]
+    assert deploy.pipeline.process(first).ok
+    corrector = Corrector(
+        writer=deploy.writer,
+        engine=deploy.engine,
+        provider=backend.provider,
+        map_store=deploy.store,
+        clock=lambda: 1e9,
+    )
+    api = [e for e in first if e.product == "api"]
+    done: list[str] = []
+
+    def mid_move(name: str) -> None:
+        if name.startswith("merge:") and not done:
+            done.append(corrector.cancel(api[0], correction_id="mid", reason="t").state)
+            assert deploy.pipeline.process(rest).ok
+
+    target = deploy.store.load().add_shard(backend.shards[3])
+    Resharder(
+        store=deploy.store,
+        provider=backend.provider,
+        tables=billing_tables(),
+        before_step=mid_move,
+        settings=ReshardSettings(chunk_rows=5, parallel_slots=1, lease_wait=0),
+    ).run(target)
+    assert done == ["applied"]
+    amended = attrs.evolve(api[1], quantity=api[1].quantity + 1000)
+    result = corrector.amend(amended, correction_id="after", reason="t", original=api[1])
+    assert result.state == "applied"
+    deploy.close()
+
+    report = audit(
+        events,
+        engine=deploy.engine,
+        tables=billing_tables(),
+        provider=backend.provider,
+        shard_map=deploy.store.load(),
+        corrections=corrector.records(),
+        period="2026-11",
+    )
+    assert report.exact, [d.describe() for d in report.differences[:5]]
+    assert set(report.shards) == set(backend.shards)
+    current = [e for e in events if e.event_id != api[0].event_id]
+    current = [amended if e.event_id == amended.event_id else e for e in current]
+    expected = oracle(current, "2026-11", "USD")
+    statements = deploy.builder.statements("2026-11")
+    assert {s.account: as_oracle(s.to_json()) for s in statements} == expected
