@@ -10,9 +10,8 @@
 * :mod:`shardbill.periods.close`: :class:`PeriodCloser`, the two-phase close
   on every shard, and the status of a period (``shardbill period``).
 
-Corrections (cancel, amend) are :mod:`shardbill.corrections`; the statements
-of a closed period are :mod:`shardbill.statements`. Not built yet: the
-``adjust`` late-event policy.
+Corrections (cancel, amend) are :mod:`shardbill.corrections`. Not built yet: the
+``adjust`` late-event policy, statements.
 """
 
 from shardbill.periods.close import DEFAULT_DRAIN_SECONDS, PeriodCloser, PeriodStatus, fleet_shards
