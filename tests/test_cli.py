@@ -81,6 +81,7 @@ HELP = [
     ("correct", "cancel"),
     ("correct", "amend"),
     ("correct", "list"),
+    ("statement",),
 ]
 
 

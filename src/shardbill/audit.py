@@ -26,6 +26,18 @@ type, a missing dimension only where the column has a default, amounts exact
 at the measure's scale, values within BIGINT, or DECIMAL(65,0) for a wide
 measure). The audit assumes the shards
 hold exactly the audited events: anything else shows up as differences.
+
+With ``period="YYYY-MM"`` (``shardbill audit --period``) only the rows of
+that billing period are compared, on both sides: the rows whose day or month
+key column (the table's first ``Day`` or ``Month`` key) falls in the month.
+So Σ events + Σ corrections = Σ aggregates is proved for that period per
+account and table, whatever other periods the events files hold. A table
+with no day or month key (the standard ``account_balance``: all time) holds
+no per-period rows and cannot be audited per period: it is left out and
+named, with the reason, in :attr:`AuditReport.skipped`. A day or month
+projection in a time zone other than UTC keys its rows by that zone's
+calendar, so "the period" of such a table is its local month (a billing
+period is the UTC month): the report's note says so.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ import attrs
 from shardbill.corrections.records import CorrectionRecord, RecordState
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import ConfigurationError
+from shardbill.periods.months import Period, is_utc_calendar
 from shardbill.providers.base import ConnectionProvider
 from shardbill.rules import Charge, RulesEngine, UsageEvent
 from shardbill.shardmap import ShardMap
@@ -71,6 +84,8 @@ __all__ = [
     "compare",
     "events_on_slots",
     "expected_rows",
+    "in_period",
+    "period_columns",
     "read_rows",
 ]
 
@@ -603,6 +618,10 @@ class AuditReport:
         found_rows: rows the shards hold (copies counted).
         rows_per_shard: rows per shard, all tables.
         differences: every difference, by table, then account.
+        period: the billing period audited (``YYYY-MM``), or None for all rows.
+        skipped: with a period, the tables left out, each with the reason
+            (no day or month key), and notes on tables keyed by a non-UTC
+            calendar (``table -> text``).
     """
 
     tables: tuple[str, ...]
@@ -613,6 +632,8 @@ class AuditReport:
     found_rows: int
     rows_per_shard: Mapping[str, int]
     differences: tuple[Difference, ...]
+    period: str | None = None
+    skipped: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
     def exact(self) -> bool:
@@ -640,6 +661,11 @@ class AuditReport:
             "rows_per_shard": dict(self.rows_per_shard),
             "difference_count": len(self.differences),
             "differences": [d.to_dict() for d in shown],
+            **(
+                {"period": self.period, "skipped": dict(sorted(self.skipped.items()))}
+                if self.period is not None
+                else {}
+            ),
         }
 
 
@@ -763,6 +789,7 @@ def audit(
     shard_map: ShardMap,
     extra_shards: Sequence[str] = (),
     corrections: Iterable[CorrectionRecord] = (),
+    period: Period | str | None = None,
 ) -> AuditReport:
     """Recompute, read and compare (:func:`expected_rows`, :func:`read_rows`, :func:`compare`).
 
@@ -774,11 +801,108 @@ def audit(
         shard_map: the current map: its shards are read, and placement is checked.
         extra_shards: more shards to read (e.g. ones a reshard emptied).
         corrections: the applied corrections (see :func:`expected_rows`).
+        period: compare only the rows of this billing period (``YYYY-MM``);
+            tables without a day or month key are skipped, with the reason
+            in the report (see the module docstring).
 
     Returns:
         The report.
+
+    Raises:
+        ConfigurationError: ``period`` is not a ``YYYY-MM`` month, or no table
+            has a day or month key.
     """
+    wanted = None if period is None else _period(period)
+    columns, skipped = period_columns(tables)
+    if wanted is not None and not columns:
+        raise ConfigurationError(
+            f"audit --period {wanted}: no table has a day or month key, so none holds rows "
+            f"of one period ({'; '.join(f'{t}: {r}' for t, r in skipped.items())}); "
+            "audit all time (without --period) instead"
+        )
     expected = expected_rows(events, engine=engine, tables=tables, corrections=corrections)
     shards = [*sorted(shard_map.shards), *(s for s in extra_shards if s not in shard_map.shards)]
     found = read_rows(provider, shards, tables)
-    return compare(expected, found, tables=tables, shard_map=shard_map)
+    if wanted is None:
+        return compare(expected, found, tables=tables, shard_map=shard_map)
+    audited = [t for t in tables if t.name in columns]
+    expected, found = _only_period(expected, found, columns, wanted)
+    report = compare(expected, found, tables=audited, shard_map=shard_map)
+    notes = dict(skipped)
+    for table in audited:
+        tz = table.keys[columns[table.name]].projection.tz  # type: ignore[attr-defined]
+        if not is_utc_calendar(tz):
+            notes[table.name] = (
+                f"audited; its {table.keys[columns[table.name]].name!r} key is in time zone "
+                f"{tz}, so its rows of {wanted} are those of that zone's calendar month, not "
+                "of the UTC month a billing period is"
+            )
+    return attrs.evolve(report, period=str(wanted), skipped=notes)
+
+
+def _period(period: Period | str) -> Period:
+    return period if isinstance(period, Period) else Period.parse(period)
+
+
+def period_columns(tables: Sequence[AggregateTable]) -> tuple[dict[str, int], dict[str, str]]:
+    """Which key column of each table says the period of its rows, and the tables without one.
+
+    A table's period column is its first key column whose projection is a
+    ``Day`` or a ``Month``.
+
+    Args:
+        tables: the aggregate tables.
+
+    Returns:
+        ``table -> position of the period column among its keys``, and
+        ``table -> why it cannot be audited per period``.
+    """
+    columns: dict[str, int] = {}
+    skipped: dict[str, str] = {}
+    for table in tables:
+        at = next(
+            (i for i, c in enumerate(table.keys) if isinstance(c.projection, Day | Month)), None
+        )
+        if at is None:
+            skipped[table.name] = (
+                "skipped: no day or month key column (its rows add up all time, not per "
+                "period), so it cannot be audited per period; audit it without --period"
+            )
+        else:
+            columns[table.name] = at
+    return columns, skipped
+
+
+def in_period(value: KeyValue, period: Period | str) -> bool:
+    """Whether a day or month key value (a date) falls in ``period``.
+
+    Args:
+        value: the row's day or month key (a :class:`datetime.date`).
+        period: the billing period.
+
+    Returns:
+        True when the date is in the period's month.
+    """
+    wanted = _period(period)
+    return isinstance(value, dt.date) and (value.year, value.month) == (wanted.year, wanted.month)
+
+
+def _only_period(
+    expected: Expected, found: Found, columns: Mapping[str, int], period: Period
+) -> tuple[Expected, Found]:
+    """The expected and found rows of the tables in ``columns``, of ``period`` only."""
+    rows: Rows = {}
+    found_rows: Rows = {}
+    places: dict[str, dict[tuple[KeyValue, ...], list[tuple[str, int]]]] = {}
+    per_shard = dict.fromkeys(found.rows_per_shard, 0)
+    for name, at in columns.items():
+        rows[name] = {k: v for k, v in expected.rows[name].items() if in_period(k[at], period)}
+        found_rows[name] = {k: v for k, v in found.rows[name].items() if in_period(k[at], period)}
+        places[name] = {k: found.places[name][k] for k in found_rows[name]}
+        for copies in places[name].values():
+            for shard, _ in copies:
+                per_shard[shard] += 1
+    return (
+        attrs.evolve(expected, rows=rows),
+        Found(rows=found_rows, places=places, rows_per_shard=per_shard),
+    )

@@ -17,6 +17,7 @@
     ├── DriverNotInstalledError (ImportError) a database driver extra is missing
     ├── FencedError                           a shard no longer owns the slot; reload the map
     ├── PeriodClosedError                     an event or change of a closed billing period
+    ├── PeriodNotClosedError                  a statement of a period that is not closed yet
     ├── StreamError                           the broker (Kafka) failed a poll, commit or send
     ├── ReshardError                          a resharding step cannot proceed
     │   ├── EpochConflictError                a map publish lost its compare-and-set
@@ -72,6 +73,7 @@ __all__ = [
     "NoReplicaAvailableError",
     "ParameterTypeError",
     "PeriodClosedError",
+    "PeriodNotClosedError",
     "PoolTimeoutError",
     "PriceBookError",
     "QueryInterruptedError",
@@ -208,6 +210,15 @@ class PeriodClosedError(ShardbillError):
 
     A writer reports such an event as rejected (``error`` names this class);
     nothing of it is applied.
+    """
+
+
+class PeriodNotClosedError(ShardbillError):
+    """A statement was asked for a billing period that is not closed on every shard.
+
+    Its aggregates may still change (events of the period are still
+    arriving, or a close stopped half-way), so no statement is made: close
+    the period first (``shardbill period close``).
     """
 
 

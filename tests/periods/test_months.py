@@ -62,3 +62,17 @@ def test_the_periods_table_has_the_gate_row_key_and_closure_columns() -> None:
     assert {"state", "generation", "closed_at", "closed_by", "reason"} <= names
     assert len(GATE_ROW) <= table.column("period").length
     assert {s.value for s in PeriodState} == {"gate", "closing", "closed"}
+
+
+def test_a_utc_calendar_is_one_whose_offset_is_always_zero() -> None:
+    """UTC under any of its names has UTC's days; a zone with summer time does not."""
+    import datetime as dt
+    import zoneinfo
+
+    from shardbill.periods.months import is_utc_calendar
+
+    assert is_utc_calendar(dt.UTC)
+    assert is_utc_calendar(zoneinfo.ZoneInfo("Etc/UTC"))
+    assert is_utc_calendar(dt.timezone(dt.timedelta(0)))
+    assert not is_utc_calendar(zoneinfo.ZoneInfo("Europe/London"))
+    assert not is_utc_calendar(dt.timezone(dt.timedelta(hours=-5)))

@@ -37,6 +37,9 @@ Commands (``shardbill COMMAND --help`` shows each one's options and examples):
 ``correct cancel|amend|list``
     cancel or amend applied events, each correction exactly once, with who,
     why and when recorded on the shards (:mod:`shardbill.cli.correct`).
+``statement YYYY-MM``
+    reproducible per-account statements of a closed period, JSON or CSV,
+    with a sha256 checksum inside (:mod:`shardbill.cli.statement`).
 ``migrate``
     add new measures (0 in existing rows) and new tables to the live
     shards, shard by shard, resumably (``--dry-run`` shows the plan).
@@ -70,7 +73,8 @@ and runs it (``run``): :mod:`shardbill.cli.demo`, :mod:`shardbill.cli.init`,
 :mod:`shardbill.cli.map`, :mod:`shardbill.cli.bench`,
 :mod:`shardbill.cli.reshard`, :mod:`shardbill.cli.prune`,
 :mod:`shardbill.cli.status`, :mod:`shardbill.cli.migrate`,
-:mod:`shardbill.cli.period` and :mod:`shardbill.cli.correct`; what several
+:mod:`shardbill.cli.period`, :mod:`shardbill.cli.correct` and
+:mod:`shardbill.cli.statement`; what several
 of them share (option groups, ``--json`` and progress output,
 :data:`EXIT_PROBLEM`) is in
 :mod:`shardbill.cli._common`. This module builds the parser, dispatches, and
@@ -100,6 +104,7 @@ from shardbill.cli import migrate as cli_migrate
 from shardbill.cli import period as cli_period
 from shardbill.cli import prune as cli_prune
 from shardbill.cli import reshard as cli_reshard
+from shardbill.cli import statement as cli_statement
 from shardbill.cli import status as cli_status
 from shardbill.cli import worker as cli_worker
 from shardbill.cli._common import Formatter
@@ -163,6 +168,7 @@ def _build_parser() -> argparse.ArgumentParser:
         cli_migrate,
         cli_period,
         cli_correct,
+        cli_statement,
     ):
         module.add_parser(sub)
     return parser
@@ -182,6 +188,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "migrate": cli_migrate.run,
     "period": cli_period.run,
     "correct": cli_correct.run,
+    "statement": cli_statement.run,
 }
 
 

@@ -9,6 +9,7 @@ event's period never depends on a host's time zone or clock.
 from __future__ import annotations
 
 import calendar
+import datetime as dt
 import re
 import time
 
@@ -16,7 +17,7 @@ import attrs
 
 from shardbill.errors import ConfigurationError
 
-__all__ = ["Period", "period_of"]
+__all__ = ["Period", "is_utc_calendar", "period_of"]
 
 _TEXT = re.compile(r"^(\d{4})-(\d{2})$")
 
@@ -97,3 +98,19 @@ def period_of(moment: int) -> Period:
         )
     tm = time.gmtime(moment)
     return Period(year=tm.tm_year, month=tm.tm_mon)
+
+
+_PROBES = tuple(
+    dt.datetime(year, month, 1, tzinfo=dt.UTC) for year in (1970, 2000, 2026) for month in (1, 7)
+)
+
+
+def is_utc_calendar(tz: dt.tzinfo) -> bool:
+    """Whether days and months in ``tz`` are UTC's (its offset is 0 in winter and summer).
+
+    ``dt.UTC``, ``zoneinfo.ZoneInfo("UTC")`` and ``"Etc/UTC"`` are; ``Europe/London``
+    (UTC+1 in summer) is not.
+    """
+    return tz is dt.UTC or all(
+        moment.astimezone(tz).utcoffset() == dt.timedelta(0) for moment in _PROBES
+    )
