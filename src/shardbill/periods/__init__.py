@@ -10,8 +10,9 @@
 * :mod:`shardbill.periods.close`: :class:`PeriodCloser`, the two-phase close
   on every shard, and the status of a period (``shardbill period``).
 
-Corrections (cancel, amend) are :mod:`shardbill.corrections`. Not built yet: the
-``adjust`` late-event policy, statements.
+Corrections (cancel, amend) are :mod:`shardbill.corrections`; statements of a
+closed period are :mod:`shardbill.statements`. Not built yet: the ``adjust``
+late-event policy.
 
 Level: above the map stores, below the writer, which reads the gate in every
 transaction (``tests/test_layers.py``).
