@@ -83,7 +83,7 @@ from tests.simulation.model import (
     invalid,
     is_half,
 )
-from tests.simulation.results import ResultError, outcomes
+from tests.simulation.results import Outcome, ResultError, outcomes
 
 SHARD_NAMES = ("s0", "s1", "s2", "s3", "s4", "s5")
 FIRST_SHARDS = ("s0", "s1", "s2")
@@ -1182,11 +1182,13 @@ class SimMachine(RuleBasedStateMachine):
             # any SQL); perhaps, before the last prune's cutoff (its slots' watermarks
             # may have been raised, or not: a slot in motion is not pruned).
             horizon = pending.clock - HORIZON
+            too_late = self.on("prune-horizon") and record.time < horizon
+            maybe_late = self.on("prune-horizon") and record.time < max(horizon, self.cutoff)
             allowed = self.model.allowed(
                 record,
                 content,
-                too_late=self.on("prune-horizon") and record.time < horizon,
-                maybe_late=self.on("prune-horizon") and record.time < max(horizon, self.cutoff),
+                too_late=too_late,
+                maybe_late=maybe_late,
                 overflow=self.model.could_overflow(content),
             )
             if outcome not in allowed:
@@ -1195,6 +1197,16 @@ class SimMachine(RuleBasedStateMachine):
                     f"{outcome.value}, expected one of {sorted(o.value for o in allowed)}"
                 )
             self.model.record(record, content, outcome)
+            if outcome is Outcome.REJECTED and not (too_late or maybe_late):
+                # Rejected with nothing of it in the ledger (a part in makes it failed):
+                # the deliveries of this content that ended unsure never landed (seed 6088).
+                in_flight = sum(
+                    (r, c) == (record, content)
+                    for p in self.pending.values()
+                    if p is not pending
+                    for r, c in p.deliveries
+                )
+                self.model.refuted(record, content, in_flight=in_flight)
         if problems:
             self._violate(f"{name}: " + "; ".join(problems))
 

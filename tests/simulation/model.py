@@ -252,6 +252,25 @@ class Model:
         if content in record.candidates:
             record.candidates.remove(content)
 
+    def refuted(self, record: EventRecord, content: Content, *, in_flight: int) -> None:
+        """A delivery of ``content`` was rejected, not for lateness: nothing of it is in.
+
+        The writer reports an event rejected only when none of its money is
+        in the ledger (a part in makes it failed, to be completed), and a
+        crashed call lands nothing after it died. So the deliveries of
+        ``content`` that ended unsure never landed: their entries go, but for
+        one per call still carrying it (``in_flight``), which may land yet.
+        """
+        keep = in_flight
+        kept: list[Content] = []
+        for candidate in record.candidates:
+            if candidate != content:
+                kept.append(candidate)
+            elif keep > 0:
+                kept.append(candidate)
+                keep -= 1
+        record.candidates[:] = kept
+
     def record(self, record: EventRecord, content: Content, outcome: Outcome | None) -> None:
         """Take a reported outcome as the truth (``None``: the call died, outcome unknown)."""
         if outcome is Outcome.APPLIED:
