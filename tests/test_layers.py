@@ -53,6 +53,7 @@ LEVELS: tuple[tuple[str, ...], ...] = (
         "shardbill.writer.fingerprints",
         "shardbill.writer.results",
         "shardbill.corrections.records",
+        "shardbill.declarations",
     ),
     (
         "shardbill.protocols",
