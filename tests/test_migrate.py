@@ -591,3 +591,35 @@ def test_a_shard_a_reshard_adds_gets_the_declaration_history(four: Backend) -> N
         replay = Pipeline(engine=comms.engine(), writer=writer).process(day)
     assert replay.write.duplicate_events == {e.event_id for e in day}
     assert not replay.write.conflict_events
+
+
+def test_each_writer_records_its_declaration_so_a_later_one_recognises_its_events(
+    backend: Backend,
+) -> None:
+    """A writer declaring fewer tables than the shards hold needs no migration; its schema
+    check records its declaration, so the full declaration's writer finds its events
+    duplicates. Measures reordered give the full declaration's shape: the two cannot be
+    told apart, so events of the one replayed by the other stay conflicts (never taken
+    for duplicates), while events of the smaller declaration are still recognised."""
+    tables = billing_tables()
+    _write(backend, tables, [])
+    fewer = tuple(t for t in tables if t.name != "account_balance")
+    day = _day(81, 30)
+    assert _process(backend, fewer, day).ok
+    for shard in backend.shards:
+        assert len(backend.rows(shard, "SELECT `version` FROM `shardbill_declarations`")) == 2
+    replay = _process(backend, tables, day)
+    assert replay.write.duplicate_events == {e.event_id for e in day}
+
+    daily = next(t for t in tables if t.name == "usage_daily")
+    swapped = attrs.evolve(
+        daily, measures=(daily.measures[1], daily.measures[0], daily.measures[2])
+    )
+    reordered = tuple(swapped if t is daily else t for t in tables)
+    full = _day(82, 30)
+    assert _process(backend, tables, full).ok
+    rows = _snapshot(backend, tables)
+    again = _process(backend, reordered, [*day, *full])
+    assert again.write.duplicate_events == {e.event_id for e in day}
+    assert again.write.conflict_events == {e.event_id for e in full}
+    assert _snapshot(backend, tables) == rows
