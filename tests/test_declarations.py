@@ -31,7 +31,7 @@ from shardbill.tables.aggregates import (
 from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
 from shardbill.writer.extraction import RowDelta, RowExtractor
-from shardbill.writer.fingerprints import fingerprint
+from shardbill.writer.fingerprints import digest, fingerprint
 from shardbill.writer.planning import Unit, classify, plan_batch
 from tests.support.clock import recent_start
 
@@ -109,6 +109,8 @@ def test_a_unit_applied_under_an_older_declaration_is_recognised(kinds: list[str
         for group in _units(_charges(3), seed=4):
             stored = fingerprint(_rows(old, group), older)
             assert judge.recognises(stored, _rows(new, group))
+            _, text = old.extract(group[0])  # the compiled path's template, one charge
+            assert judge.recognises(digest(text), new.rows(group[0]))
 
 
 @pytest.mark.parametrize("kind", KINDS)

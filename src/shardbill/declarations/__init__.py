@@ -2,7 +2,7 @@
 
 The ledger stores, with every ``(slot, event_id)``, a fingerprint of the
 rows the event contributed under the declaration of the writer that applied
-it (:mod:`shardbill.fingerprints`). When ``shardbill migrate`` adds a
+it (:mod:`shardbill.writer.fingerprints`). When ``shardbill migrate`` adds a
 measure, a key column or a table, the same event gives other rows under the
 new declaration, so its fingerprint changes, and a replay of an event
 applied before the change would look like a *conflict* (the same id with
