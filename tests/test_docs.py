@@ -23,7 +23,8 @@ from sybil import Sybil
 from sybil.example import NotEvaluated
 from sybil.parsers.myst import PythonCodeBlockParser, SkipParser
 
-from tests.support.docshell import ShellBlockParser, skip_markers
+from tests.support import docshell
+from tests.support.docshell import FileBlockParser, ShellBlockParser, skip_markers
 from tests.support.mysql import ServerAddress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,17 +32,23 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 PAGES = [p for p in PAGES if "_build" not in p.parts]
 
 MARIADB_PAGES = {
-    # page: the databases it asks the reader to create on the local server
+    # page: the databases it asks the reader to create (or creates) on the local server
     "docs/tutorials/write-and-read-aggregates.md": ("tutorial0", "tutorial1", "tutorial2"),
+    "docs/tutorials/demo-to-mariadb.md": (
+        *(f"demo{i}" for i in range(5)),
+        *(f"billing{i}" for i in range(3)),
+    ),
 }
 RULE_PACKAGE_PAGES = {"docs/howto/write-a-billing-rule.md"}
 SKIP_BUDGET = 8
 """At most this many blocks are skipped over all pages (each needs a reason)."""
 
-SHELL_SKIP_BUDGET = 11
+SHELL_SKIP_BUDGET = 10
 """At most this many shell blocks with ``shardbill`` commands are not run (each says why)."""
 
-SYBIL = Sybil(parsers=[PythonCodeBlockParser(), ShellBlockParser(), SkipParser()])
+SYBIL = Sybil(
+    parsers=[PythonCodeBlockParser(), ShellBlockParser(), FileBlockParser(), SkipParser()]
+)
 _FENCE = re.compile(r"^\s*(```+|~~~+)(.*)$")
 _SKIP = re.compile(r"<!-- skip: (next|start)(.*?)-->")
 
@@ -65,6 +72,7 @@ def _run(page: Path) -> int:
 SLOW_PAGES = {
     "docs/howto/add-a-shard.md",  # a real reshard of 4096 slots on SQLite
     "docs/tutorials/first-run.md",  # `./run demo`: the full demo, about a minute
+    "docs/tutorials/demo-to-mariadb.md",  # the demo on SQLite and on MariaDB, a few minutes
 }
 
 
@@ -95,19 +103,18 @@ def test_rule_package_page_runs(page: str, tmp_path: Path, monkeypatch: pytest.M
 def page_databases(
     mysql_server: ServerAddress, request: pytest.FixtureRequest
 ) -> Iterator[tuple[str, dict[str, str]]]:
-    """The databases a MariaDB page asks for, created empty under names unique to this run.
+    """The databases a MariaDB page asks for, under names unique to this run, dropped after.
 
     Yields the page's name and the page's database names mapped to the real
     ones, so that runs sharing the server (several worktrees, ``-n``) never
-    drop each other's databases.
+    drop each other's databases. The page creates them itself, as the
+    reader does (its ``mariadb -e "CREATE DATABASE ..."`` runs, or
+    ``shardbill demo --mysql`` creates them).
     """
     page: str = request.param
     token = secrets.token_hex(4)
     names = {name: f"{name}_{token}" for name in MARIADB_PAGES[page]}
     conn = mysql_server.connect()
-    with conn.cursor() as cur:  # type: ignore[attr-defined]
-        for name in names.values():
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     try:
         yield page, names
     finally:
@@ -117,7 +124,14 @@ def page_databases(
         conn.close()  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("page_databases", sorted(MARIADB_PAGES), indirect=True)
+@pytest.mark.parametrize(
+    "page_databases",
+    [
+        pytest.param(p, marks=[pytest.mark.slow] if p in SLOW_PAGES else [])
+        for p in sorted(MARIADB_PAGES)
+    ],
+    indirect=True,
+)
 def test_mariadb_page_runs(
     page_databases: tuple[str, dict[str, str]],
     mysql_server: ServerAddress,
@@ -129,12 +143,35 @@ def test_mariadb_page_runs(
     text = (ROOT / page).read_text(encoding="utf-8")
     auth = mysql_server.user + (f":{mysql_server.password}" if mysql_server.password else "")
     text = text.replace("root@127.0.0.1:3306", f"{auth}@{mysql_server.host}:{mysql_server.port}")
+
+    def suffixed(match: re.Match[str]) -> str:  # demo{0,1} -> demo{0,1}_<token>: demo0_<token>
+        expanded = [match.group(1) + choice for choice in match.group(2).split(",")]
+        if not all(name in names for name in expanded):
+            return match.group(0)
+        suffixes = {names[name][len(name) :] for name in expanded}
+        assert len(suffixes) == 1, suffixes
+        return match.group(0) + suffixes.pop()
+
+    text = re.sub(r"\b(\w+)\{([\w,]+)\}", suffixed, text)
     for name, unique in names.items():
         assert re.search(rf"\b{name}\b", text), f"{page} no longer names database {name}"
         text = re.sub(rf"\b{name}\b", unique, text)
     copy = tmp_path / Path(page).name
     copy.write_text(text, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
+
+    def sql(database: str | None, statements: str) -> None:
+        """The page's ``mariadb -e``, on the test server (one statement at a time)."""
+        conn = mysql_server.connect(database) if database else mysql_server.connect()
+        try:
+            with conn.cursor() as cur:  # type: ignore[attr-defined]
+                for statement in filter(None, (s.strip() for s in statements.split(";"))):
+                    cur.execute(statement)
+            conn.commit()  # type: ignore[attr-defined]
+        finally:
+            conn.close()  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(docshell, "SQL_RUNNER", sql)
     assert _run(copy) >= 5
 
 

@@ -72,3 +72,62 @@ def test_an_unknown_command_beside_shardbill_fails() -> None:
     """A block mixing shardbill with a command the runner cannot run must be marked."""
     with pytest.raises(AssertionError, match="shell: skip"):
         docshell.evaluate("$ shardbill --version\n...\n$ rm -rf data\n")
+
+
+def test_a_brace_group_expands_as_the_shell_does() -> None:
+    """``demo{0,1}`` is two words; words without a group are left alone."""
+    assert docshell.expand(["--mysql", "u://h/demo{0,1,2}", "x{y}"]) == [
+        "--mysql",
+        "u://h/demo0",
+        "u://h/demo1",
+        "u://h/demo2",
+        "x{y}",
+    ]
+    assert docshell._argv("shardbill demo --mysql db{0,1}") == ["demo", "--mysql", "db0", "db1"]
+
+
+def test_a_heredoc_and_cut_are_emulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cat >> FILE <<'EOF'`` appends the lines up to EOF; ``cut -c1-N`` checks them cut."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.txt").write_text("first\n", encoding="utf-8")
+    docshell.evaluate("$ cat >> f.txt <<'EOF'\nsecond line\nEOF\n$ shardbill --version\n...\n")
+    assert (tmp_path / "f.txt").read_text(encoding="utf-8") == "first\nsecond line\n"
+    monkeypatch.setattr(docshell, "SQL_RUNNER", lambda database, sql: None)
+    docshell.evaluate("$ cut -c1-3 f.txt\nfir\nsec\n")
+    with pytest.raises(AssertionError, match="the file holds"):
+        docshell.evaluate("$ cut -c1-3 f.txt\nfirst\nsec\n")
+
+
+def test_sql_runs_only_through_a_runner_a_test_sets() -> None:
+    """``mariadb -e`` beside shardbill fails unless a test against a server gives a runner."""
+    block = (
+        '$ mariadb -h127.0.0.1 -uroot billing1 -e "UPDATE t SET a = 1"\n'
+        "$ shardbill --version\n...\n"
+    )
+    with pytest.raises(AssertionError, match="shell: skip"):
+        docshell.evaluate(block)
+    ran: list[tuple[str | None, str]] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(docshell, "SQL_RUNNER", lambda database, sql: ran.append((database, sql)))
+        docshell.evaluate(block)
+        docshell.evaluate('$ mariadb -uroot -e "CREATE DATABASE x"\n')  # a setup-only block
+    assert ran == [("billing1", "UPDATE t SET a = 1"), (None, "CREATE DATABASE x")]
+
+
+def test_a_toml_block_naming_its_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``# NAME.toml: ...`` as the first line: the block is saved as NAME.toml; others not."""
+    from sybil import Sybil
+
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```toml\n# app.toml: a file\n[writer]\nbatch_size = 5\n```\n\n"
+        "```toml\n[writer]\nbatch_size = 6\n```\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)
+    examples = list(Sybil(parsers=[docshell.FileBlockParser()]).parse(page))
+    assert len(examples) == 1
+    examples[0].evaluate()
+    assert (tmp_path / "app.toml").read_text(encoding="utf-8").endswith("batch_size = 5\n")

@@ -37,7 +37,7 @@ LEVELS: tuple[tuple[str, ...], ...] = (
     ),
     ("shardbill.pipeline", "shardbill.resharding", "shardbill.corrections"),
     ("shardbill.writer", "shardbill.reader", "shardbill.metrics"),
-    ("shardbill.periods",),
+    ("shardbill.periods", "shardbill.declarations.store"),
     ("shardbill.mapstore",),
     ("shardbill.providers",),
     ("shardbill.dialects",),
@@ -53,6 +53,7 @@ LEVELS: tuple[tuple[str, ...], ...] = (
         "shardbill.writer.fingerprints",
         "shardbill.writer.results",
         "shardbill.corrections.records",
+        "shardbill.declarations",
     ),
     (
         "shardbill.protocols",

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 
 from shardbill import AggregateTable, AggregationWriter, KeyColumn, Measure, Pipeline, ShardMap
-from shardbill.errors import ConfigurationError, SchemaError
+from shardbill.errors import CannotConnectError, ConfigurationError, SchemaError
 from shardbill.migrate import MigrationStep, migrate, plan_migration
-from shardbill.rules import UsageEvent, comms
+from shardbill.pipeline import PipelineResult
+from shardbill.providers import PooledProvider
+from shardbill.resharding import MemoryMapStore, Resharder
+from shardbill.retry import RetryPolicy
+from shardbill.rules import Charge, PricedEvent, UsageEvent, comms
 from shardbill.tables.aggregates import (
     Account,
     BigInt,
@@ -22,7 +30,8 @@ from shardbill.tables.aggregates import (
 )
 from shardbill.tables.catalog import billing_tables
 from shardbill.workloads.synthetic import Traffic
-from tests.support.backends import Backend
+from shardbill.writer import WriterSettings
+from tests.support.backends import KINDS, Backend, make_backend
 from tests.support.clock import recent_start
 from tests.support.oracle import KEYS, MEASURES, actual_rows, expected_rows
 
@@ -309,9 +318,10 @@ def test_writers_of_both_declarations_after_a_key_column(backend: Backend) -> No
         assert replay.ok
         assert replay.write.applied_events == {e.event_id for e in second}
     else:
-        # Applied by the old writer: its fingerprint covers the rows it added to, so a
-        # replay under the new key is a conflict, reported and not applied (never twice).
-        assert replay.write.conflict_events == {e.event_id for e in second}
+        # Applied by the old writer after the migration: its fingerprints are of the old
+        # declaration, which its schema check recorded, so the replay is a duplicate.
+        assert replay.write.duplicate_events == {e.event_id for e in second}
+        assert not replay.write.conflict_events
     everything = comms.engine().price_batch([*first, *second, *third]).charges
     assert _by_old_key(_daily(backend)) == expected_rows(everything)["usage_daily"]
 
@@ -348,12 +358,6 @@ def test_existing_must_fit_the_key_column() -> None:
     assert KeyColumn(name="n", type=BigInt(), projection=Account(), existing=0).existing == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 finding, not fixed: the ledger fingerprint covers the rows of the whole "
-    "declaration, so a replay after a schema change of an event applied before it is a "
-    "conflict, not a duplicate (never applied twice, but reported as a conflict)",
-)
 def test_a_replay_after_a_measure_migration_is_a_duplicate(backend: Backend) -> None:
     """An event applied before a migration and delivered again after it is a duplicate."""
     day = _day(41, 30)
@@ -366,3 +370,256 @@ def test_a_replay_after_a_measure_migration_is_a_duplicate(backend: Backend) -> 
     ) as writer:
         replay = Pipeline(engine=comms.engine(), writer=writer).process(day)
     assert replay.write.duplicate_events == {e.event_id for e in day}
+
+
+# ------------------------------------------------- replays across a schema change (issue 22)
+
+
+def _with_units(tables: Sequence[AggregateTable]) -> tuple[AggregateTable, ...]:
+    """``tables`` with measure `units` added to usage_daily."""
+    units = Measure(name="units", value=Quantity(scale=0))
+    return tuple(
+        attrs.evolve(t, measures=(*t.measures, units)) if t.name == "usage_daily" else t
+        for t in tables
+    )
+
+
+def _with_table(tables: Sequence[AggregateTable]) -> tuple[AggregateTable, ...]:
+    """``tables`` with table usage_by_account added."""
+    return (*tables, next(t for t in _grown() if t.name == "usage_by_account"))
+
+
+def _with_country(tables: Sequence[AggregateTable]) -> tuple[AggregateTable, ...]:
+    """``tables`` with key column `country` (existing='unknown') added to usage_daily."""
+    country = next(k for t in _keyed() for k in t.keys if k.name == "country")
+    return tuple(
+        attrs.evolve(t, keys=(*t.keys, country)) if t.name == "usage_daily" else t for t in tables
+    )
+
+
+MIGRATIONS = {
+    "measure": [_with_units],
+    "table": [_with_table],
+    "key-column": [_with_country],
+    "measure-then-key-column-then-table": [_with_units, _with_country, _with_table],
+}
+
+
+def _process(
+    backend: Backend, tables: Sequence[AggregateTable], events: list[UsageEvent]
+) -> PipelineResult:
+    with AggregationWriter(
+        shard_map=ShardMap.create(backend.shards, slots=SLOTS),
+        provider=backend.provider,
+        tables=tables,
+    ) as writer:
+        return Pipeline(engine=comms.engine(), writer=writer).process(events)
+
+
+def _snapshot(backend: Backend, tables: Sequence[AggregateTable]) -> dict[str, list[Any]]:
+    """Every row of every table, as stored, per shard (read directly)."""
+    return {
+        f"{shard}.{t.name}": sorted(backend.rows(shard, f"SELECT * FROM `{t.name}`"))
+        for shard in backend.shards
+        for t in tables
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(MIGRATIONS))
+def test_a_replay_after_each_kind_of_migration_is_a_duplicate(backend: Backend, kind: str) -> None:
+    """Events applied under every declaration of a migration chain replay as duplicates after
+    the last one, change no row, and a really changed event is still a conflict."""
+    tables = billing_tables()
+    written = [_day(51, 40)]
+    _write(backend, tables, written[0])
+    for n, grow in enumerate(MIGRATIONS[kind]):
+        tables = grow(tables)
+        migrate(backend.provider, backend.shards, tables)
+        written.append(_day(52 + n, 40))
+        _write(backend, tables, written[-1])
+    rows = _snapshot(backend, tables)
+    for events in written:
+        replay = _process(backend, tables, events)
+        assert replay.write.duplicate_events == {e.event_id for e in events}
+        assert not replay.write.conflict_events
+    assert _snapshot(backend, tables) == rows  # nothing applied twice
+
+    first = written[0]
+    more = [attrs.evolve(e, quantity=e.quantity + 1) for e in first[:5]]
+    sms = [e for e in first[5:] if e.product == "sms"][:5]  # other products ignore the country
+    moved = [attrs.evolve(e, dimensions={**e.dimensions, "country": "ZZ"}) for e in sms]
+    same = [e for e in first if e not in first[:5] and e not in sms]
+    changed = _process(backend, tables, [*more, *moved, *same])
+    assert len(moved) == 5
+    assert changed.write.conflict_events == {e.event_id for e in [*more, *moved]}
+    assert changed.write.duplicate_events == {e.event_id for e in same}
+    assert _snapshot(backend, tables) == rows
+
+
+def test_a_shard_made_before_the_history_gets_it_from_migrate(backend: Backend) -> None:
+    """A shard without shardbill_declarations (made before it existed) is refused by writers;
+    `migrate` creates it, records the declaration before its steps (derived) and after them,
+    even when stopped between steps and run again; replays are then duplicates."""
+    day = _day(61, 40)
+    _write(backend, billing_tables(), day)
+    for shard in backend.shards:
+        backend.execute(shard, "DROP TABLE `shardbill_declarations`")
+    with pytest.raises(SchemaError, match="shardbill_declarations"):
+        _process(backend, billing_tables(), _day(62, 5))
+
+    def stop(step: MigrationStep) -> None:
+        if step.table == "usage_daily":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        migrate(backend.provider, backend.shards, _grown(), on_step=stop)
+    migrate(backend.provider, backend.shards, _grown())
+    for shard in backend.shards:
+        origins = backend.rows(shard, "SELECT `origin` FROM `shardbill_declarations`")
+        assert sorted(o for (o,) in origins) == ["declared", "derived"]
+    replay = _process(backend, _grown(), day)
+    assert replay.write.duplicate_events == {e.event_id for e in day}
+    assert not replay.write.conflict_events
+
+
+class _Unreachable:
+    """Wraps a provider: connections to ``shard`` are refused."""
+
+    def __init__(self, inner: PooledProvider, shard: str) -> None:
+        self.inner = inner
+        self.shard = shard
+
+    @contextlib.contextmanager
+    def connection(self, shard: str, *, readonly: bool = False) -> Iterator[Any]:
+        if shard == self.shard:
+            raise CannotConnectError("test: unreachable", errno=2003, shard=shard)
+        with self.inner.connection(shard, readonly=readonly) as conn:
+            yield conn
+
+    def close(self) -> None:
+        pass
+
+
+def _spread_event(event_id: str, accounts: Sequence[int]) -> PricedEvent:
+    """An event with one charge for each of ``accounts``."""
+    charges = tuple(
+        Charge(
+            event_id=event_id,
+            account=account,
+            product="sms",
+            quantity=Decimal(2),
+            amount=Decimal("0.25"),
+            currency="USD",
+            time=recent_start(),
+            rule="test",
+            rule_version="1",
+            part=part,
+            parts=len(accounts),
+        )
+        for part, account in enumerate(accounts)
+    )
+    return PricedEvent(event_id=event_id, time=recent_start(), charges=charges)
+
+
+def test_a_spread_event_half_applied_before_a_migration_completes_after_it(
+    backend: Backend,
+) -> None:
+    """An event whose identity claim (of the whole event) committed under the old declaration
+    and whose part on another shard did not: its replay after the migration finds the claim a
+    duplicate and applies the rest once; a replay after that is a duplicate everywhere."""
+    shard_map = ShardMap.create(backend.shards, slots=SLOTS)
+    home_of = {s: [] for s in backend.shards}  # type: dict[str, list[str]]
+    for n in range(400):
+        home_of[shard_map.owner(shard_map.slot_for(f"spread-{n}"))].append(f"spread-{n}")
+    home, other, down = backend.shards
+
+    def account(where: Callable[[int], bool]) -> int:
+        return next(a for a in range(1, 10_000) if where(a))
+
+    claim = shard_map.slot_for(home_of[home][0])
+    on_claim = account(lambda a: shard_map.slot_for(a) == claim)  # money on the claim's slot
+    on_down = account(lambda a: shard_map.shard_for(a) == down)
+    on_other = account(lambda a: shard_map.shard_for(a) == other)
+    with_rows = _spread_event(home_of[home][0], [on_claim, on_down])
+    without = _spread_event(home_of[home][1], [on_other, on_down])  # none on the claim's shard
+    events = [with_rows, without]
+    _write(backend, billing_tables(), [])
+    with AggregationWriter(
+        shard_map=shard_map,
+        provider=_Unreachable(backend.provider, down),
+        tables=billing_tables(),
+        settings=WriterSettings(retry=RetryPolicy(max_attempts=1)),
+    ) as old:
+        half = old.write(events)
+    assert half.failed_events == {e.event_id for e in events}
+    for event in events:  # the claims committed, the parts on the unreachable shard did not
+        count = f"SELECT COUNT(*) FROM `shardbill_ledger` WHERE `event_id` = '{event.event_id}'"
+        assert backend.rows(home, count) == [(1,)]
+        assert backend.rows(down, count) == [(0,)]
+    migrate(backend.provider, backend.shards, _grown())
+    with AggregationWriter(shard_map=shard_map, provider=backend.provider, tables=_grown()) as new:
+        rest = new.write(events)
+        again = new.write(events)
+    assert rest.applied_events == {e.event_id for e in events}, rest
+    assert not rest.conflict_events
+    assert again.duplicate_events == {e.event_id for e in events}
+    charges = [c for e in events for c in e.charges]
+    assert actual_rows(backend) == expected_rows(charges)  # every part once, none twice
+
+
+@pytest.fixture(params=KINDS)
+def four(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Four shards (s0..s3); the first map uses three of them."""
+    yield from make_backend(request.param, 4, tmp_path, request)
+
+
+def test_a_shard_a_reshard_adds_gets_the_declaration_history(four: Backend) -> None:
+    """Ledger rows a reshard copies keep their fingerprints: the new shard gets the history
+    they were made under, so replays of events applied before a migration stay duplicates."""
+    store = MemoryMapStore(ShardMap.create(["s0", "s1", "s2"], slots=SLOTS))
+    day = _day(71, 80)
+    with AggregationWriter(shard_map=store, provider=four.provider, tables=billing_tables()) as w:
+        w.ensure_schema()
+        assert Pipeline(engine=comms.engine(), writer=w).process(day).ok
+    migrate(four.provider, ["s0", "s1", "s2"], _grown())
+    target = store.load().add_shard("s3")
+    progress = Resharder(store=store, provider=four.provider, tables=_grown()).run(target)
+    assert four.rows("s3", "SELECT COUNT(*) FROM `shardbill_ledger`") != [(0,)]
+    assert len(four.rows("s3", "SELECT `version` FROM `shardbill_declarations`")) == 2
+    assert progress.slots_finished > 0
+    with AggregationWriter(shard_map=store, provider=four.provider, tables=_grown()) as writer:
+        replay = Pipeline(engine=comms.engine(), writer=writer).process(day)
+    assert replay.write.duplicate_events == {e.event_id for e in day}
+    assert not replay.write.conflict_events
+
+
+def test_each_writer_records_its_declaration_so_a_later_one_recognises_its_events(
+    backend: Backend,
+) -> None:
+    """A writer declaring fewer tables than the shards hold needs no migration; its schema
+    check records its declaration, so the full declaration's writer finds its events
+    duplicates. Measures reordered give the full declaration's shape: the two cannot be
+    told apart, so events of the one replayed by the other stay conflicts (never taken
+    for duplicates), while events of the smaller declaration are still recognised."""
+    tables = billing_tables()
+    _write(backend, tables, [])
+    fewer = tuple(t for t in tables if t.name != "account_balance")
+    day = _day(81, 30)
+    assert _process(backend, fewer, day).ok
+    for shard in backend.shards:
+        assert len(backend.rows(shard, "SELECT `version` FROM `shardbill_declarations`")) == 2
+    replay = _process(backend, tables, day)
+    assert replay.write.duplicate_events == {e.event_id for e in day}
+
+    daily = next(t for t in tables if t.name == "usage_daily")
+    swapped = attrs.evolve(
+        daily, measures=(daily.measures[1], daily.measures[0], daily.measures[2])
+    )
+    reordered = tuple(swapped if t is daily else t for t in tables)
+    full = _day(82, 30)
+    assert _process(backend, tables, full).ok
+    rows = _snapshot(backend, tables)
+    again = _process(backend, reordered, [*day, *full])
+    assert again.write.duplicate_events == {e.event_id for e in day}
+    assert again.write.conflict_events == {e.event_id for e in full}
+    assert _snapshot(backend, tables) == rows

@@ -32,6 +32,13 @@ applies it, shard by shard, one step at a time:
   events written from then on: the ledger already holds the ids of the
   events written before, so re-ingesting them does not fill it.
 
+Each shard's declaration history (:mod:`shardbill.declarations`) gets the
+new declaration once the shard's steps are done; a shard that had no
+history yet first gets the declaration its ledger was written under (the
+new one less what the migration adds), recorded before any of its tables
+change. So a replay of an event applied before the migration is a
+duplicate, not a conflict.
+
 Every step is planned from the live schema and is atomic (one statement, or
 one SQLite transaction), so a migration stopped at any point (Ctrl-C, a
 crash, a shard down) is resumed by running it again: a shard, column or
@@ -49,11 +56,14 @@ what they are; they need a new table.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import attrs
 
+from shardbill.declarations import Declaration, Recorded
+from shardbill.declarations.store import history_of, record_on
 from shardbill.dialects.base import Dialect
 from shardbill.dialects.detect import dialect_for
 from shardbill.dialects.sqlite import temporary_table_name
@@ -184,10 +194,21 @@ def migrate(
     system = system_tables or SystemTables()
     steps = plan_migration(provider, shards, tables, system_tables=system)
     defs = {d.name: d for d in system.all_defs(tables)}
-    for step in steps:
-        _apply(provider, step, defs[step.table])
-        if on_step is not None:
-            on_step(step)
+    own = {d.name for d in system.all_defs(())}
+    declared = Declaration.of(tables)
+    for shard in dict.fromkeys(shards):
+        mine = [s for s in steps if s.shard == shard]
+        for step in (s for s in mine if s.table in own):  # the history table among them
+            _apply(provider, step, defs[step.table])
+            if on_step is not None:
+                on_step(step)
+        # Before the shard's tables change: a crash after this leaves the history right.
+        _record_before(provider, shard, declared, [s for s in mine if s.table not in own], system)
+        for step in (s for s in mine if s.table not in own):
+            _apply(provider, step, defs[step.table])
+            if on_step is not None:
+                on_step(step)
+        record_on(provider, [shard], declared, system_tables=system)
     for shard in shards:  # the periods table's gate row (also after a crash right after it)
         with provider.connection(shard) as conn:
             cursor = conn.cursor()
@@ -199,6 +220,31 @@ def migrate(
     if problems:
         raise SchemaError("after migrating, the schema still differs:\n  " + "\n  ".join(problems))
     return steps
+
+
+def _record_before(
+    provider: ConnectionProvider,
+    shard: str,
+    declared: Declaration,
+    steps: Sequence[MigrationStep],
+    system: SystemTables,
+) -> None:
+    """On a shard with no declaration history yet, record the one its ledger was written under.
+
+    Shards made before the history existed have none: the declaration of
+    their ledger rows is taken to be the new one less what this migration
+    adds (the tables it creates, the measures and key columns it adds), in
+    the new one's column order.
+    """
+    if history_of(provider, shard, system_tables=system):
+        return
+    before = declared.without(
+        tables=[s.table for s in steps if s.column is None],
+        columns=[(s.table, s.column) for s in steps if s.column is not None],
+    )
+    if before.version != declared.version:
+        derived = Recorded(declaration=before, recorded_at=int(time.time()), origin="derived")
+        record_on(provider, [shard], [derived], system_tables=system)
 
 
 def _apply(provider: ConnectionProvider, step: MigrationStep, want: TableDef) -> None:

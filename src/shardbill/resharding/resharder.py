@@ -49,6 +49,7 @@ from typing import Any
 import attrs
 import xxhash
 
+from shardbill.declarations.store import copy_history
 from shardbill.dialects.base import Dialect, UpsertSpec
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import (
@@ -565,6 +566,7 @@ class Resharder:
         # After the claim, before any slot moves: a close lists the claimed targets, or
         # had reached every source before this read (shardbill.periods.close).
         copy_closures(self._provider, sorted(source.shards), new, system_tables=self._system)
+        copy_history(self._provider, sorted(source.shards), new, system_tables=self._system)
         try:
             self._slot_states(plan.moves)  # refuses, before any change, rows that do not fit
         except ReshardError:
@@ -684,6 +686,7 @@ class Resharder:
             record_ownership=False,
         )
         copy_closures(self._provider, sorted(source.shards), new, system_tables=self._system)
+        copy_history(self._provider, sorted(source.shards), new, system_tables=self._system)
         return new
 
     def status(self, target: ShardMap | None = None) -> list[SlotStatus]:

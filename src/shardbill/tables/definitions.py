@@ -1,7 +1,15 @@
 """Logical table definitions: aggregate tables and shardbill's own per-shard tables (pure).
 
 Dialects render these to DDL; the schema check compares the live tables with
-them. Two system tables live on every shard next to the aggregates:
+them. These system tables live on every shard next to the aggregates:
+
+``shardbill_declarations``
+    The declarations the shard's ledger was written under: per declaration
+    its version (16 hex digits), its canonical description (each table's key
+    columns and measures), when it was recorded and whether it was declared
+    or derived (:mod:`shardbill.declarations`). A writer reads it on a
+    fingerprint mismatch only, to tell a replay after a schema change from a
+    changed event.
 
 ``shardbill_ledger``
     One row per applied ``(slot, event_id)``: the fingerprint of what the
@@ -65,6 +73,7 @@ from shardbill.tables.aggregates import (
 
 __all__ = [
     "CONTENT_LENGTH",
+    "DESCRIPTION_LENGTH",
     "EVENT_ID_LENGTH",
     "Column",
     "ColumnKind",
@@ -81,6 +90,8 @@ EVENT_ID_LENGTH = 191
 
 #: Longest event content (its JSON) a correction records, before and after.
 CONTENT_LENGTH = 4000
+#: Longest declaration description (ASCII): about 200 columns of 64-character names.
+DESCRIPTION_LENGTH = 16_000
 
 
 class ColumnKind(enum.StrEnum):
@@ -292,6 +303,24 @@ class SystemTables:
             primary_key=("event_id", "revision"),
         )
 
+    @property
+    def declarations(self) -> str:
+        """The declaration history's name."""
+        return f"{self.prefix}_declarations"
+
+    def declarations_def(self) -> TableDef:
+        """The declarations the ledger's fingerprints were made under (see the module docstring)."""
+        return TableDef(
+            name=self.declarations,
+            columns=(
+                Column(name="version", kind=ColumnKind.ASCII, length=16),
+                Column(name="description", kind=ColumnKind.ASCII, length=DESCRIPTION_LENGTH),
+                Column(name="recorded_at", kind=ColumnKind.BIGINT),
+                Column(name="origin", kind=ColumnKind.ASCII, length=16),
+            ),
+            primary_key=("version",),
+        )
+
     def all_defs(self, aggregates: Sequence[AggregateTable]) -> tuple[TableDef, ...]:
         """Every table one shard holds: the system tables, then the aggregates."""
         return (
@@ -300,6 +329,7 @@ class SystemTables:
             self.moves_def(),
             self.periods_def(),
             self.corrections_def(),
+            self.declarations_def(),
             *(aggregate_table_def(t) for t in aggregates),
         )
 

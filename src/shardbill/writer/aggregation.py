@@ -62,6 +62,8 @@ from typing import Any
 
 import attrs
 
+from shardbill.declarations import Declaration, ReplayJudge
+from shardbill.declarations.store import read_history, record_on
 from shardbill.dialects.base import Dialect, UpsertSpec
 from shardbill.dialects.detect import dialect_for
 from shardbill.dialects.replication import write_position
@@ -331,6 +333,7 @@ class AggregationWriter:
         )
         self._closed = False
         self._checked: set[str] = set()
+        self._judges: dict[frozenset[str], ReplayJudge] = {}  # by the history's versions
         self._clock = clock if clock is not None else wall_clock
         # Forwarding addresses learned from fences (slot -> shard), until a newer map.
         self._forward: dict[int, str] = {}
@@ -387,12 +390,25 @@ class AggregationWriter:
     def check_schema(self, shards: Sequence[str] | None = None) -> None:
         """Compare the live schema with the specs on ``shards`` (default: all).
 
+        Once they match, the writer's declaration is recorded in each shard's
+        declaration history (if it is not there yet), so that its ledger rows
+        can be recognised after a later schema change
+        (:mod:`shardbill.declarations`).
+
         Raises:
             SchemaError: listing every difference (shard, table, column, fix).
         """
         names = sorted(self._map.shards) if shards is None else list(shards)
         check_schema(
             self._provider, names, self._tables, system_tables=self._settings.system_tables
+        )
+        # The declaration this writer's fingerprints are made under, kept in each shard's
+        # history so a later declaration can recognise their replays (idempotent).
+        record_on(
+            self._provider,
+            names,
+            Declaration.of(self._tables),
+            system_tables=self._settings.system_tables,
         )
         with self._lock:
             self._checked.update(names)
@@ -1209,7 +1225,9 @@ class AggregationWriter:
                     for slot, mark in peer_marks.items():
                         watermarks[slot] = max(watermarks.get(slot, 0), mark)
                 known.update(self._ledger_lookup(cursor, dialect, work.units))
-                sorted_units = classify(work.units, known, watermarks, claimed)
+                sorted_units = classify(
+                    work.units, known, watermarks, claimed, self._replays(cursor, dialect)
+                )
                 new = list(sorted_units.new)
                 withheld = dict(sorted_units.withheld)
                 new, closed = self._period_gate(cursor, dialect, shard, new)
@@ -1276,6 +1294,31 @@ class AggregationWriter:
             tokens=sorted_units.tokens,
             position=position,
         )
+
+    def _replays(self, cursor: DBAPICursor, dialect: Dialect) -> Callable[[Unit, str], bool]:
+        """For :func:`classify`: whether a stored fingerprint is a unit's under an older
+        declaration (:mod:`shardbill.declarations`).
+
+        Called on a fingerprint mismatch only; the shard's declaration
+        history is read then, in this transaction, once.
+        """
+        judge: list[ReplayJudge] = []
+
+        def replayed(unit: Unit, stored: str) -> bool:
+            if not judge:
+                table = self._settings.system_tables.declarations
+                history = [r.declaration for r in read_history(cursor, dialect, table)]
+                versions = frozenset(d.version for d in history)
+                with self._lock:
+                    found = self._judges.get(versions)
+                if found is None:
+                    found = ReplayJudge(self._tables, history)
+                    with self._lock:
+                        self._judges[versions] = found
+                judge.append(found)
+            return judge[0].recognises(stored, unit.signed)
+
+        return replayed
 
     def _period_gate(
         self, cursor: DBAPICursor, dialect: Dialect, shard: str, new: list[Unit]

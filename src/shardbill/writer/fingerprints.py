@@ -22,17 +22,23 @@ from collections.abc import Sequence
 
 import xxhash
 
-from shardbill.tables.aggregates import AggregateTable
+from shardbill.tables.aggregates import AggregateTable, KeyValue
 from shardbill.writer.extraction import RowDelta
 
-__all__ = ["canonical_text", "digest", "fingerprint"]
+__all__ = ["canonical_text", "digest", "fingerprint", "named_text"]
 
 _SEED = 0x5B1D_F1D6
 
 
 def canonical_text(rows: Sequence[RowDelta], tables: Sequence[AggregateTable]) -> str:
     """The canonical text of a unit's row deltas (see the module docstring)."""
-    return repr(sorted([(tables[t].name, key, deltas) for t, key, deltas in rows]))
+    return named_text([(tables[t].name, key, deltas) for t, key, deltas in rows])
+
+
+def named_text(rows: list[tuple[str, tuple[KeyValue, ...], tuple[int, ...]]]) -> str:
+    """The canonical text of ``(table name, key, deltas)`` rows (sorts ``rows`` in place)."""
+    rows.sort()
+    return repr(rows)
 
 
 def digest(text: str) -> str:

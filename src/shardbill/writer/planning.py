@@ -121,7 +121,10 @@ class Unit(NamedTuple):
     adds (for the home unit, the whole event's); ``rows`` its row deltas
     (none for a home unit on a slot the event does not bill); ``time`` the
     event's time in Unix seconds (for the horizon and pruning); ``home``
-    whether its ledger row is the event's identity claim.
+    whether its ledger row is the event's identity claim; ``whole``, for a
+    home unit whose fingerprint covers rows on other slots too, every row
+    delta of the event (None: the fingerprint covers ``rows``). Only a
+    fingerprint mismatch reads it (:mod:`shardbill.declarations`).
     """
 
     event_id: str
@@ -130,6 +133,12 @@ class Unit(NamedTuple):
     rows: tuple[RowDelta, ...]
     time: int
     home: bool = False
+    whole: tuple[RowDelta, ...] | None = None
+
+    @property
+    def signed(self) -> tuple[RowDelta, ...]:
+        """The row deltas its fingerprint covers."""
+        return self.rows if self.whole is None else self.whole
 
 
 @attrs.frozen(kw_only=True)
@@ -457,20 +466,22 @@ def _units_of(
         home = home_slot(event_id)
         if home == slot:
             return [Unit(event_id, slot, print_, tuple(rows), when, True)]
+        signed = tuple(rows)
         return [
-            Unit(event_id, home, print_, (), when, True),
-            Unit(event_id, slot, print_, tuple(rows), when),
+            Unit(event_id, home, print_, (), when, True, signed),
+            Unit(event_id, slot, print_, signed, when),
         ]
     by_slot: dict[int, list[_Part]] = defaultdict(list)
     for number in sorted(parts):
         by_slot[parts[number].slot].append(parts[number])
     out: list[Unit] = []
     home_of = home_slot(event_id) if home_slot is not None else None
-    whole = (
-        fingerprint([row for part in parts.values() for row in part.rows], tables)
-        if home_of is not None
-        else ""
-    )
+    every: tuple[RowDelta, ...] = ()
+    whole = ""
+    if home_of is not None:
+        every = tuple(row for part in parts.values() for row in part.rows)
+        whole = fingerprint(every, tables)
+    spans = len(by_slot) > 1 or home_of not in by_slot  # the claim signs rows elsewhere too
     for slot, same in sorted(by_slot.items()):
         if len(same) == 1:
             unit_rows, print_ = tuple(same[0].rows), digest(same[0].text)
@@ -478,12 +489,12 @@ def _units_of(
             unit_rows = tuple(row for part in same for row in part.rows)
             print_ = fingerprint(unit_rows, tables)
         if slot == home_of:
-            out.append(Unit(event_id, slot, whole, unit_rows, when, True))
+            out.append(Unit(event_id, slot, whole, unit_rows, when, True, every if spans else None))
         else:
             out.append(Unit(event_id, slot, print_, unit_rows, when))
     if home_of is not None and home_of not in by_slot:
         # No charge on the home slot (or no charge at all): the claim has no rows.
-        out.append(Unit(event_id, home_of, whole, (), when, True))
+        out.append(Unit(event_id, home_of, whole, (), when, True, every))
         out.sort(key=lambda u: u.slot)
     return out
 
@@ -563,6 +574,7 @@ def classify(
     known: dict[tuple[str, int], tuple[str, str | None]],
     watermarks: dict[int, int],
     claimed: frozenset[str] | None,
+    replayed: Callable[[Unit, str], bool] | None = None,
 ) -> Classified:
     """Sort one transaction's units into new, duplicate, conflict, withheld and deferred.
 
@@ -579,6 +591,10 @@ def classify(
         watermarks: slot -> its dedup watermark (``pruned_below``), Unix seconds.
         claimed: event ids whose identity claim committed already; None when
             there are no claims (:attr:`IdScope.PER_ACCOUNT`).
+        replayed: asked only when a unit's stored fingerprint differs from its
+            own: whether the stored one is this unit's under an older
+            declaration (:class:`shardbill.declarations.ReplayJudge`); such a
+            unit is a duplicate. None: every difference is a conflict.
     """
     new: list[Unit] = []
     duplicates: list[Unit] = []
@@ -597,7 +613,11 @@ def classify(
         clashes = []
         for unit in group:
             found = known.get((event_id, unit.slot))
-            if found is not None and found[0] != unit.fingerprint:
+            if (
+                found is not None
+                and found[0] != unit.fingerprint
+                and (replayed is None or not replayed(unit, found[0]))
+            ):
                 clashes.append((unit, found[0]))
         if clashes:
             conflicts.extend(clashes)

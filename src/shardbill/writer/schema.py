@@ -1,18 +1,21 @@
 """Applying and checking the per-shard schema: aggregate tables, ledger, slot ownership.
 
 :func:`apply_schema` creates what is missing (``CREATE TABLE IF NOT EXISTS``:
-applying twice is a no-op) and, on a shard whose ownership table is empty,
-records the slots the shard map gives it. :func:`check_schema` compares the
-live tables with the specs and raises :class:`~shardbill.errors.SchemaError`
-with every difference it found, each naming the shard, the table, the column
-and what to do. The writer refuses to run against a schema that does not
-match.
+applying twice is a no-op), records the declaration in each shard's
+declaration history (:mod:`shardbill.declarations`) and, on a shard whose
+ownership table is empty, records the slots the shard map gives it.
+:func:`check_schema` compares the live tables with the specs and raises
+:class:`~shardbill.errors.SchemaError` with every difference it found, each
+naming the shard, the table, the column and what to do. The writer refuses
+to run against a schema that does not match.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from shardbill.declarations import Declaration
+from shardbill.declarations.store import record
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import SchemaError
 from shardbill.periods.store import ensure_gate
@@ -47,6 +50,7 @@ def apply_schema(
     """
     system = system_tables or SystemTables()
     defs = system.all_defs(tables)
+    declared = Declaration.of(tables)
     for shard in shards if shards is not None else sorted(shard_map.shards):
         with provider.connection(shard) as conn:
             dialect = dialect_for(conn)
@@ -60,11 +64,13 @@ def apply_schema(
                         cursor.execute(statement, ())
             finally:
                 cursor.close()
-        # The periods table's gate row, committed before any writer or close relies on it.
+        # The periods table's gate row, committed before any writer or close relies on it;
+        # and the declaration the ledger will be written under.
         with provider.connection(shard) as conn:
             cursor = conn.cursor()
             try:
                 ensure_gate(cursor, dialect_for(conn), system.periods)
+                record(cursor, dialect_for(conn), system.declarations, declared)
             finally:
                 cursor.close()
         if not record_ownership:
