@@ -70,8 +70,7 @@ class SlotTable:
         return f"SELECT {slot}, {state} FROM {table} WHERE {slot} IN ({_ints(slots)})", ()
 
     def locked_row(self, slot: int) -> Statement:
-        """``(state, peer)`` of ``slot``'s row, share-locked to the transaction's end; binds
-        nothing."""
+        """``(state, peer)`` of ``slot``'s row, share-locked till commit; binds nothing."""
         table, slot_column, state, peer, _ = self._names()
         return (
             f"SELECT {state}, {peer} FROM {table} WHERE {slot_column} = {int(slot)}"
@@ -90,8 +89,7 @@ class SlotTable:
         )
 
     def accept_back(self, slot: int, source: str, epoch: int) -> Statement:
-        """Turn a former owner's ``gone`` row of ``slot`` into ``incoming`` from ``source`` at
-        ``epoch``; binds (incoming, source)."""
+        """Make a ``gone`` row of ``slot`` ``incoming`` again; binds (incoming, source)."""
         table, slot_column, state, peer, epoch_column = self._names()
         p = self.dialect.placeholder
         return (
@@ -103,9 +101,11 @@ class SlotTable:
     def fence(
         self, slots: Sequence[int], dest: str, epoch: int, *, receiving: bool = False
     ) -> Statement:
-        """Mark the ``owned`` rows of ``slots`` ``gone`` to ``dest`` at ``epoch`` (with
-        ``receiving``, also those ``incoming`` from ``dest``); binds (gone, dest, owned[,
-        incoming, dest])."""
+        """Fence ``owned`` rows of ``slots``: ``gone`` to ``dest``; binds (gone, dest, owned).
+
+        With ``receiving`` (a revert), rows ``incoming`` from ``dest`` too; binds
+        (incoming, dest) after them.
+        """
         table, slot_column, state, peer, epoch_column = self._names()
         p = self.dialect.placeholder
         also = f" OR ({state} = {p} AND {peer} = {p})" if receiving else ""
@@ -117,8 +117,7 @@ class SlotTable:
         )
 
     def mark_owned(self, slots: Sequence[int], source: str) -> Statement:
-        """Mark the rows of ``slots`` ``incoming`` from ``source`` as ``owned`` (no peer); binds
-        (owned, incoming, source)."""
+        """Hand ``slots`` over from ``source`` (owned); binds (owned, incoming, source)."""
         table, slot_column, state, peer, _ = self._names()
         p = self.dialect.placeholder
         return (
@@ -194,8 +193,7 @@ class MoveLedger:
         )
 
     def unfinished(self, slots: Sequence[int]) -> Statement:
-        """``(slot, table_name, source, last_key)`` of the records of ``slots`` not done; binds
-        nothing."""
+        """``(slot, table_name, source, last_key)`` of undone records; binds nothing."""
         q = self.dialect.quote
         table, slot_column, name = self._names()
         return (
@@ -215,8 +213,7 @@ class MoveLedger:
         )
 
     def progress(self, slot: int, table_name: str) -> Statement:
-        """``(manifest, moved, last_key, done)`` of ``slot``'s record of ``table_name``; binds
-        (table_name,)."""
+        """``(manifest, moved, last_key, done)`` of one record; binds (table_name,)."""
         q = self.dialect.quote
         table, slot_column, name = self._names()
         return (
@@ -228,8 +225,7 @@ class MoveLedger:
     def start(
         self, slot: int, table_name: str, source: str, manifest: str, moved: str
     ) -> Statement:
-        """Record a merge of ``slot``'s ``table_name`` from ``source``, nothing merged yet;
-        binds (table_name, source, manifest, moved)."""
+        """Start a record, nothing merged; binds (table_name, source, manifest, moved)."""
         q = self.dialect.quote
         table, slot_column, name = self._names()
         p = self.dialect.placeholder
@@ -243,9 +239,11 @@ class MoveLedger:
     def advance(
         self, slot: int, table_name: str, *, moved: str, last_key: str, before: str
     ) -> Statement:
-        """Set the record's ``moved`` and ``last_key`` if it is not done and ``moved`` is still
-        ``before`` (compare-and-set: one row changed, or none); binds (moved, last_key,
-        table_name, before)."""
+        """Advance a record; binds (moved, last_key, table_name, before).
+
+        A compare-and-set: it changes one row only if the record is not done and its
+        ``moved`` is still ``before``, else none.
+        """
         q = self.dialect.quote
         table, slot_column, name = self._names()
         p = self.dialect.placeholder
@@ -296,8 +294,7 @@ class SlotRows:
         return f"SELECT COUNT(*) FROM {self.dialect.quote(table)}", ()
 
     def left(self, slot: int, tables: Sequence[str]) -> Statement:
-        """One row: per table of ``tables``, in order, how many rows of ``slot`` it holds;
-        binds nothing."""
+        """One row: per table of ``tables``, its row count of ``slot``; binds nothing."""
         q = self.dialect.quote
         counts = ", ".join(
             f"(SELECT COUNT(*) FROM {q(name)} WHERE {q(SLOT_COLUMN)} = {int(slot)})"
@@ -306,8 +303,7 @@ class SlotRows:
         return f"SELECT {counts}", ()
 
     def ledger_chunk(self, slot: int, columns: Sequence[str], limit: int) -> Statement:
-        """The first ``limit`` ledger rows of ``slot`` by event id, ``columns`` in order; binds
-        nothing."""
+        """The first ``limit`` ledger rows of ``slot`` by event id; binds nothing."""
         q = self.dialect.quote
         return (
             f"SELECT {', '.join(q(c) for c in columns)} FROM {q(self.ledger)} "
@@ -327,8 +323,10 @@ class SlotRows:
     def aggregate_chunk(
         self, table: AggregateTable, slot: int, after: Sequence[object] | None, limit: int
     ) -> Statement:
-        """The first ``limit`` rows of ``slot`` in ``table`` by key, after key ``after`` (none:
-        from the first), keys then measures; binds the values of ``after``."""
+        """``limit`` rows of ``slot`` in ``table`` by key, after ``after``; binds ``after``.
+
+        Each row is the keys then the measures; ``after=None`` starts at the first key.
+        """
         q = self.dialect.quote
         keys = ", ".join(q(k) for k in table.key_names)
         measures = ", ".join(q(m) for m in table.measure_names)
@@ -344,8 +342,7 @@ class SlotRows:
     def delete_aggregates_through(
         self, table: AggregateTable, slot: int, last_key: Sequence[object]
     ) -> Statement:
-        """Delete the rows of ``slot`` in ``table`` up to key ``last_key`` (included); binds the
-        values of ``last_key``."""
+        """Delete ``slot``'s rows in ``table`` up to key ``last_key``; binds ``last_key``."""
         q = self.dialect.quote
         keys = ", ".join(q(k) for k in table.key_names)
         return (
