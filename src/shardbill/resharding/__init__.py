@@ -8,8 +8,6 @@
 * :mod:`shardbill.resharding.resharder`: :class:`Resharder` moves slots
   online (fence, switch, copy the ledger, merge the aggregates, verify),
   resumably.
-* :mod:`shardbill.resharding.statements`: the resharder's SQL, one named
-  statement each (the ownership table, the move ledger, a slot's rows).
 """
 
 from shardbill.mapstore import (
