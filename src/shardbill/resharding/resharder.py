@@ -50,7 +50,7 @@ import attrs
 import xxhash
 
 from shardbill.declarations.store import copy_history
-from shardbill.dialects.base import Dialect, UpsertSpec
+from shardbill.dialects.base import UpsertSpec
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import (
     ClaimConflictError,
@@ -75,10 +75,11 @@ from shardbill.mapstore.claim import (
 from shardbill.periods.store import copy_closures
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.resharding.move_state import MoveState
+from shardbill.resharding.statements import ReshardStatements
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
 from shardbill.tables import Column, ColumnKind, SlotState, SystemTables, aggregate_table_def
-from shardbill.tables.aggregates import SLOT_COLUMN, AggregateTable, Date
+from shardbill.tables.aggregates import AggregateTable, Date
 from shardbill.writer.schema import apply_schema
 from shardbill.writer.statements import RowStatements
 
@@ -309,7 +310,7 @@ class Resharder:
         self._system = system_tables or SystemTables()
         self._settings = settings or ReshardSettings()
         self._before_step = before_step
-        self._dialects: dict[str, Dialect] = {}
+        self._statements: dict[str, ReshardStatements] = {}  # per shard, in its dialect
         self._lock = threading.Lock()
         self._rows_moved = 0
         self._ledger_moved = 0
@@ -731,12 +732,8 @@ class Resharder:
         for move in plan.moves:
             by_target[move.target].append(move.slot)
         for shard, slots in by_target.items():
-            with self._cursor(shard) as (cursor, dialect):
-                cursor.execute(
-                    f"DELETE FROM {dialect.quote(self._system.slots)} WHERE state = "
-                    f"{dialect.placeholder} AND {SLOT_COLUMN} IN ({_ints(slots)})",
-                    (SlotState.INCOMING.value,),
-                )
+            with self._cursor(shard) as (cursor, sql):
+                cursor.execute(*sql.slots.drop_incoming(slots))
         self._release(ABORTED)
         return True
 
@@ -808,20 +805,13 @@ class Resharder:
         being reported.
         """
         try:
-            with self._cursor(shard) as (cursor, dialect):
-                cursor.execute(
-                    f"SELECT {SLOT_COLUMN}, state, peer FROM {dialect.quote(self._system.slots)}",
-                    (),
-                )
+            with self._cursor(shard) as (cursor, sql):
+                cursor.execute(*sql.slots.all_rows())
                 rows = {
                     int(r[0]): (str(r[1]), None if r[2] is None else str(r[2]))
                     for r in cursor.fetchall()
                 }
-                cursor.execute(
-                    f"SELECT {SLOT_COLUMN}, table_name, manifest, moved, done "
-                    f"FROM {dialect.quote(self._system.moves)}",
-                    (),
-                )
+                cursor.execute(*sql.moves.all_records())
                 for slot, table, manifest, moved, done in cursor.fetchall():
                     if int(done) and _Tally.from_json(str(manifest)) != _Tally.from_json(
                         str(moved)
@@ -853,9 +843,9 @@ class Resharder:
             with contextlib.suppress(ShardbillError):  # no tables: nothing to misplace
                 return self._rows_on_unknown(shard, current)
             return problems
-        with self._cursor(shard) as (cursor, dialect):
+        with self._cursor(shard) as (cursor, sql):
             for name in (self._system.ledger, *(t.name for t in self._tables)):
-                cursor.execute(f"SELECT DISTINCT {SLOT_COLUMN} FROM {dialect.quote(name)}", ())
+                cursor.execute(*sql.rows.distinct_slots(name))
                 for (raw_slot,) in cursor.fetchall():
                     slot = int(raw_slot)
                     why = _misplaced(shard, slot, current, states, moving.get(slot))
@@ -868,9 +858,9 @@ class Resharder:
 
     def _rows_on_unknown(self, shard: str, current: ShardMap) -> list[str]:
         problems: list[str] = []
-        with self._cursor(shard) as (cursor, dialect):
+        with self._cursor(shard) as (cursor, sql):
             for name in (self._system.ledger, *(t.name for t in self._tables)):
-                cursor.execute(f"SELECT COUNT(*) FROM {dialect.quote(name)}", ())
+                cursor.execute(*sql.rows.count(name))
                 row = cursor.fetchone()
                 if row is not None and int(row[0]):
                     problems.append(
@@ -902,70 +892,57 @@ class Resharder:
         self._renew()  # last before the step's work: a pause above cannot hide a lost lease
 
     @contextlib.contextmanager
-    def _cursor(self, shard: str) -> Iterator[tuple[DBAPICursor, Dialect]]:
+    def _cursor(self, shard: str) -> Iterator[tuple[DBAPICursor, ReshardStatements]]:
+        """A cursor on ``shard`` in one transaction, and the statements in its dialect."""
         with self._provider.connection(shard) as conn:
-            dialect = self._dialects.get(shard)
-            if dialect is None:
-                dialect = self._dialects[shard] = dialect_for(conn)
+            statements = self._statements.get(shard)
+            if statements is None:
+                statements = self._statements[shard] = ReshardStatements.of(
+                    dialect_for(conn), self._system
+                )
             cursor = conn.cursor()
             try:
-                yield cursor, dialect
+                yield cursor, statements
             finally:
                 cursor.close()
 
     def _switch(self, plan: ReshardPlan, target: ShardMap) -> None:
+        """Steps 1 and 2: accept every moving slot on its target, then fence it on its source."""
+        self._accept(plan, target)
+        self._fence(plan, target)
+
+    def _accept(self, plan: ReshardPlan, target: ShardMap) -> None:
+        """Step 1 on every target: an ``incoming`` row per slot (nobody routes there yet)."""
         by_target: dict[str, list[SlotMove]] = defaultdict(list)
-        by_pair: dict[tuple[str, str], list[int]] = defaultdict(list)
         for move in plan.moves:
             by_target[move.target].append(move)
-            by_pair[(move.source, move.target)].append(move.slot)
-        # 1. Accept on every target (nobody routes there yet).
         for shard, moves in sorted(by_target.items()):
-            with self._cursor(shard) as (cursor, dialect):
-                table = dialect.quote(self._system.slots)
-                slots = [m.slot for m in moves]
-                cursor.execute(
-                    f"SELECT {SLOT_COLUMN}, state FROM {table} WHERE {SLOT_COLUMN} IN "
-                    f"({_ints(slots)})",
-                    (),
-                )
+            with self._cursor(shard) as (cursor, sql):
+                cursor.execute(*sql.slots.states([m.slot for m in moves]))
                 known = {int(r[0]): str(r[1]) for r in cursor.fetchall()}
-                p = dialect.placeholder
-                moves_table = dialect.quote(self._system.moves)
                 for move in moves:
                     state = known.get(move.slot)
                     if state is None or state == SlotState.GONE:
                         # A new move of this slot into this shard: progress records of an
                         # earlier move of the same slot here are history, not progress.
-                        cursor.execute(
-                            f"DELETE FROM {moves_table} WHERE {SLOT_COLUMN} = {move.slot}", ()
-                        )
+                        cursor.execute(*sql.moves.forget(move.slot))
                     if state is None:
-                        cursor.execute(
-                            f"INSERT INTO {table} ({SLOT_COLUMN}, state, epoch, peer) "
-                            f"VALUES ({move.slot}, {p}, {target.epoch}, {p})",
-                            (SlotState.INCOMING.value, move.source),
-                        )
+                        cursor.execute(*sql.slots.accept(move.slot, move.source, target.epoch))
                     elif state == SlotState.GONE:  # the slot comes back to a former owner
-                        cursor.execute(
-                            f"UPDATE {table} SET state = {p}, peer = {p}, epoch = {target.epoch}"
-                            f" WHERE {SLOT_COLUMN} = {move.slot}",
-                            (SlotState.INCOMING.value, move.source),
-                        )
-        # 2. Fence on every source (waits for in-flight writers, refuses later ones). A
-        # revert also fences the slots its source was still receiving from its target.
+                        cursor.execute(*sql.slots.accept_back(move.slot, move.source, target.epoch))
+
+    def _fence(self, plan: ReshardPlan, target: ShardMap) -> None:
+        """Step 2 on every source: waits for in-flight writers, refuses later ones.
+
+        A revert also fences the slots its source was still receiving from its target.
+        """
+        by_pair: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for move in plan.moves:
+            by_pair[(move.source, move.target)].append(move.slot)
         reverting = self._reverting()
         for (source, dest), slots in sorted(by_pair.items()):
-            with self._cursor(source) as (cursor, dialect):
-                p = dialect.placeholder
-                receiving = f" OR (state = {p} AND peer = {p})" if reverting else ""
-                cursor.execute(
-                    f"UPDATE {dialect.quote(self._system.slots)} SET state = {p}, peer = {p}, "
-                    f"epoch = {target.epoch} WHERE (state = {p}{receiving}) AND {SLOT_COLUMN} "
-                    f"IN ({_ints(slots)})",
-                    (SlotState.GONE.value, dest, SlotState.OWNED.value)
-                    + ((SlotState.INCOMING.value, dest) if reverting else ()),
-                )
+            with self._cursor(source) as (cursor, sql):
+                cursor.execute(*sql.slots.fence(slots, dest, target.epoch, receiving=reverting))
             log.info("fenced %d slot(s) on %s for %s", len(slots), source, dest)
 
     def _publish(self, target: ShardMap) -> None:
@@ -994,13 +971,8 @@ class Resharder:
         tables = {t.name: t for t in self._tables}
         for shard, chunk in _by_shard(moves, "source"):
             back = {m.slot: m for m in chunk}
-            with self._cursor(shard) as (cursor, dialect):
-                cursor.execute(
-                    f"SELECT {SLOT_COLUMN}, table_name, source, last_key FROM "
-                    f"{dialect.quote(self._system.moves)} WHERE done = 0 AND {SLOT_COLUMN} IN "
-                    f"({_ints(sorted(back))})",
-                    (),
-                )
+            with self._cursor(shard) as (cursor, sql):
+                cursor.execute(*sql.moves.unfinished(sorted(back)))
                 records = [(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in cursor.fetchall()]
             for slot, name, source, last_key in records:
                 move = back[slot]
@@ -1009,13 +981,8 @@ class Resharder:
                 forward = SlotMove(slot=slot, source=move.target, target=shard)
                 if last_key is not None:
                     self._delete_merged(forward, tables[name], json.loads(last_key))
-                with self._cursor(shard) as (cursor, dialect):
-                    cursor.execute(
-                        f"DELETE FROM {dialect.quote(self._system.moves)} WHERE "
-                        f"{SLOT_COLUMN} = {slot} AND table_name = {dialect.placeholder} "
-                        "AND done = 0",
-                        (name,),
-                    )
+                with self._cursor(shard) as (cursor, sql):
+                    cursor.execute(*sql.moves.drop_unfinished(slot, name))
 
     def _reverting(self) -> bool:
         claim = self._claim
@@ -1091,14 +1058,10 @@ class Resharder:
         """
         found: dict[SlotMove, tuple[str, str | None]] = {}
         for shard, chunk in _by_shard(moves, side):
-            with self._cursor(shard) as (cursor, dialect):
-                if missing_ok and dialect.describe_table(cursor, self._system.slots) is None:
+            with self._cursor(shard) as (cursor, sql):
+                if missing_ok and sql.dialect.describe_table(cursor, self._system.slots) is None:
                     continue
-                cursor.execute(
-                    f"SELECT {SLOT_COLUMN}, state, peer FROM {dialect.quote(self._system.slots)} "
-                    f"WHERE {SLOT_COLUMN} IN ({_ints([m.slot for m in chunk])})",
-                    (),
-                )
+                cursor.execute(*sql.slots.rows([m.slot for m in chunk]))
                 rows = {
                     int(r[0]): (str(r[1]), None if r[2] is None else str(r[2]))
                     for r in cursor.fetchall()
@@ -1123,22 +1086,14 @@ class Resharder:
         busy: set[SlotMove] = set()
         names = (self._system.ledger, *(t.name for t in self._tables))
         for shard, chunk in _by_shard([m for m in moves if m in fenced], "source"):
-            with self._cursor(shard) as (cursor, dialect):
+            with self._cursor(shard) as (cursor, sql):
                 for name in names:
-                    cursor.execute(
-                        f"SELECT DISTINCT {SLOT_COLUMN} FROM {dialect.quote(name)} "
-                        f"WHERE {SLOT_COLUMN} IN ({_ints([m.slot for m in chunk])})",
-                        (),
-                    )
+                    cursor.execute(*sql.rows.slots_among(name, [m.slot for m in chunk]))
                     hits = {int(row[0]) for row in cursor.fetchall()}
                     busy.update(m for m in chunk if m.slot in hits)
         for shard, chunk in _by_shard([m for m in moves if m in fenced], "target"):
-            with self._cursor(shard) as (cursor, dialect):
-                cursor.execute(
-                    f"SELECT DISTINCT {SLOT_COLUMN} FROM {dialect.quote(self._system.moves)} "
-                    f"WHERE {SLOT_COLUMN} IN ({_ints([m.slot for m in chunk])})",
-                    (),
-                )
+            with self._cursor(shard) as (cursor, sql):
+                cursor.execute(*sql.moves.slots_recorded([m.slot for m in chunk]))
                 hits = {int(row[0]) for row in cursor.fetchall()}
             busy.update(m for m in chunk if m.slot in hits)
         return {m for m in moves if m in fenced and m not in busy}
@@ -1151,16 +1106,10 @@ class Resharder:
             for move in chunk:
                 by_source[move.source].append(move.slot)
             marks = {source: self._watermarks(source, slots) for source, slots in by_source.items()}
-            with self._cursor(shard) as (cursor, dialect):
-                p = dialect.placeholder
+            with self._cursor(shard) as (cursor, sql):
                 for source, slots in sorted(by_source.items()):
-                    cursor.execute(
-                        f"UPDATE {dialect.quote(self._system.slots)} SET state = {p}, "
-                        f"peer = NULL WHERE state = {p} AND peer = {p} AND {SLOT_COLUMN} IN "
-                        f"({_ints(slots)})",
-                        (SlotState.OWNED.value, SlotState.INCOMING.value, source),
-                    )
-                    self._raise_watermarks(cursor, dialect, marks[source])
+                    cursor.execute(*sql.slots.mark_owned(slots, source))
+                    self._raise_watermarks(cursor, sql, marks[source])
         if moves:
             log.info("%d empty slot(s) handed to their new owners", len(moves))
 
@@ -1201,33 +1150,24 @@ class Resharder:
         event_at = names.index("event_id")
         n = self._settings.chunk_rows
         while True:
-            with self._cursor(move.source) as (cursor, dialect):
-                cursor.execute(
-                    f"SELECT {', '.join(dialect.quote(c) for c in names)} "
-                    f"FROM {dialect.quote(ledger)} WHERE {SLOT_COLUMN} = {move.slot} "
-                    f"ORDER BY event_id LIMIT {n}",
-                    (),
-                )
+            with self._cursor(move.source) as (cursor, sql):
+                cursor.execute(*sql.rows.ledger_chunk(move.slot, names, n))
                 rows = [
                     tuple(_ledger_value(c, v) for c, v in zip(columns, r, strict=True))
                     for r in cursor.fetchall()
                 ]
             if not rows:
                 return
-            with self._cursor(move.target) as (cursor, dialect):
-                self._check_moving(cursor, dialect, move, move.target)
+            with self._cursor(move.target) as (cursor, sql):
+                self._check_moving(cursor, sql, move, move.target)
                 # Insert-if-absent: a chunk copied before a crash is copied again harmlessly.
-                renderer = RowStatements(dialect, spec, columns, max_rows=n)
-                for sql, params in renderer.statements(rows):
-                    cursor.execute(sql, params)
+                renderer = RowStatements(sql.dialect, spec, columns, max_rows=n)
+                for statement in renderer.statements(rows):
+                    cursor.execute(*statement)
             self._step(f"ledger-delete:{move.slot}")
-            with self._cursor(move.source) as (cursor, dialect):
-                self._check_moving(cursor, dialect, move, move.source)
-                cursor.execute(
-                    f"DELETE FROM {dialect.quote(ledger)} WHERE {SLOT_COLUMN} = {move.slot} "
-                    f"AND event_id <= {dialect.placeholder}",
-                    (rows[-1][event_at],),
-                )
+            with self._cursor(move.source) as (cursor, sql):
+                self._check_moving(cursor, sql, move, move.source)
+                cursor.execute(*sql.rows.delete_ledger_through(move.slot, rows[-1][event_at]))
             with self._lock:
                 self._ledger_moved += len(rows)
             throttle.after(len(rows))
@@ -1235,7 +1175,7 @@ class Resharder:
                 return
 
     def _check_moving(
-        self, cursor: DBAPICursor, dialect: Dialect, move: SlotMove, shard: str
+        self, cursor: DBAPICursor, sql: ReshardStatements, move: SlotMove, shard: str
     ) -> None:
         """Stop unless ``shard``'s ownership row still says ``move`` is under way (locked).
 
@@ -1249,11 +1189,7 @@ class Resharder:
             if shard == move.source
             else (SlotState.INCOMING.value, move.source)
         )
-        cursor.execute(
-            f"SELECT state, peer FROM {dialect.quote(self._system.slots)} "
-            f"WHERE {SLOT_COLUMN} = {int(move.slot)}{dialect.share_lock_suffix}",
-            (),
-        )
+        cursor.execute(*sql.slots.locked_row(move.slot))
         row = cursor.fetchone()
         found = None if row is None else (str(row[0]), None if row[1] is None else str(row[1]))
         if found != want:
@@ -1278,37 +1214,54 @@ class Resharder:
             return
 
     def _merge_table_once(self, move: SlotMove, table: AggregateTable, throttle: _Throttle) -> None:
-        moves_table = self._system.moves
-        with self._cursor(move.target) as (cursor, dialect):
-            p = dialect.placeholder
-            cursor.execute(
-                f"SELECT manifest, moved, last_key, done FROM {dialect.quote(moves_table)} "
-                f"WHERE {SLOT_COLUMN} = {move.slot} AND table_name = {p}",
-                (table.name,),
-            )
-            record = cursor.fetchone()
-        if record is None:
-            manifest = self._manifest(move, table)
-            moved = _Tally()
-            last_key: list[Any] | None = None
-            try:
-                with self._cursor(move.target) as (cursor, dialect):
-                    p = dialect.placeholder
-                    cursor.execute(
-                        f"INSERT INTO {dialect.quote(moves_table)} ({SLOT_COLUMN}, table_name, "
-                        f"source, manifest, moved, last_key, done) VALUES ({move.slot}, {p}, "
-                        f"{p}, {p}, {p}, NULL, 0)",
-                        (table.name, move.source, manifest.to_json(), moved.to_json()),
-                    )
-            except DuplicateKeyError as exc:  # another resharder recorded it first
-                raise _ProgressRacedError from exc
-        else:
-            if int(record[3]):
-                return
-            moved = _Tally.from_json(str(record[1]))
-            last_key = json.loads(record[2]) if record[2] is not None else None
+        progress = self._merge_progress(move, table)
+        if progress is None:
+            return  # merged and verified already
+        moved, last_key = progress
         if last_key is not None:  # a crash after a merge, before its delete on the source
             self._delete_merged(move, table, last_key)
+        self._merge_chunks(move, table, moved, last_key, throttle)
+
+    def _merge_progress(
+        self, move: SlotMove, table: AggregateTable
+    ) -> tuple[_Tally, list[Any] | None] | None:
+        """What the move ledger says is merged of ``table`` (``None``: all of it, done).
+
+        Without a record, the source's manifest is taken and the record started
+        (nothing merged); another resharder that started it first makes this
+        raise :class:`_ProgressRacedError`.
+        """
+        with self._cursor(move.target) as (cursor, sql):
+            cursor.execute(*sql.moves.progress(move.slot, table.name))
+            record = cursor.fetchone()
+        if record is not None:
+            if int(record[3]):
+                return None
+            moved = _Tally.from_json(str(record[1]))
+            return moved, json.loads(record[2]) if record[2] is not None else None
+        manifest = self._manifest(move, table)
+        moved = _Tally()
+        try:
+            with self._cursor(move.target) as (cursor, sql):
+                cursor.execute(
+                    *sql.moves.start(
+                        move.slot, table.name, move.source, manifest.to_json(), moved.to_json()
+                    )
+                )
+        except DuplicateKeyError as exc:  # another resharder recorded it first
+            raise _ProgressRacedError from exc
+        return moved, None
+
+    def _merge_chunks(
+        self,
+        move: SlotMove,
+        table: AggregateTable,
+        moved: _Tally,
+        last_key: list[Any] | None,
+        throttle: _Throttle,
+    ) -> None:
+        """UPSERT the source's rows after ``last_key`` into the target, chunk by chunk, each
+        in one transaction with the move ledger's progress, then delete it on the source."""
         spec = UpsertSpec(
             table=table.name,
             columns=table.columns,
@@ -1325,19 +1278,21 @@ class Resharder:
             for key, values in rows:
                 moved.add(table, key, values)
             last_key = _jsonable(rows[-1][0])
-            with self._cursor(move.target) as (cursor, dialect):
-                renderer = RowStatements(dialect, spec, columns, max_rows=n)
+            with self._cursor(move.target) as (cursor, sql):
+                renderer = RowStatements(sql.dialect, spec, columns, max_rows=n)
                 values_rows = [(*map(_sql, key), move.slot, *values) for key, values in rows]
-                for sql, params in renderer.statements(values_rows):
-                    cursor.execute(sql, params)
-                p = dialect.placeholder
+                for statement in renderer.statements(values_rows):
+                    cursor.execute(*statement)
                 # Compare-and-set on the progress read: the chunk counts only if nobody
                 # merged past `before` meanwhile (else it rolls back with the UPSERTs).
                 cursor.execute(
-                    f"UPDATE {dialect.quote(moves_table)} SET moved = {p}, last_key = {p} "
-                    f"WHERE {SLOT_COLUMN} = {move.slot} AND table_name = {p} AND done = 0 "
-                    f"AND moved = {p}",
-                    (moved.to_json(), json.dumps(last_key), table.name, before),
+                    *sql.moves.advance(
+                        move.slot,
+                        table.name,
+                        moved=moved.to_json(),
+                        last_key=json.dumps(last_key),
+                        before=before,
+                    )
                 )
                 if cursor.rowcount != 1:
                     raise _ProgressRacedError
@@ -1364,21 +1319,8 @@ class Resharder:
     def _read_chunk(
         self, move: SlotMove, table: AggregateTable, after: list[Any] | None, limit: int
     ) -> list[tuple[tuple[Any, ...], tuple[int, ...]]]:
-        with self._cursor(move.source) as (cursor, dialect):
-            q = dialect.quote
-            keys = ", ".join(q(k) for k in table.key_names)
-            measures = ", ".join(q(m) for m in table.measure_names)
-            where = f"{SLOT_COLUMN} = {move.slot}"
-            params: list[Any] = []
-            if after is not None:
-                marks = ", ".join([dialect.placeholder] * len(after))
-                where += f" AND ({keys}) > ({marks})"
-                params = list(after)
-            cursor.execute(
-                f"SELECT {keys}, {measures} FROM {q(table.name)} WHERE {where} "
-                f"ORDER BY {keys} LIMIT {limit}",
-                params,
-            )
+        with self._cursor(move.source) as (cursor, sql):
+            cursor.execute(*sql.rows.aggregate_chunk(table, move.slot, after, limit))
             fetched = cursor.fetchall()
         width = len(table.keys)
         return [
@@ -1390,44 +1332,16 @@ class Resharder:
         ]
 
     def _delete_merged(self, move: SlotMove, table: AggregateTable, last_key: list[Any]) -> None:
-        with self._cursor(move.source) as (cursor, dialect):
-            q = dialect.quote
-            keys = ", ".join(q(k) for k in table.key_names)
-            marks = ", ".join([dialect.placeholder] * len(last_key))
-            cursor.execute(
-                f"DELETE FROM {q(table.name)} WHERE {SLOT_COLUMN} = {move.slot} "
-                f"AND ({keys}) <= ({marks})",
-                list(last_key),
-            )
+        with self._cursor(move.source) as (cursor, sql):
+            cursor.execute(*sql.rows.delete_aggregates_through(table, move.slot, last_key))
 
     def _finish(self, move: SlotMove) -> None:
-        problems: list[str] = []
-        names = (self._system.ledger, *(t.name for t in self._tables))
-        with self._cursor(move.source) as (cursor, dialect):
-            counts = ", ".join(
-                f"(SELECT COUNT(*) FROM {dialect.quote(name)} WHERE {SLOT_COLUMN} = {move.slot})"
-                for name in names
-            )
-            cursor.execute(f"SELECT {counts}", ())  # one round trip for every table
-            row = cursor.fetchone()
+        """Step 6: what was merged equals the manifest and the source holds nothing of the
+        slot; then the target owns it, with the source's dedup watermark."""
+        problems = self._leftovers(move)
         marks = self._watermarks(move.source, [move.slot])
-        left = [int(v) for v in row] if row is not None else [1] * len(names)
-        problems.extend(
-            f"{name}: {count} row(s) left on {move.source}"
-            for name, count in zip(names, left, strict=True)
-            if count
-        )
-        with self._cursor(move.target) as (cursor, dialect):
-            p = dialect.placeholder
-            moves_table = dialect.quote(self._system.moves)
-            cursor.execute(
-                f"SELECT table_name, manifest, moved FROM {moves_table} "
-                f"WHERE {SLOT_COLUMN} = {move.slot}",
-                (),
-            )
-            for table, manifest, moved in cursor.fetchall():
-                if _Tally.from_json(str(manifest)) != _Tally.from_json(str(moved)):
-                    problems.append(f"{table}: merged {moved}, the source held {manifest}")
+        with self._cursor(move.target) as (cursor, sql):
+            problems.extend(self._manifest_mismatches(cursor, sql, move))
             if problems:
                 raise ReshardError(
                     f"slot {move.slot} ({move.source} -> {move.target}) does not verify: "
@@ -1435,39 +1349,49 @@ class Resharder:
                     + "; it stays in motion (reads and writes stay exact); investigate, "
                     "then run again"
                 )
-            cursor.execute(
-                f"UPDATE {moves_table} SET done = 1 WHERE {SLOT_COLUMN} = {move.slot}", ()
-            )
-            cursor.execute(
-                f"UPDATE {dialect.quote(self._system.slots)} SET state = {p}, peer = NULL "
-                f"WHERE {SLOT_COLUMN} = {move.slot} AND state = {p} AND peer = {p}",
-                (SlotState.OWNED.value, SlotState.INCOMING.value, move.source),
-            )
-            self._raise_watermarks(cursor, dialect, marks)
+            cursor.execute(*sql.moves.finish(move.slot))
+            cursor.execute(*sql.slots.mark_owned([move.slot], move.source))
+            self._raise_watermarks(cursor, sql, marks)
         log.info("slot %d moved from %s to %s", move.slot, move.source, move.target)
+
+    def _leftovers(self, move: SlotMove) -> list[str]:
+        """The tables (ledger first) that still hold rows of the slot on its source."""
+        names = (self._system.ledger, *(t.name for t in self._tables))
+        with self._cursor(move.source) as (cursor, sql):
+            cursor.execute(*sql.rows.left(move.slot, names))  # one round trip for every table
+            row = cursor.fetchone()
+        left = [int(v) for v in row] if row is not None else [1] * len(names)
+        return [
+            f"{name}: {count} row(s) left on {move.source}"
+            for name, count in zip(names, left, strict=True)
+            if count
+        ]
+
+    def _manifest_mismatches(
+        self, cursor: DBAPICursor, sql: ReshardStatements, move: SlotMove
+    ) -> list[str]:
+        """The tables whose merged tally differs from the manifest its source recorded."""
+        cursor.execute(*sql.moves.tallies(move.slot))
+        return [
+            f"{table}: merged {moved}, the source held {manifest}"
+            for table, manifest, moved in cursor.fetchall()
+            if _Tally.from_json(str(manifest)) != _Tally.from_json(str(moved))
+        ]
 
     def _watermarks(self, shard: str, slots: Sequence[int]) -> dict[int, int]:
         """The dedup watermarks (``pruned_below``) of ``slots`` on ``shard``."""
-        with self._cursor(shard) as (cursor, dialect):
-            cursor.execute(
-                f"SELECT {SLOT_COLUMN}, pruned_below FROM {dialect.quote(self._system.slots)} "
-                f"WHERE {SLOT_COLUMN} IN ({_ints(slots)})",
-                (),
-            )
+        with self._cursor(shard) as (cursor, sql):
+            cursor.execute(*sql.slots.watermarks(slots))
             return {int(slot): int(mark) for slot, mark in cursor.fetchall()}
 
-    def _raise_watermarks(self, cursor: Any, dialect: Dialect, marks: Mapping[int, int]) -> None:
+    def _raise_watermarks(
+        self, cursor: DBAPICursor, sql: ReshardStatements, marks: Mapping[int, int]
+    ) -> None:
         """A slot a shard now owns keeps its source's dedup watermark (never lower): the
         source may have pruned ledger rows below it, so older events stay refused here."""
-        table = dialect.quote(self._system.slots)
-        p = dialect.placeholder
         for slot, mark in sorted(marks.items()):
             if mark > 0:
-                cursor.execute(
-                    f"UPDATE {table} SET pruned_below = {p} WHERE {SLOT_COLUMN} = {slot} "
-                    f"AND pruned_below < {p}",
-                    (mark, mark),
-                )
+                cursor.execute(*sql.slots.raise_watermark(slot, mark))
 
 
 def _ownership_problems(
@@ -1641,10 +1565,6 @@ def _conflict(
         f"move from {move.source!r} to {move.target!r}; run `shardbill reshard verify` and "
         "repair the rows it names"
     )
-
-
-def _ints(values: Sequence[int]) -> str:
-    return ", ".join(str(int(v)) for v in values)
 
 
 def _sql(value: object) -> object:
