@@ -5,7 +5,7 @@ from __future__ import annotations
 from shardbill.dialects import MySQLDialect, SQLiteDialect, UpsertSpec
 from shardbill.tables import aggregate_table_def
 from shardbill.tables.catalog import billing_tables
-from shardbill.writer.statements import RowStatements, row_bound
+from shardbill.writer.upserts import RowStatements, row_bound
 
 TABLE = billing_tables()[0]  # usage_daily: account_id, day, product | slot | 3 measures
 SPEC = UpsertSpec(

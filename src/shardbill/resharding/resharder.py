@@ -75,13 +75,13 @@ from shardbill.mapstore.claim import (
 from shardbill.periods.store import copy_closures
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.resharding.move_state import MoveState
-from shardbill.resharding.statements import ReshardStatements
+from shardbill.resharding.sql import ReshardStatements
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
 from shardbill.tables import Column, ColumnKind, SlotState, SystemTables, aggregate_table_def
 from shardbill.tables.aggregates import AggregateTable, Date
 from shardbill.writer.schema import apply_schema
-from shardbill.writer.statements import RowStatements
+from shardbill.writer.upserts import RowStatements
 
 __all__ = ["ReshardProgress", "ReshardReport", "ReshardSettings", "Resharder", "SlotStatus"]
 

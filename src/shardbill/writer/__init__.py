@@ -8,7 +8,7 @@
 - :mod:`shardbill.writer.fingerprints` (pure): unit fingerprints (the pinned encoding).
 - :mod:`shardbill.writer.results` (pure): :class:`WriteResult` and how a call's
   units decide each event's state.
-- :mod:`shardbill.writer.statements`: multi-row UPSERT text, rendered once per shape.
+- :mod:`shardbill.writer.upserts`: multi-row UPSERT text, rendered once per shape.
 - :mod:`shardbill.writer.motion`: reading a row that lives in two parts during a reshard.
 - :mod:`shardbill.writer.schema`: creating and checking the per-shard tables.
 

@@ -118,7 +118,7 @@ from shardbill.writer.planning import (
 )
 from shardbill.writer.results import Conflict, EventState, EventTally, ShardResult, WriteResult
 from shardbill.writer.schema import apply_schema, check_schema
-from shardbill.writer.statements import RowStatements
+from shardbill.writer.upserts import RowStatements
 
 __all__ = [
     "AggregationWriter",

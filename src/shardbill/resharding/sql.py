@@ -17,7 +17,7 @@ the text, from ``int(...)`` of a slot, an epoch or a limit. No statement holds
 more than one command. What differs per server family (the share-lock suffix)
 comes from the :class:`~shardbill.dialects.base.Dialect`. The multi-row
 inserts of the copy and the merge are the writer's
-(:class:`~shardbill.writer.statements.RowStatements`).
+(:class:`~shardbill.writer.upserts.RowStatements`).
 """
 
 from __future__ import annotations

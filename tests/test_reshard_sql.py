@@ -1,4 +1,4 @@
-"""The resharder's named statements (shardbill.resharding.statements).
+"""The resharder's named statements (shardbill.resharding.sql).
 
 Every statement renders for both dialects with its identifiers quoted, one
 placeholder per bound value, one command, and integers only from ints; and
@@ -18,7 +18,7 @@ import pytest
 from shardbill.dialects import MySQLDialect, SQLiteDialect, dialect_for
 from shardbill.dialects.base import Dialect
 from shardbill.errors import ConfigurationError
-from shardbill.resharding.statements import (
+from shardbill.resharding.sql import (
     MoveLedger,
     ReshardStatements,
     SlotRows,
