@@ -203,7 +203,7 @@ def fleet_status(
     claim: str | None = None
     if all(s.reachable for s in read if s.in_map):
         resharder = Resharder(store=store, provider=provider, tables=tables)
-        moving = dict(sorted(Counter(str(s.state) for s in resharder.status()).items()))
+        moving = dict(sorted(Counter(s.state.value for s in resharder.status()).items()))
         held = resharder.claim()
         claim = held.describe() if held is not None else None
     return FleetStatus(

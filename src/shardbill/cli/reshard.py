@@ -258,7 +258,7 @@ def _stop_on_ctrl_c(resharder: Resharder) -> Iterator[None]:
 def _state_line(resharder: Resharder) -> tuple[dict[str, object], str]:
     """The moving slots by state, and the claim, for `status` and after a stop."""
     slots = resharder.status()
-    counts = Counter(s.state for s in slots)
+    counts = Counter(s.state.value for s in slots)
     claim = resharder.claim()
     payload: dict[str, object] = {"slots": len(slots), **counts}
     if claim is not None:
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per acti
         if action == "status":
             if args.target:
                 slots = resharder.status(_load_target(args.target))
-                counts = Counter(s.state for s in slots)
+                counts = Counter(s.state.value for s in slots)
                 _emit(
                     args,
                     {"slots": len(slots), **counts},

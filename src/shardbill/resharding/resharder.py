@@ -130,12 +130,13 @@ class ReshardSettings:
 
 @attrs.frozen(kw_only=True)
 class SlotStatus:
-    """Where one moving slot stands: ``pending``, ``fenced``, ``finished``."""
+    """Where one moving slot stands (a :class:`MoveState`: pending, fenced, finished,
+    or conflict; a string enum, so it compares and prints as its value)."""
 
     slot: int
     source: str
     target: str
-    state: str
+    state: MoveState
 
 
 @attrs.frozen(kw_only=True)
@@ -274,7 +275,13 @@ class Resharder:
         system_tables: the ledger, ownership and move-ledger table names.
         settings: chunking, parallelism and throttling.
         before_step: called with a step name before each step (for tests that
-            kill the process at chosen points).
+            kill the process at chosen points): ``switch`` (accept the slots on
+            their targets, then fence their sources), ``publish``, then per
+            slot ``ledger:SLOT`` (copy a chunk of its ledger) and
+            ``ledger-delete:SLOT``, ``merge:SLOT:TABLE`` (merge a chunk of a
+            table's rows) and ``merge-delete:SLOT:TABLE``, ``finish:SLOT``;
+            slots with no rows are handed over in batches at
+            ``finish-empty:SHARD:FIRST_SLOT``.
         on_progress: called with a :class:`ReshardReport` after the empty slots
             were handed over and after each slot finishes (from the moving
             threads: keep it quick).
@@ -707,7 +714,7 @@ class Resharder:
         reverting = stored is not None and stored.reverts > 0 and stored.same_plan(source, target)
         states = self._slot_states(plan.moves, strict=False, missing_ok=True, reverting=reverting)
         return [
-            SlotStatus(slot=m.slot, source=m.source, target=m.target, state=states[m].value)
+            SlotStatus(slot=m.slot, source=m.source, target=m.target, state=states[m])
             for m in plan.moves
         ]
 
