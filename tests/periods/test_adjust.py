@@ -424,3 +424,48 @@ def test_an_existing_install_gets_the_adjustments_table_from_migrate(backend: Ba
         late = [_charge(f"late-{a}", a, IN_NOV) for a in range(1, 10)]
         assert set(writer.write(late).adjusted.values()) == {"2026-12"}
     assert set(read_adjustments(backend.provider, backend.shards[:3])) == {c.event_id for c in late}
+
+
+def _closed_on(backend: Backend, shard: str, period: Period) -> None:
+    _closing_on(backend, shard, period)
+    with backend.provider.connection(shard) as conn:
+        from shardbill.dialects.detect import dialect_for
+
+        cursor = conn.cursor()
+        try:
+            advance(
+                cursor,
+                dialect_for(conn),
+                SystemTables().periods,
+                shard=shard,
+                period=str(period),
+                state=PeriodState.CLOSED,
+                closed_at=int(NOW),
+                closed_by="test",
+                reason="",
+            )
+        finally:
+            cursor.close()
+
+
+def test_a_released_claim_takes_its_adjustment_record_with_it(two_kinds: Backend) -> None:
+    """The claim is booked into December on its home shard, but the event's money is on a shard
+    that has December closed too: the event is rejected whole, its claim released, and its
+    adjustment record goes with the claim, so a redelivery is judged afresh (rejected again,
+    not failed on a left-over record)."""
+    backend = two_kinds
+    store, writer = _setup(backend)
+    event_id, account, _, home = _spread(writer, "released")
+    other = writer.locate(account)[1]
+    _closed_on(backend, home, NOV)
+    _closed_on(backend, other, NOV)
+    _closed_on(backend, other, DEC)
+    shards = tuple(store.load().shards)
+    with writer:
+        first = writer.write([_charge(event_id, account, IN_NOV)])
+        assert first.rejected_events == {event_id}
+        assert "booked into period 2026-12" in first.rejection(event_id).reason
+        assert _adjustments(backend, shards) == set()
+        again = writer.write([_charge(event_id, account, IN_NOV)])
+    assert again.rejected_events == {event_id}
+    assert _rows(backend, shards) == expected_rows([])

@@ -787,7 +787,7 @@ class AggregationWriter:
         for the rejected content itself.
         """
         by_shard: dict[str, list[Unit]] = defaultdict(list)
-        for unit in claims:
+        for unit in claims:  # under adjust, with the claim's shardbill_adjustments row
             by_shard[self._route(unit.slot)].append(unit)
         for shard, units in sorted(by_shard.items()):
             try:
@@ -795,6 +795,7 @@ class AggregationWriter:
                     dialect = self.dialect(shard, conn)
                     table = dialect.quote(self._settings.system_tables.ledger)
                     p = dialect.placeholder
+                    moved = dialect.quote(self._settings.system_tables.adjustments)
                     with self._cursor(conn) as cursor:
                         for unit in sorted(units, key=_pk_order):
                             cursor.execute(
@@ -802,6 +803,13 @@ class AggregationWriter:
                                 f"AND event_id = {p} AND fingerprint = {p}",
                                 (unit.slot, unit.event_id, unit.fingerprint),
                             )
+                            if self._rebooker is not None and cursor.rowcount:
+                                # The claim's booking goes with it (same transaction).
+                                cursor.execute(
+                                    f"DELETE FROM {moved} WHERE event_id = {p} "
+                                    f"AND {SLOT_COLUMN} = {p}",
+                                    (unit.event_id, unit.slot),
+                                )
             except Exception as exc:  # the claim stays: a conflict later, never money
                 log.warning(
                     "could not release the identity claims of %d rejected event(s) on shard %s: %s",
