@@ -360,6 +360,7 @@ def test_the_audit_is_exact_with_the_adjustments_and_a_correction_of_one_is_refu
         cancel = corrector.cancel(late[0], correction_id="fix", reason="test")
         assert cancel.state == "refused"
         assert "2026-11" in cancel.reason
+        assert "'adjust' booked it into period 2026-12" in cancel.reason
     assert audit([*events, *late], shard_map=shards, adjustments=adjustments, **kw).exact
 
 

@@ -213,13 +213,16 @@ def read_adjustments(
     provider: ConnectionProvider,
     shards: Iterable[str],
     system_tables: SystemTables | None = None,
+    *,
+    event_ids: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Event id -> the period the ``adjust`` late-event policy booked it in, from every shard.
 
     Each shard holds the ``shardbill_adjustments`` rows of the units it
     applied (a reshard does not move them), so give every shard that ever
     took writes (the map's, and ones a reshard emptied). An event is booked in
-    one period (its parts follow its identity claim's booking).
+    one period (its parts follow its identity claim's booking). With
+    ``event_ids``, only those events' records are read.
 
     Raises:
         SchemaError: a shard has no adjustments table (run ``shardbill migrate``).
@@ -235,11 +238,20 @@ def read_adjustments(
                     "migrate` (or `shardbill init`), which adds it"
                 )
             cursor = conn.cursor()
+            sql = f"SELECT event_id, booked_in FROM {dialect.quote(system.adjustments)}"
             try:
-                cursor.execute(
-                    f"SELECT event_id, booked_in FROM {dialect.quote(system.adjustments)}", ()
-                )
-                for event_id, booked in cursor.fetchall():
+                if event_ids is None:
+                    cursor.execute(sql, ())
+                    rows = list(cursor.fetchall())
+                else:
+                    rows = []
+                    ids = list(event_ids)
+                    for start in range(0, len(ids), 500):
+                        chunk = ids[start : start + 500]
+                        marks = ", ".join([dialect.placeholder] * len(chunk))
+                        cursor.execute(f"{sql} WHERE event_id IN ({marks})", tuple(chunk))
+                        rows.extend(cursor.fetchall())
+                for event_id, booked in rows:
                     found[str(event_id)] = str(booked)
             finally:
                 cursor.close()
