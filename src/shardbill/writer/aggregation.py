@@ -333,6 +333,18 @@ class AggregationWriter:
             columns=sys_tables.ledger_columns(),
             key_columns=(SLOT_COLUMN, "event_id"),
         )
+        self._adjust_spec = UpsertSpec(
+            table=sys_tables.adjustments,
+            columns=(
+                "event_id",
+                SLOT_COLUMN,
+                "event_time",
+                "belongs_to",
+                "booked_in",
+                "adjusted_at",
+            ),
+            key_columns=("event_id", SLOT_COLUMN),
+        )
         self._dialects: dict[str, Dialect] = {}
         self._renderers: dict[tuple[Dialect, UpsertSpec], RowStatements] = {}
         self._prepared: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -1426,19 +1438,18 @@ class AggregationWriter:
 
     def _record_adjustments(self, cursor: DBAPICursor, dialect: Dialect, new: list[Unit]) -> int:
         """Insert the ``shardbill_adjustments`` rows of the units the adjust policy booked."""
-        moved = sorted((u for u in new if u.booked is not None), key=_pk_order)
-        if not moved:
-            return 0
-        p = dialect.placeholder
         now = int(self._clock())
-        table = dialect.quote(self._settings.system_tables.adjustments)
-        for unit in moved:
-            cursor.execute(
-                f"INSERT INTO {table} (event_id, {SLOT_COLUMN}, event_time, belongs_to, "
-                f"booked_in, adjusted_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
-                (unit.event_id, unit.slot, unit.time, str(period_of(unit.time)), unit.booked, now),
-            )
-        return len(moved)
+        rows = [
+            (u.event_id, u.slot, u.time, str(period_of(u.time)), u.booked, now)
+            for u in sorted((u for u in new if u.booked is not None), key=_pk_order)
+        ]
+        if not rows:
+            return 0
+        statements = 0
+        for sql, params in self._renderer(dialect, self._adjust_spec).statements(rows):
+            cursor.execute(sql, params)
+            statements += 1
+        return statements
 
     def _position(
         self, conn: DBAPIConnection, cursor: DBAPICursor, dialect: Dialect, *, wrote: bool
@@ -1703,6 +1714,8 @@ class AggregationWriter:
         if found is None:
             if spec is self._ledger_spec:
                 table = self._settings.system_tables.ledger_def()
+            elif spec is self._adjust_spec:
+                table = self._settings.system_tables.adjustments_def()
             else:
                 table = aggregate_table_def(self._tables[self._specs.index(spec)])
             columns = [table.column(name) for name in spec.columns]
@@ -1711,7 +1724,7 @@ class AggregationWriter:
                 spec,
                 columns,
                 max_rows=self._settings.max_rows_per_statement,
-                plain_insert=spec is self._ledger_spec,
+                plain_insert=spec is self._ledger_spec or spec is self._adjust_spec,
             )
             with self._lock:
                 self._renderers[key] = found
