@@ -31,7 +31,7 @@ late_events`` in the configuration file) says what such an event gets:
   the booking period's first day. The units keep the event's own time and
   fingerprint, so the ledger still knows the delivered content (a
   redelivery is a duplicate, whatever happened to the booking period
-  since), and carry the booking period (:attr:`Unit.booked`), which the
+  since), and carry the booking period (``Unit.booked``), which the
   writer records in ``shardbill_adjustments`` in the same transaction and
   gives the event's other parts on other shards, so an event is booked in
   one period. A part already booked is judged by its booking period. What
