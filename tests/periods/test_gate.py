@@ -93,3 +93,17 @@ def test_adjust_refuses_what_it_must_not_move() -> None:
         {},
     )
     assert gate.judge_late([rest], {"2026-11"}) == gate.withhold_closed([rest], {"2026-11"})
+
+
+def test_a_moved_unit_still_signs_the_rows_its_fingerprint_covers() -> None:
+    """A replay judged under an older declaration recomputes the fingerprint from
+    Unit.signed: after a move it must still be the delivered rows, not the booked ones."""
+    from shardbill.periods.gate import Rebooker
+    from shardbill.tables.catalog import billing_tables
+
+    unit = _billed("a", 2, NOV.start)
+    moved = Rebooker(billing_tables()).rebook(unit, DEC)
+    assert moved.rows != unit.rows
+    assert moved.signed == unit.signed
+    home = _billed("h", 1, NOV.start, home=True)._replace(whole=unit.rows + unit.rows)
+    assert Rebooker(billing_tables()).rebook(home, DEC).signed == home.signed

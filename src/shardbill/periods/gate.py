@@ -125,14 +125,17 @@ class Rebooker:
         self._positions = tuple(positions)
 
     def rebook(self, unit: Unit, period: Period) -> Unit:
-        """``unit`` with its rows in ``period`` (same event, slot, time and fingerprint)."""
+        """``unit`` with its rows in ``period`` (same event, slot, time and fingerprint; the
+        rows the fingerprint covers kept as ``whole``)."""
         first = dt.date(period.year, period.month, 1)
         rows = []
         for index, key, deltas in unit.rows:
             places = self._positions[index]
             moved = tuple(first if i in places else v for i, v in enumerate(key)) if places else key
             rows.append((index, moved, deltas))
-        return unit._replace(rows=tuple(rows), booked=str(period))
+        # The fingerprint still covers the delivered rows: a replay judged under an older
+        # declaration recomputes it from Unit.signed.
+        return unit._replace(rows=tuple(rows), whole=unit.signed, booked=str(period))
 
 
 def _iso(moment: int) -> str:
