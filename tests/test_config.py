@@ -63,6 +63,7 @@ batch_size = 500
 retry_attempts = 4
 ledger_retention_days = 60
 max_rows_per_statement = 250
+late_events = "adjust"
 """
 
 
@@ -108,6 +109,7 @@ def test_a_full_file_gives_every_value(tmp_path: Path) -> None:
     assert settings.retry.max_attempts == 4
     assert settings.ledger_retention_days == 60
     assert settings.max_rows_per_statement == 250
+    assert settings.late_events == "adjust"
     assert config.writer.batch_size == 500
 
 
@@ -115,6 +117,7 @@ def test_the_smallest_file_takes_the_defaults(tmp_path: Path) -> None:
     """Only [shards]: billing tables, BIGINT accounts, a JSON map next to the file, comms rules."""
     config = _load('[shards]\na = "sqlite:///a.db"\n', tmp_path)
     assert config.slots == 16384
+    assert config.writer.settings().late_events == "refuse"
     assert config.account_as_int
     assert config.account_type == BigInt()
     assert [t.name for t in config.tables][:1] == ["usage_daily"]
@@ -169,6 +172,7 @@ def test_the_initial_map_follows_the_weights(tmp_path: Path) -> None:
         ("[shards]\na = 'sqlite:///a.db'\n[writer]\nbatch_size = 0\n", "writer.batch_size"),
         ("[shards]\na = 'sqlite:///a.db'\n[writer]\nmax_workers = 'many'\n", "writer.max_workers"),
         ("[shards]\na = 'sqlite:///a.db'\n[writer]\nbatchsize = 10\n", "writer.batchsize"),
+        ("[shards]\na = 'sqlite:///a.db'\n[writer]\nlate_events = 'book'\n", "writer.late_events"),
     ],
 )
 def test_an_error_names_the_file_and_the_key(tmp_path: Path, text: str, key: str) -> None:

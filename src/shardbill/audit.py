@@ -196,6 +196,7 @@ class _Recipe:
 
     def __init__(self, tables: Sequence[AggregateTable]) -> None:
         self.parts: list[tuple[Getter, Callable[[object], bool]]] = []
+        self.timed: set[int] = set()  # the parts a Day or Month key reads: an adjustment moves them
         self.values: list[Getter] = []
         self.tables: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
         part_index: dict[tuple[object, object], int] = {}
@@ -206,6 +207,8 @@ class _Recipe:
                 ident = (column.projection, column.type)
                 if ident not in part_index:
                     part_index[ident] = len(self.parts)
+                    if isinstance(column.projection, Day | Month):
+                        self.timed.add(len(self.parts))
                     self.parts.append((_key_getter(column.projection), _fits(column.type)))
                 keys.append(part_index[ident])
             measures = []
@@ -217,13 +220,15 @@ class _Recipe:
                 measures.append(value_index[ident_v])
             self.tables.append((table.name, tuple(keys), tuple(measures)))
 
-    def rows(self, charge: Charge) -> list[tuple[str, tuple[KeyValue, ...], list[int]]]:
+    def rows(
+        self, charge: Charge, booked: dt.date | None = None
+    ) -> list[tuple[str, tuple[KeyValue, ...], list[int]]]:
         parts = []
-        for read, fits in self.parts:
+        for i, (read, fits) in enumerate(self.parts):
             value = read(charge)
             if not fits(value):
                 raise _Unwritable
-            parts.append(value)
+            parts.append(booked if booked is not None and i in self.timed else value)
         values = [read(charge) for read in self.values]
         return [
             (name, tuple(parts[i] for i in keys), [values[i] for i in measures])  # type: ignore[misc]
@@ -267,6 +272,7 @@ def expected_rows(
     engine: RulesEngine,
     tables: Sequence[AggregateTable],
     corrections: Iterable[CorrectionRecord] = (),
+    adjustments: Mapping[str, str] | None = None,
 ) -> Expected:
     """Price ``events`` and aggregate their charges in plain Python, table by table.
 
@@ -281,6 +287,9 @@ def expected_rows(
         engine: the rules engine that priced them.
         tables: the aggregate tables.
         corrections: the correction records (pending ones are left out).
+        adjustments: event id -> the period (``YYYY-MM``) the ``adjust``
+            late-event policy booked it in (:func:`shardbill.periods.read_adjustments`):
+            its day and month keys are that period's first day, as the writer put them.
 
     Returns:
         The expected rows and the event counts.
@@ -288,6 +297,7 @@ def expected_rows(
     rows: Rows = {t.name: {} for t in tables}
     merges = {t.name: [m.merge for m in t.measures] for t in tables}
     recipe = _Recipe(tables)
+    moved = adjustments or {}
     seen: set[str] = set()
     rejected = unwritable = 0
     for chunk in _distinct_chunks(events, seen):
@@ -296,9 +306,10 @@ def expected_rows(
         by_event: dict[str, list[Charge]] = {}
         for charge in priced.charges:
             by_event.setdefault(charge.event_id, []).append(charge)
-        for charges in by_event.values():
+        for event_id, charges in by_event.items():
+            booked = _first_day(moved.get(event_id))
             try:
-                deltas = [row for charge in charges for row in recipe.rows(charge)]
+                deltas = [row for charge in charges for row in recipe.rows(charge, booked)]
             except _Unwritable:
                 unwritable += 1
                 continue
@@ -316,6 +327,13 @@ def expected_rows(
                 rows, merges=merges, recipe=recipe, engine=engine, event=record.after, sign=1
             )
     return Expected(rows=rows, events=len(seen), rejected=rejected, unwritable=unwritable)
+
+
+def _first_day(period: str | None) -> dt.date | None:
+    if period is None:
+        return None
+    found = Period.parse(period)
+    return dt.date(found.year, found.month, 1)
 
 
 def _correct_into(
@@ -790,6 +808,7 @@ def audit(
     extra_shards: Sequence[str] = (),
     corrections: Iterable[CorrectionRecord] = (),
     period: Period | str | None = None,
+    adjustments: Mapping[str, str] | None = None,
 ) -> AuditReport:
     """Recompute, read and compare (:func:`expected_rows`, :func:`read_rows`, :func:`compare`).
 
@@ -804,6 +823,7 @@ def audit(
         period: compare only the rows of this billing period (``YYYY-MM``);
             tables without a day or month key are skipped, with the reason
             in the report (see the module docstring).
+        adjustments: the events booked in another period (see :func:`expected_rows`).
 
     Returns:
         The report.
@@ -820,7 +840,9 @@ def audit(
             f"of one period ({'; '.join(f'{t}: {r}' for t, r in skipped.items())}); "
             "audit all time (without --period) instead"
         )
-    expected = expected_rows(events, engine=engine, tables=tables, corrections=corrections)
+    expected = expected_rows(
+        events, engine=engine, tables=tables, corrections=corrections, adjustments=adjustments
+    )
     shards = [*sorted(shard_map.shards), *(s for s in extra_shards if s not in shard_map.shards)]
     found = read_rows(provider, shards, tables)
     if wanted is None:

@@ -49,6 +49,7 @@ optional except ``[shards]``::
     retry_attempts = 1000
     ledger_retention_days = 35          # the dedup horizon
     max_rows_per_statement = 1000
+    late_events = "refuse"              # or "adjust": book events of closed periods in an open one
 
     [worker]                            # optional: defaults of `shardbill worker`
     source = "kafka"                    # or "dir:events" (a directory of .jsonl files, no broker)
@@ -90,7 +91,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -403,6 +404,8 @@ class WriterConfig:
         ledger_retention_days: the dedup horizon: events older than this are refused,
             and prune deletes ledger rows of older events (keep it longer than any replay).
         max_rows_per_statement: rows in one multi-row UPSERT.
+        late_events: the late-event policy, ``"refuse"`` or ``"adjust"`` (see
+            :attr:`~shardbill.writer.WriterSettings.late_events`).
     """
 
     max_workers: int = attrs.field(default=8, validator=attrs.validators.ge(1))
@@ -411,6 +414,7 @@ class WriterConfig:
     retry_attempts: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
     ledger_retention_days: int = attrs.field(default=35, validator=attrs.validators.ge(1))
     max_rows_per_statement: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
+    late_events: str = "refuse"
 
     def settings(self) -> WriterSettings:
         """The :class:`~shardbill.writer.WriterSettings` these values make.
@@ -425,6 +429,7 @@ class WriterConfig:
             ),
             ledger_retention_days=self.ledger_retention_days,
             max_rows_per_statement=self.max_rows_per_statement,
+            late_events=self.late_events,
         )
 
 
@@ -1073,11 +1078,21 @@ def _writer(value: object) -> WriterConfig:
     section = _table(value, "writer")
     fields = {f.name: f.default for f in attrs.fields(WriterConfig)}
     _known(section, tuple(fields), "writer")
-    values = {
+    policy = fields.pop("late_events")
+    values: dict[str, Any] = {
         name: _int(section.get(name, default), f"writer.{name}", low=1, high=10_000_000)
         for name, default in fields.items()
     }
-    return WriterConfig(**values)
+    from shardbill.periods.gate import LATE_EVENT_POLICIES  # at call time: no import cycle
+
+    policy = section.get("late_events", policy)
+    if policy not in LATE_EVENT_POLICIES:
+        raise _KeyProblemError(
+            "writer.late_events",
+            f'must be "refuse" (reject an event of a closing or closed period with its reason) '
+            f'or "adjust" (book it into the first open period), got {_show(policy)}',
+        )
+    return WriterConfig(**values, late_events=policy)
 
 
 _WORKER_TEXT = ("bootstrap_servers", "group", "dead_letter_topic")

@@ -126,6 +126,7 @@ def repair(
     shard_map: ShardMap,
     system_tables: SystemTables | None = None,
     corrections: Iterable[CorrectionRecord] = (),
+    adjustments: Mapping[str, str] | None = None,
 ) -> RepairReport:
     """Audit, then correct every row that differs where the slot's events are all audited.
 
@@ -139,6 +140,8 @@ def repair(
         corrections: the correction records (``shardbill correct``): the
             applied ones count as part of the truth (their ledger ids are
             audited too); a slot holding a pending one's is left alone.
+        adjustments: the events the ``adjust`` late-event policy booked in
+            another period (see :func:`shardbill.audit.expected_rows`).
 
     Returns:
         The audit before, the corrections and the refusals. Audit again to
@@ -147,7 +150,9 @@ def repair(
     system = system_tables or SystemTables()
     audited = _distinct(events)
     applied = [r for r in corrections if r.state is RecordState.APPLIED]
-    expected = expected_rows(audited, engine=engine, tables=tables, corrections=applied)
+    expected = expected_rows(
+        audited, engine=engine, tables=tables, corrections=applied, adjustments=adjustments
+    )
     found = read_rows(provider, sorted(shard_map.shards), tables)
     before = compare(expected, found, tables=tables, shard_map=shard_map)
     refused: list[str] = []

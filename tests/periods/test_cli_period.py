@@ -113,3 +113,50 @@ def test_a_period_not_ended_yet_is_refused_unless_early(tmp_path: Path) -> None:
     )
     assert early.returncode == 0, early.stderr
     assert f"period {month}: closed" in early.stdout
+
+
+def test_with_late_events_adjust_a_late_file_is_booked_and_the_audit_is_exact(
+    tmp_path: Path,
+) -> None:
+    """[writer] late_events = "adjust": after the close, a late file is applied (exit 0), each
+    event recorded in shardbill_adjustments on the shards; its redelivery is all duplicates;
+    `shardbill audit` of both files is exact (it reads the adjustments)."""
+    import sqlite3
+
+    config_path = _config(tmp_path / "deploy")
+    config_path.write_text(
+        config_path.read_text(encoding="utf-8").replace(
+            "[writer]\n", '[writer]\nlate_events = "adjust"\n'
+        ),
+        encoding="utf-8",
+    )
+    config = str(config_path)
+    assert run("init", "--config", config, cwd=tmp_path).returncode == 0
+    events = tmp_path / "last-month.jsonl"
+    _last_month_events(events, prefix="old", count=30, seed=3)
+    assert (
+        one_json(run("ingest", str(events), "--config", config, "--json", cwd=tmp_path))["applied"]
+        == 30
+    )
+    this_month = dt.datetime.now(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    month = str(period_of(int(this_month.timestamp()) - 1))
+    closed = run("period", "close", month, "--drain", "0", "--config", config, cwd=tmp_path)
+    assert closed.returncode == 0, closed.stderr
+
+    late = tmp_path / "late.jsonl"
+    ids = _last_month_events(late, prefix="late", count=20, seed=4)
+    booked = run("ingest", str(late), "--config", config, "--json", cwd=tmp_path)
+    assert booked.returncode == 0, booked.stderr
+    assert json.loads(booked.stdout)["applied"] == 20
+    recorded = set()
+    for shard in ("s0", "s1", "s2"):
+        with sqlite3.connect(tmp_path / "deploy" / f"{shard}.db") as db:
+            recorded |= set(db.execute("SELECT event_id, belongs_to FROM shardbill_adjustments"))
+    assert {e for e, _ in recorded} == set(ids)
+    assert {p for _, p in recorded} == {month}
+    again = one_json(run("ingest", str(late), "--config", config, "--json", cwd=tmp_path))
+    assert (again["applied"], again["duplicates"]) == (0, 20)
+
+    audited = run("audit", str(events), str(late), "--config", config, cwd=tmp_path)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert "audit: exact" in audited.stdout

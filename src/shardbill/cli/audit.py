@@ -11,7 +11,8 @@ without FILE, from the demo's synthetic day (the same ``--model``,
 :data:`~shardbill.cli._common.EXIT_PROBLEM` on any difference.
 
 The corrections recorded on the shards (``shardbill correct``) count too:
-Σ events + Σ corrections = Σ aggregates.
+Σ events + Σ corrections = Σ aggregates; the events the ``adjust`` late-event policy
+booked in another period (``shardbill_adjustments``) are expected there.
 
 ``--period YYYY-MM`` compares only the rows of that billing period (tables
 keyed by day or month; a table with no period key, such as
@@ -130,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``audit``; returns the exit code."""
     from shardbill.audit import audit
     from shardbill.corrections import read_records
+    from shardbill.periods import read_adjustments
     from shardbill.workloads.synthetic import Traffic
 
     period = _period(args)
@@ -153,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
             sorted(current.shards),
             config.writer.settings().system_tables,
         )
+        adjustments = read_adjustments(
+            opened.provider, sorted(current.shards), config.writer.settings().system_tables
+        )
         if args.repair:
             from shardbill.repair import repair
 
@@ -165,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
                 shard_map=current,
                 system_tables=config.writer.settings().system_tables,
                 corrections=corrections,
+                adjustments=adjustments,
             )
         report = audit(
             events,
@@ -174,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             shard_map=current,
             corrections=corrections,
             period=period,
+            adjustments=adjustments,
         )
     if args.json:
         extra = {"repair": repaired.to_dict()} if repaired is not None else {}

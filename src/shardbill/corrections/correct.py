@@ -62,6 +62,7 @@ from shardbill.errors import InvalidInputError, ShardbillError
 from shardbill.mapstore.base import MapStore
 from shardbill.periods.close import fleet_shards
 from shardbill.periods.months import period_of
+from shardbill.periods.store import read_adjustments
 from shardbill.providers.base import ConnectionProvider
 from shardbill.rules import PricedEvent, RulesEngine, UsageEvent
 from shardbill.tables import EVENT_ID_LENGTH
@@ -529,11 +530,20 @@ class Corrector:
         states = period_states(self._provider, self.shards(), self._system, period)
         if states:
             shard, state = sorted(states.items())[0]
+            booked = read_adjustments(
+                self._provider, self.shards(), self._system, event_ids=[event_id]
+            ).get(event_id)
+            moved = (
+                f" (the late-event policy 'adjust' booked it into period {booked}; a "
+                "correction is never moved out of the event's period)"
+                if booked is not None
+                else ""
+            )
             raise _Refused(
                 f"event {event_id!r} (time {_iso(when)}) belongs to period {period}, which is "
-                f"{state.value} (shard {shard!r}): its aggregates are final, so a correction "
-                "of it is refused; book the difference as a new event in an open period "
-                "(correction=true)"
+                f"{state.value} (shard {shard!r}){moved}: its aggregates are final, so a "
+                "correction of it is refused; book the difference as a new event in an open "
+                "period (correction=true)"
             )
 
     def _apply(

@@ -10,9 +10,10 @@
 * :mod:`shardbill.periods.close`: :class:`PeriodCloser`, the two-phase close
   on every shard, and the status of a period (``shardbill period``).
 
-Corrections (cancel, amend) are :mod:`shardbill.corrections`; statements of a
-closed period are :mod:`shardbill.statements`. Not built yet: the ``adjust``
-late-event policy.
+The late-event policies (``refuse``, ``adjust``) are :mod:`shardbill.periods.gate` (pure);
+:func:`read_adjustments` reads what ``adjust`` booked. Corrections (cancel,
+amend) are :mod:`shardbill.corrections`; statements of a closed period are
+:mod:`shardbill.statements`.
 
 Level: above the map stores, below the writer, which reads the gate in every
 transaction (``tests/test_layers.py``).
@@ -20,6 +21,7 @@ transaction (``tests/test_layers.py``).
 
 from shardbill.periods.close import DEFAULT_DRAIN_SECONDS, PeriodCloser, PeriodStatus, fleet_shards
 from shardbill.periods.months import Period, period_of
+from shardbill.periods.store import read_adjustments
 from shardbill.periods.tables import GATE_ROW, PeriodState, periods_table_def
 
 __all__ = [
@@ -32,4 +34,5 @@ __all__ = [
     "fleet_shards",
     "period_of",
     "periods_table_def",
+    "read_adjustments",
 ]

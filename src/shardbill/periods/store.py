@@ -20,7 +20,14 @@ from shardbill.periods.tables import GATE_ROW, RANK, PeriodState
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.tables import SystemTables
 
-__all__ = ["advance", "copy_closures", "ensure_gate", "read_states", "split_states"]
+__all__ = [
+    "advance",
+    "copy_closures",
+    "ensure_gate",
+    "read_adjustments",
+    "read_states",
+    "split_states",
+]
 
 
 def ensure_gate(cursor: DBAPICursor, dialect: Dialect, table: str) -> None:
@@ -200,3 +207,52 @@ def copy_closures(
                 cursor.close()
         given[target] = sorted(set(changed))
     return given
+
+
+def read_adjustments(
+    provider: ConnectionProvider,
+    shards: Iterable[str],
+    system_tables: SystemTables | None = None,
+    *,
+    event_ids: Sequence[str] | None = None,
+) -> dict[str, str]:
+    """Event id -> the period the ``adjust`` late-event policy booked it in, from every shard.
+
+    Each shard holds the ``shardbill_adjustments`` rows of the units it
+    applied (a reshard does not move them), so give every shard that ever
+    took writes (the map's, and ones a reshard emptied). An event is booked in
+    one period (its parts follow its identity claim's booking). With
+    ``event_ids``, only those events' records are read.
+
+    Raises:
+        SchemaError: a shard has no adjustments table (run ``shardbill migrate``).
+    """
+    system = system_tables or SystemTables()
+    found: dict[str, str] = {}
+    for shard in shards:
+        with provider.connection(shard, readonly=True) as conn:
+            dialect = dialect_for(conn)
+            if dialect.describe_table(conn.cursor(), system.adjustments) is None:
+                raise SchemaError(
+                    f"shard {shard!r} has no table {system.adjustments!r}; run `shardbill "
+                    "migrate` (or `shardbill init`), which adds it"
+                )
+            cursor = conn.cursor()
+            sql = f"SELECT event_id, booked_in FROM {dialect.quote(system.adjustments)}"
+            try:
+                if event_ids is None:
+                    cursor.execute(sql, ())
+                    rows = list(cursor.fetchall())
+                else:
+                    rows = []
+                    ids = list(event_ids)
+                    for start in range(0, len(ids), 500):
+                        chunk = ids[start : start + 500]
+                        marks = ", ".join([dialect.placeholder] * len(chunk))
+                        cursor.execute(f"{sql} WHERE event_id IN ({marks})", tuple(chunk))
+                        rows.extend(cursor.fetchall())
+                for event_id, booked in rows:
+                    found[str(event_id)] = str(booked)
+            finally:
+                cursor.close()
+    return found

@@ -321,6 +321,30 @@ class SystemTables:
             primary_key=("version",),
         )
 
+    @property
+    def adjustments(self) -> str:
+        """The adjustments table's name (late events booked into another period)."""
+        return f"{self.prefix}_adjustments"
+
+    def adjustments_def(self) -> TableDef:
+        """The adjustments table: one row per unit the ``adjust`` late-event policy moved.
+
+        Written in the same transaction as the unit's ledger row and rows, on
+        the shard that applied them (a reshard does not move these rows).
+        """
+        return TableDef(
+            name=self.adjustments,
+            columns=(
+                Column(name="event_id", kind=ColumnKind.VARCHAR, length=EVENT_ID_LENGTH),
+                Column(name=SLOT_COLUMN, kind=ColumnKind.INT),
+                Column(name="event_time", kind=ColumnKind.BIGINT),  # the event's own time
+                Column(name="belongs_to", kind=ColumnKind.ASCII, length=16),  # its period
+                Column(name="booked_in", kind=ColumnKind.ASCII, length=16),  # where its rows are
+                Column(name="adjusted_at", kind=ColumnKind.BIGINT),
+            ),
+            primary_key=("event_id", SLOT_COLUMN),
+        )
+
     def all_defs(self, aggregates: Sequence[AggregateTable]) -> tuple[TableDef, ...]:
         """Every table one shard holds: the system tables, then the aggregates."""
         return (
@@ -330,6 +354,7 @@ class SystemTables:
             self.periods_def(),
             self.corrections_def(),
             self.declarations_def(),
+            self.adjustments_def(),
             *(aggregate_table_def(t) for t in aggregates),
         )
 

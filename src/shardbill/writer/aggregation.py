@@ -58,7 +58,7 @@ import weakref
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -76,9 +76,11 @@ from shardbill.errors import (
     SchemaError,
     ShardbillError,
 )
-from shardbill.mapstore.base import MapHistory
+from shardbill.mapstore.base import MapHistory, MapStore
 from shardbill.observe import Committed, Failed, MapReloaded, Observer, Rejected, Retried
-from shardbill.periods.gate import withhold_closed
+from shardbill.periods.close import fleet_shards
+from shardbill.periods.gate import REFUSE, Rebooker, check_policy, judge_late
+from shardbill.periods.months import Period, period_of
 from shardbill.periods.store import read_states, split_states
 from shardbill.protocols import MapSource
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
@@ -178,6 +180,11 @@ class WriterSettings:
             per shard transaction) and return it in
             :attr:`WriteResult.positions`, so a reader can read its writes on a
             replica (``Reader.totals(..., replica=True, after=result)``).
+        late_events: the late-event policy for an event of a closing or
+            closed period: ``"refuse"`` (the default: rejected with its
+            reason) or ``"adjust"`` (booked into the first open period, the
+            period it belongs to recorded in ``shardbill_adjustments``; see
+            :mod:`shardbill.periods.gate`).
     """
 
     max_workers: int = attrs.field(default=8, validator=attrs.validators.ge(1))
@@ -189,6 +196,7 @@ class WriterSettings:
     ledger_retention_days: int = attrs.field(default=35, validator=attrs.validators.ge(1))
     id_scope: IdScope = attrs.field(default=IdScope.GLOBAL, converter=IdScope)
     track_positions: bool = False
+    late_events: str = attrs.field(default=REFUSE, converter=check_policy)
 
 
 @attrs.frozen
@@ -306,6 +314,7 @@ class AggregationWriter:
         # Only a table set with a wide measure checks merged deltas per column range.
         self._ranges = self._tables if any(t.has_wide for t in self._tables) else None
         self._extractor = RowExtractor(self._tables)
+        self._rebooker = Rebooker(self._tables) if self._settings.late_events != REFUSE else None
         self._shard_key = tuple(shard_key)
         self._observer = observer
         self._specs = tuple(
@@ -323,6 +332,18 @@ class AggregationWriter:
             table=sys_tables.ledger,
             columns=sys_tables.ledger_columns(),
             key_columns=(SLOT_COLUMN, "event_id"),
+        )
+        self._adjust_spec = UpsertSpec(
+            table=sys_tables.adjustments,
+            columns=(
+                "event_id",
+                SLOT_COLUMN,
+                "event_time",
+                "belongs_to",
+                "booked_in",
+                "adjusted_at",
+            ),
+            key_columns=("event_id", SLOT_COLUMN),
         )
         self._dialects: dict[str, Dialect] = {}
         self._renderers: dict[tuple[Dialect, UpsertSpec], RowStatements] = {}
@@ -685,6 +706,8 @@ class AggregationWriter:
             second = sorted(
                 (u for u in (*later, *deferred) if u.event_id in confirmed), key=_event_order
             )
+            if second and self._rebooker is not None:
+                second = self._follow_bookings(first_runs, second, tally)
             if second:
                 runs += self._write_round(second, confirmed, tally)
             unsure = tally.unsure()
@@ -704,6 +727,69 @@ class AggregationWriter:
             result = attrs.evolve(result, positions=positions)
         return result
 
+    def _follow_bookings(
+        self, first_runs: Sequence[_ShardRun], second: list[Unit], tally: EventTally
+    ) -> list[Unit]:
+        """Round two's units, each booked in the period its event's claim was booked in.
+
+        An event whose claim round one applied says so itself (its home unit
+        carries the booking period, or none). One whose claim was in before
+        (a redelivery completing it, or a lost COMMIT credited) is looked up
+        in ``shardbill_adjustments`` on every shard of the fleet (the record
+        stays where it was written; a reshard may have moved the slot). If
+        that read fails, the event's remaining units fail (deliver it again).
+        """
+        assert self._rebooker is not None  # noqa: S101 - called under the adjust policy only
+        booked: dict[str, str | None] = {}
+        unknown: set[str] = set()
+        for run in first_runs:
+            if run.outcome is not None:
+                for unit in run.outcome.applied:
+                    if unit.home and unit not in run.outcome.tokens:
+                        booked[unit.event_id] = unit.booked
+                    elif unit.home:
+                        unknown.add(unit.event_id)
+                unknown.update(u.event_id for u in run.outcome.duplicates if u.home)
+            unknown.update(u.event_id for u in (*run.lost_applied, *run.lost_duplicates) if u.home)
+        wanted = sorted({u.event_id for u in second if u.event_id not in booked} & unknown)
+        if wanted:
+            try:
+                booked.update(self._recorded_bookings(wanted))
+            except ShardbillError as error:
+                stuck = [u for u in second if u.event_id in set(wanted)]
+                tally.failed(stuck, error)
+                second = [u for u in second if u.event_id not in set(wanted)]
+        rebook = self._rebooker.rebook
+        return [
+            u if booked.get(u.event_id) is None else rebook(u, Period.parse(booked[u.event_id]))
+            for u in second
+        ]
+
+    def _recorded_bookings(self, events: Sequence[str]) -> dict[str, str]:
+        """Event id -> the period ``shardbill_adjustments`` says it was booked in, any shard."""
+        table = self._settings.system_tables.adjustments
+        found: dict[str, str] = {}
+        # fleet_shards reads load() and an unfinished reshard's claim (a ClaimStore's).
+        source = self._map if self._source is None else cast("MapStore", self._source)
+        for shard in fleet_shards(source):
+            try:
+                with self._read_cursor(shard) as (cursor, dialect):
+                    p = dialect.placeholder
+                    for start in range(0, len(events), 500):
+                        chunk = events[start : start + 500]
+                        cursor.execute(
+                            f"SELECT event_id, booked_in FROM {dialect.quote(table)} "
+                            f"WHERE event_id IN ({', '.join([p] * len(chunk))})",
+                            tuple(chunk),
+                        )
+                        for event_id, period in cursor.fetchall():
+                            found[str(event_id)] = str(period)
+            except Exception as exc:
+                if is_driver_error(exc):
+                    raise translate(exc, shard=shard) from exc
+                raise
+        return found
+
     def _release_claims(self, claims: Sequence[Unit]) -> None:
         """Delete the identity claims of events rejected with none of their money in.
 
@@ -713,7 +799,7 @@ class AggregationWriter:
         for the rejected content itself.
         """
         by_shard: dict[str, list[Unit]] = defaultdict(list)
-        for unit in claims:
+        for unit in claims:  # under adjust, with the claim's shardbill_adjustments row
             by_shard[self._route(unit.slot)].append(unit)
         for shard, units in sorted(by_shard.items()):
             try:
@@ -721,6 +807,7 @@ class AggregationWriter:
                     dialect = self.dialect(shard, conn)
                     table = dialect.quote(self._settings.system_tables.ledger)
                     p = dialect.placeholder
+                    moved = dialect.quote(self._settings.system_tables.adjustments)
                     with self._cursor(conn) as cursor:
                         for unit in sorted(units, key=_pk_order):
                             cursor.execute(
@@ -728,6 +815,13 @@ class AggregationWriter:
                                 f"AND event_id = {p} AND fingerprint = {p}",
                                 (unit.slot, unit.event_id, unit.fingerprint),
                             )
+                            if self._rebooker is not None and cursor.rowcount:
+                                # The claim's booking goes with it (same transaction).
+                                cursor.execute(
+                                    f"DELETE FROM {moved} WHERE event_id = {p} "
+                                    f"AND {SLOT_COLUMN} = {p}",
+                                    (unit.event_id, unit.slot),
+                                )
             except Exception as exc:  # the claim stays: a conflict later, never money
                 log.warning(
                     "could not release the identity claims of %d rejected event(s) on shard %s: %s",
@@ -1249,6 +1343,7 @@ class AggregationWriter:
                         # Each event fits on its own (find_overflows checked): apply one by one.
                         groups = [coalesce(g, self._tables) for _, g in by_event(new)]
                     statements += self._ledger_insert(cursor, dialect, new, token)
+                    statements += self._record_adjustments(cursor, dialect, new)
                     for group in groups:
                         for spec, make_row, table_rows in zip(
                             self._specs, self._row_makers, group, strict=True
@@ -1332,7 +1427,29 @@ class AggregationWriter:
             return new, {}
         table = self._settings.system_tables.periods
         closed, closing = split_states(read_states(cursor, dialect, table, shard=shard)[1])
-        return withhold_closed(new, closed, closing, shard=shard)
+        return judge_late(
+            new,
+            closed,
+            closing,
+            shard=shard,
+            rebooker=self._rebooker,
+            claims=self._settings.id_scope is IdScope.GLOBAL,
+        )
+
+    def _record_adjustments(self, cursor: DBAPICursor, dialect: Dialect, new: list[Unit]) -> int:
+        """Insert the ``shardbill_adjustments`` rows of the units the adjust policy booked."""
+        now = int(self._clock())
+        rows = [
+            (u.event_id, u.slot, u.time, str(period_of(u.time)), u.booked, now)
+            for u in sorted((u for u in new if u.booked is not None), key=_pk_order)
+        ]
+        if not rows:
+            return 0
+        statements = 0
+        for sql, params in self._renderer(dialect, self._adjust_spec).statements(rows):
+            cursor.execute(sql, params)
+            statements += 1
+        return statements
 
     def _position(
         self, conn: DBAPIConnection, cursor: DBAPICursor, dialect: Dialect, *, wrote: bool
@@ -1597,6 +1714,8 @@ class AggregationWriter:
         if found is None:
             if spec is self._ledger_spec:
                 table = self._settings.system_tables.ledger_def()
+            elif spec is self._adjust_spec:
+                table = self._settings.system_tables.adjustments_def()
             else:
                 table = aggregate_table_def(self._tables[self._specs.index(spec)])
             columns = [table.column(name) for name in spec.columns]
@@ -1605,7 +1724,7 @@ class AggregationWriter:
                 spec,
                 columns,
                 max_rows=self._settings.max_rows_per_statement,
-                plain_insert=spec is self._ledger_spec,
+                plain_insert=spec is self._ledger_spec or spec is self._adjust_spec,
             )
             with self._lock:
                 self._renderers[key] = found

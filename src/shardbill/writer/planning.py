@@ -124,7 +124,11 @@ class Unit(NamedTuple):
     whether its ledger row is the event's identity claim; ``whole``, for a
     home unit whose fingerprint covers rows on other slots too, every row
     delta of the event (None: the fingerprint covers ``rows``). Only a
-    fingerprint mismatch reads it (:mod:`shardbill.declarations`).
+    fingerprint mismatch reads it (:mod:`shardbill.declarations`)); ``booked``
+    the period (``YYYY-MM``) its rows were moved to by the ``adjust``
+    late-event policy (:mod:`shardbill.periods.gate`), None for an event in
+    its own period (a moved unit keeps the rows its fingerprint covers in
+    ``whole``).
     """
 
     event_id: str
@@ -134,6 +138,7 @@ class Unit(NamedTuple):
     time: int
     home: bool = False
     whole: tuple[RowDelta, ...] | None = None
+    booked: str | None = None
 
     @property
     def signed(self) -> tuple[RowDelta, ...]:

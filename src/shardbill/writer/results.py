@@ -111,6 +111,9 @@ class WriteResult:
         conflicts: the conflicting units found (one or more per conflicting event).
         failures: failed event id -> the error that made it fail.
         folded: exact repeats inside the call folded into their first copy.
+        adjusted: the events this call applied in another period than their
+            own (the ``adjust`` late-event policy) -> the period they were
+            booked in, ``YYYY-MM`` (their own is the period of their time).
         positions: with ``WriterSettings(track_positions=True)``: per shard
             that committed, the position a replica must reach to show this
             call's writes (a MariaDB GTID), or ``None`` when the server gives
@@ -125,6 +128,7 @@ class WriteResult:
     failures: Mapping[str, ShardbillError] = attrs.field(factory=dict)
     folded: int = 0
     positions: Mapping[str, str | None] | None = None
+    adjusted: Mapping[str, str] = attrs.field(factory=dict)
 
     def _in(self, state: EventState) -> frozenset[str]:
         return frozenset(e for e, s in self.events.items() if s is state)
@@ -222,10 +226,13 @@ class EventTally:
         self._rejected: dict[str, Rejection] = {r.event_id: r for r in plan.rejected}
         self._late: dict[str, Rejection] = {}
         self._failures: dict[str, ShardbillError] = {}
+        self._booked: dict[str, str] = {}  # events this call booked in another period
 
     def applied(self, units: Iterable[Unit]) -> None:
         """These units were applied by this call."""
+        units = tuple(units)
         self._count(units, self._applied)
+        self._booked.update((u.event_id, u.booked) for u in units if u.booked is not None)
 
     def duplicates(self, units: Iterable[Unit]) -> None:
         """These units were applied before this call."""
@@ -338,6 +345,9 @@ class EventTally:
             conflicts=tuple(self._conflicts),
             failures=failures,
             folded=folded,
+            adjusted={
+                e: p for e, p in sorted(self._booked.items()) if states[e] is EventState.APPLIED
+            },
         )
 
 
