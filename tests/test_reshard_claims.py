@@ -647,3 +647,50 @@ def test_the_ledger_copy_takes_its_columns_from_the_ledger_definition(four: Back
     moved = four.rows("s2", "SELECT `sb_slot`, `noted` FROM `shardbill_ledger`")
     assert moved
     assert all(noted == slot * 7 for slot, noted in moved)
+
+
+@pytest.mark.parametrize("how", ["run", "revert"])
+def test_a_resharder_that_lost_its_claim_never_retries_another_plan(
+    four: Backend, how: str
+) -> None:
+    """Paused after its claim while its lease expired: another resharder finished its
+    plan and then a newer reshard. A transient failure when it resumes must not make
+    it retry: its run (or revert) resolved no target of its own, and a retry took the
+    claim of whatever reshard the store held then (simulation seed 7013: a revert
+    woke up ten days later and claimed the newer, finished reshard as moving, which
+    refused the next plan)."""
+    from shardbill.errors import DeadlockError
+
+    charges = make_charges(149, 200, accounts=40)
+    store, writer = _setup(four, ["s0", "s1"], charges)
+    writer.close()
+    first = store.load().add_shard("s2")
+    now = [1_000_000.0]
+    settings = ReshardSettings(chunk_rows=4, parallel_slots=1, lease_seconds=60, lease_wait=0)
+    if how == "revert":
+        _resharder(store, four, owner="first", clock=lambda: now[0]).run(first)
+    woke: list[str] = []
+
+    def meanwhile(step: str) -> None:
+        if woke or step != "switch":
+            return
+        woke.append(step)
+        now[0] += 864_000  # ten days: its lease is long gone
+        other = _resharder(store, four, owner="other", clock=lambda: now[0])
+        other.run()  # takes its plan over and finishes it
+        later = store.load().reweight(dict.fromkeys(store.load().shards, 1) | {"s0": 2})
+        _resharder(store, four, owner="other", clock=lambda: now[0]).run(later)
+        raise DeadlockError("injected: the stalled resharder's first step deadlocks")
+
+    stalled = _resharder(
+        store, four, owner="stalled", clock=lambda: now[0], before_step=meanwhile, settings=settings
+    )
+    finished = None
+    with pytest.raises(ReshardClaimedError, match="lost its claim"):
+        stalled.revert() if how == "revert" else stalled.run(first)
+    finished = store.load_claim()
+    assert woke
+    assert finished is not None
+    assert finished.owner == "other"
+    assert finished.state == "finished"
+    assert finished.target == store.load()

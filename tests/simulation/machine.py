@@ -241,6 +241,9 @@ class SimMachine(RuleBasedStateMachine):
         self.pending: dict[str, Pending] = {}
         self.reshards: list[Reshard] = []
         self.cutoff = float("-inf")  # the highest prune cutoff so far
+        # The highest cutoff of any prune started: one in flight (or one that crashed)
+        # may have raised some slots' watermarks already (seed 7066).
+        self.cutoff_started = float("-inf")
         self.serial = 0
         self.steps = 0
         self.epoch = self.store.load().epoch
@@ -911,6 +914,7 @@ class SimMachine(RuleBasedStateMachine):
             if any((r.first_sent or now) < cutoff + 86_400 for r in in_flight):
                 return  # a paused call's events would lose their ledger rows (issue 13 item 6)
             call = lambda: writer.prune(now=now)  # noqa: E731
+        self.cutoff_started = max(self.cutoff_started, cutoff)
         self._start("prune", Pending(kind="prune", cutoff=cutoff), call)
         self._maybe_finish("prune", data)
 
@@ -1183,7 +1187,9 @@ class SimMachine(RuleBasedStateMachine):
             # may have been raised, or not: a slot in motion is not pruned).
             horizon = pending.clock - HORIZON
             too_late = self.on("prune-horizon") and record.time < horizon
-            maybe_late = self.on("prune-horizon") and record.time < max(horizon, self.cutoff)
+            maybe_late = self.on("prune-horizon") and record.time < max(
+                horizon, self.cutoff_started
+            )
             allowed = self.model.allowed(
                 record,
                 content,

@@ -322,6 +322,8 @@ class Resharder:
         self._rows_moved = 0
         self._ledger_moved = 0
         self._finished_before: int | None = None  # slots finished before this run() began
+        self._resolved: ShardMap | None = None  # the target this run() resolved, for retries
+        self._lost: ReshardClaimedError | None = None  # the claim went to another owner
 
     # ------------------------------------------------------------------ public
 
@@ -500,11 +502,17 @@ class Resharder:
         delays = self._settings.retry.delays()
         attempt = 0
         self._finished_before = None
+        self._resolved = None
+        self._lost = None
         while True:
             attempt += 1
             try:
-                progress = self._run_once(target)
+                # A retry runs the plan the first attempt resolved, never whatever
+                # reshard the store claims by then (simulation seed 7013).
+                progress = self._run_once(self._resolved or target)
             except ShardbillError as exc:
+                if self._lost is not None:  # another owner has the plan: stop, do not retry
+                    raise self._lost from exc
                 delay = next(delays, None) if is_retryable(exc) else None
                 if delay is None:
                     raise
@@ -552,16 +560,21 @@ class Resharder:
             claim = self._claim
             if claim is None:
                 return
-            with contextlib.suppress(ShardbillError):  # the store may be what failed
+            try:
                 self._swap_own(
                     attrs.evolve(claim, expires_at=self._clock(), version=claim.version + 1)
                 )
+            except ReshardClaimedError as lost:  # another owner took it over meanwhile
+                self._lost = lost
+            except ShardbillError:  # the store may be what failed
+                pass
 
     def _run_claimed(self, target: ShardMap | None) -> ReshardProgress:
         started = time.monotonic()
         source, target = self._resolve(target)
         plan = source.plan_to(target)
         self._acquire(source, target)
+        self._resolved = target
         new = sorted(s for s in target.shards if not plan.before.get(s))
         apply_schema(  # new shards get their tables; their slots arrive by moving
             self._provider,
