@@ -1195,7 +1195,14 @@ class SimMachine(RuleBasedStateMachine):
                 content,
                 too_late=too_late,
                 maybe_late=maybe_late,
-                overflow=self.model.could_overflow(content),
+                overflow=self.model.could_overflow(
+                    content,
+                    beside=[
+                        c
+                        for r, c in pending.deliveries
+                        if r is not record and not invalid(c) and not is_half(r, c)
+                    ],
+                ),
             )
             if outcome not in allowed:
                 problems.append(

@@ -18,7 +18,7 @@ is: amounts and counts are never negative here, so the bounds are sums.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -190,11 +190,22 @@ class Model:
             total = [t + b for t, b in zip(total, best, strict=True)]
         return total
 
-    def could_overflow(self, content: Content) -> bool:
-        """True when applying ``content`` could take a summed measure past BIGINT."""
+    def could_overflow(self, content: Content, *, beside: Sequence[Content] = ()) -> bool:
+        """True when applying ``content`` could take a summed measure past BIGINT.
+
+        ``beside``: the other contents of the same call, no longer candidates once
+        the call ended but perhaps applied first in it (seed 8114: two events of one
+        call whose sums overflow one row together, so the writer refuses one).
+        """
+        extra: dict[str, dict[tuple[object, ...], list[int]]] = {t: {} for t in TABLE_MEASURES}
+        for other in beside:
+            merge_rows(extra, rows_of(other))
         for table, table_rows in rows_of(content).items():
             for key, values in table_rows.items():
                 upper = self.row_upper(table, key)
+                more = extra[table].get(key)
+                if more is not None:
+                    upper = [u + m for u, m in zip(upper, more, strict=True)]
                 if any(upper[i] + values[i] > BIGINT_MAX for i in _SUMMED[table]):
                     return True
         return False
