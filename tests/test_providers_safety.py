@@ -21,6 +21,7 @@ from shardbill.errors import (
     FatalDatabaseError,
     MoneyTypeError,
 )
+from shardbill.protocols import ChecksParameters
 from shardbill.providers import ParameterTypeError, PooledProvider, check_params
 from tests.support.mysql import ServerAddress
 
@@ -169,6 +170,27 @@ def test_unchecked_cursor_is_the_documented_way_around(
         cur = conn.cursor(check_params=False)
         cur.execute(f"SELECT {placeholder} + 1", (41,))
         assert cur.fetchone() == (42,)
+
+
+def test_only_the_lent_connection_offers_unchecked_cursors(tmp_path: Path) -> None:
+    """ChecksParameters tells a lent connection from a plain one: the writer asks for an
+    unchecked cursor only where one exists, and it skips the check (a float goes through)."""
+    import sqlite3
+
+    with _provider_sqlite(tmp_path) as provider, provider.connection("s") as conn:
+        assert isinstance(conn, ChecksParameters)
+        cur = conn.unchecked_cursor()
+        cur.execute("SELECT ? + 1", (0.5,))  # refused by a checked cursor: see above
+        assert cur.fetchone() == (1.5,)
+    plain = sqlite3.connect(":memory:")
+    try:
+        assert not isinstance(plain, ChecksParameters)
+    finally:
+        plain.close()
+
+
+def _provider_sqlite(tmp_path: Path) -> PooledProvider:
+    return PooledProvider.from_urls({"s": f"sqlite:///{tmp_path}/s.db"})
 
 
 def test_sqlite_binds_decimals_and_dates_exactly(tmp_path: Path) -> None:

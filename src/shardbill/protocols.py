@@ -10,7 +10,9 @@ use to talk to each other:
   :class:`ConnectionProvider` (lends one per shard, one transaction per
   ``with`` block; see :mod:`shardbill.providers` and
   ``examples/custom_provider.py``), with :data:`SQLValue` and :data:`Row`;
-  :class:`KnowsDialect`, a lent connection that already knows its SQL dialect;
+  :class:`KnowsDialect`, a lent connection that already knows its SQL dialect,
+  :class:`ChecksParameters`, one whose cursors check every bound value; and
+  :class:`KnowsShards`, a provider that can list the shards it reaches;
 - the shard map: :class:`MapSource` (``load``), :class:`MapStore` (plus an
   atomic compare-and-set ``publish``), and the optional :class:`MapHistory`
   and :class:`ClaimStore` a store may also offer (checked with ``isinstance``);
@@ -47,11 +49,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChargeModel",
+    "ChecksParameters",
     "ClaimStore",
     "ConnectionProvider",
     "DBAPIConnection",
     "DBAPICursor",
     "KnowsDialect",
+    "KnowsShards",
     "MapHistory",
     "MapSource",
     "MapStore",
@@ -326,4 +330,36 @@ class KnowsDialect(Protocol):
     @property
     def dialect(self) -> Dialect:
         """The dialect of the server this connection talks to."""
+        ...
+
+
+@runtime_checkable
+class ChecksParameters(Protocol):
+    """A connection whose cursors check every bound value before it is sent.
+
+    The connections :class:`~shardbill.providers.PooledProvider` lends check
+    each parameter with :func:`~shardbill.providers.check_params`. A caller
+    whose values are validated already (the writer's batch planner) asks for
+    a cursor that skips the second check; any other connection's plain
+    ``cursor()`` is used as it is.
+    """
+
+    def unchecked_cursor(self) -> DBAPICursor:
+        """A new cursor that binds values without checking them again."""
+        ...
+
+
+@runtime_checkable
+class KnowsShards(Protocol):
+    """A :class:`ConnectionProvider` that can name every shard it reaches.
+
+    :class:`~shardbill.providers.PooledProvider` can. ``verify()`` of the
+    resharder then also reads the shards no map names (a reshard run without
+    a claim may have left owned slots there); a provider without it gets the
+    map's shards read only.
+    """
+
+    @property
+    def shards(self) -> Sequence[str]:
+        """The names of the shards this provider lends connections to."""
         ...

@@ -204,6 +204,13 @@ class Dialect(abc.ABC):
     """What makes a SELECT lock its rows for update (``''`` where writers serialise)."""
     insert_ignore_verb: ClassVar[str]
     """The INSERT verb that skips a row whose primary key exists (no error, no change)."""
+    integer_type: ClassVar[str]
+    """The column type of a 64-bit integer (``BIGINT``; SQLite's ``INTEGER`` is 64-bit)."""
+    document_type: ClassVar[str]
+    """The column type of a JSON document of any length (``LONGTEXT`` or ``TEXT``)."""
+    binary_table_options: ClassVar[str]
+    """What follows a CREATE TABLE's column list for a table of exact-byte documents
+    (InnoDB, utf8mb4 with a binary collation; nothing on SQLite)."""
 
     @property
     @abc.abstractmethod
@@ -256,6 +263,10 @@ class Dialect(abc.ABC):
         """One condition for ``pairs`` (quoted column names; one placeholder per text)."""
 
     # ------------------------------------------------------------------ DDL and upkeep
+
+    @abc.abstractmethod
+    def table_exists_statement(self) -> str:
+        """A query with one placeholder, the table's name: ``COUNT(*)`` 1 when it exists."""
 
     @abc.abstractmethod
     def create_statements(self, table: TableDef) -> list[str]:

@@ -116,6 +116,11 @@ class MySQLDialect(Dialect):
     share_lock_suffix: ClassVar[str] = " LOCK IN SHARE MODE"
     exclusive_lock_suffix: ClassVar[str] = " FOR UPDATE"
     insert_ignore_verb: ClassVar[str] = "INSERT IGNORE"
+    integer_type: ClassVar[str] = "BIGINT"
+    document_type: ClassVar[str] = "LONGTEXT"
+    binary_table_options: ClassVar[str] = (
+        " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    )
 
     flavor: Literal["mysql", "mariadb"] = attrs.field(
         default="mysql", validator=attrs.validators.in_(("mysql", "mariadb"))
@@ -163,6 +168,12 @@ class MySQLDialect(Dialect):
         if column.kind is ColumnKind.ASCII:
             return f"VARCHAR({column.length}) CHARACTER SET ascii COLLATE ascii_bin"
         return f"VARCHAR({column.length}) CHARACTER SET utf8mb4 COLLATE {self.text_collation}"
+
+    def table_exists_statement(self) -> str:
+        return (
+            "SELECT COUNT(*) FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name = %s"
+        )
 
     def create_statements(self, table: TableDef) -> list[str]:
         """One ``CREATE TABLE IF NOT EXISTS`` (InnoDB, utf8mb4), its indexes inline."""

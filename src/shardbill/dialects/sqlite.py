@@ -68,6 +68,9 @@ class SQLiteDialect(Dialect):
     share_lock_suffix: ClassVar[str] = ""  # a write transaction holds the whole file
     exclusive_lock_suffix: ClassVar[str] = ""
     insert_ignore_verb: ClassVar[str] = "INSERT OR IGNORE"
+    integer_type: ClassVar[str] = "INTEGER"
+    document_type: ClassVar[str] = "TEXT"
+    binary_table_options: ClassVar[str] = ""  # TEXT compares bytes (BINARY collation)
 
     version: tuple[int, int, int] = attrs.field(default=(3, 24, 0), validator=_validate_version)
     variable_limit: int = attrs.field(default=999, validator=_validate_positive)
@@ -97,6 +100,10 @@ class SQLiteDialect(Dialect):
         if column.kind is ColumnKind.DECIMAL:
             raise wide_on_sqlite_error(table.name, column.name)
         return "TEXT"
+
+    def table_exists_statement(self) -> str:
+        # sqlite_master is the documented schema table in every SQLite version.
+        return "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
 
     def create_statements(self, table: TableDef) -> list[str]:
         """``CREATE TABLE IF NOT EXISTS ... WITHOUT ROWID``, then one ``CREATE INDEX`` each.

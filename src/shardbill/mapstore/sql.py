@@ -80,47 +80,27 @@ class _Statements:
     def build(cls, dialect: Dialect, table: str, claim_table: str) -> _Statements:
         t = dialect.quote(table)
         c = dialect.quote(claim_table)
-        p = "?" if dialect.paramstyle == "qmark" else "%s"
-        sqlite = dialect.embedded
-        if sqlite:
-            create = (
-                f"CREATE TABLE IF NOT EXISTS {t} ("
-                "epoch INTEGER NOT NULL PRIMARY KEY, "
-                "previous_epoch INTEGER NOT NULL UNIQUE, "
-                "document TEXT NOT NULL, "
-                "published_at INTEGER NOT NULL)"
-            )
-            # sqlite_master is the documented schema table in every SQLite version.
-            table_exists = f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = {p}"
-            claim_create = (
-                f"CREATE TABLE IF NOT EXISTS {c} (id INTEGER NOT NULL PRIMARY KEY, "
-                "version INTEGER NOT NULL, document TEXT NOT NULL)"
-            )
-        else:
-            create = (
-                f"CREATE TABLE IF NOT EXISTS {t} ("
-                "epoch BIGINT NOT NULL PRIMARY KEY, "
-                "previous_epoch BIGINT NOT NULL UNIQUE, "
-                "document LONGTEXT NOT NULL, "
-                "published_at BIGINT NOT NULL"
-                ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-            )
-            table_exists = (
-                "SELECT COUNT(*) FROM information_schema.tables "
-                f"WHERE table_schema = DATABASE() AND table_name = {p}"
-            )
-            claim_create = (
-                f"CREATE TABLE IF NOT EXISTS {c} (id INT NOT NULL PRIMARY KEY, "
-                "version BIGINT NOT NULL, document LONGTEXT NOT NULL"
-                ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-            )
+        p = dialect.placeholder
+        i, d, options = dialect.integer_type, dialect.document_type, dialect.binary_table_options
+        create = (
+            f"CREATE TABLE IF NOT EXISTS {t} ("
+            f"epoch {i} NOT NULL PRIMARY KEY, "
+            f"previous_epoch {i} NOT NULL UNIQUE, "
+            f"document {d} NOT NULL, "
+            f"published_at {i} NOT NULL){options}"
+        )
+        claim_create = (
+            f"CREATE TABLE IF NOT EXISTS {c} (id {i} NOT NULL PRIMARY KEY, "
+            f"version {i} NOT NULL, document {d} NOT NULL){options}"
+        )
+        # SQLite: the provider's write transaction (BEGIN IMMEDIATE) is already exclusive.
+        lock = dialect.exclusive_lock_suffix
         head = f"SELECT epoch, document FROM {t} ORDER BY epoch DESC LIMIT 1"
         return cls(
             create=create,
             probe=f"SELECT epoch, previous_epoch, document, published_at FROM {t} WHERE 1 = 0",
             head=head,
-            # SQLite: the provider's write transaction (BEGIN IMMEDIATE) is already exclusive.
-            head_for_update=head if sqlite else f"{head} FOR UPDATE",
+            head_for_update=f"{head}{lock}",
             head_epoch=f"SELECT MAX(epoch) FROM {t}",
             at_epoch=f"SELECT epoch, document FROM {t} WHERE epoch = {p}",
             epochs=f"SELECT epoch FROM {t} ORDER BY epoch",
@@ -128,14 +108,10 @@ class _Statements:
                 f"INSERT INTO {t} (epoch, previous_epoch, document, published_at) "
                 f"VALUES ({p}, {p}, {p}, {p})"
             ),
-            table_exists=table_exists,
+            table_exists=dialect.table_exists_statement(),
             claim_create=claim_create,
             claim_read=f"SELECT version, document FROM {c} WHERE id = 1",
-            claim_read_for_update=(
-                f"SELECT version, document FROM {c} WHERE id = 1"
-                if sqlite
-                else f"SELECT version, document FROM {c} WHERE id = 1 FOR UPDATE"
-            ),
+            claim_read_for_update=f"SELECT version, document FROM {c} WHERE id = 1{lock}",
             claim_insert=f"INSERT INTO {c} (id, version, document) VALUES (1, {p}, {p})",
             claim_update=(
                 f"UPDATE {c} SET version = {p}, document = {p} WHERE id = 1 AND version = {p}"

@@ -386,6 +386,10 @@ class LentConnection:
         """
         return LentCursor(self.raw.cursor(), self, check=check_params)
 
+    def unchecked_cursor(self) -> LentCursor:
+        """A new cursor that skips the parameter check (``ChecksParameters``)."""
+        return self.cursor(check_params=False)
+
     def commit(self) -> None:
         """Commit now (the with-block's end then commits whatever follows).
 

@@ -73,6 +73,7 @@ from shardbill.mapstore.claim import (
     new_owner_id,
 )
 from shardbill.periods.store import copy_closures
+from shardbill.protocols import KnowsShards
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.resharding.move_state import MoveState
 from shardbill.resharding.sql import ReshardStatements
@@ -785,7 +786,8 @@ class Resharder:
         states: dict[str, dict[int, tuple[str, str | None]]] = {}
         # Shards the provider knows but no map names are read too, where they have the
         # tables: a reshard run without a claim may have left owned slots there.
-        extra = sorted(set(getattr(self._provider, "shards", ())) - shards)
+        known = self._provider.shards if isinstance(self._provider, KnowsShards) else ()
+        extra = sorted(set(known) - shards)
         for shard in extra:
             with contextlib.suppress(ShardbillError):
                 found = self._verify_shard_states(shard, problems, quiet=True)

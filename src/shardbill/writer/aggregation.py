@@ -82,7 +82,7 @@ from shardbill.periods.close import fleet_shards
 from shardbill.periods.gate import REFUSE, Rebooker, check_policy, judge_late
 from shardbill.periods.months import Period, period_of
 from shardbill.periods.store import read_states, split_states
-from shardbill.protocols import MapSource
+from shardbill.protocols import ChecksParameters, MapSource
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.rules.events import PricedEvent
@@ -1266,12 +1266,12 @@ class AggregationWriter:
 
     @contextlib.contextmanager
     def _cursor(self, conn: DBAPIConnection) -> Iterator[DBAPICursor]:
-        from shardbill.providers.pool import LentConnection
-
-        # Values are validated by the batch planner already; skip the second check.
-        cursor = (
-            conn.cursor(check_params=False) if isinstance(conn, LentConnection) else conn.cursor()
-        )
+        # Values are validated by the batch planner already; skip a second check.
+        kind = type(conn)
+        unchecked = _UNCHECKED_CURSORS.get(kind)
+        if unchecked is None:  # a Protocol isinstance is slow: once per connection class
+            unchecked = _UNCHECKED_CURSORS[kind] = isinstance(conn, ChecksParameters)
+        cursor = conn.unchecked_cursor() if unchecked else conn.cursor()  # type: ignore[attr-defined]
         try:
             yield cursor
         finally:
@@ -1732,6 +1732,8 @@ class AggregationWriter:
 
 
 _WRITABLE = frozenset({SlotState.OWNED, SlotState.INCOMING})
+#: Per connection class: does it satisfy :class:`ChecksParameters` (asked once).
+_UNCHECKED_CURSORS: dict[type, bool] = {}
 
 
 def _credit_lost_commits(outcome: _Outcome, lost_tokens: set[str]) -> _Outcome:
