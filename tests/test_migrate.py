@@ -12,7 +12,12 @@ import attrs
 import pytest
 
 from shardbill import AggregateTable, AggregationWriter, KeyColumn, Measure, Pipeline, ShardMap
-from shardbill.errors import CannotConnectError, ConfigurationError, SchemaError
+from shardbill.errors import (
+    CannotConnectError,
+    CommitOutcomeUnknownError,
+    ConfigurationError,
+    SchemaError,
+)
 from shardbill.migrate import MigrationStep, migrate, plan_migration
 from shardbill.pipeline import PipelineResult
 from shardbill.providers import PooledProvider
@@ -370,6 +375,52 @@ def test_a_replay_after_a_measure_migration_is_a_duplicate(backend: Backend) -> 
     ) as writer:
         replay = Pipeline(engine=comms.engine(), writer=writer).process(day)
     assert replay.write.duplicate_events == {e.event_id for e in day}
+
+
+class _LosesFirstCommits:
+    """Wraps a provider: on each shard, the first block that adds ledger rows commits, then
+    reports its COMMIT lost (as a connection dropped during COMMIT would)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.lost: set[str] = set()
+
+    def _ledger_rows(self, shard: str) -> int:
+        return int(self.backend.rows(shard, "SELECT COUNT(*) FROM shardbill_ledger")[0][0])
+
+    @contextlib.contextmanager
+    def connection(self, shard: str, *, readonly: bool = False) -> Iterator[Any]:
+        before = self._ledger_rows(shard)
+        with self.backend.provider.connection(shard, readonly=readonly) as conn:
+            yield conn
+        if shard not in self.lost and self._ledger_rows(shard) > before:
+            self.lost.add(shard)
+            raise CommitOutcomeUnknownError("test: the COMMIT's answer was lost", shard=shard)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_replay_beside_a_lost_commit_after_a_migration_is_a_duplicate(backend: Backend) -> None:
+    """A call's COMMIT is lost, past the retry budget: the ledger is asked once more, and an
+    event applied before the migration is recognised there as a duplicate (under the
+    declaration it was applied with), not reported failed."""
+    day = _day(43, 20)
+    _write(backend, billing_tables(), day)
+    migrate(backend.provider, backend.shards, _grown())
+    fresh = _day(44, 20)
+    lossy = _LosesFirstCommits(backend)
+    with AggregationWriter(
+        shard_map=ShardMap.create(backend.shards, slots=SLOTS),
+        provider=lossy,
+        tables=_grown(),
+        settings=WriterSettings(retry=RetryPolicy(max_attempts=1)),
+    ) as writer:
+        result = Pipeline(engine=comms.engine(), writer=writer).process([*day, *fresh])
+    assert lossy.lost == set(backend.shards)
+    assert result.write.duplicate_events == {e.event_id for e in day}
+    assert result.write.applied_events == {e.event_id for e in fresh}
+    assert not result.write.retry
 
 
 # ------------------------------------------------- replays across a schema change (issue 22)

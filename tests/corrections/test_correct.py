@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from shardbill import ShardMap
@@ -27,6 +28,7 @@ from shardbill.pipeline import Pipeline
 from shardbill.repair import repair
 from shardbill.resharding import MemoryMapStore, Resharder
 from shardbill.rules import UsageEvent, comms
+from shardbill.tables.aggregates import Measure, Quantity
 from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
 from tests.support.backends import KINDS, Backend, make_backend
@@ -270,6 +272,40 @@ def test_a_correction_with_other_content_than_applied_is_refused(deploy: Deploym
     assert result.state == "refused"
     assert "the ledger holds other content" in result.reason
     assert deploy.corrector.records() == []
+
+
+def test_a_correction_of_an_event_applied_before_a_migration_is_refused(
+    deploy: Deployment,
+) -> None:
+    """Applied before a measure was added: its rows hold nothing in the new measure, so a
+    cancel by the current declaration would take what was never added. Refused, naming the
+    migration and what to do instead; the aggregates and the corrections table do not
+    change (not the misleading "other content" refusal)."""
+    original = event("pre", 5)
+    assert deploy.pipeline.process([original]).ok
+    units = Measure(name="units", value=Quantity(scale=0))
+    grown = [
+        attrs.evolve(t, measures=(*t.measures, units)) if t.name == "usage_daily" else t
+        for t in billing_tables()
+    ]
+    migrate(deploy.backend.provider, deploy.used, grown)
+    before = deploy.rows()
+    with AggregationWriter(
+        shard_map=deploy.store, provider=deploy.backend.provider, tables=grown
+    ) as writer:
+        corrector = Corrector(writer=writer, engine=deploy.engine, provider=deploy.backend.provider)
+        result = corrector.cancel(original, correction_id="pm", reason="r")
+        assert result.state == "refused"
+        assert "applied under an older table declaration" in result.reason
+        assert "shardbill migrate" in result.reason
+        assert "the ledger holds other content" not in result.reason
+        assert corrector.records() == []
+        changed = corrector.amend(
+            event("pre", 5, quantity=3), correction_id="pn", reason="r", original=original
+        )
+        assert changed.state == "refused"
+        assert "applied under an older table declaration" in changed.reason
+    assert deploy.rows() == before
 
 
 def test_a_correction_of_a_closed_period_is_refused(deploy: Deployment) -> None:

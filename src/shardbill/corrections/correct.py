@@ -51,6 +51,7 @@ from shardbill.corrections.records import (
     shown_id,
 )
 from shardbill.corrections.store import (
+    declarations_on,
     delete_pending,
     insert_record,
     ledger_prints,
@@ -58,6 +59,7 @@ from shardbill.corrections.store import (
     period_states,
     read_records,
 )
+from shardbill.declarations import ReplayJudge
 from shardbill.errors import InvalidInputError, ShardbillError
 from shardbill.mapstore.base import MapStore
 from shardbill.periods.close import fleet_shards
@@ -468,6 +470,14 @@ class Corrector:
         other = [
             u for u in units if stored.get((u.event_id, u.slot), u.fingerprint) != u.fingerprint
         ]
+        if other and self._applied_before_a_migration(other, stored):
+            raise _Refused(
+                f"event {event_id!r} was applied under an older table declaration (before "
+                "`shardbill migrate` changed the tables): a correction reverses its rows as the "
+                "tables are declared now, which would take from measures, keys or tables it "
+                "never added to. Correcting an event from before a migration is not supported: "
+                "book the difference as a new event with its own id"
+            )
         if other:
             raise _Refused(
                 f"event {event_id!r}: the ledger holds other content for {what} on slot "
@@ -578,6 +588,14 @@ class Corrector:
             f"{why}; the record stays pending, as part of it may be in the ledger: resolve it "
             "by hand (see docs/howto/month-end.md)",
         )
+
+    def _applied_before_a_migration(
+        self, units: Sequence[Unit], stored: Mapping[tuple[str, int], str]
+    ) -> bool:
+        """Whether each unit's stored fingerprint is its own under an older declaration."""
+        history = declarations_on(self._provider, self.shards(), self._system)
+        judge = ReplayJudge(self._writer.tables, history)
+        return all(judge.recognises(stored[(u.event_id, u.slot)], u.signed) for u in units)
 
     def _in_ledger(self, units: Sequence[Unit]) -> bool:
         """Whether any of these units (with their own content) is in the ledger."""

@@ -17,6 +17,8 @@ from shardbill.corrections.records import (
     event_from_text,
     event_to_text,
 )
+from shardbill.declarations import Declaration
+from shardbill.declarations.store import read_history
 from shardbill.dialects.detect import dialect_for
 from shardbill.periods.tables import GATE_ROW, PeriodState
 from shardbill.providers.base import ConnectionProvider
@@ -212,6 +214,23 @@ def ledger_prints(
             finally:
                 cursor.close()
     return found
+
+
+def declarations_on(
+    provider: ConnectionProvider, shards: Iterable[str], system: SystemTables
+) -> list[Declaration]:
+    """Every table declaration recorded on any of ``shards`` (each version once)."""
+    found: dict[str, Declaration] = {}
+    for shard in shards:
+        with provider.connection(shard) as conn:
+            dialect = dialect_for(conn)
+            cursor = conn.cursor()
+            try:
+                for recorded in read_history(cursor, dialect, system.declarations):
+                    found.setdefault(recorded.declaration.version, recorded.declaration)
+            finally:
+                cursor.close()
+    return list(found.values())
 
 
 def period_states(

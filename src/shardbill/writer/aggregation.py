@@ -1231,18 +1231,27 @@ class AggregationWriter:
     def _resolve_lost(
         self, work: ShardWork, lost_tokens: set[str]
     ) -> tuple[tuple[Unit, ...], tuple[Unit, ...]]:
-        """The units a lost COMMIT of this call applied, and those another writer did."""
+        """The units a lost COMMIT of this call applied, and those another writer did.
+
+        Another writer's entry is this unit's also when its fingerprint is the
+        unit's under an older declaration (an event applied before a migration).
+        """
+        applied: list[Unit] = []
+        duplicates: list[Unit] = []
         with self._provider.connection(work.shard) as conn:
             dialect = self.dialect(work.shard, conn)
             with self._cursor(conn) as cursor:
                 known = self._ledger_lookup(cursor, dialect, work.units)
-        applied: list[Unit] = []
-        duplicates: list[Unit] = []
-        for unit in work.units:
-            found = known.get((unit.event_id, unit.slot))
-            if found is None or found[0] != unit.fingerprint:
-                continue
-            (applied if found[1] in lost_tokens else duplicates).append(unit)
+                replayed = self._replays(cursor, dialect)
+                for unit in work.units:
+                    found = known.get((unit.event_id, unit.slot))
+                    if found is None:
+                        continue
+                    if found[1] in lost_tokens:  # this call's own entry
+                        if found[0] == unit.fingerprint:
+                            applied.append(unit)
+                    elif found[0] == unit.fingerprint or replayed(unit, found[0]):
+                        duplicates.append(unit)
         return tuple(applied), tuple(duplicates)
 
     def _emit(self, event: Committed | Retried | Failed | Rejected | MapReloaded) -> None:
