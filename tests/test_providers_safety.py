@@ -21,7 +21,7 @@ from shardbill.errors import (
     FatalDatabaseError,
     MoneyTypeError,
 )
-from shardbill.protocols import ChecksParameters
+from shardbill.protocols import ChecksParameters, WrapsConnection
 from shardbill.providers import ParameterTypeError, PooledProvider, check_params
 from tests.support.mysql import ServerAddress
 
@@ -185,8 +185,51 @@ def test_only_the_lent_connection_offers_unchecked_cursors(tmp_path: Path) -> No
     plain = sqlite3.connect(":memory:")
     try:
         assert not isinstance(plain, ChecksParameters)
+        assert not isinstance(plain, WrapsConnection)
     finally:
         plain.close()
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", ["pymysql", "mysqldb"])
+def test_the_writer_sets_read_committed_on_the_pooled_connection_under_the_loan(
+    request: pytest.FixtureRequest, tmp_path: Path, driver: str
+) -> None:
+    """The writer sets its isolation level once per driver connection a loan wraps (through
+    WrapsConnection): later writes on the same pooled connection issue no SET, and the
+    connection lent next keeps the level."""
+    from shardbill import AggregationWriter, ShardMap
+    from shardbill.tables.catalog import billing_tables
+    from tests.test_exactly_once_edges import NOW, charge
+
+    with _provider(request, driver, tmp_path) as provider:
+        with provider.connection("s") as conn:
+            assert isinstance(conn, WrapsConnection)
+            conn.cursor().execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        with AggregationWriter(
+            shard_map=ShardMap.create(["s"], slots=64),
+            provider=provider,
+            tables=billing_tables(),
+            clock=NOW.timestamp,
+        ) as writer:
+            writer.ensure_schema()
+            assert writer.write([charge("rc-1", 5)]).ok
+            sets = _set_statements(provider)
+            assert writer.write([charge("rc-2", 5)]).ok
+            assert writer.write([charge("rc-3", 5)]).ok
+            assert _set_statements(provider) == sets
+        with provider.connection("s") as conn:
+            cursor = conn.cursor()
+            cursor.execute("SELECT @@session.tx_isolation")
+            assert cursor.fetchone() == ("READ-COMMITTED",)
+
+
+def _set_statements(provider: PooledProvider) -> int:
+    """The SET statements the session of the pooled connection lent next has run."""
+    with provider.connection("s") as conn:
+        cursor = conn.cursor()
+        cursor.execute("SHOW SESSION STATUS LIKE 'Com_set_option'")
+        return int(cursor.fetchone()[1])
 
 
 def _provider_sqlite(tmp_path: Path) -> PooledProvider:

@@ -11,7 +11,9 @@ use to talk to each other:
   ``with`` block; see :mod:`shardbill.providers` and
   ``examples/custom_provider.py``), with :data:`SQLValue` and :data:`Row`;
   :class:`KnowsDialect`, a lent connection that already knows its SQL dialect,
-  :class:`ChecksParameters`, one whose cursors check every bound value; and
+  :class:`ChecksParameters`, one whose cursors check every bound value;
+  :class:`WrapsConnection`, a per-loan wrapper that names the pooled
+  connection under it; and
   :class:`KnowsShards`, a provider that can list the shards it reaches;
 - the shard map: :class:`MapSource` (``load``), :class:`MapStore` (plus an
   atomic compare-and-set ``publish``), and the optional :class:`MapHistory`
@@ -62,6 +64,7 @@ __all__ = [
     "Row",
     "Rule",
     "SQLValue",
+    "WrapsConnection",
 ]
 
 SQLValue: TypeAlias = int | str | bytes | Decimal | datetime.date | datetime.datetime | None
@@ -362,4 +365,19 @@ class KnowsShards(Protocol):
     @property
     def shards(self) -> Sequence[str]:
         """The names of the shards this provider lends connections to."""
+        ...
+
+
+@runtime_checkable
+class WrapsConnection(Protocol):
+    """A connection lent as a new wrapper per loan around a pooled driver connection.
+
+    :class:`~shardbill.providers.PooledProvider`'s are. Session state set once
+    per server connection (the writer's isolation level) is remembered by the
+    object :attr:`raw` names, which stays the same across loans.
+    """
+
+    @property
+    def raw(self) -> Any:
+        """The driver's connection under the wrapper."""
         ...

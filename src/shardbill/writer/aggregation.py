@@ -58,7 +58,7 @@ import weakref
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 import attrs
 
@@ -82,7 +82,7 @@ from shardbill.periods.close import fleet_shards
 from shardbill.periods.gate import REFUSE, Rebooker, check_policy, judge_late
 from shardbill.periods.months import Period, period_of
 from shardbill.periods.store import read_states, split_states
-from shardbill.protocols import ChecksParameters, MapSource
+from shardbill.protocols import ChecksParameters, MapSource, WrapsConnection
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.rules.events import PricedEvent
@@ -1276,11 +1276,7 @@ class AggregationWriter:
     @contextlib.contextmanager
     def _cursor(self, conn: DBAPIConnection) -> Iterator[DBAPICursor]:
         # Values are validated by the batch planner already; skip a second check.
-        kind = type(conn)
-        unchecked = _UNCHECKED_CURSORS.get(kind)
-        if unchecked is None:  # a Protocol isinstance is slow: once per connection class
-            unchecked = _UNCHECKED_CURSORS[kind] = isinstance(conn, ChecksParameters)
-        cursor = conn.unchecked_cursor() if unchecked else conn.cursor()  # type: ignore[attr-defined]
+        cursor = conn.unchecked_cursor() if _checks_parameters(conn) else conn.cursor()
         try:
             yield cursor
         finally:
@@ -1302,7 +1298,7 @@ class AggregationWriter:
     def _prepare(self, conn: DBAPIConnection, dialect: Dialect, cursor: DBAPICursor) -> None:
         if not self._settings.read_committed or dialect.embedded:
             return
-        raw = getattr(conn, "raw", conn)
+        raw = conn.raw if _wraps(conn) else conn
         try:
             if raw in self._prepared:
                 return
@@ -1741,8 +1737,26 @@ class AggregationWriter:
 
 
 _WRITABLE = frozenset({SlotState.OWNED, SlotState.INCOMING})
-#: Per connection class: does it satisfy :class:`ChecksParameters` (asked once).
-_UNCHECKED_CURSORS: dict[type, bool] = {}
+#: Per (connection class, protocol): does the class satisfy it (asked once each).
+_OFFERS: dict[tuple[type, object], bool] = {}
+
+
+def _offers(conn: object, protocol: object) -> bool:
+    """``isinstance(conn, protocol)`` for a runtime-checkable protocol, cached per class
+    (a protocol's ``isinstance`` inspects attributes: slow on a per-transaction path)."""
+    key = (type(conn), protocol)
+    found = _OFFERS.get(key)
+    if found is None:
+        found = _OFFERS[key] = isinstance(conn, protocol)  # type: ignore[arg-type]
+    return found
+
+
+def _checks_parameters(conn: object) -> TypeGuard[ChecksParameters]:
+    return _offers(conn, ChecksParameters)
+
+
+def _wraps(conn: object) -> TypeGuard[WrapsConnection]:
+    return _offers(conn, WrapsConnection)
 
 
 def _credit_lost_commits(outcome: _Outcome, lost_tokens: set[str]) -> _Outcome:
