@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.support.server_fixtures",
     "tests.support.backends",
     "tests.support.rule_package",
+    "tests.support.kafka_fixtures",
 ]
 
 _MYSQL_FIXTURES = {"mysql_server", "mysql_database", "mysql_database_url", "private_servers"}

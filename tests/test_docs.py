@@ -12,19 +12,27 @@ run on the test server (and fail, not skip, under ``CI=true`` without one).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import gc
+import io
 import re
 import secrets
+import shlex
+import time
 import unittest
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sybil import Sybil
+from sybil import Document, Sybil
 from sybil.example import NotEvaluated
 from sybil.parsers.myst import PythonCodeBlockParser, SkipParser
 
+from shardbill.cli import _build_parser
 from tests.support import docshell
 from tests.support.docshell import FileBlockParser, ShellBlockParser, skip_markers
+from tests.support.kafka import KafkaBroker
 from tests.support.mysql import ServerAddress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +48,12 @@ MARIADB_PAGES = {
     ),
 }
 RULE_PACKAGE_PAGES = {"docs/howto/write-a-billing-rule.md"}
-SKIP_BUDGET = 8
+KAFKA_PAGES = {"docs/tutorials/stream-worker.md"}
+"""Pages that run on the private Kafka broker (``test_stream_worker_tutorial_runs_on_kafka``)."""
+SKIP_BUDGET = 7
 """At most this many blocks are skipped over all pages (each needs a reason)."""
 
-SHELL_SKIP_BUDGET = 10
+SHELL_SKIP_BUDGET = 9
 """At most this many shell blocks with ``shardbill`` commands are not run (each says why)."""
 
 SYBIL = Sybil(
@@ -59,8 +69,13 @@ def _name(page: Path) -> str:
 
 def _run(page: Path) -> int:
     """Run every example of ``page``; returns how many actually ran."""
+    return _evaluate(SYBIL.parse(page))
+
+
+def _evaluate(document: Document) -> int:
+    """Run every example of ``document``; returns how many actually ran."""
     ran = 0
-    for example in SYBIL.parse(page):
+    for example in document:
         try:
             example.evaluate()
         except (unittest.SkipTest, NotEvaluated):
@@ -81,7 +96,7 @@ SLOW_PAGES = {
     [
         pytest.param(p, marks=[pytest.mark.slow] if _name(p) in SLOW_PAGES else [])
         for p in PAGES
-        if _name(p) not in MARIADB_PAGES.keys() | RULE_PACKAGE_PAGES
+        if _name(p) not in MARIADB_PAGES.keys() | RULE_PACKAGE_PAGES | KAFKA_PAGES
     ],
     ids=_name,
 )
@@ -173,6 +188,156 @@ def test_mariadb_page_runs(
 
     monkeypatch.setattr(docshell, "SQL_RUNNER", sql)
     assert _run(copy) >= 5
+
+
+PAGE_BROKER = "127.0.0.1:9092"
+"""The broker address the stream-worker tutorial shows."""
+
+
+@pytest.mark.kafka
+def test_stream_worker_tutorial_runs_on_kafka(
+    kafka_broker: KafkaBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/tutorials/stream-worker.md runs whole, its Kafka section on the private broker.
+
+    The page runs from a copy in which its broker address, the exact string
+    ``127.0.0.1:9092``, is replaced by the session broker's (a free port: a
+    fixed 9092 could be taken, or shared with another run of the suite on
+    this machine). Sections 1 to 3 run as on any page; section 4's worker
+    command (a ``background`` block) starts as a process in the page's
+    directory, with ``--kafka-option session.timeout.ms=6000`` appended, which
+    the page does not show: with librdkafka's default of 45 s, Tansu's first
+    assignment of the group takes about 25 s instead of 3 (tests/support/kafka.py).
+    Then the page's producer block sends its event; the test waits until the
+    event is in the shard, read through shardbill's Reader as the page's
+    section 2 does, and stops the worker with SIGINT (Ctrl-C), which must
+    exit 0.
+    """
+    from shardbill import Reader
+    from shardbill.config import Config
+
+    page = "docs/tutorials/stream-worker.md"
+    text = (ROOT / page).read_text(encoding="utf-8")
+    assert text.count(PAGE_BROKER) >= 2, f"{page} no longer shows the broker {PAGE_BROKER}"
+    copy = tmp_path / Path(page).name
+    copy.write_text(text.replace(PAGE_BROKER, kafka_broker.bootstrap), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    document = SYBIL.parse(copy)
+    with docshell.background(extra_args=["--kafka-option", "session.timeout.ms=6000"]) as started:
+        assert _evaluate(document) >= 10
+        document.namespace.clear()  # the page's Producer is closed now, while the broker runs
+        gc.collect()
+        assert [c.line.split()[:2] for c in started] == [["shardbill", "worker"]]
+        config = Config.load(tmp_path / "shardbill.toml")
+        opened = config.open()
+        try:
+            reader = Reader(
+                shard_map=opened.map_store.load(), provider=opened.provider, tables=config.tables
+            )
+            charges: object = None
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                charges = reader.rows("account_balance", 42)[0].measures["charges"]
+                if charges == 5 or started[0].process.poll() is not None:
+                    break
+                time.sleep(0.2)
+        finally:
+            opened.close()
+        assert charges == 5, (
+            f"account 42 has {charges} charges, not 5: the Kafka event evt-9 is not in the "
+            "shards within 90 s of the page's producer block; the worker printed:\n"
+            + started[0].printed()
+        )
+    # leaving the block sent the worker SIGINT; it exited 0 (docshell.background checks)
+
+
+def _exact(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` and its subcommands' parsers refusing abbreviated options.
+
+    The command line accepts ``--bootstrap-server`` for ``--bootstrap-servers``
+    while no other option starts so; a page must name the option itself.
+    """
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _exact(sub)
+    return parser
+
+
+def _parse_error(line: str) -> str | None:
+    """Why ``shardbill``'s real argument parser refuses the command ``line``, or None."""
+    argv = docshell._argv(line)
+    assert argv is not None, line
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            _exact(_build_parser()).parse_args(argv)
+    except SystemExit as exc:  # --help and --version exit 0; a usage error exits 2
+        if exc.code not in (0, None):
+            return out.getvalue().strip() or f"exit {exc.code}"
+    return None
+
+
+def _exempt_pages() -> list[str]:
+    """The pages with shell blocks that are not run."""
+    return [_name(p) for p in PAGES if any(skip_markers(p.read_text(encoding="utf-8")))]
+
+
+@pytest.mark.parametrize("page", _exempt_pages())
+def test_exempt_shardbill_commands_parse(page: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shell blocks that are not run (``shell: skip``, ``shell: skip-page``) do not go stale.
+
+    Every ``shardbill`` command line of them (``\\`` continuations joined) is
+    parsed, not run, by the real parser of :mod:`shardbill.cli`: a subcommand
+    or an option that does not exist (abbreviations refused), or a value its
+    type refuses, fails.
+    An ``env:NAME`` value is read at parse time, so NAME is set to a
+    placeholder first. Any other command in such a block (``pip install``,
+    ``kafka-topics``) needs ``<!-- shell: not-shardbill "why" -->`` above the
+    block, and that marker only where the block has one.
+    """
+    problems: list[str] = []
+    checked = 0
+    for line, block in docshell.shell_blocks(ROOT / page):
+        if block.skipped is None:
+            continue  # it runs in test_page_code_runs (or a page test of its own)
+        others = []
+        for command in docshell.commands(block.source):
+            if docshell._argv(command.line) is None:
+                others.append(command.line)
+                continue
+            for word in shlex.split(command.line, comments=True):
+                for name in re.findall(r"(?:^|=)env:(\w+)$", word):
+                    monkeypatch.setenv(name, "placeholder")
+            checked += 1
+            error = _parse_error(command.line)
+            if error is not None:
+                problems.append(f"{page}:{line}: $ {command.line}\n{error}")
+        exempt = block.markers.get("not-shardbill")
+        if others and exempt is None:
+            problems.append(
+                f"{page}:{line}: not shardbill commands, so not checked: {others}; mark the "
+                'block <!-- shell: not-shardbill "why" --> or show shardbill commands only'
+            )
+        if exempt is not None and not others:
+            problems.append(f"{page}:{line}: a not-shardbill marker on a block of shardbill only")
+        if exempt is not None and not re.fullmatch(r'"[^"]{10,}"', exempt):
+            problems.append(f'{page}:{line}: not-shardbill needs a reason: "why"')
+    assert problems == [], "\n\n".join(problems)
+    assert checked > 0, f"{page}: no shardbill command in its blocks that are not run"
+
+
+def test_shell_markers_are_known() -> None:
+    """Every ``<!-- shell: ... -->`` marker is one the runner knows (a typo is not ignored)."""
+    known = {*docshell.BLOCK_MARKERS, "skip-page"}
+    unknown = [
+        f"{_name(page)}: {kind}"
+        for page in PAGES
+        for kind, _ in docshell.shell_markers(page.read_text(encoding="utf-8"))
+        if kind not in known
+    ]
+    assert unknown == []
 
 
 def test_skipped_blocks_are_few_and_say_why() -> None:

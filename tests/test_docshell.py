@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import docshell
+from tests.support.clock import recent_start
 
 
 def test_a_session_splits_into_commands_with_their_output() -> None:
@@ -131,3 +134,80 @@ def test_a_toml_block_naming_its_file_is_written(
     assert len(examples) == 1
     examples[0].evaluate()
     assert (tmp_path / "app.toml").read_text(encoding="utf-8").endswith("batch_size = 5\n")
+
+
+def test_markers_stacked_above_a_block_apply_to_it_in_any_order() -> None:
+    """The marker lines right above a fence are the block's; text between ends the stack."""
+    text = (
+        '<!-- shell: background "a" -->\n\nSome text.\n\n'
+        '<!-- shell: not-shardbill "b" -->\n<!-- shell: skip "c" -->\n```console\n'
+    )
+    assert docshell.markers_above(text, text.index("```")) == {
+        "not-shardbill": '"b"',
+        "skip": '"c"',
+    }
+    assert docshell.markers_above(text, text.index("Some")) == {"background": '"a"'}
+    assert docshell.markers_above("text\n```console\n", 5) == {}
+
+
+def test_a_background_block_runs_only_inside_a_test_that_stops_it() -> None:
+    """Outside :func:`docshell.background` (the generic page test) a background block fails."""
+    with pytest.raises(AssertionError, match=r"runs only inside docshell\.background"):
+        docshell.start_background("$ shardbill worker --config x.toml\n")
+
+
+def _directory_deployment(tmp_path: Path) -> None:
+    (tmp_path / "events").mkdir()
+    (tmp_path / "shardbill.toml").write_text(
+        '[shards]\ns0 = "sqlite:///s0.db"\n\n[worker]\nsource = "dir:events"\n', encoding="utf-8"
+    )
+    assert docshell.run(["init", "--config", "shardbill.toml"])[0] == 0
+    event = {
+        "event_id": "e1",
+        "account": 7,
+        "time": recent_start().isoformat(),
+        "product": "sms",
+        "quantity": 1,
+    }
+    (tmp_path / "events" / "a.jsonl").write_text(json.dumps(event) + "\n", encoding="utf-8")
+
+
+def test_a_background_command_runs_until_the_block_ends_and_must_exit_zero_on_sigint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background command is a process in the page's directory while the test waits;
+    leaving :func:`docshell.background` sends it SIGINT and checks that it exits 0. The
+    extra arguments a test passes are appended."""
+    monkeypatch.chdir(tmp_path)
+    _directory_deployment(tmp_path)
+    with docshell.background(extra_args=["--progress", "0.1"]) as started:
+        docshell.start_background(
+            "$ pip install 'shardbill[kafka]'\n$ shardbill worker \\\n    --config shardbill.toml\n"
+        )
+        assert [c.line for c in started] == ["shardbill worker --config shardbill.toml"]
+        assert started[0].process.args[-2:] == ["--progress", "0.1"]  # type: ignore[index]
+        committed = tmp_path / "events" / ".shardbill-offsets.json"
+        deadline = time.monotonic() + 60  # a SIGINT before its handler is set would kill it
+        while not committed.exists() and time.monotonic() < deadline:
+            assert started[0].process.poll() is None, started[0].printed()
+            time.sleep(0.05)
+        assert started[0].process.poll() is None  # running: a worker waits for more lines
+    assert started[0].process.returncode == 0
+    assert "SIGINT: finishing the batch" in started[0].printed()
+
+
+def test_a_background_command_that_exits_early_or_non_zero_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that ended before the page did fails the block with its output."""
+    monkeypatch.chdir(tmp_path)
+
+    def exits_at_once() -> None:
+        with docshell.background() as started:
+            docshell.start_background("$ shardbill worker --config missing.toml\n")
+            started[0].process.wait(60)
+
+    with pytest.raises(AssertionError, match=r"exited 2 before the page ended(.|\n)*missing\.toml"):
+        exits_at_once()
+    with pytest.raises(AssertionError, match="output is not compared"), docshell.background():
+        docshell.start_background("$ shardbill worker --config shardbill.toml\nworker: ...\n")

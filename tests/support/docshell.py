@@ -21,7 +21,24 @@ against a server sets (unset, the command cannot run). Any other command in
 a block with a ``shardbill`` command fails the test: such a block must be
 marked right above it with ``<!-- shell: skip "why" -->``, and a page whose
 commands need a server the test does not start (MariaDB, a Kafka broker)
-with ``<!-- shell: skip-page "why" -->`` anywhere in it.
+with ``<!-- shell: skip-page "why" -->`` anywhere in it. The commands of
+those exempt blocks are still checked, without running, by
+``tests/test_docs.py::test_exempt_shardbill_commands_parse`` (every
+``shardbill`` command line is parsed by the real argument parser); a
+non-shardbill command there (``pip install``, ``kafka-topics``) needs
+``<!-- shell: not-shardbill "why" -->`` above its block.
+
+``<!-- shell: background "why" -->`` right above a block runs its
+``shardbill`` commands in the background (a subprocess, ``python -m
+shardbill``, in the page's working directory) until the page ends, for a
+command that runs until Ctrl-C (``shardbill worker`` on Kafka). It runs only
+inside :func:`background`, which a test holds open around the page: the
+test then waits for what the command does, and leaving the ``with`` block
+sends each command SIGINT and fails unless it exits 0. Outside it (the
+generic page test) a background block fails, so a page that has one needs
+a test of its own (``tests/test_docs.py::test_stream_worker_tutorial_runs_on_kafka``).
+A background command's output is not compared: the block must show none.
+Markers stacked right above one block apply together, in any order.
 
 Shown output is compared line by line after :func:`normalize`: a line
 ``...`` stands for any number of lines, ``...`` inside a line for any text,
@@ -36,10 +53,15 @@ import contextlib
 import io
 import re
 import shlex
+import signal
+import subprocess
+import sys
+import tempfile
 import unittest
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from sybil import Document, Example, Region
 from sybil.parsers.myst import CodeBlockParser
@@ -47,7 +69,10 @@ from sybil.parsers.myst import CodeBlockParser
 from shardbill.cli import main
 
 LANGUAGES = ("console", "bash", "shell")
-SKIP_MARKER = re.compile(r"^<!-- shell: skip\s*(.*?)\s*-->\s*\Z", re.MULTILINE)
+MARKER = re.compile(r"^<!-- shell: ([a-z][a-z-]*)\b\s*(.*?)\s*-->$")
+"""One shell marker line: its kind and its reason."""
+BLOCK_MARKERS = ("skip", "background", "not-shardbill")
+"""The markers that apply to the block right below them."""
 PAGE_SKIP_MARKER = re.compile(r"^<!-- shell: skip-page\s*(.*?)\s*-->$", re.MULTILINE)
 _PROGRAMS = (("shardbill",), (".venv/bin/shardbill",), ("python", "-m", "shardbill"))
 _ALIASES = {("./run", "demo"): ["demo"]}  # README: `./run demo` is `shardbill demo`
@@ -226,8 +251,37 @@ def _failed(command: str, code: int, printed: list[str]) -> str:
     return f"$ {command}\nexited {code}, printing:\n" + "\n".join(printed)
 
 
+@dataclass(frozen=True)
+class Block:
+    """One shell block of a page: its text, and the markers that apply to it."""
+
+    source: str
+    markers: dict[str, str]
+    """kind -> reason: the block markers right above it, and ``skip-page`` for its page's."""
+
+    @property
+    def skipped(self) -> str | None:
+        """Why the block is not run (its ``skip`` or its page's ``skip-page``), else None."""
+        return self.markers.get("skip", self.markers.get("skip-page"))
+
+
+def markers_above(text: str, start: int) -> dict[str, str]:
+    """The block markers on the lines right above ``start`` (a block's fence), kind -> reason."""
+    found: dict[str, str] = {}
+    for line in reversed(text[:start].rstrip().splitlines()):
+        match = MARKER.match(line.strip())
+        if match is None or match.group(1) not in BLOCK_MARKERS:
+            break
+        found.setdefault(match.group(1), match.group(2))
+    return found
+
+
 class ShellBlockParser:
-    """Sybil parser: each shell block is an example run by :func:`evaluate`."""
+    """Sybil parser: each shell block is an example run by :func:`evaluate`.
+
+    Its examples' ``parsed`` is a :class:`Block`, so that a test can also
+    read the blocks that are not run (see ``test_exempt_shardbill_commands_parse``).
+    """
 
     def __init__(self) -> None:
         self._parsers = [CodeBlockParser(language, self._evaluate) for language in LANGUAGES]
@@ -236,17 +290,144 @@ class ShellBlockParser:
         page_skip = PAGE_SKIP_MARKER.search(document.text)
         for parser in self._parsers:
             for region in parser(document):
-                marker = page_skip or SKIP_MARKER.search(document.text[: region.start].rstrip())
-                if marker is not None:
-                    region.parsed = ("skip", marker.group(1))
+                markers = markers_above(document.text, region.start)
+                if page_skip is not None:
+                    markers["skip-page"] = page_skip.group(1)
+                region.parsed = Block(str(region.parsed), markers)
                 yield region
 
     @staticmethod
     def _evaluate(example: Example) -> None:
-        parsed = example.parsed
-        if isinstance(parsed, tuple):
-            raise unittest.SkipTest(parsed[1])
-        evaluate(str(parsed))
+        block = example.parsed
+        assert isinstance(block, Block)
+        if block.skipped is not None:
+            raise unittest.SkipTest(block.skipped)
+        if "background" in block.markers:
+            start_background(block.source)
+        else:
+            evaluate(block.source)
+
+
+def shell_blocks(path: Path) -> list[tuple[int, Block]]:
+    """Every shell block of the page at ``path`` with its line number, run or not."""
+    from sybil import Sybil
+
+    return [
+        (example.line, example.parsed)
+        for example in Sybil(parsers=[ShellBlockParser()]).parse(path)
+        if isinstance(example.parsed, Block)
+    ]
+
+
+@dataclass
+class Background:
+    """A command of a ``background`` block, running."""
+
+    line: str
+    process: subprocess.Popen[bytes]
+    output: IO[bytes]
+    log: str = ""
+    """Everything it printed, once it is stopped (its output file is then closed)."""
+
+    def printed(self) -> str:
+        """What it printed so far (standard output and error)."""
+        if self.output.closed:
+            return self.log
+        self.output.flush()
+        self.output.seek(0)
+        text = self.output.read().decode(errors="replace")
+        self.output.seek(0, io.SEEK_END)
+        return text
+
+
+_BACKGROUND: list[Background] | None = None
+_BACKGROUND_EXTRA: tuple[str, ...] = ()
+
+
+def start_background(source: str) -> None:
+    """Start the ``shardbill`` commands of a ``background`` block (inside :func:`background`)."""
+    if _BACKGROUND is None:
+        raise AssertionError(
+            "a <!-- shell: background --> block runs only inside docshell.background(), "
+            "which a test of its own holds open around the page (it waits for the command's "
+            "work and stops it)"
+        )
+    for command in commands(source):
+        assert not command.shown, (
+            f"$ {command.line}: a background command's output is not compared; show none"
+        )
+        argv = _argv(command.line)
+        if argv is None:
+            if any(tuple(command.line.split()[: len(p)]) == p for p in _NOT_RUN):
+                continue
+            raise AssertionError(f"cannot run {command.line!r} in the background here")
+        output = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the command is stopped
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shardbill", *argv, *_BACKGROUND_EXTRA],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        _BACKGROUND.append(Background(command.line, process, output))
+
+
+@contextlib.contextmanager
+def background(
+    extra_args: Sequence[str] = (), stop_timeout: float = 60.0
+) -> Iterator[list[Background]]:
+    """Let a page's ``background`` blocks run; yields the commands as they start.
+
+    Args:
+        extra_args: appended to every background command (a setting the test
+            needs and the reader does not, such as a shorter session timeout).
+        stop_timeout: seconds each command may take to exit after its SIGINT.
+
+    Raises:
+        AssertionError: on leaving, a command had exited before its SIGINT,
+            did not exit within ``stop_timeout`` after it, or exited non-zero.
+    """
+    global _BACKGROUND, _BACKGROUND_EXTRA
+    assert _BACKGROUND is None, "docshell.background() does not nest"
+    started: list[Background] = []
+    _BACKGROUND, _BACKGROUND_EXTRA = started, tuple(extra_args)
+    try:
+        yield started
+    except BaseException:
+        for command in started:
+            _stop(command, stop_timeout)
+        raise
+    else:
+        failures = [
+            problem for command in started if (problem := _stop(command, stop_timeout)) is not None
+        ]
+        if failures:
+            raise AssertionError("\n\n".join(failures))
+    finally:
+        _BACKGROUND, _BACKGROUND_EXTRA = None, ()
+        for command in started:
+            command.log = command.printed()
+            command.output.close()
+
+
+def _stop(command: Background, timeout: float) -> str | None:
+    """SIGINT (Ctrl-C) to ``command`` and its exit; returns what went wrong, or None."""
+    early = command.process.poll()
+    if early is None:
+        command.process.send_signal(signal.SIGINT)
+        try:
+            code = command.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            command.process.kill()
+            command.process.wait()
+            return f"$ {command.line}\ndid not exit within {timeout:g} s of its SIGINT:\n" + (
+                command.printed()
+            )
+        if code == 0:
+            return None
+        return f"$ {command.line}\nexited {code} after its SIGINT, printing:\n" + command.printed()
+    return f"$ {command.line}\nexited {early} before the page ended, printing:\n" + (
+        command.printed()
+    )
 
 
 _FILE_COMMENT = re.compile(r"\A# ([\w.-]+\.toml):")
@@ -273,5 +454,14 @@ class FileBlockParser:
 
 def skip_markers(text: str) -> Iterator[tuple[str, str]]:
     """The shell skip markers of a page's text: ("skip" or "skip-page", the reason)."""
-    for match in re.finditer(r"^<!-- shell: (skip-page|skip)\b\s*(.*?)\s*-->$", text, re.MULTILINE):
-        yield match.group(1), match.group(2)
+    for kind, reason in shell_markers(text):
+        if kind in ("skip", "skip-page"):
+            yield kind, reason
+
+
+def shell_markers(text: str) -> Iterator[tuple[str, str]]:
+    """Every shell marker line of a page's text: (its kind, its reason)."""
+    for line in text.splitlines():
+        match = MARKER.match(line.strip())
+        if match is not None:
+            yield match.group(1), match.group(2)

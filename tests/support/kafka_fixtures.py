@@ -1,4 +1,8 @@
-"""The private Kafka-protocol broker of the ``kafka`` tests: one per session."""
+"""The private Kafka-protocol broker of the ``kafka`` tests: one per session.
+
+A plugin of tests/conftest.py, so that the worker tests and the docs tests
+(``tests/test_docs.py`` runs the stream-worker tutorial on it) share one broker.
+"""
 
 from __future__ import annotations
 
