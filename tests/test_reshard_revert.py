@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,6 +130,51 @@ def test_a_reshard_is_reverted_exactly_while_writers_write(four: Backend, stop_a
     assert (claim.state, claim.reverts) == ("finished", target.epoch)
     assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
     assert actual_rows(four, slot_check=_owner_check(back)) == expected_rows(charges + later)
+
+
+class _DiesOn:
+    """Wraps a provider: the first connection to ``shard`` kills the caller (CrashError)."""
+
+    def __init__(self, inner: Any, shard: str) -> None:
+        self.inner = inner
+        self.shard = shard
+
+    def connection(self, shard: str, *, readonly: bool = False) -> Any:
+        if shard == self.shard:
+            raise CrashError
+        return self.inner.connection(shard, readonly=readonly)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_reshard_killed_before_its_new_shard_had_tables_is_reverted(four: Backend) -> None:
+    """The resharder adding s3 dies at its first statement there, after taking the claim and
+    before s3 has any table (simulation seeds 9024 and 9069). The revert reads the shards the
+    reverted plan added too: it must not fail on their missing tables for ever."""
+    charges = make_charges(344, 150, accounts=30)
+    store = MemoryMapStore(ShardMap.create(["s0", "s1", "s2"], slots=SLOTS))
+    with AggregationWriter(
+        shard_map=store, provider=four.provider, tables=billing_tables()
+    ) as writer:
+        writer.ensure_schema()
+        assert writer.write(charges).ok
+    original = store.load()
+    with pytest.raises(CrashError):
+        Resharder(
+            store=store,
+            provider=_DiesOn(four.provider, "s3"),
+            tables=billing_tables(),
+            settings=ReshardSettings(lease_wait=0),
+        ).run(original.add_shard("s3"))
+    claim = store.load_claim()
+    assert claim is not None
+    assert claim.state == "moving"
+    _resharder(store, four).revert()
+    back = store.load()
+    assert back.assignment == original.assignment
+    assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
+    assert actual_rows(four, slot_check=_owner_check(back)) == expected_rows(charges)
 
 
 def test_a_stopped_revert_resumes_and_a_new_plan_may_follow(four: Backend) -> None:

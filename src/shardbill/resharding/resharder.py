@@ -577,12 +577,16 @@ class Resharder:
         self._acquire(source, target)
         self._resolved = target
         new = sorted(s for s in target.shards if not plan.before.get(s))
-        apply_schema(  # new shards get their tables; their slots arrive by moving
+        # New shards get their tables (their slots arrive by moving); so do the shards the
+        # plan removes, which lack them when this reverts a reshard that died before it
+        # had made them (their slots then never left; CREATE IF NOT EXISTS elsewhere).
+        removed = sorted(s for s in source.shards if s not in target.shards)
+        apply_schema(
             self._provider,
             target,
             self._tables,
             system_tables=self._system,
-            shards=new,
+            shards=[*new, *removed],
             record_ownership=False,
         )
         # After the claim, before any slot moves: a close lists the claimed targets, or
