@@ -352,7 +352,7 @@ def test_a_write_racing_a_close_that_holds_the_gate_is_refused_whole(two_kinds: 
         close.join(WAIT)
         write.join(WAIT)
         assert statuses[0].state == "closed"
-        assert results[0].rejected_events == {event_id}
+        assert results[0].rejected_events == {event_id}, results[0]
         assert "2026-11" in results[0].rejected[0].reason
     shards = tuple(store.load().shards)
     assert event_id not in _ledger_ids(backend, shards)

