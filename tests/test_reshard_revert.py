@@ -7,6 +7,7 @@ On SQLite and MariaDB through both drivers.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,3 +222,49 @@ def test_a_running_reshard_cannot_be_reverted_under_its_feet(four: Backend) -> N
         store.load().add_shard("s2")
     )
     assert [e.owner for e in refused] == ["runner"]
+
+
+def test_a_reshard_killed_before_moving_is_reverted_past_old_forwarding_rows(
+    four: Backend,
+) -> None:
+    """A slot that left a shard in an earlier reshard keeps a ``gone`` row there pointing
+    at the shard it went to. A later plan that gives it back to that shard dies before it
+    moves anything; the revert must see that the slot never moved (its owner still owns
+    it), not refuse it for ever because the old row points elsewhere (simulation seed
+    9225)."""
+    charges = make_charges(345, 150, accounts=30)
+    store = MemoryMapStore(ShardMap.create(["s0", "s1", "s2"], slots=32))
+    with AggregationWriter(
+        shard_map=store, provider=four.provider, tables=billing_tables()
+    ) as writer:
+        writer.ensure_schema()
+        assert writer.write(charges).ok
+    first = store.load()
+    apply_schema(four.provider, first, billing_tables(), shards=["s3"], record_ownership=False)
+    _resharder(store, four).run(first.reweight({"s0": 1, "s1": 1, "s2": 2}))
+    _resharder(store, four).run(store.load().reweight({"s0": 2, "s1": 1, "s2": 1}))
+    before = store.load()
+    target = before.reweight({"s0": 1, "s1": 1, "s2": 1})
+    history = [store.load_epoch(e) for e in range(1, before.epoch + 1)]
+    # The case itself: a slot the plan gives to a shard it once left for a third shard.
+    assert any(
+        target.owner(slot) != before.owner(slot)
+        and any(
+            a.owner(slot) == target.owner(slot)
+            and b.owner(slot) not in (target.owner(slot), before.owner(slot))
+            for a, b in itertools.pairwise(history)
+        )
+        for slot in range(32)
+    )
+
+    def crash(name: str) -> None:
+        if name == "switch":
+            raise CrashError
+
+    with pytest.raises(CrashError):
+        _resharder(store, four, before_step=crash).run(target)
+    _resharder(store, four).revert()
+    back = store.load()
+    assert back.assignment == before.assignment
+    assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
+    assert actual_rows(four, slot_check=_owner_check(back)) == expected_rows(charges)

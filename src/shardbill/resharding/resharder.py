@@ -1028,7 +1028,10 @@ class Resharder:
         ``fenced``: the source forwards to the target, which receives from the
         source; ``pending``: the source owns it and the target has no row, a
         row from an earlier move away (``gone``), or this move's ``incoming``
-        row. Anything else is a ``conflict``: with ``strict``, a
+        row. In a revert, a slot the reverted reshard never moved is ``finished``
+        (its owner still owns it; the other side has no row or one from an earlier
+        move away), and one still arriving on this revert's source is ``pending``.
+        Anything else is a ``conflict``: with ``strict``, a
         :class:`~shardbill.errors.ReshardError` that lists them and says how to
         fix them, before anything changes.
         """
@@ -1050,8 +1053,10 @@ class Resharder:
                 or (t_state == SlotState.INCOMING and t_peer == move.source)
             ):
                 states[move] = MoveState.PENDING
-            elif reverting and t_state == SlotState.OWNED and s_state is None:
-                states[move] = MoveState.FINISHED  # the reverted reshard never moved it
+            elif reverting and t_state == SlotState.OWNED and s_state in (None, SlotState.GONE):
+                # The reverted reshard never moved it: the mirror of a pending move, whose
+                # target may keep a row from an earlier move away, to any shard (seed 9225).
+                states[move] = MoveState.FINISHED
             elif (
                 reverting
                 and (s_state, s_peer) == (SlotState.INCOMING, move.target)
