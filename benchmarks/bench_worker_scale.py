@@ -89,10 +89,18 @@ class _Sampler(threading.Thread):
             self.done.wait(0.1)
 
     def between(self, start: float, end: float) -> tuple[float, float, dict[str, float]]:
-        """The first and last sample inside [start, end] and each group's CPU seconds between."""
+        """The first and last sample inside [start, end] and each group's CPU seconds between.
+
+        A window shorter than two samples (a small run on a fast or a busy machine) is
+        measured between the samples just around it instead.
+        """
         inside = [s for s in self.samples if start <= s[0] <= end]
         if len(inside) < 2:
-            raise RuntimeError("the steady window is too short to sample: give more --events")
+            before = [s for s in self.samples if s[0] <= start]
+            after = [s for s in self.samples if s[0] >= end]
+            if not before or not after:
+                raise RuntimeError("the steady window was not sampled: give more --events")
+            inside = [before[-1], after[0]]
         (t0, first), (t1, last) = inside[0], inside[-1]
         return t0, t1, {name: last[name] - first[name] for name in first}
 

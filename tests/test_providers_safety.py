@@ -172,6 +172,32 @@ def test_unchecked_cursor_is_the_documented_way_around(
         assert cur.fetchone() == (42,)
 
 
+def test_a_forwarding_proxy_is_judged_per_connection_not_per_class(tmp_path: Path) -> None:
+    """A user's connection proxy that forwards attributes (``__getattr__``) offers what the
+    connection it wraps offers: the writer's per-class cache of "offers an unchecked cursor"
+    must not give the second proxy the first one's answer."""
+    import sqlite3
+
+    from shardbill.writer.aggregation import _checks_parameters, _wraps
+
+    class Proxy:
+        def __init__(self, inner: object) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    with _provider_sqlite(tmp_path) as provider, provider.connection("s") as conn:
+        assert _checks_parameters(Proxy(conn))
+        assert _wraps(Proxy(conn))
+    plain = sqlite3.connect(":memory:")
+    try:
+        assert not _checks_parameters(Proxy(plain))
+        assert not _wraps(Proxy(plain))
+    finally:
+        plain.close()
+
+
 def test_only_the_lent_connection_offers_unchecked_cursors(tmp_path: Path) -> None:
     """ChecksParameters tells a lent connection from a plain one: the writer asks for an
     unchecked cursor only where one exists, and it skips the check (a float goes through)."""

@@ -239,12 +239,13 @@ class Interleave:
 def full_run_steps(backend: ServerBackend, plan: ReshardPlan, chunk_rows: int) -> int:
     """How many steps an uninterrupted run of ``plan`` takes on what the shards hold now.
 
-    "switch" and "publish"; per slot with rows "ledger:", "merge:" per table and
+    "switch", "records" and "publish" (no correction records or bookings here, so no
+    "records-delete:"); per slot with rows "ledger:", "merge:" per table and
     "finish:", and one "ledger-delete:" or "merge-delete:" per chunk of rows moved;
     one "finish-empty:" per target shard that receives empty slots.
     """
     tables = ("shardbill_ledger", *(t.name for t in billing_tables()))
-    steps = 2
+    steps = 3
     occupied: set[int] = set()
     for source in sorted({m.source for m in plan.moves}):
         slots = ", ".join(str(m.slot) for m in plan.moves if m.source == source)
@@ -394,7 +395,8 @@ def test_resharding_process_sigkilled_at_seeded_steps_then_run_again_is_exact(
                 break
             assert code == -signal.SIGKILL, f"the resharder failed (exit {code}); see stderr"
             killed_at.append(reshard_worker.last_step(log))
-            remaining -= reshard_worker.steps_taken(log) - 2  # a re-run repeats switch, publish
+            # A re-run repeats switch, records and publish.
+            remaining -= reshard_worker.steps_taken(log) - 3
             # Writers keep going between attempts: new events, and a replay of old ones.
             if later:
                 written.append(later.pop(0))
@@ -852,7 +854,7 @@ def test_killed_between_fence_and_publish_a_rival_is_refused_and_the_revert_is_e
     target = old.add_shard("s3")
     log = str(tmp_path / "steps.log")
     child = spawn(
-        reshard_worker.reshard, backend.urls, str(store.path), target.to_json(), 2, 5, 2, log
+        reshard_worker.reshard, backend.urls, str(store.path), target.to_json(), 3, 5, 2, log
     )
     assert join(child) == -signal.SIGKILL
     assert reshard_worker.last_step(log) == "publish"

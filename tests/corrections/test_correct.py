@@ -176,10 +176,21 @@ def test_a_second_different_correction_of_the_same_revision_is_refused(
     assert "correction id 'k1' already names a cancel" in same_id.reason
 
 
+def _elsewhere(deploy: Deployment, event_id: str) -> Any:
+    """The writer's ``locate``, but ``event_id``'s home is a slot of another shard: its
+    records land apart from the first ones (as an older version, which did not move records
+    with their slot, could leave them across a reshard)."""
+    real = deploy.writer.locate
+    home = real(event_id)[1]
+    other = next(s for s in deploy.backend.shards[:3] if s != home)
+    slot = deploy.store.load().slots_of(other)[0]
+    return lambda key: (slot, other) if key == event_id else real(key)
+
+
 def test_a_race_of_two_corrections_of_one_revision_lets_one_in(deploy: Deployment) -> None:
-    """Two corrections of revision 0 whose records land on different shards (as across a
-    reshard): the ledger id (event, revision) lets only the first apply; the second is
-    refused and its record removed."""
+    """Two corrections of revision 0 whose records land on different shards (as an older
+    version could leave them across a reshard): the ledger id (event, revision) lets only
+    the first apply; the second is refused and its record removed."""
     original = event("y", 5)
     assert deploy.pipeline.process([original]).ok
     first = deploy.corrector.amend(
@@ -190,14 +201,7 @@ def test_a_race_of_two_corrections_of_one_revision_lets_one_in(deploy: Deploymen
     # The second corrector has not seen k1's record: it reads an empty history.
     late = Corrector(writer=deploy.writer, engine=deploy.engine, provider=deploy.backend.provider)
     late.records = lambda event_ids=None: []  # type: ignore[method-assign]
-    home = deploy.writer.locate("y")[1]
-    deploy.writer.locate = (  # type: ignore[method-assign]
-        lambda key, _real=deploy.writer.locate: (
-            (0, next(s for s in deploy.backend.shards[:3] if s != home))
-            if key == "y"
-            else _real(key)
-        )
-    )
+    deploy.writer.locate = _elsewhere(deploy, "y")  # type: ignore[method-assign]
     second = late.cancel(original, correction_id="k2", reason="r")
     assert second.state == "refused"
     assert "corrected differently already" in second.reason
@@ -209,7 +213,7 @@ def test_an_identical_correction_racing_the_first_is_refused_and_leaves_no_recor
     deploy: Deployment,
 ) -> None:
     """Two identical cancels of revision 0 under different ids, the second not seeing the
-    first's record (as across a reshard): the ledger finds its deltas in already, so it is
+    first's record (on another shard): the ledger finds its deltas in already, so it is
     refused and its own record removed; the money moved once."""
     original = event("v", 5)
     assert deploy.pipeline.process([original]).ok
@@ -217,15 +221,7 @@ def test_an_identical_correction_racing_the_first_is_refused_and_leaves_no_recor
     before = deploy.rows()
     late = Corrector(writer=deploy.writer, engine=deploy.engine, provider=deploy.backend.provider)
     late.records = lambda event_ids=None: []  # type: ignore[method-assign]
-    home = deploy.writer.locate("v")[1]
-    real = deploy.writer.locate
-    deploy.writer.locate = (
-        lambda key: (  # type: ignore[method-assign]
-            (0, next(s for s in deploy.backend.shards[:3] if s != home))
-            if key == "v"
-            else real(key)
-        )
-    )
+    deploy.writer.locate = _elsewhere(deploy, "v")  # type: ignore[method-assign]
     second = late.cancel(original, correction_id="k2", reason="r")
     assert second.state == "refused"
     assert "an identical correction of revision 0 was applied" in second.reason
@@ -520,3 +516,189 @@ def test_repair_counts_the_corrections_and_restores_a_corrected_row(deploy: Depl
     assert report.actions, report.refused
     assert deploy.rows() == want
     _audit_exact(deploy, events)
+
+
+def _records_on(deploy: Deployment, shard: str) -> set[tuple[str, int, str, str]]:
+    """(event, revision, correction id, state) of every record on ``shard``, read directly."""
+    return {
+        (str(e), int(r), str(c), str(s))
+        for e, r, c, s in deploy.backend.rows(
+            shard, "SELECT event_id, revision, correction_id, state FROM shardbill_corrections"
+        )
+    }
+
+
+def _corrected_month(deploy: Deployment) -> tuple[list[UsageEvent], list[UsageEvent], str]:
+    """Events written, then half of them cancelled or amended; the shard holding most of the
+    records (the one a reshard will remove); the current contents."""
+    events = [event(f"m{i}", 1 + i % 9, chars=60 + 30 * i) for i in range(30)]
+    assert deploy.pipeline.process(events).ok
+    current = list(events)
+    for i, original in enumerate(events[::2]):
+        if i % 2:
+            result = deploy.corrector.cancel(original, correction_id=f"c{i}", reason="r")
+            current.remove(original)
+        else:
+            amended = event(original.event_id, original.account, chars=999 + i)
+            result = deploy.corrector.amend(
+                amended, correction_id=f"c{i}", reason="r", original=original
+            )
+            current[current.index(original)] = amended
+        assert result.state == "applied"
+    homes = [deploy.writer.locate(e.event_id)[1] for e in events[::2]]
+    return events, current, max(sorted(set(homes)), key=homes.count)
+
+
+def test_a_reshard_moves_the_correction_records_with_their_slots(deploy: Deployment) -> None:
+    """A reshard removes the shard that holds correction records: they move with their
+    events' home slots, so the removed shard keeps none, records() and the audit over the
+    new map find every one, a repeated correction is a duplicate and the next amend of a
+    moved record's event is its next revision."""
+    backend = deploy.backend
+    events, current, removed = _corrected_month(deploy)
+    before = set().union(*(_records_on(deploy, s) for s in deploy.used))
+    assert _records_on(deploy, removed), "the test needs records on the shard it removes"
+    target = deploy.store.load().remove_shard(removed)
+    Resharder(store=deploy.store, provider=backend.provider, tables=billing_tables()).run(target)
+    deploy.writer.reload_map()
+    assert _records_on(deploy, removed) == set()
+    assert set().union(*(_records_on(deploy, s) for s in target.shards)) == before
+    for shard in target.shards:
+        for event_id, *_ in _records_on(deploy, shard):
+            assert target.shard_for(event_id) == shard, (event_id, shard)
+    corrector = Corrector(
+        writer=deploy.writer,
+        engine=deploy.engine,
+        provider=backend.provider,
+        map_store=deploy.store,
+    )
+    assert {
+        (r.event_id, r.revision, r.correction_id, r.state.value) for r in corrector.records()
+    } == before
+    first = events[0]  # amended by c0 (chars 999)
+    amended = event(first.event_id, first.account, chars=999)
+    repeat = corrector.amend(amended, correction_id="c0", reason="r", original=first)
+    assert repeat.state == "duplicate", repeat.reason
+    newer = event(first.event_id, first.account, chars=5)
+    again = corrector.amend(newer, correction_id="next", reason="r")
+    assert again.state == "applied", again.reason
+    assert again.revision == 2
+    ever = [*events, *(c for c in current if c not in events), newer]
+    current[current.index(amended)] = newer
+    assert deploy.rows() == oracle(deploy.engine, current, ever)
+    _audit_exact(deploy, events)
+
+
+class _CrashError(Exception):
+    """Stands for the resharding process dying at a step."""
+
+
+def test_a_reshard_stopped_between_the_copy_and_the_delete_shows_each_record_once(
+    deploy: Deployment,
+) -> None:
+    """A resharder dies after copying the records and before deleting them from the
+    source: both sides hold a copy, records() shows each once; the resumed reshard deletes
+    the source's, and every record is on its home slot's owner."""
+    backend = deploy.backend
+    _, _, removed = _corrected_month(deploy)
+    before = set().union(*(_records_on(deploy, s) for s in deploy.used))
+    target = deploy.store.load().remove_shard(removed)
+
+    def crash(name: str) -> None:
+        if name.startswith("records-delete:"):
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        Resharder(
+            store=deploy.store,
+            provider=backend.provider,
+            tables=billing_tables(),
+            before_step=crash,
+        ).run(target)
+    assert _records_on(deploy, removed)
+    both = [_records_on(deploy, s) for s in deploy.used]
+    assert sum(len(r) for r in both) > len(before)  # copies on both sides
+    corrector = Corrector(
+        writer=deploy.writer,
+        engine=deploy.engine,
+        provider=backend.provider,
+        map_store=deploy.store,
+    )
+    shown = [(r.event_id, r.revision, r.correction_id, r.state.value) for r in corrector.records()]
+    assert sorted(shown) == sorted(before)
+    Resharder(store=deploy.store, provider=backend.provider, tables=billing_tables()).run()
+    assert _records_on(deploy, removed) == set()
+    assert set().union(*(_records_on(deploy, s) for s in target.shards)) == before
+
+
+def test_a_correction_routed_by_an_old_map_writes_its_record_where_the_slot_went(
+    deploy: Deployment,
+) -> None:
+    """A corrector whose writer still routes by the map from before a reshard follows the
+    fence of the event's home slot: the record is written on the slot's new owner, never on
+    the shard it left, and the correction applies once."""
+    backend = deploy.backend
+    events = [event(f"o{i}", 1 + i % 9) for i in range(30)]
+    assert deploy.pipeline.process(events).ok
+    old = deploy.store.load()
+    removed = backend.shards[2]
+    homed = [e for e in events if old.shard_for(e.event_id) == removed]
+    assert homed, "the test needs an event homed on the shard it removes"
+    target = old.remove_shard(removed)
+    Resharder(store=deploy.store, provider=backend.provider, tables=billing_tables()).run(target)
+    with AggregationWriter(
+        shard_map=old, provider=backend.provider, tables=billing_tables()
+    ) as stale:
+        corrector = Corrector(writer=stale, engine=deploy.engine, provider=backend.provider)
+        done = corrector.cancel(homed[0], correction_id="old-map", reason="r")
+    assert done.state == "applied", done.reason
+    assert _records_on(deploy, removed) == set()
+    owner = target.shard_for(homed[0].event_id)
+    assert (homed[0].event_id, 1, "old-map", "applied") in _records_on(deploy, owner)
+    current = [e for e in events if e is not homed[0]]
+    assert deploy.rows() == oracle(deploy.engine, current, events)
+
+
+def test_a_correction_waits_for_its_records_in_motion_and_fails_cleanly_past_the_wait(
+    deploy: Deployment,
+) -> None:
+    """A resharder died after fencing the slots and before moving their records: a
+    correction of an event homed on a moving slot may write its record on neither side, so
+    it fails after ``home_wait`` with the reason and changes nothing; once the reshard is
+    resumed, the same correction applies."""
+    backend = deploy.backend
+    events = [event(f"w{i}", 1 + i % 9) for i in range(30)]
+    assert deploy.pipeline.process(events).ok
+    old = deploy.store.load()
+    removed = backend.shards[2]
+    homed = next(e for e in events if old.shard_for(e.event_id) == removed)
+    before = deploy.rows()
+
+    def crash(name: str) -> None:
+        if name == "records":
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        Resharder(
+            store=deploy.store,
+            provider=backend.provider,
+            tables=billing_tables(),
+            before_step=crash,
+        ).run(old.remove_shard(removed))
+    corrector = Corrector(
+        writer=deploy.writer,
+        engine=deploy.engine,
+        provider=backend.provider,
+        map_store=deploy.store,
+        home_wait=0.05,
+    )
+    stuck = corrector.cancel(homed, correction_id="in-motion", reason="r")
+    assert stuck.state == "failed"
+    assert "being moved by a reshard" in stuck.reason
+    assert "run the same correction again" in stuck.reason
+    assert deploy.rows() == before
+    assert corrector.records() == []
+    Resharder(store=deploy.store, provider=backend.provider, tables=billing_tables()).run()
+    done = corrector.cancel(homed, correction_id="in-motion", reason="r")
+    assert done.state == "applied", done.reason
+    assert deploy.rows() == oracle(deploy.engine, [e for e in events if e is not homed], events)

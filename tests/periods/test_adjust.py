@@ -316,6 +316,39 @@ def test_an_adjusted_event_stays_a_duplicate_across_a_reshard(two_kinds: Backend
     assert {e for _, e, _, _ in _adjustments(backend, shards)} == {c.event_id for c in late}
 
 
+def test_a_reshard_that_removes_a_shard_moves_its_bookings_with_their_slots(
+    two_kinds: Backend,
+) -> None:
+    """The bookings of a shard the reshard removes go with their slots: every booking is on
+    the shard that owns its slot afterwards, none is left behind, read_adjustments over the
+    new map finds them all, and a redelivery stays a duplicate in its booking period."""
+    backend = two_kinds
+    store, writer = _setup(backend)
+    late = [_charge(f"late-{a}", a, IN_NOV) for a in range(1, 40)]
+    removed = backend.shards[2]
+    with writer:
+        _close(store, backend, NOV)
+        assert set(writer.write(late).adjusted.values()) == {"2026-12"}
+        before = _adjustments(backend, tuple(backend.shards[:3]))
+        assert any(shard == removed for shard, *_ in before), "the test needs bookings there"
+        target = store.load().remove_shard(removed)
+        Resharder(store=store, provider=backend.provider, tables=billing_tables()).run(target)
+        writer.reload_map()
+        again = writer.write(late)
+    assert again.duplicate_events == {c.event_id for c in late}
+    after = _adjustments(backend, tuple(backend.shards[:3]))
+    assert not [row for row in after if row[0] == removed]
+    assert {row[1:] for row in after} == {row[1:] for row in before}
+    slots = {
+        str(e): (int(slot), shard)
+        for shard in backend.shards[:3]
+        for e, slot in backend.rows(shard, "SELECT event_id, sb_slot FROM shardbill_adjustments")
+    }
+    assert all(target.owner(slot) == shard for slot, shard in slots.values())
+    found = read_adjustments(backend.provider, sorted(target.shards))
+    assert found == {c.event_id: "2026-12" for c in late}
+
+
 def _usage(event_id: str, account: int, when: dt.datetime) -> UsageEvent:
     return UsageEvent(
         event_id=event_id,

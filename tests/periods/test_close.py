@@ -15,12 +15,14 @@ import types
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shardbill import ShardMap
 from shardbill.observe import Committed, WriteEvent
 from shardbill.periods import Period, PeriodCloser, PeriodState
+from shardbill.periods.close import CLOSE_RETRY_BUDGET_SECONDS
 from shardbill.providers import ConnectionProvider
 from shardbill.providers.base import DBAPIConnection
 from shardbill.resharding import MemoryMapStore, Resharder
@@ -28,6 +30,7 @@ from shardbill.rules import Charge
 from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
 from tests.support.backends import KINDS, Backend, make_backend
+from tests.support.mysql import ServerAddress
 from tests.support.oracle import actual_rows, expected_rows
 
 NOV = Period.parse("2026-11")
@@ -43,12 +46,34 @@ def two_kinds(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backen
     yield from make_backend(request.param, 4, tmp_path, request)
 
 
+def _writes_closing(period: Period) -> Callable[[DBAPIConnection], bool]:
+    """True inside the transaction that has marked ``period`` closing (not committed yet)."""
+    from shardbill.dialects.detect import dialect_for
+
+    def check(conn: DBAPIConnection) -> bool:
+        mark = dialect_for(conn).placeholder
+        cursor = conn.cursor()
+        try:
+            cursor.execute(
+                f"SELECT state FROM shardbill_periods WHERE period = {mark}", (str(period),)
+            )
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return row is not None and str(row[0]) == PeriodState.CLOSING.value
+
+    return check
+
+
 class Pausing:
     """A provider that can stop one chosen transaction before its COMMIT, or at its start.
 
     ``hold(shard, nth)`` pauses the ``nth`` (from 1) next read-write
     transaction on ``shard`` after its statements ran and before it commits
     (its locks held): ``reached`` is set, and it waits for ``release``.
+    ``hold(shard, when=check)`` pauses instead the first one for which
+    ``check(conn)``, asked inside it before its COMMIT, is true: chosen by what
+    it wrote, not by its number (a retried transaction does not shift it).
     ``on_request`` is called with the shard whenever a read-write connection
     is asked for.
     """
@@ -57,20 +82,33 @@ class Pausing:
         self._inner = inner
         self._lock = threading.Lock()
         self._target: tuple[str, int] | None = None
+        self._when: Callable[[DBAPIConnection], bool] | None = None
         self.reached = threading.Event()
         self.release = threading.Event()
         self.on_request: Callable[[str], None] | None = None
 
-    def hold(self, shard: str, nth: int = 1) -> None:
+    def hold(
+        self,
+        shard: str,
+        nth: int = 1,
+        *,
+        when: Callable[[DBAPIConnection], bool] | None = None,
+    ) -> None:
         with self._lock:
             self._target = (shard, nth)
+            self._when = when
         self.reached.clear()
         self.release.clear()
 
-    def _should_hold(self, shard: str) -> bool:
+    def _should_hold(self, shard: str, conn: DBAPIConnection) -> bool:
         with self._lock:
             if self._target is None or self._target[0] != shard:
                 return False
+            if self._when is not None:
+                if not self._when(conn):
+                    return False
+                self._target = None
+                return True
             left = self._target[1] - 1
             self._target = None if left == 0 else (shard, left)
             return left == 0
@@ -81,7 +119,7 @@ class Pausing:
             self.on_request(shard)
         with self._inner.connection(shard, readonly=readonly) as conn:
             yield conn
-            if not readonly and self._should_hold(shard):
+            if not readonly and self._should_hold(shard, conn):
                 self.reached.set()
                 assert self.release.wait(WAIT), "the test never released the transaction"
 
@@ -334,7 +372,7 @@ def test_a_write_racing_a_close_that_holds_the_gate_is_refused_whole(two_kinds: 
     with writer:
         assert writer.write([_charge("warm", account, IN_DEC)]).ok  # schema checked
         closer_provider = Pausing(backend.provider)
-        closer_provider.hold(shard, nth=2)  # its first transaction there adds the gate row
+        closer_provider.hold(shard, when=_writes_closing(NOV))
         statuses = []
         closer = PeriodCloser(provider=closer_provider, shard_map=store)
         close = threading.Thread(target=lambda: statuses.append(closer.close(NOV, drain_seconds=0)))
@@ -554,3 +592,82 @@ def test_a_writer_stopped_between_its_rounds_past_the_drain_is_told_the_rest_is_
     assert "2026-11" in str(error)
     assert "Part of this event was applied already" in str(error)
     assert _all_rows(backend, tuple(store.load().shards)) == expected_rows([charges[1]])
+
+
+@pytest.mark.mysql
+def test_a_close_step_outlasts_two_lock_waits_of_the_server(mysql_server: ServerAddress) -> None:
+    """A close's step waits for the gate row's lock behind the writers; a lock wait ends in
+    a retryable error after ``innodb_lock_wait_timeout`` (the server's own setting). The
+    closer's default budget covers two of those waits, so one slow writer does not fail a
+    close that a retry would finish."""
+    conn = mysql_server.connect(connect_timeout=5)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT @@GLOBAL.innodb_lock_wait_timeout")
+            (wait,) = cursor.fetchone()
+    finally:
+        conn.close()
+    closer = PeriodCloser(provider=_NoProvider(), shard_map=ShardMap.create(["s0"], slots=4))
+    assert closer._retry.budget_seconds >= 2 * int(wait)
+    assert closer._retry.budget_seconds == CLOSE_RETRY_BUDGET_SECONDS
+
+
+class _NoProvider:
+    """A provider the test never asks for a connection."""
+
+    def connection(self, shard: str, *, readonly: bool = False) -> Any:
+        raise AssertionError("no connection expected")
+
+    def close(self) -> None:
+        pass
+
+
+class _DiesOn:
+    """Wraps a provider: the first connection to ``shard`` kills the caller (_DiedError)."""
+
+    def __init__(self, inner: ConnectionProvider, shard: str) -> None:
+        self.inner = inner
+        self.shard = shard
+
+    def connection(self, shard: str, *, readonly: bool = False) -> Any:
+        if shard == self.shard:
+            raise _DiedError
+        return self.inner.connection(shard, readonly=readonly)
+
+    def close(self) -> None:
+        pass
+
+
+class _DiedError(Exception):
+    """Stands for the resharding process dying."""
+
+
+def test_a_close_during_a_reshard_stuck_before_its_new_shard_had_tables(
+    two_kinds: Backend,
+) -> None:
+    """A resharder adding s3 died after taking the claim and before s3 had any table: a
+    close reaches s3 too (the claim names it) and must not fail on its missing tables; once
+    the reshard is resumed, nothing of the closed period is accepted anywhere."""
+    backend = two_kinds
+    store, writer = _setup(backend)
+    with writer:
+        assert writer.write([_charge(f"before-{a}", a, IN_NOV) for a in range(1, 20)]).ok
+    target = store.load().add_shard(backend.shards[3])
+    with pytest.raises(_DiedError):
+        Resharder(
+            store=store,
+            provider=_DiesOn(backend.provider, backend.shards[3]),
+            tables=billing_tables(),
+        ).run(target)
+    closer = PeriodCloser(provider=backend.provider, shard_map=store)
+    status = closer.close(NOV, drain_seconds=0, early=True)
+    assert status.state == "closed"
+    assert backend.shards[3] in status.shards
+    Resharder(store=store, provider=backend.provider, tables=billing_tables()).run()
+    late = [_charge(f"late-{a}", a, IN_NOV) for a in range(1, 40)]
+    with AggregationWriter(
+        shard_map=store, provider=backend.provider, tables=billing_tables()
+    ) as after:
+        result = after.write(late)
+    assert result.rejected_events == {c.event_id for c in late}
+    assert set(closer.status(NOV)[0].shards.values()) == {"closed"}

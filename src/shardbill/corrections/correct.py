@@ -33,6 +33,8 @@ The argument is in ``docs/explanation/exactly-once.md`` (corrections).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal
@@ -51,6 +53,7 @@ from shardbill.corrections.records import (
     shown_id,
 )
 from shardbill.corrections.store import (
+    RecordElsewhere,
     declarations_on,
     delete_pending,
     insert_record,
@@ -66,6 +69,7 @@ from shardbill.periods.close import fleet_shards
 from shardbill.periods.months import period_of
 from shardbill.periods.store import read_adjustments
 from shardbill.providers.base import ConnectionProvider
+from shardbill.retry import is_retryable
 from shardbill.rules import PricedEvent, RulesEngine, UsageEvent
 from shardbill.tables import EVENT_ID_LENGTH
 from shardbill.writer import AggregationWriter
@@ -74,6 +78,8 @@ from shardbill.writer.planning import IdScope, Unit, plan_rows
 from shardbill.writer.results import EventState, WriteResult
 
 __all__ = ["CorrectionResult", "Corrector"]
+
+log = logging.getLogger(__name__)
 
 Outcome = Literal["applied", "duplicate", "refused", "failed"]
 
@@ -138,6 +144,14 @@ class _Refused(Exception):  # noqa: N818 - a control-flow signal, never raised t
     """A correction is refused: the reason is the message."""
 
 
+class _HomeBusy(Exception):  # noqa: N818 - a control-flow signal, never raised to callers
+    """The event's home slot stayed in motion past the wait: the correction failed (retry)."""
+
+
+#: How many forwarding addresses one record write follows before it waits and reloads.
+_HOPS = 8
+
+
 def _text(field: str, value: object, length: int, *, empty: bool = False) -> str:
     if type(value) is not str or (not value.strip() and not empty) or len(value) > length:
         raise InvalidInputError(
@@ -163,6 +177,13 @@ class Corrector:
             ledger row may be on a shard the reshard adds before it is
             published).
         clock: Unix time, recorded as each correction's time.
+        home_wait: seconds a record write waits for its event's home slot
+            while a reshard moves that slot's records (normally a moment
+            after the reshard fences it); past that the correction fails
+            and running it again finishes it.
+        sleep: waits between the runs of a correction that met a transient
+            failure (a cut connection, a lost COMMIT): it is run again, within
+            the writer's retry budget, before the error is raised.
 
     Example:
         >>> corrector = Corrector(writer=writer, engine=engine, provider=p)  # doctest: +SKIP
@@ -179,12 +200,16 @@ class Corrector:
         provider: ConnectionProvider,
         map_store: MapStore | None = None,
         clock: Callable[[], float] = time.time,
+        home_wait: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._writer = writer
         self._store = map_store
         self._engine = engine
         self._provider = provider
         self._clock = clock
+        self._home_wait = home_wait
+        self._sleep = sleep
         self._system = writer.settings.system_tables
 
     # ------------------------------------------------------------------ public
@@ -300,8 +325,32 @@ class Corrector:
                 f"'original' is event {given.event_id!r} but the correction is of {event_id!r}; "
                 "give the same event's content"
             )
+        # A transient failure (a connection cut, a lost COMMIT, a lock wait) runs the whole
+        # correction again: a correction is safe to run again by design (its record is
+        # resumed, its ledger id applies it once), within the writer's retry budget.
+        delays = self._writer.settings.retry.delays()
+        while True:
+            try:
+                return self._attempt(request)
+            except ShardbillError as error:
+                delay = next(delays, None) if is_retryable(error) else None
+                if delay is None:
+                    raise
+                log.info("correction %r: %s; running it again", request.correction_id, error)
+                self._sleep(delay)
+
+    def _attempt(self, request: _Request) -> CorrectionResult:
+        event_id = request.event_id
         try:
             return self._correct(request)
+        except _HomeBusy as busy:
+            return CorrectionResult(
+                correction_id=request.correction_id,
+                event_id=event_id,
+                kind=request.kind,
+                state="failed",
+                reason=f"{busy}; run the same correction again",
+            )
         except _Refused as refusal:
             return CorrectionResult(
                 correction_id=request.correction_id,
@@ -366,10 +415,12 @@ class Corrector:
             shard=self._writer.locate(event_id)[1],
         )
         try:
-            insert_record(self._provider, record, self._system)
+            record = self._at_home(record, insert_record)
         except Exception:
+            # Another correction's record of this revision won the key; ours (a lost
+            # COMMIT that did commit) is resumed by the run again.
             for other in self.records([event_id]):
-                if other.revision == revision and other.shard == record.shard:
+                if other.revision == revision and other.correction_id != correction_id:
                     raise _Refused(
                         f"event {event_id!r}: correction {other.correction_id!r} of revision "
                         f"{revision - 1} was recorded at the same time; run this correction "
@@ -566,7 +617,15 @@ class Corrector:
             return self._result(record, "failed", f"{exc}; run the same correction again")
         state = result.state_of(record.ledger_id)
         if state is EventState.APPLIED or (state is EventState.DUPLICATE and not fresh):
-            mark_applied(self._provider, record, self._system)
+            try:
+                record = self._at_home(record, mark_applied)
+            except _HomeBusy as busy:
+                return self._result(
+                    record,
+                    "failed",
+                    f"its deltas are applied, but {busy}; the record stays pending: run the "
+                    "same correction again, which marks it applied",
+                )
             return self._result(record, "applied")
         if state is EventState.FAILED:
             return self._result(
@@ -580,7 +639,9 @@ class Corrector:
         # Fresh (this call's one write): a duplicate is another correction's deltas, not
         # ours; otherwise ours may be in only if the ledger holds them with our content.
         if fresh and (state is EventState.DUPLICATE or not self._in_ledger(units)):
-            delete_pending(self._provider, record, self._system)
+            # If it cannot, the record stays pending; running the correction again refuses it.
+            with contextlib.suppress(_HomeBusy):
+                self._at_home(record, delete_pending)
             return self._result(record, "refused", why)
         return self._result(
             record,
@@ -588,6 +649,45 @@ class Corrector:
             f"{why}; the record stays pending, as part of it may be in the ledger: resolve it "
             "by hand (see docs/howto/month-end.md)",
         )
+
+    def _at_home(
+        self,
+        record: CorrectionRecord,
+        write: Callable[..., None],
+    ) -> CorrectionRecord:
+        """Run one record ``write`` on the shard that holds the event's home slot's records.
+
+        A shard the slot moved from names its new owner (followed at once); a
+        slot whose records are still moving is waited for, the map reloaded
+        between tries, for up to ``home_wait`` seconds (then :class:`_HomeBusy`).
+
+        Returns:
+            The record, with the shard it was written on.
+        """
+        slot = self._writer.locate(record.event_id)[0]
+        deadline = time.monotonic() + self._home_wait
+        delay = 0.02
+        hops = 0
+        while True:
+            try:
+                write(self._provider, record, self._system, slot=slot)
+                return record
+            except RecordElsewhere as elsewhere:
+                if elsewhere.peer is not None and hops < _HOPS:
+                    hops += 1
+                    record = attrs.evolve(record, shard=elsewhere.peer)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise _HomeBusy(
+                        f"the records of event {record.event_id!r} (slot {slot}) are being "
+                        f"moved by a reshard: {elsewhere}"
+                    ) from None
+            self._sleep(delay)
+            delay = min(delay * 2, 0.5)
+            hops = 0
+            with contextlib.suppress(ShardbillError):  # a writer given a plain map: none
+                self._writer.reload_map()
+            record = attrs.evolve(record, shard=self._writer.locate(record.event_id)[1])
 
     def _applied_before_a_migration(
         self, units: Sequence[Unit], stored: Mapping[tuple[str, int], str]

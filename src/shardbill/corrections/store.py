@@ -1,9 +1,18 @@
 """Reading and writing ``shardbill_corrections`` and reading the ledger, on the shards' primaries.
 
-Corrections are rare, so every read here asks every shard it is given
-(the fleet: the map's shards and every kept epoch's): a record stays on the
-shard that recorded it, and a ledger row may be on either side of a
-reshard, so reading all of them finds every one wherever a reshard left it.
+Corrections are rare, so every read here asks every shard it is given (the
+fleet: the map's shards and an unfinished reshard's): a ledger row may be on
+either side of a reshard, and so may a record while its slot moves.
+
+A record lives on the shard that owns its event's *home slot* (the slot of
+the event id, as the map places keys), and a reshard moves it with that slot
+(:mod:`shardbill.resharding.records`). So every write of a record checks, in
+its own transaction, that its shard may write it: the home slot is owned
+there, or is arriving there and its records have arrived (the move's
+``shardbill_moves`` row for the corrections table is done). Otherwise it
+raises :class:`RecordElsewhere`: the slot's new owner (follow it) or none
+yet (wait for the move). Writes can therefore never land beside a copy the
+reshard is taking, and a removed shard keeps no record behind.
 """
 
 from __future__ import annotations
@@ -19,13 +28,16 @@ from shardbill.corrections.records import (
 )
 from shardbill.declarations import Declaration
 from shardbill.declarations.store import read_history
+from shardbill.dialects.base import Dialect
 from shardbill.dialects.detect import dialect_for
+from shardbill.errors import PicklableError
 from shardbill.periods.tables import GATE_ROW, PeriodState
-from shardbill.providers.base import ConnectionProvider
-from shardbill.tables import SystemTables
+from shardbill.providers.base import ConnectionProvider, DBAPICursor
+from shardbill.tables import SlotState, SystemTables
 from shardbill.tables.aggregates import SLOT_COLUMN
 
 __all__ = [
+    "RecordElsewhere",
     "delete_pending",
     "insert_record",
     "ledger_prints",
@@ -48,6 +60,56 @@ _COLUMNS = (
     "reason",
     "corrected_at",
 )
+
+
+class RecordElsewhere(PicklableError):  # noqa: N818 - a routing signal, handled by the Corrector
+    """This shard may not write records of the home slot now.
+
+    Attributes:
+        slot: the home slot.
+        peer: the shard the slot moved to (follow it), or None (it is being
+            moved here and its records have not arrived yet, or the shard has
+            no row of it: wait, reload the map, try again).
+    """
+
+    def __init__(self, shard: str, slot: int, peer: str | None) -> None:
+        where = f"moved to {peer!r}" if peer else "in motion"
+        super().__init__(f"shard {shard!r} does not hold the records of slot {slot} ({where})")
+        self.slot = slot
+        self.peer = peer
+
+
+def check_home(
+    cursor: DBAPICursor, dialect: Dialect, system: SystemTables, shard: str, slot: int
+) -> None:
+    """Raise :class:`RecordElsewhere` unless ``shard`` may write records of ``slot`` now.
+
+    Its ownership row is share-locked till the transaction ends, as a
+    writer's fence is, so a reshard cannot fence the slot between this check
+    and the write it guards.
+    """
+    q = dialect.quote
+    cursor.execute(
+        f"SELECT {q('state')}, {q('peer')} FROM {q(system.slots)} "
+        f"WHERE {q(SLOT_COLUMN)} = {int(slot)}{dialect.share_lock_suffix}",
+        (),
+    )
+    row = cursor.fetchone()
+    state = None if row is None else str(row[0])
+    if state == SlotState.OWNED.value:
+        return
+    if state == SlotState.INCOMING.value:
+        cursor.execute(
+            f"SELECT {q('done')} FROM {q(system.moves)} WHERE {q(SLOT_COLUMN)} = {int(slot)} "
+            f"AND {q('table_name')} = {dialect.placeholder}",
+            (system.corrections,),
+        )
+        arrived = cursor.fetchone()
+        if arrived is not None and int(str(arrived[0])):
+            return
+        raise RecordElsewhere(shard, slot, None)
+    peer = None if row is None or row[1] is None else str(row[1])
+    raise RecordElsewhere(shard, slot, peer if state == SlotState.GONE.value else None)
 
 
 def read_records(
@@ -84,7 +146,17 @@ def read_records(
                     found.extend(_record(row, shard) for row in cursor.fetchall())
             finally:
                 cursor.close()
-    return sorted(found, key=lambda r: (r.event_id, r.revision, r.shard))
+    # A record being moved by a reshard may be on both sides for a moment: one of them
+    # (applied, if either is: a copy is never more advanced than the record it copies).
+    kept: dict[tuple[str, int, str], CorrectionRecord] = {}
+    for record in found:
+        key = (record.event_id, record.revision, record.correction_id)
+        seen = kept.get(key)
+        if seen is None or (
+            seen.state is RecordState.PENDING and record.state is RecordState.APPLIED
+        ):
+            kept[key] = record
+    return sorted(kept.values(), key=lambda r: (r.event_id, r.revision, r.shard))
 
 
 def _record(row: Sequence[object], shard: str) -> CorrectionRecord:
@@ -107,14 +179,19 @@ def _record(row: Sequence[object], shard: str) -> CorrectionRecord:
 
 
 def insert_record(
-    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables
+    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables, *, slot: int
 ) -> None:
-    """Insert ``record`` on its shard (a plain INSERT: one row per event and revision there)."""
+    """Insert ``record`` on its shard (a plain INSERT: one row per event and revision there).
+
+    Raises:
+        RecordElsewhere: the shard does not hold the home ``slot``'s records now.
+    """
     with provider.connection(record.shard) as conn:
         dialect = dialect_for(conn)
         q = dialect.quote
         cursor = conn.cursor()
         try:
+            check_home(cursor, dialect, system, record.shard, slot)
             cursor.execute(
                 f"INSERT INTO {q(system.corrections)} ({', '.join(q(c) for c in _COLUMNS)}) "
                 f"VALUES ({', '.join([dialect.placeholder] * len(_COLUMNS))})",
@@ -138,7 +215,11 @@ def insert_record(
 
 
 def _change(
-    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables, verb: str
+    provider: ConnectionProvider,
+    record: CorrectionRecord,
+    system: SystemTables,
+    verb: str,
+    slot: int,
 ) -> int:
     with provider.connection(record.shard) as conn:
         dialect = dialect_for(conn)
@@ -146,6 +227,7 @@ def _change(
         p = dialect.placeholder
         cursor = conn.cursor()
         try:
+            check_home(cursor, dialect, system, record.shard, slot)
             where = (
                 f"WHERE {q('event_id')} = {p} AND {q('revision')} = {p} AND "
                 f"{q('correction_id')} = {p} AND {q('state')} = {p}"
@@ -169,17 +251,25 @@ def _change(
 
 
 def mark_applied(
-    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables
+    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables, *, slot: int
 ) -> None:
-    """Mark a pending record applied (a no-op when it is already)."""
-    _change(provider, record, system, "update")
+    """Mark a pending record applied (a no-op when it is already).
+
+    Raises:
+        RecordElsewhere: the shard does not hold the home ``slot``'s records now.
+    """
+    _change(provider, record, system, "update", slot)
 
 
 def delete_pending(
-    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables
+    provider: ConnectionProvider, record: CorrectionRecord, system: SystemTables, *, slot: int
 ) -> None:
-    """Delete a pending record whose deltas are in no ledger (the correction was refused)."""
-    _change(provider, record, system, "delete")
+    """Delete a pending record whose deltas are in no ledger (the correction was refused).
+
+    Raises:
+        RecordElsewhere: the shard does not hold the home ``slot``'s records now.
+    """
+    _change(provider, record, system, "delete", slot)
 
 
 def ledger_prints(

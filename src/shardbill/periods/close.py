@@ -53,6 +53,7 @@ from shardbill.shardmap import ShardMap
 from shardbill.tables import SystemTables
 
 __all__ = [
+    "CLOSE_RETRY_BUDGET_SECONDS",
     "DEFAULT_DRAIN_SECONDS",
     "PeriodCloser",
     "PeriodStatus",
@@ -62,6 +63,12 @@ __all__ = [
 
 #: The default wait between the two phases: two rounds of a write within the default retry budget.
 DEFAULT_DRAIN_SECONDS = 2 * RetryPolicy().budget_seconds
+
+#: The default retry budget of one shard's step of a close: a step waits for the gate row's
+#: lock behind the writers; one lock wait may last InnoDB's ``innodb_lock_wait_timeout``
+#: (50 s by default) and end in a retryable error, so the budget covers two such waits and
+#: their backoff (the writer's 45 s would give up after the first).
+CLOSE_RETRY_BUDGET_SECONDS = 120.0
 
 ShardState = Literal["open", "closing", "closed"]
 """One shard's view of a period."""
@@ -120,7 +127,9 @@ class PeriodCloser:
         shard_map: the map, or the map store (then an unfinished reshard's
             shards are reached too, and the list is read again between steps).
         system_tables: the names of shardbill's own tables.
-        retry: the backoff for transient failures of one shard's step.
+        retry: the backoff for transient failures of one shard's step
+            (default: :data:`CLOSE_RETRY_BUDGET_SECONDS`, 120 s, two lock
+            waits at InnoDB's default ``innodb_lock_wait_timeout``).
         closed_by: recorded with each closure (who closed it).
         clock: Unix time, recorded as the closure's time.
         sleep: waits the drain (tests pass a no-op).
@@ -145,7 +154,7 @@ class PeriodCloser:
         self._provider = provider
         self._source = shard_map
         self._system = system_tables or SystemTables()
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or RetryPolicy(budget_seconds=CLOSE_RETRY_BUDGET_SECONDS)
         self._closed_by = closed_by
         self._clock = clock
         self._sleep = sleep
@@ -283,6 +292,11 @@ class PeriodCloser:
             def read(
                 cursor: DBAPICursor, dialect: Dialect, shard: str = shard
             ) -> dict[str, PeriodState]:
+                if dialect.describe_table(cursor, table) is None:
+                    # A reshard's new shard before the resharder made its tables (a
+                    # resharder that died there): nothing is closed on it yet; a close
+                    # creates the table (see _advance).
+                    return {}
                 cursor.execute(f"SELECT period, state FROM {dialect.quote(table)}", ())
                 return {
                     str(p): PeriodState(str(s))

@@ -8,6 +8,8 @@
 * :mod:`shardbill.resharding.resharder`: :class:`Resharder` moves slots
   online (fence, switch, copy the ledger, merge the aggregates, verify),
   resumably.
+* :mod:`shardbill.resharding.records`: its step that moves the slots'
+  correction records and ``adjust`` bookings with them.
 
 Level: above the writer and the reader, below the operator's tools and the
 programs (``tests/test_layers.py``).

@@ -76,6 +76,7 @@ from shardbill.periods.store import copy_closures
 from shardbill.protocols import KnowsShards
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.resharding.move_state import MoveState
+from shardbill.resharding.records import move_records
 from shardbill.resharding.sql import ReshardStatements
 from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.shardmap import ReshardPlan, ShardMap, SlotMove
@@ -604,6 +605,8 @@ class Resharder:
             self._settle_reverted(plan.moves)
         self._step("switch")
         self._switch(plan, target)
+        self._step("records")
+        self._move_records(plan.moves, target)
         self._step("publish")
         self._publish(target)
         throttle = _Throttle(self._settings, self._stop)
@@ -1010,6 +1013,22 @@ class Resharder:
                 with self._cursor(shard) as (cursor, sql):
                     cursor.execute(*sql.moves.drop_unfinished(slot, name))
 
+    def _move_records(self, moves: Sequence[SlotMove], target: ShardMap) -> None:
+        """The fenced slots' correction records and adjustment bookings go to their
+        targets before any slot is handed over (:mod:`shardbill.resharding.records`)."""
+        states = self._slot_states(moves, strict=False)
+        fenced = [m for m in moves if states[m] == MoveState.FENCED]
+        copied = move_records(
+            fenced,
+            system=self._system,
+            home_slot=target.slot_for,
+            cursor_for=self._cursor,
+            check_moving=self._check_moving,
+            step=self._step,
+        )
+        if copied:
+            log.info("moved %d correction record(s) and booking(s) with their slots", copied)
+
     def _reverting(self) -> bool:
         claim = self._claim
         return claim is not None and claim.reverts > 0
@@ -1124,7 +1143,11 @@ class Resharder:
                     busy.update(m for m in chunk if m.slot in hits)
         for shard, chunk in _by_shard([m for m in moves if m in fenced], "target"):
             with self._cursor(shard) as (cursor, sql):
-                cursor.execute(*sql.moves.slots_recorded([m.slot for m in chunk]))
+                cursor.execute(
+                    *sql.moves.slots_recorded(
+                        [m.slot for m in chunk], other_than=self._system.corrections
+                    )
+                )
                 hits = {int(row[0]) for row in cursor.fetchall()}
             busy.update(m for m in chunk if m.slot in hits)
         return {m for m in moves if m in fenced and m not in busy}

@@ -78,6 +78,16 @@ class SlotTable:
             (),
         )
 
+    def locked_rows(self, slots: Sequence[int]) -> Statement:
+        """``(slot, state, peer)`` of the rows of ``slots``, share-locked till commit; binds
+        nothing."""
+        table, slot_column, state, peer, _ = self._names()
+        return (
+            f"SELECT {slot_column}, {state}, {peer} FROM {table} WHERE {slot_column} IN "
+            f"({_ints(slots)}){self.dialect.share_lock_suffix}",
+            (),
+        )
+
     def accept(self, slot: int, source: str, epoch: int) -> Statement:
         """Add ``slot`` as ``incoming`` from ``source`` at ``epoch``; binds (incoming, source)."""
         table, slot_column, state, peer, epoch_column = self._names()
@@ -184,12 +194,15 @@ class MoveLedger:
         table, slot_column, _ = self._names()
         return f"DELETE FROM {table} WHERE {slot_column} = {int(slot)}", ()
 
-    def slots_recorded(self, slots: Sequence[int]) -> Statement:
-        """The distinct slots of ``slots`` with any record; binds nothing."""
-        table, slot_column, _ = self._names()
+    def slots_recorded(self, slots: Sequence[int], *, other_than: str) -> Statement:
+        """The distinct slots of ``slots`` with a record of a table but ``other_than`` (the
+        corrections table, whose record says only that the slot's records arrived); binds
+        (other_than,)."""
+        table, slot_column, name = self._names()
         return (
-            f"SELECT DISTINCT {slot_column} FROM {table} WHERE {slot_column} IN ({_ints(slots)})",
-            (),
+            f"SELECT DISTINCT {slot_column} FROM {table} WHERE {slot_column} IN ({_ints(slots)}) "
+            f"AND {name} <> {self.dialect.placeholder}",
+            (other_than,),
         )
 
     def unfinished(self, slots: Sequence[int]) -> Statement:

@@ -1743,11 +1743,17 @@ _OFFERS: dict[tuple[type, object], bool] = {}
 
 def _offers(conn: object, protocol: object) -> bool:
     """``isinstance(conn, protocol)`` for a runtime-checkable protocol, cached per class
-    (a protocol's ``isinstance`` inspects attributes: slow on a per-transaction path)."""
+    (a protocol's ``isinstance`` inspects attributes: slow on a per-transaction path).
+
+    A class with ``__getattr__`` (a proxy forwarding to the connection it wraps) may
+    answer differently per instance: it is asked every time.
+    """
     key = (type(conn), protocol)
     found = _OFFERS.get(key)
     if found is None:
-        found = _OFFERS[key] = isinstance(conn, protocol)  # type: ignore[arg-type]
+        found = isinstance(conn, protocol)  # type: ignore[arg-type]
+        if not hasattr(type(conn), "__getattr__"):
+            _OFFERS[key] = found
     return found
 
 
