@@ -65,6 +65,9 @@ SAFE_FEATURES: tuple[str, ...] = (
     # On since the model follows numbered parts (each half of a split event is refused
     # as incomplete; the whole event applies once).
     "split-event",
+    # Issue 20: cancels of applied pipeline events (shardbill.corrections), their records
+    # moved with their slots by reshards.
+    "corrections",
 )
 
 ALL_FEATURES: tuple[str, ...] = (*SAFE_FEATURES, *KNOWN_OPEN)

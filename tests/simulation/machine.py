@@ -47,6 +47,7 @@ from shardbill import (
     UsageEvent,
     WriterSettings,
 )
+from shardbill.corrections import CorrectionResult, Corrector
 from shardbill.dialects.base import MergeKind
 from shardbill.errors import (
     DatabaseError,
@@ -82,6 +83,7 @@ from tests.simulation.model import (
     content_of,
     invalid,
     is_half,
+    rows_of,
 )
 from tests.simulation.results import Outcome, ResultError, outcomes
 
@@ -108,6 +110,7 @@ ACTIONS = (
     "jump_clock",
     "publish_stale",
     "settle",
+    "correct",
 )
 
 _EXACT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.InvalidOperation])
@@ -202,6 +205,7 @@ class Pending:
     account: int | None = None
     cutoff: float | None = None
     clock: float = 0.0  # the writers' clock when it started (the horizon is taken then)
+    before: str | None = None  # a cancel: the event's cancel state when it started
 
 
 @attrs.define
@@ -235,7 +239,16 @@ class SimMachine(RuleBasedStateMachine):
         self.clock = START
         self.actors: dict[str, Actor] = {
             name: Actor(name)
-            for name in (*WRITERS, "pipe", "rows", "totals", *RESHARDERS, "prune", "careless")
+            for name in (
+                *WRITERS,
+                "pipe",
+                "rows",
+                "totals",
+                *RESHARDERS,
+                "prune",
+                "careless",
+                "corr",
+            )
         }
         self.objects: dict[str, Any] = {}
         self.pending: dict[str, Pending] = {}
@@ -252,7 +265,7 @@ class SimMachine(RuleBasedStateMachine):
         self.settle_writer = AggregationWriter(
             shard_map=self.store, provider=self.inner, tables=TABLES, clock=self.now
         )
-        for name in (*WRITERS, "pipe", "prune"):
+        for name in (*WRITERS, "pipe", "prune", "corr"):
             self._build(name)
 
     # ------------------------------------------------------------------ set-up helpers
@@ -293,6 +306,17 @@ class SimMachine(RuleBasedStateMachine):
             self.objects[name] = (
                 Pipeline(engine=ENGINE, writer=writer) if name == "pipe" else writer
             )
+        elif name == "corr":
+            if hasattr(self, "corr_writer"):
+                self.corr_writer.close()
+            self.corr_writer = AggregationWriter(
+                shard_map=self.store,
+                provider=provider,
+                tables=TABLES,
+                settings=self._writer_settings(),
+                clock=self.now,
+            )
+            self.objects[name] = self._corrector(self.corr_writer, provider)
         elif name in RESHARDERS:
             actor = self.actors[name]
             self.objects[name] = Resharder(
@@ -311,6 +335,18 @@ class SimMachine(RuleBasedStateMachine):
                 clock=lambda: self.clock,
                 before_step=lambda step: actor.gate(f"step {step}"),
             )
+
+    def _corrector(self, writer: AggregationWriter, provider: Any) -> Corrector:
+        """A corrector over ``writer``: no real-time waits, so a seed replays the same."""
+        return Corrector(
+            writer=writer,
+            engine=ENGINE,
+            provider=provider,
+            map_store=self.store,
+            clock=self.now,
+            home_wait=0,
+            sleep=lambda _seconds: None,
+        )
 
     @initialize(rnd=st.randoms(use_true_random=False))
     def seed_events(self, rnd: Any) -> None:
@@ -563,6 +599,89 @@ class SimMachine(RuleBasedStateMachine):
             "pipe", Pending(kind="write", deliveries=deliveries), lambda: pipeline.process(events)
         )
         self._maybe_finish("pipe", data)
+
+    # ------------------------------------------------------------------ rules: corrections
+
+    def _cancellable(self, record: EventRecord) -> bool:
+        """An acked pipeline event nothing is unsure about, its ledger rows kept and its
+        time well inside the horizon (a cancel of it can only apply)."""
+        return (
+            record.pipeline
+            and record.acked is not None
+            and not record.candidates
+            and record.cancel is None
+            and not record.pruned
+            and record.time > self.clock - HORIZON + 2 * 86_400
+            and (record.first_sent is None or record.first_sent > self.cutoff_started + 86_400)
+            and not any(r is record for p in self.pending.values() for r, _ in p.deliveries)
+        )
+
+    def do_correct(self, data: st.DataObject) -> None:
+        """The corrector cancels an applied pipeline event, or runs an earlier cancel again."""
+        if not self.on("corrections") or self.actors["corr"].busy:
+            return
+        fresh = [r for r in self.model.events.values() if self._cancellable(r)]
+        again = [r for r in self.model.events.values() if r.cancel is not None]
+        choices = (["new"] if fresh else []) + (["again"] if again else [])
+        if not choices:
+            return
+        kind = data.draw(st.sampled_from(choices), label="correction")
+        pool = fresh if kind == "new" else again
+        record = self.model.events[
+            data.draw(st.sampled_from([r.event_id for r in pool]), label="event")
+        ]
+        assert record.acked is not None
+        before = record.cancel
+        if before is None:
+            self.serial += 1
+            record.cancel_id = f"c{self.serial:04d}"
+            record.cancel = "sent"
+            # A read in flight may now see the event taken back.
+            lowered: set[int] = set()  # two reads begun together share their bounds
+            for pending in self.pending.values():
+                if pending.kind in ("rows", "totals") and id(pending.low) not in lowered:
+                    lowered.add(id(pending.low))
+                    for (account,), values in rows_of(record.acked)["sim_balance"].items():
+                        low = pending.low.get(account)  # type: ignore[call-overload]
+                        if low is not None:
+                            low[0] -= values[0]
+                            low[1] -= values[1]
+        usage = self._usage(record, self._quantity_of(record, record.acked))
+        corrector = self.objects["corr"]
+        cid = record.cancel_id
+        self._start(
+            "corr",
+            Pending(kind="correct", deliveries=[(record, record.acked)], before=before),
+            lambda: corrector.cancel(usage, correction_id=cid, reason="simulation"),
+        )
+        self._maybe_finish("corr", data)
+
+    def _cancels_unsure(self) -> bool:
+        return any(r.cancel == "sent" for r in self.model.events.values())
+
+    def _finished_correct(
+        self, name: str, pending: Pending, value: object, error: BaseException | None
+    ) -> None:
+        record, _ = pending.deliveries[0]
+        if error is not None:
+            self.log(f"{name}: {type(error).__name__}")
+            if not isinstance(error, SimulatedCrash | DatabaseError):
+                self._violate(f"{name}: a cancel raised {type(error).__name__}: {error}")
+            return  # it may or may not have landed: "sent"
+        result: CorrectionResult = value  # type: ignore[assignment]
+        self.log(f"{name}: cancel {record.event_id} {result.state} {result.reason[:120]}")
+        self.count(f"cancel {result.state}")
+        if result.state == "applied":
+            if pending.before == "applied":
+                self._violate(f"{name}: cancel {record.cancel_id} reported applied twice")
+            record.cancel = "applied"
+        elif result.state == "duplicate":
+            if pending.before is None:
+                self._violate(f"{name}: a first cancel {record.cancel_id} reported duplicate")
+            record.cancel = "applied"
+        elif result.state == "refused":
+            self._violate(f"{name}: cancel {record.cancel_id} refused: {result.reason}")
+        # failed: it stays "sent" (run again, it finishes)
 
     # ------------------------------------------------------------------ rules: readers
 
@@ -902,8 +1021,8 @@ class SimMachine(RuleBasedStateMachine):
 
     def do_prune(self, data: st.DataObject) -> None:
         """Prune the ledger below the retention window, by the writer's clock."""
-        if not self.on("prune") or self.actors["prune"].busy:
-            return
+        if not self.on("prune") or self.actors["prune"].busy or self._cancels_unsure():
+            return  # an unsure cancel must stay decidable: its event's ledger rows stay
         writer = self.objects["prune"]
         now = self.clock
         cutoff = now - HORIZON
@@ -965,6 +1084,8 @@ class SimMachine(RuleBasedStateMachine):
         if not self.on("crashes"):
             return
         names = [*WRITERS, "pipe", *RESHARDERS, "prune"]
+        if self.on("corrections"):
+            names.append("corr")
         name = data.draw(st.sampled_from(names), label="actor")
         op = self.actors[name].op
         self.log(f"{name}: killed" + (f" at {op.where}" if op is not None and not op.done else ""))
@@ -991,8 +1112,8 @@ class SimMachine(RuleBasedStateMachine):
 
     def do_jump_clock(self, data: st.DataObject) -> None:
         """The writers' clock jumps: forward by minutes to weeks, or back by hours."""
-        if not self.on("clock-jumps"):
-            return
+        if not self.on("clock-jumps") or self._cancels_unsure():
+            return  # an unsure cancel must stay decidable: not past the horizon
         delta = data.draw(
             st.sampled_from((60.0, 3_600.0, 86_400.0, 10 * 86_400.0, 20 * 86_400.0, -7_200.0)),
             label="jump",
@@ -1069,6 +1190,8 @@ class SimMachine(RuleBasedStateMachine):
             self._build(name)  # closing waits for work its pool still held (it stops at once)
         if pending.kind == "write":
             self._finished_write(name, pending, op.value, error)
+        elif pending.kind == "correct":
+            self._finished_correct(name, pending, op.value, error)
         elif pending.kind in ("rows", "totals"):
             if error is None:
                 self._check_read(pending, op.value)
@@ -1450,9 +1573,59 @@ class SimMachine(RuleBasedStateMachine):
         stuck = [r.event_id for r in self.model.uncertain if self._resolvable(r)]
         if stuck:
             self._violate(f"events {stuck[:5]} cannot be delivered")
+        self._settle_cancels()
         if not self.model.uncertain:
             self.count("exact check")
             self._check_placement(exact=True)
+            self._check_records()
+
+    def _settle_cancels(self) -> None:
+        """Run every unsure cancel again: it must finish now (applied, or a duplicate)."""
+        corrector = self._corrector(self.settle_writer, self.inner)
+        for record in [r for r in self.model.events.values() if r.cancel == "sent"]:
+            assert record.acked is not None
+            usage = self._usage(record, self._quantity_of(record, record.acked))
+            result = corrector.cancel(usage, correction_id=str(record.cancel_id), reason="settle")
+            self.log(f"settle: cancel {record.event_id} {result.state} {result.reason[:120]}")
+            if result.state not in ("applied", "duplicate"):
+                self._violate(
+                    f"settle: cancel {record.cancel_id} of {record.event_id} {result.state}: "
+                    f"{result.reason}"
+                )
+            record.cancel = "applied"
+
+    def _check_records(self) -> None:
+        """Every applied cancel has one record, applied, on the shard that owns its event's
+        slot (a reshard moves records with their slot); no other record is anywhere."""
+        current = self.store.load()
+        want = {
+            (r.event_id, str(r.cancel_id), "applied", current.shard_for(r.event_id))
+            for r in self.model.events.values()
+            if r.cancel == "applied"
+        }
+        have: list[tuple[str, str, str, str]] = []
+        for shard in sorted(self.schema_shards):
+            if shard not in current.shards and not self._has_tables(shard):
+                continue
+            with self.inner.connection(shard, readonly=True) as conn:
+                cursor = conn.cursor()
+                cursor.execute(
+                    "SELECT event_id, correction_id, state FROM shardbill_corrections", ()
+                )
+                have.extend((str(e), str(c), str(st_), shard) for e, c, st_ in cursor.fetchall())
+                cursor.close()
+        if sorted(have) != sorted(want):
+            self._violate(
+                f"correction records: the shards hold {sorted(set(have) - want)[:5]} beyond "
+                f"the model and lack {sorted(want - set(have))[:5]}"
+                + (" (one twice)" if len(have) != len(set(have)) else "")
+            )
+        listed = {
+            (r.event_id, r.correction_id, r.state.value)
+            for r in self._corrector(self.settle_writer, self.inner).records()
+        }
+        if listed != {w[:3] for w in want}:
+            self._violate(f"Corrector.records() lists {sorted(listed)[:5]}, not the model's")
 
     def _resolvable(self, record: EventRecord) -> bool:
         """Whether delivering ``record`` again can still tell if it landed.
@@ -1485,8 +1658,13 @@ class SimMachine(RuleBasedStateMachine):
             for name, obj in self.objects.items():
                 if self.actors[name].busy:
                     continue  # a thread that would not die: leave it (the run failed anyway)
+                if isinstance(obj, Corrector):
+                    continue  # its writer is corr_writer, closed below
                 with contextlib.suppress(BaseException):
                     (obj.writer if isinstance(obj, Pipeline) else obj).close()
+            with contextlib.suppress(BaseException):
+                if not self.actors["corr"].busy:
+                    self.corr_writer.close()
             self.settle_writer.close()
             self.inner.close()
             self.cleanup()

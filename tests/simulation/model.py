@@ -6,7 +6,11 @@ The model knows every event the simulation made up, and for each:
   on it is applied exactly once, and nothing else under its id ever is);
 * ``candidates``: contents sent whose outcome is unknown (a failed or
   killed call, an operation still in flight); at most one of them can have
-  landed, and only until the event is acked.
+  landed, and only until the event is acked;
+* ``cancel``: a pipeline event's cancel (:class:`~shardbill.corrections.Corrector`),
+  ``sent`` while it may or may not have landed, ``applied`` once a call said
+  so. A cancel takes the event's sums back to zero (its rows stay, and a
+  max stays what it was: a correction cannot take a max back).
 
 An event's *content* is what one call carried under its id: its charges,
 reduced to :class:`Part` s (exact repeats inside a call fold to one, as an
@@ -89,6 +93,19 @@ def rows_of(content: Content) -> dict[str, dict[tuple[object, ...], list[int]]]:
     return out
 
 
+def cancelled(
+    rows: dict[str, dict[tuple[object, ...], list[int]]],
+) -> dict[str, dict[tuple[object, ...], list[int]]]:
+    """The rows a cancelled content leaves: every sum back to zero, ``peak`` as it was."""
+    return {
+        table: {
+            key: [v if table == "sim_usage" and i == 3 else 0 for i, v in enumerate(values)]
+            for key, values in table_rows.items()
+        }
+        for table, table_rows in rows.items()
+    }
+
+
 def merge_rows(
     into: dict[str, dict[tuple[object, ...], list[int]]],
     rows: dict[str, dict[tuple[object, ...], list[int]]],
@@ -124,6 +141,8 @@ class EventRecord:
     first_sent: float | None = None  # writer clock at the first send (ledger applied_at)
     pruned: bool = False  # its ledger row may have been pruned
     applied_reported: bool = False  # a call reported it applied (only one ever may)
+    cancel: str | None = None  # None, "sent" (unsure) or "applied"
+    cancel_id: str | None = None  # the correction id of its cancel
 
     @property
     def settled(self) -> bool:
@@ -153,7 +172,8 @@ class Model:
         out: dict[str, dict[tuple[object, ...], list[int]]] = {t: {} for t in TABLE_MEASURES}
         for record in self.events.values():
             if record.acked is not None:
-                merge_rows(out, rows_of(record.acked))
+                rows = rows_of(record.acked)
+                merge_rows(out, cancelled(rows) if record.cancel == "applied" else rows)
         return out
 
     def account_bounds(self) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
@@ -161,8 +181,15 @@ class Model:
         low: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         high: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         for record in self.events.values():
+            # A cancel sent or applied may have taken the event back: it adds nothing for
+            # sure, and at most what it added before (cancels only take away).
             if record.acked is not None:
                 for (account,), values in rows_of(record.acked)["sim_balance"].items():
+                    if record.cancel is not None:
+                        high[account][0] += values[0]  # type: ignore[index]
+                        high[account][1] += values[1]  # type: ignore[index]
+                        low.setdefault(account, [0, 0])  # type: ignore[arg-type]
+                        continue
                     for i in range(2):
                         low[account][i] += values[i]  # type: ignore[index]
                         high[account][i] += values[i]  # type: ignore[index]

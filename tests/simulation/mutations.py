@@ -146,6 +146,16 @@ def _skip_identity_claim(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(AggregationWriter, "__init__", init)
 
 
+def _skip_records_move(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(Resharder, "_move_records", lambda self, moves, target: None)
+
+
+def _skip_home_check(mp: pytest.MonkeyPatch) -> None:
+    from shardbill.corrections import store
+
+    mp.setattr(store, "check_home", lambda cursor, dialect, system, shard, slot: None)
+
+
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="skip-fence-check",
@@ -176,6 +186,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         name="fold-nothing",
         removes="the writer's folding of exact repeats inside one call",
         apply=_fold_nothing,
+    ),
+    Mutation(
+        name="skip-records-move",
+        removes="the resharder's move of correction records with their slots",
+        apply=_skip_records_move,
+    ),
+    Mutation(
+        name="skip-home-check",
+        removes="a correction record write's check that its shard holds the home slot",
+        apply=_skip_home_check,
     ),
     Mutation(
         name="skip-identity-claim",
