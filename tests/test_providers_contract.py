@@ -272,6 +272,38 @@ def test_connection_killed_without_ping_is_discarded_after_its_error(backend: Ba
         assert backend.run(f"SELECT k FROM {backend.table}") == [(2,)]
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("pymysql", marks=pytest.mark.mysql),
+        pytest.param("mysqldb", marks=pytest.mark.mysql),
+    ],
+    indirect=True,
+)
+def test_after_a_lost_connection_the_other_idle_ones_are_pinged_before_a_loan(
+    backend: Backend,
+) -> None:
+    """A server restart kills every idle connection of the pool at once. Without a ping
+    (idle less than ping_after), the first loan meets a dead one and fails; the pool then
+    pings the other idle connections before it lends them, so the next loans work instead
+    of each failing on another dead connection (a retry budget would run out on them)."""
+    with PooledProvider.from_urls({"s": backend.url(ping_after=3600)}) as provider:
+        with (
+            provider.connection("s") as a,
+            provider.connection("s") as b,
+            provider.connection("s") as c,
+        ):
+            kills = [backend.killer(conn) for conn in (a, b, c)]
+        for kill in kills:  # as a restart would: every connection of the pool is gone
+            kill()
+        with pytest.raises(ConnectionLostError), provider.connection("s") as conn:
+            _put(conn, backend.table, 1, 1)
+        for key in (2, 3, 4):
+            with provider.connection("s") as conn:
+                _put(conn, backend.table, key, key)
+        assert backend.run(f"SELECT k FROM {backend.table} ORDER BY k") == [(2,), (3,), (4,)]
+
+
 def test_readonly_goes_to_the_replica(backend: Backend) -> None:
     """readonly=True loans read the replica; writes and default loans use the primary."""
     conn = backend.direct(replica=True)

@@ -37,6 +37,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
@@ -53,10 +54,12 @@ from shardbill.errors import (
     ConnectionLostError,
     InvalidInputError,
     NoReplicaAvailableError,
+    ShardbillError,
     SlotsMovedDuringReadError,
 )
 from shardbill.protocols import MapSource
 from shardbill.providers.base import ConnectionProvider, DBAPIConnection, DBAPICursor
+from shardbill.retry import RetryPolicy, describe, is_retryable
 from shardbill.shardmap import ShardMap
 from shardbill.tables import SlotState, SystemTables
 from shardbill.tables.aggregates import (
@@ -73,13 +76,15 @@ from shardbill.writer.results import WriteResult
 if TYPE_CHECKING:
     from shardbill.providers.pooled import ReadRoute
 
-__all__ = ["AggregateRow", "MapSource", "Reader"]
+__all__ = ["DEFAULT_READ_ATTEMPTS", "AggregateRow", "MapSource", "Reader"]
 
 Measure = Decimal | int
 _T = TypeVar("_T")
 log = logging.getLogger("shardbill.reader")
 _FAILED = (CannotConnectError, ConnectionLostError)
 _FAILOVERS = 4  # calls restarted on other servers after a replica failed, at most
+#: Tries of one read in all when it fails transiently (the default retry policy's).
+DEFAULT_READ_ATTEMPTS = 4
 
 
 class _Router(Protocol):
@@ -295,6 +300,10 @@ class Reader:
             (``rows:located``, ``rows:source``, ``rows:target``,
             ``totals:views``, ``totals:sources``, ``totals:part:SHARD``), for
             tests that force a reshard step into it.
+        retry: the backoff for a transient failure of a read (a connection
+            lost, e.g. on a pooled connection a server restart killed, a
+            lock wait, a deadlock): the whole read runs again; default
+            :data:`DEFAULT_READ_ATTEMPTS` tries, then the error is raised.
     """
 
     def __init__(
@@ -310,6 +319,7 @@ class Reader:
         max_lag: float | None = None,
         wait_for_position: float = 1.0,
         at_gap: Callable[[str], None] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if isinstance(shard_map, ShardMap):
             self._holder = _MapHolder(shard_map, None)
@@ -337,6 +347,7 @@ class Reader:
         self._max_workers = max_workers
         self._system = system_tables or SystemTables()
         self._attempts = max_attempts
+        self._retry = retry or RetryPolicy(max_attempts=DEFAULT_READ_ATTEMPTS)
         self._at_gap = at_gap
 
     @property
@@ -397,6 +408,21 @@ class Reader:
         primary = routes.primaries()
         futures = {s: pool.submit(self._view, s, table, primary) for s in shards}
         return [s for s, f in futures.items() if f.result() != views[s]]
+
+    def _retrying(self, read: Callable[[], _T]) -> _T:
+        """Run ``read`` again after a transient failure, within the retry policy."""
+        delays = self._retry.delays()
+        while True:
+            try:
+                return read()
+            except SlotsMovedDuringReadError:
+                raise  # the read's own attempts (max_attempts) were spent on moving slots
+            except ShardbillError as error:
+                delay = next(delays, None) if is_retryable(error) else None
+                if delay is None:
+                    raise
+                log.info("a read failed (%s); reading again", describe(error))
+                time.sleep(delay)
 
     def _gap(self, name: str) -> None:
         if self._at_gap is not None:
@@ -459,8 +485,10 @@ class Reader:
         filters = {self._shard_key_column(spec): account, **(where or {})}
         self._check_filters(spec, filters)
         positions = _positions(after)
-        return self._failover(
-            lambda routes: self._rows_once(spec, account, filters, routes), replica, positions
+        return self._retrying(
+            lambda: self._failover(
+                lambda routes: self._rows_once(spec, account, filters, routes), replica, positions
+            )
         )
 
     def _rows_once(
@@ -584,10 +612,12 @@ class Reader:
         filters = dict(where or {})
         self._check_filters(spec, filters)
         written = _positions(after)
-        return self._failover(
-            lambda routes: self._totals_once(spec, list(group_by), filters, routes),
-            replica,
-            written,
+        return self._retrying(
+            lambda: self._failover(
+                lambda routes: self._totals_once(spec, list(group_by), filters, routes),
+                replica,
+                written,
+            )
         )
 
     def _totals_once(

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--steps", type=int, default=400, help="scheduler steps per seed (default 400)"
     )
-    parser.add_argument("--backend", choices=("sqlite", "mariadb"), default="sqlite")
+    parser.add_argument("--backend", choices=("sqlite", "mariadb", "servers"), default="sqlite")
     parser.add_argument(
         "--all-features", action="store_true", help="also the features that hit known open bugs"
     )

@@ -1,10 +1,13 @@
 """Where the simulation's shards live: SQLite files (default) or databases on MariaDB.
 
-On MariaDB every example gets one fresh database per shard name on the
+On ``mariadb`` every example gets one fresh database per shard name on the
 server the MySQL tests use (``SHARDBILL_TEST_MYSQL_URL``, see
-``tests/support/mysql.py``), dropped when the example ends. The actors and
-faults are the same: the step gates and the injected COMMIT cuts live in the
-connection provider, not in a driver.
+``tests/support/mysql.py``), dropped when the example ends. On ``servers``
+the shards are spread over two private ``mariadbd`` servers of this process
+(started once, at the first example), which the scheduler may SIGKILL and
+restart (InnoDB crash recovery) between steps: :func:`private_servers`. The
+actors and faults are the same: the step gates and the injected COMMIT cuts
+live in the connection provider, not in a driver.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from shardbill import PooledProvider
 from tests.support.mysql import configured_address
+from tests.support.servers import MariaDBServer, short_tempdir
 
 Backend = Callable[[Path, tuple[str, ...]], tuple[PooledProvider, Callable[[], None]]]
 
@@ -54,4 +58,42 @@ def mariadb_backend(
     return provider, drop
 
 
-BACKENDS: dict[str, Backend] = {"sqlite": sqlite_backend, "mariadb": mariadb_backend}
+_SERVERS: list[MariaDBServer] = []
+
+
+def private_servers() -> list[MariaDBServer]:
+    """The two private servers of this process (started at the first call; removed at exit)."""
+    if not _SERVERS:
+        for server_id in (1, 2):
+            server = MariaDBServer(short_tempdir("sbsim-"), server_id=server_id)
+            server.start()
+            _SERVERS.append(server)
+    return _SERVERS
+
+
+def servers_backend(
+    root: Path, shards: tuple[str, ...]
+) -> tuple[PooledProvider, Callable[[], None]]:
+    """One database per shard, the shards spread over two private servers (PyMySQL)."""
+    del root
+    servers = private_servers()
+    tag = secrets.token_hex(4)
+    placement = {s: (servers[i % len(servers)], f"sbsim_{tag}_{s}") for i, s in enumerate(shards)}
+    for server, name in placement.values():
+        server.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    provider = PooledProvider.from_urls({s: srv.url(db) for s, (srv, db) in placement.items()})
+
+    def drop() -> None:
+        for server, name in placement.values():
+            if not server.is_running:
+                server.start()
+            server.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+    return provider, drop
+
+
+BACKENDS: dict[str, Backend] = {
+    "sqlite": sqlite_backend,
+    "mariadb": mariadb_backend,
+    "servers": servers_backend,
+}

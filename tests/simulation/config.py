@@ -68,6 +68,8 @@ SAFE_FEATURES: tuple[str, ...] = (
     # Issue 20: cancels of applied pipeline events (shardbill.corrections), their records
     # moved with their slots by reshards.
     "corrections",
+    # Backend "servers" only: a shard server SIGKILLed and restarted between steps.
+    "server-kills",
 )
 
 ALL_FEATURES: tuple[str, ...] = (*SAFE_FEATURES, *KNOWN_OPEN)
@@ -87,7 +89,9 @@ class SimConfig:
 
     Attributes:
         features: the features that are on.
-        backend: ``sqlite`` (one process, files in a temp dir) or ``mariadb``.
+        backend: ``sqlite`` (one process, files in a temp dir), ``mariadb``
+            (databases on the test server) or ``servers`` (two private servers
+            the scheduler may kill and restart).
         accounts: how many accounts events are billed to.
         slots: the shard map's slot count (small, so that slots move often).
     """
@@ -96,7 +100,7 @@ class SimConfig:
         default=frozenset(SAFE_FEATURES), converter=frozenset, validator=_known
     )
     backend: str = attrs.field(
-        default="sqlite", validator=attrs.validators.in_(("sqlite", "mariadb"))
+        default="sqlite", validator=attrs.validators.in_(("sqlite", "mariadb", "servers"))
     )
     accounts: int = 12
     slots: int = 32

@@ -71,7 +71,7 @@ from shardbill.tables.aggregates import (
 )
 from shardbill.tables.aggregates import VarChar as VarCharType
 from tests.simulation.actors import FAULTS, Actor, GatedProvider, HungError, SimulatedCrash
-from tests.simulation.backends import BACKENDS
+from tests.simulation.backends import BACKENDS, private_servers
 from tests.simulation.config import SimConfig
 from tests.simulation.model import (
     HORIZON,
@@ -111,6 +111,7 @@ ACTIONS = (
     "publish_stale",
     "settle",
     "correct",
+    "server_restart",
 )
 
 _EXACT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.InvalidOperation])
@@ -1109,6 +1110,23 @@ class SimMachine(RuleBasedStateMachine):
         self.actors[name].faults.append(kind)
         self.log(f"{name}: armed {kind}")
         self.count(f"fault {kind}")
+
+    def do_server_restart(self, data: st.DataObject) -> None:
+        """A shard server is SIGKILLed between steps and restarted (InnoDB crash recovery):
+        every pooled connection to it is dead, every commit it acknowledged must be there."""
+        if self.config.backend != "servers" or not self.on("server-kills"):
+            return
+        servers = private_servers()
+        index = data.draw(st.integers(0, len(servers) - 1), label="server")
+        self.log(f"server {index}: killed and restarted")
+        self.count("server restart")
+        servers[index].kill()
+        servers[index].start()
+        # The harness's own direct reads (placement, raw rows) share the pool: one failed
+        # probe per shard has the pool ping the rest (the library's objects retry alone).
+        for shard in sorted(self.schema_shards):
+            with contextlib.suppress(DatabaseError), self.inner.connection(shard) as conn:
+                conn.cursor().execute("SELECT 1", ())
 
     def do_jump_clock(self, data: st.DataObject) -> None:
         """The writers' clock jumps: forward by minutes to weeks, or back by hours."""

@@ -19,6 +19,7 @@ CI_STEPS = 400
 MUTATION_SEEDS = range(10)
 MARIADB_SEEDS = range(2)
 MARIADB_STEPS = 120
+SERVER_SEEDS = range(1)
 #: Seeds that found a hole once (docs/explanation/simulation.md): each stays green.
 REGRESSION_SEEDS = (
     *(1066, 2005, 3039, 3074, 5066, 5130, 5139, 6088, 7013, 7066),
@@ -65,6 +66,20 @@ def test_no_invariant_breaks_on_mariadb(seed: int, mysql_server: object) -> None
     """The same simulation with every shard a database on MariaDB (PyMySQL)."""
     del mysql_server  # skips (or fails under CI) without a server
     report = run(seed, MARIADB_STEPS, SimConfig.ci(backend="mariadb"))
+    assert report.steps > MARIADB_STEPS // 2, report
+    assert report.failure is None, report.failure
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("seed", SERVER_SEEDS)
+def test_no_invariant_breaks_with_server_restarts(seed: int) -> None:
+    """The shards on two private servers, which the scheduler SIGKILLs and restarts between
+    steps (InnoDB crash recovery): every acknowledged commit is there, every actor goes on."""
+    from tests.support.server_fixtures import require_binaries
+    from tests.support.servers import ServerSettings
+
+    require_binaries(ServerSettings())
+    report = run(seed, MARIADB_STEPS, SimConfig.ci(backend="servers"))
     assert report.steps > MARIADB_STEPS // 2, report
     assert report.failure is None, report.failure
 

@@ -6,7 +6,9 @@ all are lent, for at most ``pool_timeout`` seconds, then raises
 :class:`~shardbill.errors.PoolTimeoutError`. A connection idle for
 ``ping_after`` seconds or more is pinged before it is lent; a dead one is
 closed and replaced. A connection whose with-block raised a connection-level
-error (or whose rollback failed) is discarded, never lent again.
+error (or whose rollback failed) is discarded, never lent again, and the
+connections idle at that moment are pinged before their next loan (a server
+restart kills them all at once).
 
 The pool lends a :class:`LentConnection`: the driver's connection wrapped so
 that
@@ -184,10 +186,12 @@ class ConnectionPool:
         slot = self._acquire(shard)
         lent = LentConnection(slot.raw, pool=self, shard=shard, readonly=readonly)
         broken = True
+        failed: BaseException | None = None
         try:
             try:
                 yield lent
             except BaseException as exc:
+                failed = exc
                 broken = lent._abort(exc)
                 raise
             try:
@@ -197,8 +201,13 @@ class ConnectionPool:
                 raise
             broken = lent._broken
         finally:
+            lost = lent._lost is not None or isinstance(
+                failed, ConnectionLostError | CannotConnectError
+            )
             lent._detach()
             self._release(slot, broken=broken, shard=shard)
+            if lost:
+                self._suspect_idle()
 
     def close(self) -> None:
         """Close idle connections now, lent ones when they come back; refuse new loans."""
@@ -296,6 +305,13 @@ class ConnectionPool:
             self._created += 1
         logger.debug("opened a connection to %s for shard %r", self.url, shard)
         return _Slot(raw=raw, last_used=time.monotonic())
+
+    def _suspect_idle(self) -> None:
+        """A lent connection was lost: the server may have restarted, and then every idle
+        connection is dead too. Each is pinged before its next loan (a live one goes on)."""
+        with self._cond:
+            for idle in self._idle:
+                idle.last_used = float("-inf")
 
     def _release(self, slot: _Slot, *, broken: bool, shard: str) -> None:
         if not broken:

@@ -455,7 +455,7 @@ class Resharder:
             self._claim = None
             stored = self._claims().load_claim()
             holder = stored.describe() if stored is not None else "no claim"
-            raise ReshardClaimedError(
+            lost = ReshardClaimedError(
                 f"this resharder ({self._owner!r}) lost its claim on reshard epoch "
                 f"{claim.source.epoch} -> {claim.target.epoch}: the store now holds {holder}; "
                 "it stopped (every step so far is recorded on the shards: the holder goes on "
@@ -464,7 +464,12 @@ class Resharder:
                 source_epoch=claim.source.epoch,
                 target_epoch=claim.target.epoch,
                 expires_at=stored.expires_at if stored is not None else 0.0,
-            ) from exc
+            )
+            # Remembered for the whole run: a slot worker that learns it first must not
+            # leave another worker's error (a data-level fence it met meanwhile, simulation
+            # seed 5130) to be reported instead of the lost claim.
+            self._lost = lost
+            raise lost from exc
         self._claim = new
         self._renewed = time.monotonic()
         self._renewed_at = self._clock()

@@ -405,6 +405,7 @@ class AggregationWriter:
             self._map,
             self._tables,
             system_tables=self._settings.system_tables,
+            retry=self._settings.retry,
         )
         self.check_schema()
 

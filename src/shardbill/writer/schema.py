@@ -12,14 +12,17 @@ to run against a schema that does not match.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from shardbill.declarations import Declaration
 from shardbill.declarations.store import record
 from shardbill.dialects.detect import dialect_for
-from shardbill.errors import SchemaError
+from shardbill.dialects.translate import is_driver_error, translate
+from shardbill.errors import SchemaError, ShardbillError
 from shardbill.periods.store import ensure_gate
-from shardbill.providers.base import ConnectionProvider
+from shardbill.providers.base import ConnectionProvider, DBAPIConnection
+from shardbill.retry import RetryPolicy, is_retryable
 from shardbill.shardmap import ShardMap
 from shardbill.tables import ColumnKind, SlotState, SystemTables, TableDef
 from shardbill.tables.aggregates import SLOT_COLUMN, AggregateTable
@@ -35,6 +38,7 @@ def apply_schema(
     system_tables: SystemTables | None = None,
     shards: Sequence[str] | None = None,
     record_ownership: bool = True,
+    retry: RetryPolicy | None = None,
 ) -> None:
     """Create missing tables on every shard and record slot ownership where none is recorded.
 
@@ -47,12 +51,17 @@ def apply_schema(
         record_ownership: record the map's slots as owned on shards whose
             ownership table is empty (a reshard adds a shard without: its
             slots arrive through the move protocol).
+        retry: the backoff for a transient failure of one shard's step (a
+            lost connection, e.g. after a server restart): each step is run
+            again (default: 4 tries).
     """
     system = system_tables or SystemTables()
     defs = system.all_defs(tables)
     declared = Declaration.of(tables)
+    policy = retry or RetryPolicy(max_attempts=4)
     for shard in shards if shards is not None else sorted(shard_map.shards):
-        with provider.connection(shard) as conn:
+
+        def create(conn: DBAPIConnection, shard: str = shard) -> None:
             dialect = dialect_for(conn)
             refused = dialect.refusals(defs)
             if refused:  # before any table is created: a refusal changes nothing
@@ -64,19 +73,19 @@ def apply_schema(
                         cursor.execute(statement, ())
             finally:
                 cursor.close()
-        # The periods table's gate row, committed before any writer or close relies on it;
-        # and the declaration the ledger will be written under.
-        with provider.connection(shard) as conn:
+
+        def gate(conn: DBAPIConnection) -> None:
+            # The periods table's gate row, committed before any writer or close relies
+            # on it; and the declaration the ledger will be written under.
             cursor = conn.cursor()
             try:
                 ensure_gate(cursor, dialect_for(conn), system.periods)
                 record(cursor, dialect_for(conn), system.declarations, declared)
             finally:
                 cursor.close()
-        if not record_ownership:
-            continue
-        # DDL commits implicitly on MySQL; ownership goes in its own transaction.
-        with provider.connection(shard) as conn:
+
+        def own(conn: DBAPIConnection, shard: str = shard) -> None:
+            # DDL commits implicitly on MySQL; ownership goes in its own transaction.
             dialect = dialect_for(conn)
             cursor = conn.cursor()
             try:
@@ -99,6 +108,40 @@ def apply_schema(
                         )
             finally:
                 cursor.close()
+
+        steps = (create, gate, own) if record_ownership else (create, gate)
+        for step in steps:
+            _retrying(provider, shard, step, policy)
+
+
+def _retrying(
+    provider: ConnectionProvider,
+    shard: str,
+    step: Callable[[DBAPIConnection], None],
+    policy: RetryPolicy,
+) -> None:
+    """Run ``step`` in one transaction on ``shard``, again after a transient failure.
+
+    Every step is idempotent (``IF NOT EXISTS``, a gate row inserted if absent, a
+    declaration recorded once, ownership recorded only where none is): a lost COMMIT
+    that did commit makes the retry a no-op.
+    """
+    delays = policy.delays()
+    while True:
+        try:
+            with provider.connection(shard) as conn:
+                step(conn)
+            return
+        except Exception as exc:
+            error = exc if isinstance(exc, ShardbillError) else None
+            if error is None and is_driver_error(exc):
+                error = translate(exc, shard=shard)
+            delay = next(delays, None) if error is not None and is_retryable(error) else None
+            if delay is None:
+                if error is None or error is exc:
+                    raise
+                raise error from exc
+            time.sleep(delay)
 
 
 def _compare(shard: str, want: TableDef, live_table: object) -> list[str]:
