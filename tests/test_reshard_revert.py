@@ -149,17 +149,23 @@ class _DiesOn:
         pass
 
 
+def _written(backend: Backend, charges: list[Charge], *, slots: int) -> MemoryMapStore:
+    """A store over s0..s2 (tables made), with ``charges`` written."""
+    store = MemoryMapStore(ShardMap.create(["s0", "s1", "s2"], slots=slots))
+    with AggregationWriter(
+        shard_map=store, provider=backend.provider, tables=billing_tables()
+    ) as writer:
+        writer.ensure_schema()
+        assert writer.write(charges).ok
+    return store
+
+
 def test_a_reshard_killed_before_its_new_shard_had_tables_is_reverted(four: Backend) -> None:
     """The resharder adding s3 dies at its first statement there, after taking the claim and
     before s3 has any table (simulation seeds 9024 and 9069). The revert reads the shards the
     reverted plan added too: it must not fail on their missing tables for ever."""
     charges = make_charges(344, 150, accounts=30)
-    store = MemoryMapStore(ShardMap.create(["s0", "s1", "s2"], slots=SLOTS))
-    with AggregationWriter(
-        shard_map=store, provider=four.provider, tables=billing_tables()
-    ) as writer:
-        writer.ensure_schema()
-        assert writer.write(charges).ok
+    store = _written(four, charges, slots=SLOTS)
     original = store.load()
     with pytest.raises(CrashError):
         Resharder(
@@ -233,12 +239,7 @@ def test_a_reshard_killed_before_moving_is_reverted_past_old_forwarding_rows(
     it), not refuse it for ever because the old row points elsewhere (simulation seed
     9225)."""
     charges = make_charges(345, 150, accounts=30)
-    store = MemoryMapStore(ShardMap.create(["s0", "s1", "s2"], slots=32))
-    with AggregationWriter(
-        shard_map=store, provider=four.provider, tables=billing_tables()
-    ) as writer:
-        writer.ensure_schema()
-        assert writer.write(charges).ok
+    store = _written(four, charges, slots=32)
     first = store.load()
     apply_schema(four.provider, first, billing_tables(), shards=["s3"], record_ownership=False)
     _resharder(store, four).run(first.reweight({"s0": 1, "s1": 1, "s2": 2}))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -593,6 +593,22 @@ class _CrashError(Exception):
     """Stands for the resharding process dying at a step."""
 
 
+def _reshard_dying_at(deploy: Deployment, target: ShardMap, at: Callable[[str], bool]) -> None:
+    """Run a reshard to ``target`` that dies before the first step ``at`` accepts."""
+
+    def crash(name: str) -> None:
+        if at(name):
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        Resharder(
+            store=deploy.store,
+            provider=deploy.backend.provider,
+            tables=billing_tables(),
+            before_step=crash,
+        ).run(target)
+
+
 def test_a_reshard_stopped_between_the_copy_and_the_delete_shows_each_record_once(
     deploy: Deployment,
 ) -> None:
@@ -604,17 +620,7 @@ def test_a_reshard_stopped_between_the_copy_and_the_delete_shows_each_record_onc
     before = set().union(*(_records_on(deploy, s) for s in deploy.used))
     target = deploy.store.load().remove_shard(removed)
 
-    def crash(name: str) -> None:
-        if name.startswith("records-delete:"):
-            raise _CrashError
-
-    with pytest.raises(_CrashError):
-        Resharder(
-            store=deploy.store,
-            provider=backend.provider,
-            tables=billing_tables(),
-            before_step=crash,
-        ).run(target)
+    _reshard_dying_at(deploy, target, lambda name: name.startswith("records-delete:"))
     assert _records_on(deploy, removed)
     both = [_records_on(deploy, s) for s in deploy.used]
     assert sum(len(r) for r in both) > len(before)  # copies on both sides
@@ -674,17 +680,7 @@ def test_a_correction_waits_for_its_records_in_motion_and_fails_cleanly_past_the
     homed = next(e for e in events if old.shard_for(e.event_id) == removed)
     before = deploy.rows()
 
-    def crash(name: str) -> None:
-        if name == "records":
-            raise _CrashError
-
-    with pytest.raises(_CrashError):
-        Resharder(
-            store=deploy.store,
-            provider=backend.provider,
-            tables=billing_tables(),
-            before_step=crash,
-        ).run(old.remove_shard(removed))
+    _reshard_dying_at(deploy, old.remove_shard(removed), lambda name: name == "records")
     corrector = Corrector(
         writer=deploy.writer,
         engine=deploy.engine,
@@ -702,3 +698,35 @@ def test_a_correction_waits_for_its_records_in_motion_and_fails_cleanly_past_the
     done = corrector.cancel(homed, correction_id="in-motion", reason="r")
     assert done.state == "applied", done.reason
     assert deploy.rows() == oracle(deploy.engine, [e for e in events if e is not homed], events)
+
+
+def test_a_reverted_reshard_moves_the_records_back(deploy: Deployment) -> None:
+    """A reshard that removed the shard holding correction records is reverted: the records
+    go back with their slots, each on its home slot's owner again, none lost or doubled,
+    and a repeated correction is still a duplicate."""
+    backend = deploy.backend
+    events, _, removed = _corrected_month(deploy)
+    before = set().union(*(_records_on(deploy, s) for s in deploy.used))
+    original = deploy.store.load()
+    Resharder(store=deploy.store, provider=backend.provider, tables=billing_tables()).run(
+        original.remove_shard(removed)
+    )
+    assert _records_on(deploy, removed) == set()
+    Resharder(store=deploy.store, provider=backend.provider, tables=billing_tables()).revert()
+    back = deploy.store.load()
+    assert back.assignment == original.assignment
+    deploy.writer.reload_map()
+    placed = {shard: _records_on(deploy, shard) for shard in deploy.used}
+    assert set().union(*placed.values()) == before
+    assert sum(len(r) for r in placed.values()) == len(before)
+    for shard, records in placed.items():
+        assert all(back.shard_for(event_id) == shard for event_id, *_ in records)
+    assert _records_on(deploy, removed)
+    first = events[0]
+    repeat = deploy.corrector.amend(
+        event(first.event_id, first.account, chars=999),
+        correction_id="c0",
+        reason="r",
+        original=first,
+    )
+    assert repeat.state == "duplicate", repeat.reason

@@ -340,25 +340,20 @@ class Corrector:
                 self._sleep(delay)
 
     def _attempt(self, request: _Request) -> CorrectionResult:
-        event_id = request.event_id
+        outcome: Outcome
         try:
             return self._correct(request)
         except _HomeBusy as busy:
-            return CorrectionResult(
-                correction_id=request.correction_id,
-                event_id=event_id,
-                kind=request.kind,
-                state="failed",
-                reason=f"{busy}; run the same correction again",
-            )
+            outcome, reason = "failed", f"{busy}; run the same correction again"
         except _Refused as refusal:
-            return CorrectionResult(
-                correction_id=request.correction_id,
-                event_id=event_id,
-                kind=request.kind,
-                state="refused",
-                reason=str(refusal),
-            )
+            outcome, reason = "refused", str(refusal)
+        return CorrectionResult(
+            correction_id=request.correction_id,
+            event_id=request.event_id,
+            kind=request.kind,
+            state=outcome,
+            reason=reason,
+        )
 
     def _correct(self, request: _Request) -> CorrectionResult:
         kind, event_id, given, new = request.kind, request.event_id, request.given, request.new
