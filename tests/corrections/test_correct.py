@@ -8,6 +8,7 @@ directly.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import types
@@ -730,3 +731,84 @@ def test_a_reverted_reshard_moves_the_records_back(deploy: Deployment) -> None:
         original=first,
     )
     assert repeat.state == "duplicate", repeat.reason
+
+
+class _ReshardMidRead:
+    """The corrector's provider: once it has read a ledger on ``after`` it runs ``reshard``
+    before lending its next connection to ``before`` (that shard's ledger is read last, and
+    the reshard moves the event's ledger rows from it to a shard read already)."""
+
+    def __init__(self, inner: Any, after: str, before: str, reshard: Callable[[], None]):
+        self.inner, self.after, self.before, self.reshard = inner, after, before, reshard
+        self.armed = False
+        self.fired = False
+
+    @contextlib.contextmanager
+    def connection(self, shard: str, *, readonly: bool = False) -> Iterator[Any]:
+        if shard == self.before and self.armed and not self.fired:
+            self.fired = True
+            self.reshard()
+        with self.inner.connection(shard, readonly=readonly) as conn:
+            yield _Watched(conn, self, shard)
+
+    def close(self) -> None:
+        pass
+
+
+class _Watched:
+    """A lent connection whose cursors arm the provider on a ledger read on ``after``."""
+
+    def __init__(self, conn: Any, owner: _ReshardMidRead, shard: str) -> None:
+        self._conn, self._owner, self._shard = conn, owner, shard
+
+    def cursor(self) -> Any:
+        return _WatchedCursor(self._conn.cursor(), self._owner, self._shard)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class _WatchedCursor:
+    def __init__(self, cursor: Any, owner: _ReshardMidRead, shard: str) -> None:
+        self._cursor, self._owner, self._shard = cursor, owner, shard
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if self._shard == self._owner.after and "shardbill_ledger" in sql:
+            self._owner.armed = "fingerprint" in sql or self._owner.armed
+        return self._cursor.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+def test_a_correction_whose_ledger_read_straddles_a_move_finds_every_unit(
+    deploy: Deployment,
+) -> None:
+    """The corrector reads the ledgers shard by shard. A reshard that removes the event's
+    shard runs between its read of the shard the rows go to and its read of the shard they
+    leave: the rows were on neither when it looked. It must not refuse the cancel as "only
+    partly applied" (simulation seed 30377): it reads again, and the cancel applies once."""
+    backend = deploy.backend
+    old = deploy.store.load()
+    removed = backend.shards[2]
+    events = [event(f"r{i}", 1 + i % 9) for i in range(40)]
+    assert deploy.pipeline.process(events).ok
+    target = old.remove_shard(removed)
+    moving = next(e for e in events if old.shard_for(e.account) == removed)
+    reads_before = min(s for s in old.shards if s != removed)  # sorted order: read earlier
+    assert reads_before < removed
+
+    def reshard() -> None:
+        Resharder(store=deploy.store, provider=backend.provider, tables=billing_tables()).run(
+            target
+        )
+
+    provider = _ReshardMidRead(backend.provider, reads_before, removed, reshard)
+    corrector = Corrector(
+        writer=deploy.writer, engine=deploy.engine, provider=provider, map_store=deploy.store
+    )
+    done = corrector.cancel(moving, correction_id="straddle", reason="r")
+    assert provider.fired, "the reshard must run between the ledger reads"
+    assert done.state == "applied", done.reason
+    current = [e for e in events if e is not moving]
+    assert deploy.rows() == oracle(deploy.engine, current, events)

@@ -151,6 +151,17 @@ class _HomeBusy(Exception):  # noqa: N818 - a control-flow signal, never raised 
 #: How many forwarding addresses one record write follows before it waits and reloads.
 _HOPS = 8
 
+#: Passes over the shards of one read of records or ledger rows (see Corrector.records).
+READ_PASSES = 4
+
+
+def _key(record: CorrectionRecord) -> tuple[str, int, str]:
+    return (record.event_id, record.revision, record.correction_id)
+
+
+def _keys(records: Sequence[CorrectionRecord]) -> set[tuple[str, int, str, str]]:
+    return {(*_key(r), r.state.value) for r in records}
+
 
 def _text(field: str, value: object, length: int, *, empty: bool = False) -> str:
     if type(value) is not str or (not value.strip() and not empty) or len(value) > length:
@@ -300,8 +311,40 @@ class Corrector:
         ]
 
     def records(self, event_ids: Sequence[str] | None = None) -> list[CorrectionRecord]:
-        """The correction records (pending and applied) on every shard, by event and revision."""
-        return read_records(self._provider, self.shards(), self._system, event_ids=event_ids)
+        """The correction records (pending and applied) on every shard, by event and revision.
+
+        The shards are read one after the other, so a record a reshard moves meanwhile
+        (copied to a shard already read, deleted from one read next) can be on neither
+        when each is read: they are read again until two passes agree (at most
+        :data:`READ_PASSES`; then a record seen in an earlier pass only is kept too).
+        """
+        passes = [read_records(self._provider, self.shards(), self._system, event_ids=event_ids)]
+        while len(passes) < READ_PASSES:
+            passes.append(
+                read_records(self._provider, self.shards(), self._system, event_ids=event_ids)
+            )
+            if _keys(passes[-1]) == _keys(passes[-2]):
+                return passes[-1]
+        latest = {_key(r): r for r in passes[-1]}
+        for earlier in passes[:-1]:
+            for record in earlier:
+                latest.setdefault(_key(record), record)
+        return sorted(latest.values(), key=lambda r: (r.event_id, r.revision, r.shard))
+
+    def _prints(self, units: Sequence[Unit]) -> dict[tuple[str, int], str]:
+        """(event id, slot) -> the ledger's fingerprint, for ``units``, on any shard.
+
+        Read again while some are missing (at most :data:`READ_PASSES` passes): a
+        ledger row a reshard moves between two shards' reads is on neither when each
+        is read (simulation seed 30377), but on one of them at every moment.
+        """
+        pairs = [(u.slot, u.event_id) for u in units]
+        found: dict[tuple[str, int], str] = {}
+        for _ in range(READ_PASSES):
+            found.update(ledger_prints(self._provider, self.shards(), self._system, pairs))
+            if all((event_id, slot) in found for slot, event_id in pairs):
+                break
+        return found
 
     def shards(self) -> tuple[str, ...]:
         """Every shard a correction reads: the writer's known shards, and an unfinished
@@ -506,12 +549,7 @@ class Corrector:
 
     def _check_ledger(self, event_id: str, units: Sequence[Unit], what: str) -> None:
         """Refuse unless every unit is in the ledger with its fingerprint."""
-        stored = ledger_prints(
-            self._provider,
-            self.shards(),
-            self._system,
-            [(u.slot, u.event_id) for u in units],
-        )
+        stored = self._prints(units)
         missing = [u for u in units if (u.event_id, u.slot) not in stored]
         other = [
             u for u in units if stored.get((u.event_id, u.slot), u.fingerprint) != u.fingerprint
@@ -694,12 +732,7 @@ class Corrector:
 
     def _in_ledger(self, units: Sequence[Unit]) -> bool:
         """Whether any of these units (with their own content) is in the ledger."""
-        stored = ledger_prints(
-            self._provider,
-            self.shards(),
-            self._system,
-            [(u.slot, u.event_id) for u in units],
-        )
+        stored = self._prints(units)
         return any(stored.get((u.event_id, u.slot)) == u.fingerprint for u in units)
 
     @staticmethod
