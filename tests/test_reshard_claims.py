@@ -19,9 +19,13 @@ from pathlib import Path
 import pytest
 
 from shardbill import ShardMap
+from shardbill.dialects.detect import dialect_for
 from shardbill.errors import ReshardClaimedError, ReshardError
 from shardbill.resharding import JsonFileMapStore, MemoryMapStore, Resharder, ReshardSettings
+from shardbill.resharding.records import _still_arriving
+from shardbill.resharding.sql import ReshardStatements
 from shardbill.rules import Charge
+from shardbill.tables import SystemTables
 from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
 from shardbill.writer.schema import apply_schema
@@ -278,6 +282,137 @@ def test_two_resharders_of_one_plan_never_merge_a_chunk_twice(four: Backend) -> 
     assert taken == [None]
     assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
     assert actual_rows(four, slot_check=_owner_check(target)) == expected_rows(charges)
+
+
+class _BeforeConnect:
+    """Wraps a provider: ``hook(shard)`` runs before each connection it lends."""
+
+    def __init__(self, inner: object, hook: object) -> None:
+        self.inner = inner
+        self.hook = hook
+
+    def connection(self, shard: str, *, readonly: bool = False) -> object:
+        self.hook(shard)  # type: ignore[operator]
+        return self.inner.connection(shard, readonly=readonly)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_holder_goes_on_past_a_slot_a_stalled_resharder_finished_meanwhile(
+    four: Backend,
+) -> None:
+    """Case 3: the stalled resharder of the same plan, which has not yet noticed the
+    takeover, finishes a slot between the holder's read of its ledger chunk and the
+    holder's copy: the holder takes the slot as finished and completes the reshard (it
+    stopped with "another resharder finished it", and the operator had to run it again;
+    CI, 2026-12-04). The stalled one stops with "lost its claim"; the totals are exact."""
+    charges = make_charges(148, 300, accounts=40)
+    store, writer = _setup(four, ["s0", "s1"], charges)
+    writer.close()
+    target = store.load().add_shard("s2")
+    targets = {m.slot: m.target for m in store.load().plan_to(target).moves}
+    now = [1_000_000.0]
+    at_slot = threading.Event()
+    go = threading.Event()
+    slot_done = threading.Event()
+    go_on = threading.Event()
+    first: list[int] = []
+    stalled_result: list[BaseException | None] = []
+
+    def stalled_steps(name: str) -> None:
+        if name.startswith("ledger:") and not first:
+            first.append(int(name.split(":")[1]))
+            at_slot.set()  # stalled here while its lease expires and the plan is taken over
+            assert go.wait(60)
+        elif first and not slot_done.is_set() and name.split(":")[1:2] != [str(first[0])]:
+            slot_done.set()  # it finished the slot, and stops before its next one
+            assert go_on.wait(60)
+
+    def stalled_run() -> None:
+        try:
+            _resharder(
+                store,
+                four,
+                owner="stalled",
+                clock=lambda: now[0],
+                before_step=stalled_steps,
+                settings=ReshardSettings(
+                    chunk_rows=4, parallel_slots=1, lease_seconds=60, lease_wait=0
+                ),
+            ).run(target)
+        except BaseException as exc:  # reported by the assertion below
+            stalled_result.append(exc)
+        else:
+            stalled_result.append(None)
+
+    thread = threading.Thread(target=stalled_run)
+    thread.start()
+    assert at_slot.wait(60)
+    armed: list[int] = []
+
+    def holder_steps(name: str) -> None:
+        if name == f"ledger:{first[0]}":
+            armed.append(first[0])
+
+    def before_connect(shard: str) -> None:
+        # The holder read the slot's first ledger chunk; its copy to the target is next.
+        if armed and shard == targets[armed[0]]:
+            armed.clear()
+            go.set()
+            assert slot_done.wait(60)
+
+    holder = Resharder(
+        store=store,
+        provider=_BeforeConnect(four.provider, before_connect),  # type: ignore[arg-type]
+        tables=billing_tables(),
+        settings=ReshardSettings(chunk_rows=4, parallel_slots=1, lease_seconds=60, lease_wait=0),
+        owner="holder",
+        clock=lambda: now[0] + 120,  # sees the stalled lease expired
+        before_step=holder_steps,
+    )
+    try:
+        progress = holder.run(target)
+    finally:
+        go.set()
+        go_on.set()
+        thread.join(60)
+    assert slot_done.is_set()  # the stalled one did finish the slot under the holder
+    assert progress.slots_finished > 0
+    assert len(stalled_result) == 1
+    assert isinstance(stalled_result[0], ReshardClaimedError)
+    claim = store.load_claim()
+    assert claim is not None
+    assert (claim.owner, claim.state) == ("holder", "finished")
+    assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
+    assert actual_rows(four, slot_check=_owner_check(target)) == expected_rows(charges)
+
+
+def test_the_records_step_leaves_a_slot_another_resharder_finished(four: Backend) -> None:
+    """Case 3, the records step: a slot its target owns already (finished by another
+    resharder of the plan since this one read the slots' states) is left alone, not a
+    reason to stop; a slot the target neither receives nor owns still stops it."""
+    charges = make_charges(149, 100, accounts=20)
+    store, writer = _setup(four, ["s0", "s1"], charges)
+    writer.close()
+    target = store.load().add_shard("s2")
+    finished, arriving, elsewhere = store.load().plan_to(target).moves[:3]
+
+    def crash(name: str) -> None:
+        if name == "records":
+            raise CrashError
+
+    with pytest.raises(CrashError):  # every moving slot is fenced and incoming on s2
+        _resharder(store, four, before_step=crash).run(target)
+    rows = "UPDATE `shardbill_slots` SET `state` = '{}', `peer` = {} WHERE `sb_slot` = {}"
+    four.execute("s2", rows.format("owned", "NULL", finished.slot))
+    four.execute("s2", rows.format("gone", "'s3'", elsewhere.slot))
+    with four.provider.connection("s2") as conn:
+        cursor = conn.cursor()
+        sql = ReshardStatements.of(dialect_for(conn), SystemTables())
+        assert _still_arriving(cursor, sql, [finished, arriving], "s2") == [arriving]
+        with pytest.raises(ReshardError, match=f"slot {elsewhere.slot} is no longer moving"):
+            _still_arriving(cursor, sql, [elsewhere], "s2")
 
 
 def test_a_resharder_paused_past_its_lease_stops_when_it_resumes(four: Backend) -> None:

@@ -103,15 +103,19 @@ def move_records(
         per_target: dict[str, list[SlotMove]] = defaultdict(list)
         for move in chunk:
             per_target[move.target].append(move)
+        finished: set[int] = set()  # by another resharder of the plan: not this one's
         for target, group in sorted(per_target.items()):
-            copied += _copy(cursor_for, system, group, target, rows)
-        busy = sorted({slot for found in rows.values() for slot, _ in found})
+            count, done = _copy(cursor_for, system, group, target, rows)
+            copied += count
+            finished |= done
+        busy = sorted({slot for found in rows.values() for slot, _ in found} - finished)
         if busy:
             step(f"records-delete:{source}")
+            records = [(s, r) for s, r in rows[corrections.name] if s not in finished]
             with cursor_for(source) as (cursor, sql):
                 for slot in busy:
                     check_moving(cursor, sql, at[slot], source)
-                _delete(cursor, sql, system, rows[corrections.name], busy)
+                _delete(cursor, sql, system, records, busy)
     return copied
 
 
@@ -121,8 +125,12 @@ def _copy(
     group: Sequence[SlotMove],
     target: str,
     rows: dict[str, list[tuple[int, Row]]],
-) -> int:
-    """Copy one target's share, and mark each slot's records arrived; one transaction."""
+) -> tuple[int, set[int]]:
+    """Copy one target's share, and mark each slot's records arrived; one transaction.
+
+    Returns the rows copied and the slots another resharder of the plan finished
+    meanwhile (they are left alone: that resharder moved their records first).
+    """
     moves = system.moves_def()
     with cursor_for(target) as (cursor, sql):
         q = sql.dialect.quote
@@ -134,14 +142,14 @@ def _copy(
                 (system.corrections,),
             )
             arrived.update(int(str(r[0])) for r in cursor.fetchall())
-        todo = [m for m in group if m.slot not in arrived]
+        waiting = [m for m in group if m.slot not in arrived]
+        todo = _still_arriving(cursor, sql, waiting, target)
         wanted = {m.slot for m in todo}
         mine = {name: [(s, r) for s, r in found if s in wanted] for name, found in rows.items()}
         per_slot: dict[int, int] = defaultdict(int)
         for found in mine.values():
             for slot, _ in found:
                 per_slot[slot] += 1
-        _still_arriving(cursor, sql, todo, target)
         for table in (system.corrections_def(), system.adjustments_def()):
             _insert(cursor, sql, table, [r for _, r in mine[table.name]])
         tally = {m.slot: _tally(per_slot[m.slot]) for m in todo}
@@ -154,25 +162,32 @@ def _copy(
                 for m in todo
             ],
         )
-    return sum(per_slot.values())
+    return sum(per_slot.values()), {m.slot for m in waiting} - wanted
 
 
 def _still_arriving(
     cursor: DBAPICursor, sql: ReshardStatements, moves: Sequence[SlotMove], target: str
-) -> None:
-    """Stop unless ``target`` still receives every one of ``moves`` (rows share-locked).
+) -> list[SlotMove]:
+    """The ``moves`` that ``target`` still receives (rows share-locked); stop if one is
+    neither arriving nor finished.
 
     A resharder that missed the loss of its lease must not mark a slot's records
     arrived on a shard that a later move of the slot is filling: that move would then
-    skip the copy and delete the source's records.
+    skip the copy and delete the source's records. A slot the target owns already
+    was finished by another resharder of the plan since this one read the slots'
+    states (one that took over, or the stalled one it took over from): leaving it
+    alone changes nothing, whichever of the two this one is.
     """
     found: dict[int, tuple[str, str | None]] = {}
     for some in _chunks(sorted(m.slot for m in moves)):
         cursor.execute(*sql.slots.locked_rows(some))
         for slot, state, peer in cursor.fetchall():
             found[int(str(slot))] = (str(state), None if peer is None else str(peer))
+    arriving = []
     for move in moves:
         want = (SlotState.INCOMING.value, move.source)
+        if found.get(move.slot) == (SlotState.OWNED.value, None):
+            continue
         if found.get(move.slot) != want:
             raise ReshardError(
                 f"slot {move.slot} is no longer moving from {move.source!r} to {target!r} "
@@ -180,6 +195,8 @@ def _still_arriving(
                 f"{want}): another resharder finished it, so this one stops without touching "
                 "it; run `shardbill reshard status` to see the reshard that holds the claim"
             )
+        arriving.append(move)
+    return arriving
 
 
 def _tally(rows: int) -> str:

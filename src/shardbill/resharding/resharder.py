@@ -244,6 +244,10 @@ class _ProgressRacedError(Exception):
     """Another resharder advanced a move-ledger record first; this chunk rolled back."""
 
 
+class _FinishedElsewhereError(ReshardError):
+    """The slot's target owns it: another resharder of the plan finished the move."""
+
+
 class _Throttle:
     def __init__(self, settings: ReshardSettings, stop: threading.Event) -> None:
         self._stop = stop
@@ -1173,13 +1177,20 @@ class Resharder:
             log.info("%d empty slot(s) handed to their new owners", len(moves))
 
     def _move_slot(self, move: SlotMove, throttle: _Throttle) -> None:
-        self._step(f"ledger:{move.slot}")
-        self._copy_ledger(move, throttle)
-        for table in self._tables:
-            self._step(f"merge:{move.slot}:{table.name}")
-            self._merge_table(move, table, throttle)
-        self._step(f"finish:{move.slot}")
-        self._finish(move)
+        try:
+            self._step(f"ledger:{move.slot}")
+            self._copy_ledger(move, throttle)
+            for table in self._tables:
+                self._step(f"merge:{move.slot}:{table.name}")
+                self._merge_table(move, table, throttle)
+            self._step(f"finish:{move.slot}")
+            self._finish(move)
+        except _FinishedElsewhereError:
+            # Finished under this one by the resharder it took the plan over from (which
+            # had not yet noticed), or by the one that took it over from this one: the
+            # claim says which (CI, 2026-12-04).
+            self._renew(force=True)  # stops here if this resharder lost its claim
+            log.info("slot %d: finished by another resharder of this plan", move.slot)
         self._progress_report(1)
 
     def _progress_report(self, finished: int) -> None:
@@ -1252,7 +1263,8 @@ class Resharder:
         row = cursor.fetchone()
         found = None if row is None else (str(row[0]), None if row[1] is None else str(row[1]))
         if found != want:
-            raise ReshardError(
+            finished = shard == move.target and found == (SlotState.OWNED.value, None)
+            raise (_FinishedElsewhereError if finished else ReshardError)(
                 f"slot {move.slot} is no longer moving from {move.source!r} to {move.target!r} "
                 f"({shard!r} holds {found or 'no row'} where the move needs {want}): another "
                 "resharder finished it, so this one stops without touching it; run `shardbill "
