@@ -25,6 +25,7 @@ from shardbill.corrections import Corrector, EventFilter, RecordState
 from shardbill.errors import SchemaError
 from shardbill.migrate import migrate
 from shardbill.periods import PeriodCloser
+from shardbill.periods.store import read_adjustments
 from shardbill.pipeline import Pipeline
 from shardbill.repair import repair
 from shardbill.resharding import MemoryMapStore, Resharder
@@ -812,3 +813,68 @@ def test_a_correction_whose_ledger_read_straddles_a_move_finds_every_unit(
     assert done.state == "applied", done.reason
     current = [e for e in events if e is not moving]
     assert deploy.rows() == oracle(deploy.engine, current, events)
+
+
+class _DownOn:
+    """Wraps a provider: every connection to ``shard`` fails (its server is down)."""
+
+    def __init__(self, inner: Any, shard: str) -> None:
+        self.inner = inner
+        self.shard = shard
+
+    def connection(self, shard: str, *, readonly: bool = False) -> Any:
+        if shard == self.shard:
+            raise _CrashError
+        return self.inner.connection(shard, readonly=readonly)
+
+    def close(self) -> None:
+        pass
+
+
+def test_records_and_corrections_go_on_while_a_reshard_is_stuck_before_its_new_shard_has_tables(
+    deploy: Deployment,
+) -> None:
+    """A reshard claimed a new shard and died making its tables (the shard's server was
+    down): the corrector reads the claimed reshard's shards too, and a shard with none of
+    shardbill's tables holds nothing to read. Its records, adjustments and corrections
+    go on; they raised "no such table" until the reshard was resumed."""
+    events = [event(f"n{i}", 1 + i % 9) for i in range(12)]
+    assert deploy.pipeline.process(events).ok
+    assert deploy.corrector.cancel(events[0], correction_id="c0", reason="r").state == "applied"
+    new = deploy.backend.shards[3]
+    target = deploy.store.load().add_shard(new)
+    with pytest.raises(_CrashError):
+        Resharder(
+            store=deploy.store,
+            provider=_DownOn(deploy.backend.provider, new),
+            tables=billing_tables(),
+        ).run(target)
+    corrector = Corrector(
+        writer=deploy.writer,
+        engine=deploy.engine,
+        provider=deploy.backend.provider,
+        map_store=deploy.store,
+        clock=lambda: 1e9,
+    )
+    assert new in corrector.shards()
+    assert [(r.event_id, r.correction_id) for r in corrector.records()] == [("n0", "c0")]
+    assert read_adjustments(deploy.backend.provider, corrector.shards()) == {}
+    cancelled = corrector.cancel(events[1], correction_id="c1", reason="r")
+    assert cancelled.state == "applied", cancelled
+    assert sorted(r.correction_id for r in corrector.records()) == ["c0", "c1"]
+    _audit_exact(deploy, events)  # the originals, with the records that correct them
+
+
+def test_a_shard_with_a_ledger_but_no_corrections_table_is_told_to_migrate(
+    deploy: Deployment,
+) -> None:
+    """The other case of a missing table: a shard with shardbill's ledger (it took
+    writes) but without the corrections or adjustments table is an older schema, and
+    reading it says to run `shardbill migrate` (not a driver's "no such table")."""
+    shard = deploy.used[0]
+    deploy.backend.execute(shard, "DROP TABLE `shardbill_corrections`")
+    deploy.backend.execute(shard, "DROP TABLE `shardbill_adjustments`")
+    with pytest.raises(SchemaError, match=r"shardbill_corrections.*migrate"):
+        deploy.corrector.records()
+    with pytest.raises(SchemaError, match=r"shardbill_adjustments.*migrate"):
+        read_adjustments(deploy.backend.provider, deploy.used)

@@ -31,6 +31,7 @@ from shardbill.declarations.store import read_history
 from shardbill.dialects.base import Dialect
 from shardbill.dialects.detect import dialect_for
 from shardbill.errors import PicklableError
+from shardbill.periods.store import has_table
 from shardbill.periods.tables import GATE_ROW, PeriodState
 from shardbill.providers.base import ConnectionProvider, DBAPICursor
 from shardbill.tables import SlotState, SystemTables
@@ -127,6 +128,8 @@ def read_records(
             q = dialect.quote
             cursor = conn.cursor()
             try:
+                if not has_table(cursor, dialect, shard, system, system.corrections):
+                    continue
                 select = f"SELECT {', '.join(q(c) for c in _COLUMNS)} FROM {q(system.corrections)}"
                 batches: list[tuple[str, list[object]]]
                 if event_ids is None:
@@ -289,6 +292,8 @@ def ledger_prints(
             dialect = dialect_for(conn)
             cursor = conn.cursor()
             try:
+                if not has_table(cursor, dialect, shard, system, system.ledger):
+                    continue
                 select = (
                     f"SELECT event_id, {SLOT_COLUMN}, fingerprint FROM "
                     f"{dialect.quote(system.ledger)} WHERE "
@@ -316,6 +321,8 @@ def declarations_on(
             dialect = dialect_for(conn)
             cursor = conn.cursor()
             try:
+                if not has_table(cursor, dialect, shard, system, system.declarations):
+                    continue
                 for recorded in read_history(cursor, dialect, system.declarations):
                     found.setdefault(recorded.declaration.version, recorded.declaration)
             finally:
@@ -334,6 +341,8 @@ def period_states(
             p = dialect.placeholder
             cursor = conn.cursor()
             try:
+                if not has_table(cursor, dialect, shard, system, system.periods):
+                    continue
                 cursor.execute(
                     f"SELECT state FROM {dialect.quote(system.periods)} WHERE period = {p} "
                     f"AND period <> {p}",

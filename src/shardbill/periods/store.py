@@ -24,6 +24,7 @@ __all__ = [
     "advance",
     "copy_closures",
     "ensure_gate",
+    "has_table",
     "read_adjustments",
     "read_states",
     "split_states",
@@ -209,6 +210,28 @@ def copy_closures(
     return given
 
 
+def has_table(
+    cursor: DBAPICursor, dialect: Dialect, shard: str, system: SystemTables, table: str
+) -> bool:
+    """Whether ``shard`` has ``table``; ``False`` for a shard with none of shardbill's tables.
+
+    A shard without the ledger never took a write, so it holds nothing to read: a
+    new shard whose tables a reshard has not made yet (it stopped before, its
+    server down), which the month-end's readers reach through the reshard's claim.
+
+    Raises:
+        SchemaError: the shard has the ledger but not ``table`` (an older schema).
+    """
+    if dialect.describe_table(cursor, table) is not None:
+        return True
+    if dialect.describe_table(cursor, system.ledger) is None:
+        return False
+    raise SchemaError(
+        f"shard {shard!r} has no table {table!r}; run `shardbill migrate` (or `shardbill "
+        "init`), which adds it"
+    )
+
+
 def read_adjustments(
     provider: ConnectionProvider,
     shards: Iterable[str],
@@ -219,24 +242,24 @@ def read_adjustments(
     """Event id -> the period the ``adjust`` late-event policy booked it in, from every shard.
 
     Each shard holds the ``shardbill_adjustments`` rows of the units it
-    applied (a reshard does not move them), so give every shard that ever
-    took writes (the map's, and ones a reshard emptied). An event is booked in
+    applied; a reshard moves them with their slots (its ``records`` step), so
+    give the shards of the map and of an unfinished reshard
+    (:func:`shardbill.periods.close.fleet_shards`). An event is booked in
     one period (its parts follow its identity claim's booking). With
     ``event_ids``, only those events' records are read.
 
     Raises:
-        SchemaError: a shard has no adjustments table (run ``shardbill migrate``).
+        SchemaError: a shard has the ledger but no adjustments table (run
+            ``shardbill migrate``); a shard with none of shardbill's tables is
+            skipped (:func:`has_table`).
     """
     system = system_tables or SystemTables()
     found: dict[str, str] = {}
     for shard in shards:
         with provider.connection(shard, readonly=True) as conn:
             dialect = dialect_for(conn)
-            if dialect.describe_table(conn.cursor(), system.adjustments) is None:
-                raise SchemaError(
-                    f"shard {shard!r} has no table {system.adjustments!r}; run `shardbill "
-                    "migrate` (or `shardbill init`), which adds it"
-                )
+            if not has_table(conn.cursor(), dialect, shard, system, system.adjustments):
+                continue
             cursor = conn.cursor()
             sql = f"SELECT event_id, booked_in FROM {dialect.quote(system.adjustments)}"
             try:
