@@ -357,3 +357,34 @@ def test_split_and_spread_route_as_the_plain_definitions(
         if u.rows:
             shards.setdefault(u.event_id, set()).add(route(u.slot))
     assert spread_events(units, route) == {e for e, s in shards.items() if len(s) > 1}
+
+
+@given(
+    accounts=st.lists(st.integers(0, 10**6), min_size=1, max_size=12),
+    scope_global=st.booleans(),
+)
+def test_units_and_rows_built_as_plain_tuples_are_whole_named_tuples(
+    accounts: list[int], scope_global: bool
+) -> None:
+    """The planner builds its named tuples without their ``__new__`` (the hot path): each
+    has every field, equal to what the named tuple's own constructor makes of them."""
+    charges = [
+        charge(event_id=f"e-{i % 5}-{a}", account=a, amount=Decimal(i + 1))
+        for i, a in enumerate(accounts)
+    ]
+    planned = plan_batch(
+        charges,
+        tables=TABLES,
+        shard_key=(Account(),),
+        locate=_locate,
+        home_slot=MAP.slot_for if scope_global else None,
+    )
+    assert planned.units
+    for unit in planned.units:
+        assert type(unit) is Unit
+        assert len(unit) == len(Unit._fields)
+        assert unit == Unit(**unit._asdict())
+    for table_rows in coalesce(planned.units, TABLES):
+        for row in table_rows:
+            assert len(row) == len(type(row)._fields)
+            assert row == type(row)(**row._asdict())

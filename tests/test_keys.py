@@ -319,3 +319,17 @@ def test_keys_spread_evenly_over_slots(make_keys: Callable[[int], list[Key]]) ->
     statistic = _chi_square(counts, total)
     sigma = (2 * (slots - 1)) ** 0.5
     assert slots - 1 - 6 * sigma < statistic < slots - 1 + 6 * sigma
+
+
+@pytest.mark.property
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.integers(min_value=1, max_value=2**20))
+def test_fast_text_path_matches_the_general_encoding(key: str, slots: int) -> None:
+    """key_hash's and the shard map's text fast path (ASCII) give the general encoding's
+    hash and slot for every text, ASCII or not."""
+    from shardbill import ShardMap
+
+    general = xxhash.xxh3_64_intdigest(encode_key(key), seed=KEY_HASH_SEED)
+    assert key_hash(key) == general
+    assert ShardMap.create(["a"], slots=slots).slot_for(key) == slot_for_key(key, slots)
+    assert slot_for_key(key, slots) == (general * slots) >> 64

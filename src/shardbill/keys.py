@@ -69,6 +69,7 @@ __all__ = [
     "KEY_HASH_SEED",
     "KEY_SCHEME",
     "MAX_SLOTS",
+    "STR_TAG",
     "Key",
     "ScalarKey",
     "encode_key",
@@ -104,6 +105,9 @@ INT_PREFIXES: Final[tuple[bytes, ...]] = tuple(_TAG_INT + n.to_bytes(4, "big") f
 
 FAST_INT_LIMIT: Final[int] = 2**63
 """Non-negative ints below this encode in at most 8 bytes (the fast path's range)."""
+
+STR_TAG: Final = _TAG_STR
+"""The tag of a str encoding: an ASCII ``s`` encodes as ``STR_TAG + len(s) (4 bytes) + s``."""
 
 _ACCEPTED = (
     "accepted are int (not bool), str, bytes, or a non-empty tuple of those "
@@ -226,6 +230,9 @@ def key_hash(key: Key) -> int:
     if type(key) is int and 0 <= key < FAST_INT_LIMIT:
         size = (key.bit_length() >> 3) + 1
         return xxh3_64_intdigest(INT_PREFIXES[size] + key.to_bytes(size, "big"), KEY_HASH_SEED)
+    if type(key) is str and key.isascii() and len(key) <= _MAX_LENGTH:
+        data = _TAG_STR + len(key).to_bytes(4, "big") + key.encode("ascii")
+        return xxh3_64_intdigest(data, KEY_HASH_SEED)
     return xxh3_64_intdigest(encode_key(key), KEY_HASH_SEED)
 
 

@@ -66,6 +66,7 @@ from shardbill.keys import (
     KEY_HASH_SEED,
     KEY_SCHEME,
     MAX_SLOTS,
+    STR_TAG,
     Key,
     encode_key,
 )
@@ -500,6 +501,8 @@ class ShardMap:
         if type(key) is int and 0 <= key < FAST_INT_LIMIT:
             size = (key.bit_length() >> 3) + 1
             data = INT_PREFIXES[size] + key.to_bytes(size, "big")
+        elif type(key) is str and key.isascii() and len(key) < 2**32:  # encode_key's bytes
+            data = STR_TAG + len(key).to_bytes(4, "big") + key.encode("ascii")
         else:
             data = encode_key(key)
         return (xxh3_64_intdigest(data, KEY_HASH_SEED) * self.slots) >> 64

@@ -211,8 +211,15 @@ class RowExtractor:
 
     def _compile(self) -> tuple[str, Callable[[ChargeLike], tuple[list[RowDelta], str] | None]]:
         code = _Code()
+        # The text's template takes every value rendered once (``%s``): ints as they are
+        # (their str is their repr), text by repr, dates by a repr remembered per date.
         code.namespace.update(
-            Decimal=Decimal, date=dt.date, TEMPLATE=self._template, EXACT=money.EXACT
+            Decimal=Decimal,
+            date=dt.date,
+            TEMPLATE=self._template.replace("%r", "%s"),
+            EXACT=money.EXACT,
+            DATES={},
+            remember=_remember,
         )
         code.emit("def extract(charge):")
         for k, (projection, column_type, name) in enumerate(self._key_parts):
@@ -228,7 +235,22 @@ class RowExtractor:
             key = _tuple_source([names[k] for k in key_idx])
             deltas = _tuple_source([names[nkeys + v] for v in value_idx])
             rows.append(f"({i}, {key}, {deltas})")
-        text_args = _tuple_source([names[j] for j in self._text_args])
+        shown = {}
+        for k, (_, column_type, _) in enumerate(self._key_parts):
+            if k not in self._text_args:
+                continue
+            kind = type(column_type)
+            if kind is BigInt:
+                shown[k] = f"k{k}"
+            elif kind is Date:
+                shown[k] = f"r{k}"
+                code.emit(f"    r{k} = DATES.get(k{k})")
+                code.emit(f"    if r{k} is None:")
+                code.emit(f"        r{k} = remember(DATES, k{k})")
+            else:
+                shown[k] = f"r{k}"
+                code.emit(f"    r{k} = repr(k{k})")
+        text_args = _tuple_source([shown.get(j, names[j]) for j in self._text_args])
         code.emit(f"    return [{', '.join(rows)}], TEMPLATE % {text_args}")
         source = "\n".join(code.lines) + "\n"
         exec(compile(source, "<shardbill.writer.extraction>", "exec"), code.namespace)  # noqa: S102 - see the module docstring
@@ -316,6 +338,18 @@ def _read_measure(code: _Code, var: str, value: Any, in_range: str) -> None:
         code.emit(f"    {var} = {code.constant('VALUE', value)}(charge)")
     code.emit(f"    if {var}.__class__ is not int or not {in_range.format(var=var)}:")
     code.emit("        return None")
+
+
+def _remember(cache: dict[object, str], value: object) -> str:
+    """``repr(value)``, kept in ``cache`` (bounded: cleared when it fills)."""
+    text = repr(value)
+    if len(cache) >= _REMEMBERED:
+        cache.clear()
+    cache[value] = text
+    return text
+
+
+_REMEMBERED = 4096  # distinct dates whose repr the compiled path keeps
 
 
 def _tuple_template(width: int) -> str:

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import itertools
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import attrs
 
@@ -174,6 +175,11 @@ class Plan:
     rejected: tuple[Rejection, ...]
     events: tuple[str, ...]
     folded: int
+
+
+#: ``_new(Unit, (...every field...))``: a named tuple without its ``__new__``, a Python
+#: function that costs more than the tuple on the hot path (every field must be given).
+_new = tuple.__new__
 
 
 class CoalescedRow(NamedTuple):
@@ -376,7 +382,7 @@ class _Collector:
             return
         seen = event.parts.get(part)
         if seen is None:
-            event.parts[part] = _Part(slot, rows, text)
+            event.parts[part] = _new(_Part, (slot, rows, text))
             event.time = min(event.time, when)
         elif seen.text == text and seen.slot == slot:
             self.folded += 1  # an exact repeat inside the call: the same delivery twice
@@ -463,18 +469,18 @@ def _units_of(
 ) -> list[Unit]:
     parts = event.parts
     when = event.time
-    if len(parts) == 1:
+    if len(parts) == 1:  # the common event: its units built as plain tuples (see _new)
         ((slot, rows, text),) = parts.values()
         print_ = digest(text)
+        signed = tuple(rows)
         if home_slot is None:
-            return [Unit(event_id, slot, print_, tuple(rows), when)]
+            return [_new(Unit, (event_id, slot, print_, signed, when, False, None, None))]
         home = home_slot(event_id)
         if home == slot:
-            return [Unit(event_id, slot, print_, tuple(rows), when, True)]
-        signed = tuple(rows)
+            return [_new(Unit, (event_id, slot, print_, signed, when, True, None, None))]
         return [
-            Unit(event_id, home, print_, (), when, True, signed),
-            Unit(event_id, slot, print_, signed, when),
+            _new(Unit, (event_id, home, print_, (), when, True, signed, None)),
+            _new(Unit, (event_id, slot, print_, signed, when, False, None, None)),
         ]
     by_slot: dict[int, list[_Part]] = defaultdict(list)
     for number in sorted(parts):
@@ -512,23 +518,39 @@ def coalesce(units: Iterable[Unit], tables: Sequence[AggregateTable]) -> list[li
     order. A merged delta may leave the BIGINT range; the writer checks.
     """
     merged: list[dict[tuple[KeyValue, ...], tuple[int, tuple[int, ...]]]] = [{} for _ in tables]
-    merges = [tuple(m.merge for m in t.measures) for t in tables]
-    all_sum = [all(kind is MergeKind.SUM for kind in kinds) for kinds in merges]
-    add = operator.add
+    merges = [_mergers(tuple(m.merge for m in t.measures)) for t in tables]
+    add, call = operator.add, operator.call
     for unit in units:
+        slot = unit.slot
         for t, key, deltas in unit.rows:
             table_rows = merged[t]
             current = table_rows.get(key)
             if current is None:
-                table_rows[key] = (unit.slot, deltas)
-            elif all_sum[t]:
+                table_rows[key] = (slot, deltas)
+            elif (fns := merges[t]) is None:
                 table_rows[key] = (current[0], tuple(map(add, current[1], deltas)))
             else:
-                table_rows[key] = (current[0], merge_values(merges[t], current[1], deltas))
+                table_rows[key] = (current[0], tuple(map(call, fns, current[1], deltas)))
     return [
-        [CoalescedRow(key, slot, deltas) for key, (slot, deltas) in sorted(table_rows.items())]
-        for table_rows in merged
+        [_new(CoalescedRow, (key, slot, deltas)) for key, (slot, deltas) in sorted(rows.items())]
+        for rows in merged
     ]
+
+
+_Merge = Callable[[int, int], int]
+_MERGE_FUNCTIONS: dict[MergeKind, _Merge] = {
+    MergeKind.SUM: operator.add,
+    MergeKind.MIN: cast(_Merge, min),  # the builtins, in C
+    MergeKind.MAX: cast(_Merge, max),
+}
+
+
+@functools.cache
+def _mergers(kinds: tuple[MergeKind, ...]) -> tuple[Callable[[int, int], int], ...] | None:
+    """Each measure's merge as a function of (current, delta); None when all are sums."""
+    if all(kind is MergeKind.SUM for kind in kinds):
+        return None
+    return tuple(_MERGE_FUNCTIONS[kind] for kind in kinds)
 
 
 def merge_values(
