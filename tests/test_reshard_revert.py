@@ -11,7 +11,6 @@ import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,6 +23,7 @@ from shardbill.writer import AggregationWriter, WriteResult
 from shardbill.writer.schema import apply_schema
 from tests.support.backends import KINDS, Backend, make_backend
 from tests.support.oracle import actual_rows, expected_rows
+from tests.support.outage import DiedError, DiesOn
 from tests.test_writer import make_charges
 
 SLOTS = 64
@@ -133,22 +133,6 @@ def test_a_reshard_is_reverted_exactly_while_writers_write(four: Backend, stop_a
     assert actual_rows(four, slot_check=_owner_check(back)) == expected_rows(charges + later)
 
 
-class _DiesOn:
-    """Wraps a provider: the first connection to ``shard`` kills the caller (CrashError)."""
-
-    def __init__(self, inner: Any, shard: str) -> None:
-        self.inner = inner
-        self.shard = shard
-
-    def connection(self, shard: str, *, readonly: bool = False) -> Any:
-        if shard == self.shard:
-            raise CrashError
-        return self.inner.connection(shard, readonly=readonly)
-
-    def close(self) -> None:
-        pass
-
-
 def _written(backend: Backend, charges: list[Charge], *, slots: int) -> MemoryMapStore:
     """A store over s0..s2 (tables made), with ``charges`` written."""
     store = MemoryMapStore(ShardMap.create(["s0", "s1", "s2"], slots=slots))
@@ -167,10 +151,10 @@ def test_a_reshard_killed_before_its_new_shard_had_tables_is_reverted(four: Back
     charges = make_charges(344, 150, accounts=30)
     store = _written(four, charges, slots=SLOTS)
     original = store.load()
-    with pytest.raises(CrashError):
+    with pytest.raises(DiedError):
         Resharder(
             store=store,
-            provider=_DiesOn(four.provider, "s3"),
+            provider=DiesOn(four.provider, "s3"),
             tables=billing_tables(),
             settings=ReshardSettings(lease_wait=0),
         ).run(original.add_shard("s3"))

@@ -35,6 +35,7 @@ from shardbill.tables.catalog import billing_tables
 from shardbill.writer import AggregationWriter
 from tests.support.backends import KINDS, Backend, make_backend
 from tests.support.oracle import actual_rows, expected_rows
+from tests.support.outage import DiedError, DiesOn
 
 IN_NOV = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 SLOTS = 64
@@ -815,22 +816,6 @@ def test_a_correction_whose_ledger_read_straddles_a_move_finds_every_unit(
     assert deploy.rows() == oracle(deploy.engine, current, events)
 
 
-class _DownOn:
-    """Wraps a provider: every connection to ``shard`` fails (its server is down)."""
-
-    def __init__(self, inner: Any, shard: str) -> None:
-        self.inner = inner
-        self.shard = shard
-
-    def connection(self, shard: str, *, readonly: bool = False) -> Any:
-        if shard == self.shard:
-            raise _CrashError
-        return self.inner.connection(shard, readonly=readonly)
-
-    def close(self) -> None:
-        pass
-
-
 def test_records_and_corrections_go_on_while_a_reshard_is_stuck_before_its_new_shard_has_tables(
     deploy: Deployment,
 ) -> None:
@@ -843,10 +828,10 @@ def test_records_and_corrections_go_on_while_a_reshard_is_stuck_before_its_new_s
     assert deploy.corrector.cancel(events[0], correction_id="c0", reason="r").state == "applied"
     new = deploy.backend.shards[3]
     target = deploy.store.load().add_shard(new)
-    with pytest.raises(_CrashError):
+    with pytest.raises(DiedError):
         Resharder(
             store=deploy.store,
-            provider=_DownOn(deploy.backend.provider, new),
+            provider=DiesOn(deploy.backend.provider, new),
             tables=billing_tables(),
         ).run(target)
     corrector = Corrector(

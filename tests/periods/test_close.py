@@ -32,6 +32,7 @@ from shardbill.writer import AggregationWriter
 from tests.support.backends import KINDS, Backend, make_backend
 from tests.support.mysql import ServerAddress
 from tests.support.oracle import actual_rows, expected_rows
+from tests.support.outage import DiedError, DiesOn
 
 NOV = Period.parse("2026-11")
 IN_NOV = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
@@ -622,26 +623,6 @@ class _NoProvider:
         pass
 
 
-class _DiesOn:
-    """Wraps a provider: the first connection to ``shard`` kills the caller (_DiedError)."""
-
-    def __init__(self, inner: ConnectionProvider, shard: str) -> None:
-        self.inner = inner
-        self.shard = shard
-
-    def connection(self, shard: str, *, readonly: bool = False) -> Any:
-        if shard == self.shard:
-            raise _DiedError
-        return self.inner.connection(shard, readonly=readonly)
-
-    def close(self) -> None:
-        pass
-
-
-class _DiedError(Exception):
-    """Stands for the resharding process dying."""
-
-
 def test_a_close_during_a_reshard_stuck_before_its_new_shard_had_tables(
     two_kinds: Backend,
 ) -> None:
@@ -653,10 +634,10 @@ def test_a_close_during_a_reshard_stuck_before_its_new_shard_had_tables(
     with writer:
         assert writer.write([_charge(f"before-{a}", a, IN_NOV) for a in range(1, 20)]).ok
     target = store.load().add_shard(backend.shards[3])
-    with pytest.raises(_DiedError):
+    with pytest.raises(DiedError):
         Resharder(
             store=store,
-            provider=_DiesOn(backend.provider, backend.shards[3]),
+            provider=DiesOn(backend.provider, backend.shards[3]),
             tables=billing_tables(),
         ).run(target)
     closer = PeriodCloser(provider=backend.provider, shard_map=store)

@@ -26,3 +26,30 @@ class Outage:
 
     def close(self) -> None:
         """Nothing: the inner provider belongs to the caller."""
+
+
+class DiedError(Exception):
+    """Stands for the calling process dying (see :class:`DiesOn`)."""
+
+
+class DiesOn:
+    """Wraps a provider: a connection to ``shard`` kills the caller (:class:`DiedError`).
+
+    A resharder (say) that dies as it first reaches a shard: a new shard's tables
+    were never made, its claim names the shard.
+    """
+
+    def __init__(self, inner: ConnectionProvider, shard: str) -> None:
+        self._inner = inner
+        self.shard = shard
+
+    def connection(
+        self, shard: str, *, readonly: bool = False
+    ) -> contextlib.AbstractContextManager[DBAPIConnection]:
+        """The inner provider's connection, or :class:`DiedError` for ``shard``."""
+        if shard == self.shard:
+            raise DiedError(f"died connecting to {shard} (test)")
+        return self._inner.connection(shard, readonly=readonly)
+
+    def close(self) -> None:
+        """Nothing: the inner provider belongs to the caller."""
