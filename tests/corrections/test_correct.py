@@ -22,6 +22,7 @@ import pytest
 from shardbill import ShardMap
 from shardbill.audit import audit
 from shardbill.corrections import Corrector, EventFilter, RecordState
+from shardbill.dialects.detect import dialect_for
 from shardbill.errors import SchemaError
 from shardbill.migrate import migrate
 from shardbill.periods import PeriodCloser
@@ -863,3 +864,63 @@ def test_a_shard_with_a_ledger_but_no_corrections_table_is_told_to_migrate(
         deploy.corrector.records()
     with pytest.raises(SchemaError, match=r"shardbill_adjustments.*migrate"):
         read_adjustments(deploy.backend.provider, deploy.used)
+
+
+def _misplace(deploy: Deployment, record: tuple[str, int], to: str) -> None:
+    """Move a correction record, as stored, from its home slot's owner to ``to`` (where a
+    version before the records step could have left it: on a former owner)."""
+    event_id, revision = record
+    home = deploy.writer.locate(event_id)[1]
+    provider = deploy.backend.provider
+    with provider.connection(home) as conn:
+        p = dialect_for(conn).placeholder
+        cursor = conn.cursor()
+        cursor.execute(
+            f"SELECT * FROM shardbill_corrections WHERE event_id = {p} AND revision = {p}",
+            (event_id, revision),
+        )
+        row = cursor.fetchone()
+        names = [d[0] for d in cursor.description]
+        cursor.execute(
+            f"DELETE FROM shardbill_corrections WHERE event_id = {p} AND revision = {p}",
+            (event_id, revision),
+        )
+    with provider.connection(to) as conn:
+        cursor = conn.cursor()
+        cursor.execute(
+            f"INSERT INTO shardbill_corrections ({', '.join(names)}) "
+            f"VALUES ({', '.join([p] * len(names))})",
+            tuple(row),
+        )
+
+
+def test_a_reshard_takes_records_an_older_version_left_on_another_shard_home(
+    deploy: Deployment,
+) -> None:
+    """A record on a shard that does not own its event's home slot (an older version left
+    it on a former owner) goes home when a reshard moves slots off that shard; removing the
+    shard kept it there, out of records() and the audit, for good."""
+    events, _, removed = _corrected_month(deploy)
+    before = set().union(*(_records_on(deploy, s) for s in deploy.used))
+    elsewhere = next((e, r) for e, r, *_ in sorted(before) if deploy.writer.locate(e)[1] != removed)
+    _misplace(deploy, elsewhere, removed)
+    home = deploy.writer.locate(elsewhere[0])[1]
+    assert elsewhere not in {(e, r) for e, r, *_ in _records_on(deploy, home)}
+    target = deploy.store.load().remove_shard(removed)
+    Resharder(store=deploy.store, provider=deploy.backend.provider, tables=billing_tables()).run(
+        target
+    )
+    deploy.writer.reload_map()
+    assert _records_on(deploy, removed) == set()
+    assert elsewhere in {(e, r) for e, r, *_ in _records_on(deploy, home)}
+    assert set().union(*(_records_on(deploy, s) for s in target.shards)) == before
+    corrector = Corrector(
+        writer=deploy.writer,
+        engine=deploy.engine,
+        provider=deploy.backend.provider,
+        map_store=deploy.store,
+    )
+    assert {
+        (r.event_id, r.revision, r.correction_id, r.state.value) for r in corrector.records()
+    } == before
+    _audit_exact(deploy, events)

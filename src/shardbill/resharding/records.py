@@ -34,6 +34,7 @@ is the same again. Between 2 and 3 both sides hold a copy;
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -52,6 +53,8 @@ __all__ = ["move_records"]
 CursorFor = Callable[[str], AbstractContextManager[tuple[DBAPICursor, ReshardStatements]]]
 CheckMoving = Callable[[DBAPICursor, ReshardStatements, SlotMove, str], None]
 
+log = logging.getLogger("shardbill.resharding")
+
 #: Rows per statement and slots per IN list.
 _CHUNK = 500
 
@@ -64,16 +67,21 @@ def move_records(
     *,
     system: SystemTables,
     home_slot: Callable[[str], int],
+    owner: Callable[[int], str],
     cursor_for: CursorFor,
     check_moving: CheckMoving,
     step: Callable[[str], None],
 ) -> int:
     """Move the correction records and adjustment bookings of the fenced ``moves``' slots.
 
+    Also sends home what a source holds of slots it owns in neither map (records
+    an older version left on a former owner: :func:`_send_home`).
+
     Args:
         moves: the moves whose source has fenced the slot for the target.
         system: the names of shardbill's own tables.
         home_slot: an event id's home slot.
+        owner: the shard that owns a slot in the map the reshard moves to.
         cursor_for: a shard's cursor and statements, in one transaction.
         check_moving: raises unless the shard's ownership row still says the
             move is under way (locked), as for every other copy.
@@ -93,13 +101,20 @@ def move_records(
         at = {m.slot: m for m in chunk}
         # (slot, row): a record by its event's home slot, a booking by its own.
         rows: dict[str, list[tuple[int, Row]]] = {corrections.name: [], adjustments.name: []}
+        stray: dict[str, list[tuple[int, Row]]] = {corrections.name: [], adjustments.name: []}
         with cursor_for(source) as (cursor, sql):
             for r in _select(cursor, sql, corrections, ""):
-                if home_slot(str(r[0])) in at:
-                    rows[corrections.name].append((home_slot(str(r[0])), r))
-            for slots in _chunks(sorted(at)):
-                for r in _select(cursor, sql, adjustments, f" WHERE {_slot_in(sql, slots)}"):
-                    rows[adjustments.name].append((int(str(r[booking_slot])), r))
+                home = home_slot(str(r[0]))
+                if home in at:
+                    rows[corrections.name].append((home, r))
+                elif owner(home) != source:
+                    stray[corrections.name].append((home, r))
+            for r in _select(cursor, sql, adjustments, ""):
+                slot = int(str(r[booking_slot]))
+                if slot in at:
+                    rows[adjustments.name].append((slot, r))
+                elif owner(slot) != source:
+                    stray[adjustments.name].append((slot, r))
         per_target: dict[str, list[SlotMove]] = defaultdict(list)
         for move in chunk:
             per_target[move.target].append(move)
@@ -116,7 +131,83 @@ def move_records(
                 for slot in busy:
                     check_moving(cursor, sql, at[slot], source)
                 _delete(cursor, sql, system, records, busy)
+        copied += _send_home(cursor_for, system, source, stray, owner=owner, step=step)
     return copied
+
+
+def _send_home(
+    cursor_for: CursorFor,
+    system: SystemTables,
+    source: str,
+    stray: dict[str, list[tuple[int, Row]]],
+    *,
+    owner: Callable[[int], str],
+    step: Callable[[str], None],
+) -> int:
+    """Copy ``source``'s records and bookings of slots it does not own to their owners,
+    then delete them from ``source``; returns the rows copied.
+
+    The owner writes the slot's records itself (a correction writes its record on
+    its home slot's owner: :func:`shardbill.corrections.store.check_home`), so a
+    copy is insert-if-absent; a record whose key the owner holds with another
+    correction stays where it is, logged, for an operator to look at.
+    """
+    corrections = system.corrections_def()
+    if not any(stray.values()):
+        return 0
+    by_owner: dict[str, dict[str, list[tuple[int, Row]]]] = defaultdict(
+        lambda: {name: [] for name in stray}
+    )
+    for name, found in stray.items():
+        for slot, row in found:
+            by_owner[owner(slot)][name].append((slot, row))
+    copied = 0
+    sent: dict[str, list[tuple[int, Row]]] = {name: [] for name in stray}
+    for home, share in sorted(by_owner.items()):
+        with cursor_for(home) as (cursor, sql):
+            kept = _keys_held(cursor, sql, system, [r for _, r in share[corrections.name]])
+            records = []
+            for slot, row in share[corrections.name]:
+                held = kept.get((str(row[0]), int(str(row[1]))))
+                if held is not None and held != str(row[2]):
+                    log.warning(
+                        "correction record %s revision %s on %s: its home %s holds another "
+                        "correction (%s) under that revision; left on %s",
+                        row[0], row[1], source, home, held, source,
+                    )  # fmt: skip
+                    continue
+                records.append((slot, row))
+            for table, found in (
+                (corrections, records),
+                (system.adjustments_def(), share[system.adjustments]),
+            ):
+                _insert(cursor, sql, table, [r for _, r in found])
+                sent[table.name].extend(found)
+                copied += len(found)
+    step(f"records-home:{source}")
+    with cursor_for(source) as (cursor, sql):
+        slots = sorted({slot for slot, _ in sent[system.adjustments]})
+        _delete(cursor, sql, system, sent[corrections.name], slots)
+    log.info("sent %d record(s) and booking(s) on %s to their slots' owners", copied, source)
+    return copied
+
+
+def _keys_held(
+    cursor: DBAPICursor, sql: ReshardStatements, system: SystemTables, records: Sequence[Row]
+) -> dict[tuple[str, int], str]:
+    """(event id, revision) -> correction id, of ``records``' keys the shard holds."""
+    q, p = sql.dialect.quote, sql.dialect.placeholder
+    held: dict[tuple[str, int], str] = {}
+    for event_id, revision, *_ in records:
+        cursor.execute(
+            f"SELECT {q('correction_id')} FROM {q(system.corrections)} "
+            f"WHERE {q('event_id')} = {p} AND {q('revision')} = {p}",
+            (event_id, revision),
+        )
+        row = cursor.fetchone()
+        if row is not None:
+            held[(str(event_id), int(str(revision)))] = str(row[0])
+    return held
 
 
 def _copy(

@@ -1031,6 +1031,7 @@ class Resharder:
             fenced,
             system=self._system,
             home_slot=target.slot_for,
+            owner=target.owner,
             cursor_for=self._cursor,
             check_moving=self._check_moving,
             step=self._step,
