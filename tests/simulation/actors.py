@@ -35,6 +35,12 @@ from shardbill.providers.base import DBAPIConnection
 #: The faults that can be armed for an actor's next transaction.
 FAULTS = ("cut-before-commit", "cut-after-commit", "connection-lost")
 
+#: The faults of a real server (backend "servers"): the shard's server is SIGKILLed and
+#: restarted inside the actor's next transaction, after its connection is lent (so every
+#: statement of it meets a dead connection) or after its last statement, before its
+#: COMMIT (which then never reaches the server: InnoDB's recovery rolls it back).
+SERVER_FAULTS = ("server-killed-in-transaction", "server-killed-before-commit")
+
 #: How long the scheduler waits for an operation to reach its next boundary.
 STEP_TIMEOUT = 60.0
 
@@ -172,9 +178,21 @@ class GatedProvider:
     for its dialect).
     """
 
-    def __init__(self, inner: ConnectionProvider, actor: Actor) -> None:
+    def __init__(
+        self,
+        inner: ConnectionProvider,
+        actor: Actor,
+        *,
+        restart: Callable[[str], None] | None = None,
+    ) -> None:
         self._inner = inner
         self._actor = actor
+        self._restart = restart  # kills and restarts a shard's server (SERVER_FAULTS)
+
+    @property
+    def restart(self) -> Callable[[str], None] | None:
+        """What kills and restarts a shard's server (None: no server faults here)."""
+        return self._restart
 
     @contextlib.contextmanager
     def connection(self, shard: str, *, readonly: bool = False) -> Iterator[DBAPIConnection]:
@@ -185,26 +203,47 @@ class GatedProvider:
         fault = actor.faults.popleft() if outermost and actor.faults and not readonly else None
         actor.depth += 1
         try:
-            with self._inner.connection(shard, readonly=readonly) as conn:
-                if fault == "connection-lost":
-                    raise ConnectionLostError(
-                        f"simulated: the connection to {shard} was lost", errno=2013, shard=shard
-                    )
+            with faulted(self._inner, shard, readonly, fault, self._restart) as conn:
                 yield conn
-                if fault == "cut-before-commit":
-                    raise CommitOutcomeUnknownError(
-                        f"simulated: the COMMIT to {shard} was cut before it reached the server",
-                        errno=2013,
-                        shard=shard,
-                    )
-            if fault == "cut-after-commit":
-                raise CommitOutcomeUnknownError(
-                    f"simulated: the COMMIT to {shard} committed, then the connection was cut",
-                    errno=2013,
-                    shard=shard,
-                )
         finally:
             actor.depth -= 1
 
     def close(self) -> None:
         """The shared provider is the simulation's to close."""
+
+
+@contextlib.contextmanager
+def faulted(
+    inner: ConnectionProvider,
+    shard: str,
+    readonly: bool,
+    fault: str | None,
+    restart: Callable[[str], None] | None,
+) -> Iterator[DBAPIConnection]:
+    """A connection of ``inner`` to ``shard``, for one transaction that takes ``fault``.
+
+    ``fault`` is one of :data:`FAULTS` or :data:`SERVER_FAULTS` (None: none);
+    ``restart`` kills and restarts a shard's server (the server faults).
+    """
+    with inner.connection(shard, readonly=readonly) as conn:
+        if fault == "connection-lost":
+            raise ConnectionLostError(
+                f"simulated: the connection to {shard} was lost", errno=2013, shard=shard
+            )
+        if fault == "server-killed-in-transaction" and restart is not None:
+            restart(shard)
+        yield conn
+        if fault == "server-killed-before-commit" and restart is not None:
+            restart(shard)
+        if fault == "cut-before-commit":
+            raise CommitOutcomeUnknownError(
+                f"simulated: the COMMIT to {shard} was cut before it reached the server",
+                errno=2013,
+                shard=shard,
+            )
+    if fault == "cut-after-commit":
+        raise CommitOutcomeUnknownError(
+            f"simulated: the COMMIT to {shard} committed, then the connection was cut",
+            errno=2013,
+            shard=shard,
+        )

@@ -46,7 +46,10 @@ def mariadb_backend(
         for name in names.values():
             cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     conn.close()  # type: ignore[attr-defined]
-    provider = PooledProvider.from_urls({s: server.url(db, "pymysql") for s, db in names.items()})
+    urls = {s: server.url(db, "pymysql") for s, db in names.items()}
+    URLS.clear()
+    URLS.update(urls)
+    provider = PooledProvider.from_urls(urls)
 
     def drop() -> None:
         done = server.connect()
@@ -59,6 +62,12 @@ def mariadb_backend(
 
 
 _SERVERS: list[MariaDBServer] = []
+
+#: The server of each shard of the servers backend last made (one simulation at a time).
+SERVER_OF: dict[str, MariaDBServer] = {}
+
+#: The shards' URLs of the MariaDB backend last made (a writer process opens its own).
+URLS: dict[str, str] = {}
 
 
 def private_servers() -> list[MariaDBServer]:
@@ -79,9 +88,14 @@ def servers_backend(
     servers = private_servers()
     tag = secrets.token_hex(4)
     placement = {s: (servers[i % len(servers)], f"sbsim_{tag}_{s}") for i, s in enumerate(shards)}
+    SERVER_OF.clear()
+    SERVER_OF.update({s: server for s, (server, _) in placement.items()})
     for server, name in placement.values():
         server.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    provider = PooledProvider.from_urls({s: srv.url(db) for s, (srv, db) in placement.items()})
+    urls = {s: srv.url(db) for s, (srv, db) in placement.items()}
+    URLS.clear()
+    URLS.update(urls)
+    provider = PooledProvider.from_urls(urls)
 
     def drop() -> None:
         for server, name in placement.values():

@@ -68,8 +68,12 @@ SAFE_FEATURES: tuple[str, ...] = (
     # Issue 20: cancels of applied pipeline events (shardbill.corrections), their records
     # moved with their slots by reshards.
     "corrections",
-    # Backend "servers" only: a shard server SIGKILLed and restarted between steps.
+    # Backend "servers" only: a shard server SIGKILLed and restarted between steps, and
+    # inside a transaction (before its COMMIT, or with every statement of it).
     "server-kills",
+    # Backends "mariadb" and "servers" only: writer w1 is a process of its own
+    # (tests/simulation/processes.py), killed for real at its boundaries.
+    "writer-processes",
 )
 
 ALL_FEATURES: tuple[str, ...] = (*SAFE_FEATURES, *KNOWN_OPEN)

@@ -70,8 +70,15 @@ from shardbill.tables.aggregates import (
     Quantity,
 )
 from shardbill.tables.aggregates import VarChar as VarCharType
-from tests.simulation.actors import FAULTS, Actor, GatedProvider, HungError, SimulatedCrash
-from tests.simulation.backends import BACKENDS, private_servers
+from tests.simulation.actors import (
+    FAULTS,
+    SERVER_FAULTS,
+    Actor,
+    GatedProvider,
+    HungError,
+    SimulatedCrash,
+)
+from tests.simulation.backends import BACKENDS, SERVER_OF, URLS, private_servers
 from tests.simulation.config import SimConfig
 from tests.simulation.model import (
     HORIZON,
@@ -85,6 +92,7 @@ from tests.simulation.model import (
     is_half,
     rows_of,
 )
+from tests.simulation.processes import ProcessWriter, StoreState
 from tests.simulation.results import Outcome, ResultError, outcomes
 
 SHARD_NAMES = ("s0", "s1", "s2", "s3", "s4", "s5")
@@ -92,6 +100,7 @@ FIRST_SHARDS = ("s0", "s1", "s2")
 EDGE_ACCOUNTS = (2**63 - 1, -(2**63))
 START = 1_772_323_200.0  # 2026-03-01T00:00:00Z, the simulated clock's start
 WRITERS = ("w0", "w1", "w2")  # w2 routes with the map it was built with and never reloads
+PROCESS_WRITER = "w1"  # a process of its own on the MariaDB backends (writer-processes)
 RESHARDERS = ("x0", "x1")
 
 #: The scheduler's actions, repeated by weight (shrinking prefers the first: a write).
@@ -288,12 +297,21 @@ class SimMachine(RuleBasedStateMachine):
     def _build(self, name: str) -> None:
         """(Re)build an actor's objects: what a process restart would start from."""
         old = self.objects.pop(name, None)
-        if isinstance(old, AggregationWriter):
+        if isinstance(old, AggregationWriter | ProcessWriter):
             old.close()
         elif isinstance(old, Pipeline):
             old.writer.close()
-        provider = GatedProvider(self.inner, self.actors[name])
-        if name in WRITERS or name in ("pipe", "prune"):
+        provider = self._gated(name)
+        if name == PROCESS_WRITER and self._processes():
+            self.objects[name] = ProcessWriter(
+                actor=self.actors[name],
+                urls=URLS,
+                settings=self._writer_settings(),
+                clock=self.now,
+                store=self._store_state,
+                restart=provider.restart,
+            )
+        elif name in WRITERS or name in ("pipe", "prune"):
             source: Any = self.store
             if name == "w2" and self.on("stale-writer"):
                 source = self.store.load()  # a writer that never reloads its map
@@ -557,6 +575,8 @@ class SimMachine(RuleBasedStateMachine):
         hostile = self.on("hostile-decimal-context") and data.draw(st.booleans(), label="hostile")
         prec = data.draw(st.sampled_from((3, 6, 9, 12)), label="prec") if hostile else 0
         writer = self.objects[name]
+        if isinstance(writer, ProcessWriter):
+            self.count("write in a writer process")
 
         def call() -> object:
             with _context(prec):
@@ -841,7 +861,7 @@ class SimMachine(RuleBasedStateMachine):
         return slots
 
     def _reader(self, name: str, shard_map: ShardMap) -> Reader:
-        provider = GatedProvider(self.inner, self.actors[name])
+        provider = self._gated(name)
         source: Any = self.store if self.on("reader-from-store") else shard_map
         return Reader(shard_map=source, provider=provider, tables=TABLES, max_workers=1)
 
@@ -1092,6 +1112,8 @@ class SimMachine(RuleBasedStateMachine):
         self.log(f"{name}: killed" + (f" at {op.where}" if op is not None and not op.done else ""))
         if op is not None and not op.done:
             self.count("kill")
+            if isinstance(self.objects.get(name), ProcessWriter):
+                self.count("writer process killed (SIGKILL)")
             op.crash()
             self._finished(name)
         self._build(name)
@@ -1103,6 +1125,8 @@ class SimMachine(RuleBasedStateMachine):
             for k in FAULTS
             if self.on("connection-loss" if k == "connection-lost" else "commit-cuts")
         ]
+        if self.config.backend == "servers" and self.on("server-kills"):
+            kinds += SERVER_FAULTS
         if not kinds:
             return
         name = data.draw(st.sampled_from(sorted(self.actors)), label="actor")
@@ -1110,6 +1134,39 @@ class SimMachine(RuleBasedStateMachine):
         self.actors[name].faults.append(kind)
         self.log(f"{name}: armed {kind}")
         self.count(f"fault {kind}")
+
+    def _processes(self) -> bool:
+        """Whether writer PROCESS_WRITER runs in a process of its own (MariaDB backends)."""
+        return self.config.backend != "sqlite" and self.on("writer-processes")
+
+    def _store_state(self) -> StoreState:
+        """The map store as a writer process may read it now (map, history, claim)."""
+        store = self.store
+        return store.load(), {e: store.load_epoch(e) for e in store.history()}, store.load_claim()
+
+    def _gated(self, name: str) -> GatedProvider:
+        """Actor ``name``'s provider: its step gates and armed faults."""
+        servers = self.config.backend == "servers" and self.on("server-kills")
+        restart = self._restart_server if servers else None
+        return GatedProvider(self.inner, self.actors[name], restart=restart)
+
+    def _restart_server(self, shard: str) -> None:
+        """Inside an actor's transaction (SERVER_FAULTS): SIGKILL and restart ``shard``'s
+        server; the actor's lent connection is dead, and so is every pooled one."""
+        server = SERVER_OF[shard]
+        self.log(f"server of {shard}: killed and restarted inside a transaction")
+        self.count("server restart in a transaction")
+        server.kill()
+        server.start()
+        self._probe_shards()
+
+    def _probe_shards(self) -> None:
+        # The harness's own direct reads (placement, raw rows, catalogs) share the pool:
+        # one failed probe per shard has the pool ping the rest (the library's objects
+        # retry alone). Every shard: a shard without tables is read too (seed 328).
+        for shard in SHARD_NAMES:
+            with contextlib.suppress(DatabaseError), self.inner.connection(shard) as conn:
+                conn.cursor().execute("SELECT 1", ())
 
     def do_server_restart(self, data: st.DataObject) -> None:
         """A shard server is SIGKILLed between steps and restarted (InnoDB crash recovery):
@@ -1122,11 +1179,7 @@ class SimMachine(RuleBasedStateMachine):
         self.count("server restart")
         servers[index].kill()
         servers[index].start()
-        # The harness's own direct reads (placement, raw rows) share the pool: one failed
-        # probe per shard has the pool ping the rest (the library's objects retry alone).
-        for shard in sorted(self.schema_shards):
-            with contextlib.suppress(DatabaseError), self.inner.connection(shard) as conn:
-                conn.cursor().execute("SELECT 1", ())
+        self._probe_shards()
 
     def do_jump_clock(self, data: st.DataObject) -> None:
         """The writers' clock jumps: forward by minutes to weeks, or back by hours."""

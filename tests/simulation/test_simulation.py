@@ -7,10 +7,22 @@ on every core) are the command's: ``python -m tests.simulation --help`` and
 
 from __future__ import annotations
 
+import datetime as dt
+import signal
+from decimal import Decimal
+from pathlib import Path
+
 import pytest
 
+from shardbill import ShardMap
+from shardbill.rules import Charge
+from shardbill.writer import AggregationWriter, WriterSettings
+from tests.simulation.actors import Actor, SimulatedCrash
+from tests.simulation.backends import BACKENDS, URLS
 from tests.simulation.config import ALL_FEATURES, KNOWN_OPEN, SAFE_FEATURES, SimConfig, describe_off
+from tests.simulation.machine import START, TABLES
 from tests.simulation.mutations import MUTATIONS, Mutation
+from tests.simulation.processes import ProcessWriter
 from tests.simulation.runner import run
 
 #: CI budget: seeds x steps for the clean run, and the most a mutation may take to be caught.
@@ -99,3 +111,81 @@ def test_the_simulation_catches_the_mutation(mutation: Mutation) -> None:
     assert failures, (
         f"no seed in {list(MUTATION_SEEDS)} caught {mutation.name} ({mutation.removes})"
     )
+
+
+@pytest.mark.mysql
+def test_a_writer_process_killed_at_a_boundary_dies_and_a_new_one_applies_once(
+    mysql_server: object, tmp_path: Path
+) -> None:
+    """The harness's writer process is killed for real: SIGKILLed at its first boundary,
+    it is gone and wrote nothing; a new process then applies the call once, and the same
+    call again is a duplicate."""
+    del mysql_server  # skips (or fails under CI) without a server
+    provider, cleanup = BACKENDS["mariadb"](tmp_path, ("s0", "s1"))
+    shard_map = ShardMap.create(["s0", "s1"], slots=64)
+    try:
+        with AggregationWriter(shard_map=shard_map, provider=provider, tables=TABLES) as setup:
+            setup.ensure_schema()
+        moment = dt.datetime.fromtimestamp(START, dt.UTC)
+        charges = [
+            Charge(
+                event_id=f"p{i}",
+                account=i,
+                product="sms",
+                quantity=Decimal(1),
+                amount=Decimal("0.25"),
+                currency="USD",
+                time=moment,
+                rule="test.rule",
+                rule_version="1",
+            )
+            for i in range(6)
+        ]
+        actor = Actor("w1")
+
+        def process_writer() -> ProcessWriter:
+            return ProcessWriter(
+                actor=actor,
+                urls=URLS,
+                settings=WriterSettings(max_workers=1),
+                clock=lambda: START,
+                store=lambda: (shard_map, {shard_map.epoch: shard_map}, None),
+                restart=None,
+            )
+
+        killed = process_writer()
+        op = actor.begin("write", lambda: killed.write(charges))
+        assert not op.done
+        assert op.where.startswith("transaction on")
+        child = killed._process  # the harness's own child, under test here
+        op.crash()
+        assert isinstance(op.error, SimulatedCrash)
+        assert not child.is_alive()
+        assert child.exitcode == -signal.SIGKILL
+        killed.close()
+
+        def ledger_rows() -> int:
+            total = 0
+            for shard in ("s0", "s1"):
+                with provider.connection(shard, readonly=True) as conn:
+                    cursor = conn.cursor()
+                    cursor.execute("SELECT COUNT(*) FROM shardbill_ledger", ())
+                    total += int(cursor.fetchone()[0])
+            return total
+
+        assert ledger_rows() == 0
+        fresh = process_writer()
+        try:
+            for expected in ("applied", "duplicate"):
+                op = actor.begin("write", lambda: fresh.write(charges))
+                while not op.done:
+                    op.advance()
+                assert op.error is None, op.error
+                states = {state.value for state in op.value.events.values()}  # type: ignore[attr-defined]
+                assert states == {expected}
+        finally:
+            fresh.close()
+        assert ledger_rows() > 0
+    finally:
+        provider.close()
+        cleanup()
