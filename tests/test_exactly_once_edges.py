@@ -585,6 +585,53 @@ def test_an_event_that_overflows_on_one_shard_is_rejected_whole(backend: Backend
     assert _big_rows(backend) == {90: (HALF, 1)}
 
 
+def _ids(shard_map: ShardMap, shard: str, *, on: bool, prefix: str) -> str:
+    """The first id ``prefix-N`` whose identity claim is (``on``) or is not on ``shard``."""
+    for n in range(10_000):
+        event_id = f"{prefix}-{n}"
+        if (shard_map.shard_for(event_id) == shard) is on:
+            return event_id
+    raise AssertionError("no such id")
+
+
+@pytest.mark.parametrize("home_first", [True, False])
+def test_a_spread_event_and_another_of_its_call_overflowing_a_row_together(
+    backend: Backend, home_first: bool
+) -> None:
+    """Two events of one call fit a row alone and overflow it together; one of them is on
+    two shards, its part on that row in the call's later round. It is rejected whole, or
+    the other is; never half applied and then ``failed`` for ever (simulation seed 50137:
+    the look-ahead judged the call's events in id order, the shards applied the other
+    event's round first)."""
+    shard_map = ShardMap.create(backend.shards, slots=64)
+    row = 90
+    full = shard_map.shard_for(row)
+    other = other_shard_account(shard_map, row)
+    # The spread event's claim is not on the row's shard (its part there waits for the
+    # second round); the other's is (it goes in the first). Either may sort first.
+    spread_id = _ids(shard_map, full, on=False, prefix="a" if home_first else "b")
+    single_id = _ids(shard_map, full, on=True, prefix="b" if home_first else "a")
+    spread = PricedEvent(
+        event_id=spread_id,
+        time=NOW,
+        charges=(charge(spread_id, other, "7"), charge(spread_id, row, str(HALF))),
+    )
+    with _big_writer(backend, shard_map) as writer:
+        first = writer.write([spread, charge(single_id, row, str(HALF))])
+        again = writer.write([spread])
+    assert first.failed_events == set(), first
+    assert again.failed_events == set(), again
+    assert first.applied_events | first.rejected_events == {spread_id, single_id}
+    assert len(first.applied_events) == 1
+    rows = _big_rows(backend)
+    if spread_id in first.applied_events:
+        assert rows == {row: (HALF, 1), other: (7, 1)}
+        assert again.duplicate_events == {spread_id}
+    else:  # nothing of the spread event is in; alone, it is judged against the row
+        assert rows == {row: (HALF, 1)}
+        assert again.rejected_events == {spread_id}
+
+
 def test_an_event_too_late_for_one_shards_watermark_is_rejected_whole(backend: Backend) -> None:
     """A two-shard event older than one slot's dedup watermark: nothing of it is applied."""
     shard_map = ShardMap.create(backend.shards, slots=64)

@@ -778,7 +778,99 @@ def refusals_ahead(
         fresh.extend(group)
     _, overflowing = find_overflows(fresh, stored, tables)
     refused.update({e: r for e, r in overflowing.items() if e in spread})
+    for event_id, rejection in _contested(fresh, spread, stored, tables).items():
+        refused.setdefault(event_id, rejection)
     return frozenset(blocked), refused
+
+
+def _contested(
+    units: Sequence[Unit],
+    spread: frozenset[str],
+    stored: Sequence[dict[tuple[KeyValue, ...], tuple[int, ...]]],
+    tables: Sequence[AggregateTable],
+) -> dict[str, Rejection]:
+    """The spread events that could overflow a row *in some order* of the call's events.
+
+    :func:`find_overflows` judges events in event-id order, but the shards apply a
+    call in rounds (identity claims and what shares their shard first): an event
+    applied before a spread event's part, in an earlier round, can take the headroom
+    that part needs, after the part on another shard committed (simulation seed
+    50137). So a summed measure's headroom must hold whatever the order: the stored
+    value plus every positive delta of the call's units on the row stays at most
+    the column's maximum, plus every negative one at least its minimum. A spread
+    event with a delta the wrong way on a row that fails this is refused whole
+    (alone, in a later call, it is judged against what the row holds then).
+    """
+    ups, downs = _pressure(units)
+    refused: dict[str, Rejection] = {}
+    for event_id, group in by_event(units):
+        if event_id not in spread:
+            continue
+        for t, key, deltas in (row for unit in group for row in unit.rows):
+            problem = _pushed_past(
+                event_id,
+                tables[t],
+                key,
+                deltas,
+                row=stored[t].get(key),
+                ups=ups[(t, key)],
+                downs=downs[(t, key)],
+            )
+            if problem is not None:
+                refused[event_id] = Rejection(
+                    event_id=event_id, reason=problem, error="RowOverflowError"
+                )
+                break
+    return refused
+
+
+_Row = tuple[int, tuple[KeyValue, ...]]
+
+
+def _pressure(units: Sequence[Unit]) -> tuple[dict[_Row, list[int]], dict[_Row, list[int]]]:
+    """Per row and measure, the sums of the units' positive deltas and of their negative ones."""
+    ups: dict[_Row, list[int]] = {}
+    downs: dict[_Row, list[int]] = {}
+    for unit in units:
+        for t, key, deltas in unit.rows:
+            up = ups.setdefault((t, key), [0] * len(deltas))
+            down = downs.setdefault((t, key), [0] * len(deltas))
+            for m, delta in enumerate(deltas):
+                if delta > 0:
+                    up[m] += delta
+                else:
+                    down[m] += delta
+    return ups, downs
+
+
+def _pushed_past(
+    event_id: str,
+    table: AggregateTable,
+    key: tuple[KeyValue, ...],
+    deltas: tuple[int, ...],
+    *,
+    row: tuple[int, ...] | None,
+    ups: list[int],
+    downs: list[int],
+) -> str | None:
+    """Why the call's deltas on ``row`` could take a summed measure that ``deltas`` push
+    out of range in some order (None: they cannot)."""
+    for m, measure in enumerate(table.measures):
+        if measure.merge is not MergeKind.SUM or not deltas[m]:
+            continue
+        base = 0 if row is None else row[m]
+        pushed = ups[m] if deltas[m] > 0 else downs[m]
+        if measure.low <= base + pushed <= measure.high:
+            continue
+        room = measure.high - base if deltas[m] > 0 else base - measure.low
+        return (
+            f"event {event_id!r} has charges on several shards, which commit apart, and "
+            f"with the other events of this call on row {key!r} it could take "
+            f"{table.name}.{measure.name} from {base} by {pushed:+d}, past the "
+            f"{measure.column_type} {'maximum' if deltas[m] > 0 else 'minimum'} (headroom "
+            f"{room}); nothing of it was written; deliver it again in a call of its own"
+        )
+    return None
 
 
 def find_overflows(
