@@ -415,6 +415,66 @@ def test_the_records_step_leaves_a_slot_another_resharder_finished(four: Backend
             _still_arriving(cursor, sql, [elsewhere], "s2")
 
 
+def test_a_resharder_paused_inside_its_switch_changes_no_later_reshards_rows(
+    four: Backend,
+) -> None:
+    """Case 3, inside a step: a resharder pauses between its accept and its fences (one
+    transaction per shard) while its lease expires; another takes the plan over and
+    finishes it, and a later reshard moves the slots back. Resumed, the stale one must not
+    fence the rows the later reshard handed back (it did: ``epoch`` was not compared, and
+    the slots were left owned by no shard; simulation long run, seed 60241). Every
+    ownership change is guarded by the rows' epoch: it stops with "lost its claim"."""
+    charges = make_charges(150, 200, accounts=40)
+    store, writer = _setup(four, ["s0", "s1"], charges)
+    writer.close()
+    target = store.load().add_shard("s2")
+    now = [1_000_000.0]
+    at_fence = threading.Event()
+    go = threading.Event()
+    stale_result: list[BaseException | None] = []
+    stepped: list[str] = []
+
+    def before_connect(shard: str) -> None:
+        # The switch's first transaction is the accept on s2; the next, a fence on s0/s1.
+        if stepped == ["switch"] and shard in ("s0", "s1") and not at_fence.is_set():
+            at_fence.set()
+            assert go.wait(60)
+
+    def stale_run() -> None:
+        try:
+            Resharder(
+                store=store,
+                provider=_BeforeConnect(four.provider, before_connect),  # type: ignore[arg-type]
+                tables=billing_tables(),
+                settings=ReshardSettings(chunk_rows=4, parallel_slots=1, lease_wait=0),
+                owner="stale",
+                clock=lambda: now[0],
+                before_step=stepped.append,
+            ).run(target)
+        except BaseException as exc:  # reported by the assertion below
+            stale_result.append(exc)
+        else:
+            stale_result.append(None)
+
+    thread = threading.Thread(target=stale_run)
+    thread.start()
+    try:
+        assert at_fence.wait(60)
+        later = [now[0] + 1_000.0]  # past the stale lease
+        _resharder(store, four, owner="holder", clock=lambda: later[0]).run(target)
+        back = store.load().remove_shard("s2")
+        _resharder(store, four, owner="holder", clock=lambda: later[0]).run(back)
+    finally:
+        go.set()
+        thread.join(60)
+    assert len(stale_result) == 1
+    assert isinstance(stale_result[0], ReshardClaimedError), stale_result
+    final = store.load()
+    assert final.epoch == 3
+    assert Resharder(store=store, provider=four.provider, tables=billing_tables()).verify() == []
+    assert actual_rows(four, slot_check=_owner_check(final)) == expected_rows(charges)
+
+
 def test_a_resharder_paused_past_its_lease_stops_when_it_resumes(four: Backend) -> None:
     """Case 3: paused (at a step) while its lease expired, another resharder took the plan
     over and finished, and a later reshard moved slots on; on resuming it stops with

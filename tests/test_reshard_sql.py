@@ -48,7 +48,8 @@ def every_statement(sql: ReshardStatements) -> dict[str, Statement]:
         "slots.accept_back": sql.slots.accept_back(4, "s0", 3),
         "slots.fence": sql.slots.fence([4, 5], "s1", 2),
         "slots.fence_receiving": sql.slots.fence([4, 5], "s1", 2, receiving=True),
-        "slots.mark_owned": sql.slots.mark_owned([4], "s0"),
+        "slots.mark_owned": sql.slots.mark_owned([4], "s0", epoch=3),
+        "slots.locked_epochs": sql.slots.locked_epochs([4, 5]),
         "slots.drop_incoming": sql.slots.drop_incoming([4, 5]),
         "slots.watermarks": sql.slots.watermarks([4]),
         "slots.raise_watermark": sql.slots.raise_watermark(4, 1_700_000_000),
@@ -158,7 +159,7 @@ def test_every_statement_runs_on_sqlite(tmp_path: Path) -> None:
     cursor.execute(*sql.moves.tallies(4))
     assert cursor.fetchall() == [(DAILY.name, "{}", '{"rows": 1}')]  # advanced from "{}"
     cursor.execute(*sql.slots.accept(9, "s0", 2))
-    cursor.execute(*sql.slots.mark_owned([9], "s0"))
+    cursor.execute(*sql.slots.mark_owned([9], "s0", epoch=2))
     cursor.execute(*sql.slots.fence([9], "s1", 3))
     cursor.execute(*sql.slots.rows([9]))
     assert cursor.fetchall() == [(9, "gone", "s1")]

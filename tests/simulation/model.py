@@ -267,6 +267,10 @@ class Model:
             allowed = applied | (
                 {Outcome.DUPLICATE} if content in record.candidates else {Outcome.CONFLICT}
             )
+            if any(c != content for c in record.candidates):
+                # Another uncertain content may be the one that landed (a changed or
+                # other-account redelivery sent while the first was unsure: seed 60417).
+                allowed.add(Outcome.CONFLICT)
         else:
             allowed = {Outcome.APPLIED}
         if too_late:  # refused as too late (a duplicate is harmless too)

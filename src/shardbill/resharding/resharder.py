@@ -330,6 +330,7 @@ class Resharder:
         self._finished_before: int | None = None  # slots finished before this run() began
         self._resolved: ShardMap | None = None  # the target this run() resolved, for retries
         self._lost: ReshardClaimedError | None = None  # the claim went to another owner
+        self._epoch = 0  # the running plan's target epoch (set when it is claimed)
 
     # ------------------------------------------------------------------ public
 
@@ -586,6 +587,7 @@ class Resharder:
         plan = source.plan_to(target)
         self._acquire(source, target)
         self._resolved = target
+        self._epoch = target.epoch  # the epoch every ownership change of this run compares
         new = sorted(s for s in target.shards if not plan.before.get(s))
         # New shards get their tables (their slots arrive by moving); so do the shards the
         # plan removes, which lack them when this reverts a reshard that died before it
@@ -956,8 +958,7 @@ class Resharder:
             by_target[move.target].append(move)
         for shard, moves in sorted(by_target.items()):
             with self._cursor(shard) as (cursor, sql):
-                cursor.execute(*sql.slots.states([m.slot for m in moves]))
-                known = {int(r[0]): str(r[1]) for r in cursor.fetchall()}
+                known = self._not_later(cursor, sql, shard, [m.slot for m in moves], target)
                 for move in moves:
                     state = known.get(move.slot)
                     if state is None or state == SlotState.GONE:
@@ -980,8 +981,39 @@ class Resharder:
         reverting = self._reverting()
         for (source, dest), slots in sorted(by_pair.items()):
             with self._cursor(source) as (cursor, sql):
+                self._not_later(cursor, sql, source, slots, target)
                 cursor.execute(*sql.slots.fence(slots, dest, target.epoch, receiving=reverting))
             log.info("fenced %d slot(s) on %s for %s", len(slots), source, dest)
+
+    def _not_later(
+        self,
+        cursor: DBAPICursor,
+        sql: ReshardStatements,
+        shard: str,
+        slots: Sequence[int],
+        target: ShardMap,
+    ) -> dict[int, str]:
+        """``slots``' states on ``shard`` (locked); stop if a later reshard changed one.
+
+        Every ownership row holds the epoch of the reshard that changed it last. A
+        resharder paused inside a step (between two shards' transactions) while its
+        plan was taken over, finished and followed by later reshards must not change
+        what they left: its switch would fence or take back slots they moved on, owned
+        by no shard after it (simulation long run, seed 60241). The statements that
+        change ownership compare the epoch too.
+        """
+        cursor.execute(*sql.slots.locked_epochs(slots))
+        known: dict[int, str] = {}
+        for slot, state, epoch in cursor.fetchall():
+            if int(str(epoch)) > target.epoch:
+                raise ReshardError(
+                    f"slot {int(str(slot))} on {shard!r} was changed by a later reshard "
+                    f"(epoch {int(str(epoch))}) than this one's (epoch {target.epoch}): "
+                    "this resharder's plan is stale, so it stops without touching it; run "
+                    "`shardbill reshard status` to see the reshard that holds the claim"
+                )
+            known[int(str(slot))] = str(state)
+        return known
 
     def _publish(self, target: ShardMap) -> None:
         current = self._store.load()
@@ -1172,7 +1204,7 @@ class Resharder:
             marks = {source: self._watermarks(source, slots) for source, slots in by_source.items()}
             with self._cursor(shard) as (cursor, sql):
                 for source, slots in sorted(by_source.items()):
-                    cursor.execute(*sql.slots.mark_owned(slots, source))
+                    cursor.execute(*sql.slots.mark_owned(slots, source, epoch=self._epoch))
                     self._raise_watermarks(cursor, sql, marks[source])
         if moves:
             log.info("%d empty slot(s) handed to their new owners", len(moves))
@@ -1263,6 +1295,8 @@ class Resharder:
         cursor.execute(*sql.slots.locked_row(move.slot))
         row = cursor.fetchone()
         found = None if row is None else (str(row[0]), None if row[1] is None else str(row[1]))
+        if found == want and row is not None and int(str(row[2])) > self._epoch:
+            found = None  # the same state, set by a later reshard's move of the slot
         if found != want:
             finished = shard == move.target and found == (SlotState.OWNED.value, None)
             raise (_FinishedElsewhereError if finished else ReshardError)(
@@ -1422,7 +1456,8 @@ class Resharder:
                     "then run again"
                 )
             cursor.execute(*sql.moves.finish(move.slot))
-            cursor.execute(*sql.slots.mark_owned([move.slot], move.source))
+            self._check_moving(cursor, sql, move, move.target)
+            cursor.execute(*sql.slots.mark_owned([move.slot], move.source, epoch=self._epoch))
             self._raise_watermarks(cursor, sql, marks)
         log.info("slot %d moved from %s to %s", move.slot, move.source, move.target)
 

@@ -70,11 +70,22 @@ class SlotTable:
         return f"SELECT {slot}, {state} FROM {table} WHERE {slot} IN ({_ints(slots)})", ()
 
     def locked_row(self, slot: int) -> Statement:
-        """``(state, peer)`` of ``slot``'s row, share-locked till commit; binds nothing."""
-        table, slot_column, state, peer, _ = self._names()
+        """``(state, peer, epoch)`` of ``slot``'s row, share-locked till commit; binds
+        nothing."""
+        table, slot_column, state, peer, epoch = self._names()
         return (
-            f"SELECT {state}, {peer} FROM {table} WHERE {slot_column} = {int(slot)}"
+            f"SELECT {state}, {peer}, {epoch} FROM {table} WHERE {slot_column} = {int(slot)}"
             f"{self.dialect.share_lock_suffix}",
+            (),
+        )
+
+    def locked_epochs(self, slots: Sequence[int]) -> Statement:
+        """``(slot, state, epoch)`` of the rows of ``slots``, locked exclusively till commit
+        (the epoch of the reshard that changed each last); binds nothing."""
+        table, slot_column, state, _, epoch = self._names()
+        return (
+            f"SELECT {slot_column}, {state}, {epoch} FROM {table} WHERE {slot_column} IN "
+            f"({_ints(slots)}){self.dialect.exclusive_lock_suffix}",
             (),
         )
 
@@ -99,13 +110,15 @@ class SlotTable:
         )
 
     def accept_back(self, slot: int, source: str, epoch: int) -> Statement:
-        """Make a ``gone`` row of ``slot`` ``incoming`` again; binds (incoming, source)."""
+        """Make a ``gone`` row of ``slot`` ``incoming`` again, unless a later reshard than
+        ``epoch`` changed it; binds (incoming, source, gone)."""
         table, slot_column, state, peer, epoch_column = self._names()
         p = self.dialect.placeholder
         return (
             f"UPDATE {table} SET {state} = {p}, {peer} = {p}, {epoch_column} = {int(epoch)} "
-            f"WHERE {slot_column} = {int(slot)}",
-            (SlotState.INCOMING.value, source),
+            f"WHERE {slot_column} = {int(slot)} AND {state} = {p} "
+            f"AND {epoch_column} <= {int(epoch)}",
+            (SlotState.INCOMING.value, source, SlotState.GONE.value),
         )
 
     def fence(
@@ -114,25 +127,29 @@ class SlotTable:
         """Fence ``owned`` rows of ``slots``: ``gone`` to ``dest``; binds (gone, dest, owned).
 
         With ``receiving`` (a revert), rows ``incoming`` from ``dest`` too; binds
-        (incoming, dest) after them.
+        (incoming, dest) after them. A row a later reshard than ``epoch`` changed
+        is left alone.
         """
         table, slot_column, state, peer, epoch_column = self._names()
         p = self.dialect.placeholder
         also = f" OR ({state} = {p} AND {peer} = {p})" if receiving else ""
         return (
             f"UPDATE {table} SET {state} = {p}, {peer} = {p}, {epoch_column} = {int(epoch)} "
-            f"WHERE ({state} = {p}{also}) AND {slot_column} IN ({_ints(slots)})",
+            f"WHERE ({state} = {p}{also}) AND {slot_column} IN ({_ints(slots)}) "
+            f"AND {epoch_column} <= {int(epoch)}",
             (SlotState.GONE.value, dest, SlotState.OWNED.value)
             + ((SlotState.INCOMING.value, dest) if receiving else ()),
         )
 
-    def mark_owned(self, slots: Sequence[int], source: str) -> Statement:
-        """Hand ``slots`` over from ``source`` (owned); binds (owned, incoming, source)."""
-        table, slot_column, state, peer, _ = self._names()
+    def mark_owned(self, slots: Sequence[int], source: str, *, epoch: int) -> Statement:
+        """Hand ``slots`` over from ``source`` (owned), unless a later reshard than ``epoch``
+        changed them; binds (owned, incoming, source)."""
+        table, slot_column, state, peer, epoch_column = self._names()
         p = self.dialect.placeholder
         return (
             f"UPDATE {table} SET {state} = {p}, {peer} = NULL WHERE {state} = {p} AND "
-            f"{peer} = {p} AND {slot_column} IN ({_ints(slots)})",
+            f"{peer} = {p} AND {slot_column} IN ({_ints(slots)}) "
+            f"AND {epoch_column} <= {int(epoch)}",
             (SlotState.OWNED.value, SlotState.INCOMING.value, source),
         )
 
